@@ -1,0 +1,161 @@
+"""One error tree for flask-ccsso.
+
+:class:`CCSSOError` is the root. Errors that become HTTP responses also
+subclass the matching werkzeug exception (as Flask-WTF's ``CSRFError`` does),
+so applications can register ``@app.errorhandler(SkillRequired)`` or handle
+the werkzeug class they already know. Every leaf carries a machine-readable
+``reason`` (see :mod:`flask_ccsso.reasons`) and a short, secret-free
+``description`` that is safe to show.
+
+Third-party errors (Authlib/joserfc, pysaml2, requests, redis, SQLAlchemy) are
+mapped onto this tree at one boundary per integration, never caught piecemeal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, ServiceUnavailable, Unauthorized
+
+
+class CCSSOError(Exception):
+    """Base of every error raised by flask-ccsso."""
+
+    #: machine-readable reason code
+    reason: str = "error"
+    #: human-readable, secret-free text
+    description: str | None = "Single sign-on error."
+
+    def __init__(self, description: str | None = None, *, reason: str | None = None, **extra: Any) -> None:
+        if reason is not None:
+            self.reason = reason
+        if description is not None:
+            self.description = description
+        self.extra = extra
+        # werkzeug's HTTPException.__init__ accepts (description, response)
+        if isinstance(self, HTTPException):
+            HTTPException.__init__(self, self.description)
+        else:
+            Exception.__init__(self, self.description)
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return f"{self.reason}: {self.description}"
+
+
+class ConfigError(CCSSOError, ValueError):
+    """The configuration is invalid. Raised at start-up, never at request time.
+
+    ``path`` is the dotted key path (``auth.providers.okta.clientSecret``) and
+    ``fix`` says what to do about it.
+    """
+
+    reason = "config_error"
+
+    def __init__(self, path: str, problem: str, fix: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        text = f"{path}: {problem}"
+        if fix:
+            text += f" Fix: {fix}"
+        super().__init__(text)
+
+
+class AuthenticationFailed(CCSSOError, BadRequest):
+    """A sign-in attempt (callback / ACS) was refused. HTTP 400."""
+
+    reason = "authentication_failed"
+    description = "Sign-in failed."
+
+
+class IdPUnavailable(CCSSOError, ServiceUnavailable):
+    """The identity provider could not be reached or answered garbage. HTTP 503."""
+
+    reason = "idp_unavailable"
+    description = "The identity provider is not reachable right now. Try again in a moment."
+
+
+class StoreUnavailable(CCSSOError, ServiceUnavailable):
+    """The session or shared-state store is unreachable. HTTP 503, fail closed."""
+
+    reason = "store_unavailable"
+    description = "The session store is not reachable right now. Try again in a moment."
+
+
+class LoginRequired(CCSSOError, Unauthorized):
+    """Nobody is signed in (or the session ended). Browsers are redirected to
+    sign in; API clients get 401 JSON."""
+
+    reason = "not_authenticated"
+    description = "Sign-in required."
+
+
+class SessionExpired(LoginRequired):
+    """The session passed a deadline or was revoked."""
+
+    reason = "session_expired"
+    description = "Your session has ended. Please sign in again."
+
+
+class StepUpRequired(CCSSOError, Unauthorized):
+    """Signed in, but not recently (or strongly) enough for this skill.
+
+    Browsers are sent back to their IdP; API clients get an RFC 9470
+    ``insufficient_user_authentication`` challenge.
+    """
+
+    reason = "stale_authentication"
+    description = "This action needs a fresh sign-in."
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        skill: str | None = None,
+        max_age: int | None = None,
+        acr_values: tuple[str, ...] = (),
+        reason: str | None = None,
+    ) -> None:
+        self.skill = skill
+        self.max_age = max_age
+        self.acr_values = tuple(acr_values)
+        super().__init__(description, reason=reason)
+
+
+class SkillRequired(CCSSOError, Forbidden):
+    """Signed in, but lacking the skill. HTTP 403 naming the skill and the
+    failed condition, never the person's groups."""
+
+    reason = "permission_denied"
+    description = "You do not have access to this."
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        skill: str | None = None,
+        condition: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.skill = skill
+        self.condition = condition
+        super().__init__(description, reason=reason)
+
+
+class UnknownProvider(CCSSOError, BadRequest):
+    reason = "unknown_provider"
+    description = "Unknown sign-in provider."
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "CCSSOError",
+    "ConfigError",
+    "IdPUnavailable",
+    "LoginRequired",
+    "SessionExpired",
+    "SkillRequired",
+    "StepUpRequired",
+    "StoreUnavailable",
+    "UnknownProvider",
+]

@@ -1,0 +1,133 @@
+"""Who is making the request: :class:`Identity` and ``current_identity``.
+
+An identity is built once, at sign-in (or when a bearer token is accepted),
+from validated claims, and stored server-side as plain JSON. It is frozen:
+access decisions read it, nothing edits it in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from flask import g
+from werkzeug.local import LocalProxy
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A signed-in person (or a bearer-token caller)."""
+
+    #: stable subject at the IdP (OIDC ``sub``, SAML NameID)
+    subject: str
+    #: configured provider name that authenticated them
+    provider: str
+    email: str | None = None
+    name: str | None = None
+    groups: frozenset[str] = field(default_factory=frozenset)
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    #: Azure AD app roles (they count as groups for ``allowedGroups``)
+    roles: frozenset[str] = field(default_factory=frozenset)
+    #: epoch seconds of the authentication event (``auth_time`` / AuthnInstant)
+    auth_time: float | None = None
+    amr: tuple[str, ...] = ()
+    acr: str | None = None
+    #: ``False`` when the IdP truncated the group list and it could not be
+    #: completed; a truncated list is never read as "no groups".
+    groups_complete: bool = True
+    #: ``"session"`` (browser) or ``"bearer"`` (API token)
+    via: str = "session"
+    #: OIDC ``sid`` / SAML SessionIndex, for logout
+    session_index: str | None = None
+    #: Azure AD ``tid`` and similar provider-specific facts
+    tenant: str | None = None
+    #: selected extra claims (only those the provider is configured to keep)
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    is_authenticated: bool = field(default=True, init=False, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """``provider:subject`` -- unique across providers."""
+        return f"{self.provider}:{self.subject}"
+
+    @property
+    def effective_groups(self) -> frozenset[str]:
+        """Groups and app roles together, as ``allowedGroups`` sees them."""
+        return self.groups | self.roles
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for the server-side session (no pickle)."""
+        data = asdict(self)
+        data.pop("is_authenticated", None)
+        for key in ("groups", "scopes", "roles"):
+            data[key] = sorted(data[key])
+        data["amr"] = list(self.amr)
+        data["claims"] = dict(self.claims)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Identity:
+        return cls(
+            subject=str(data["subject"]),
+            provider=str(data["provider"]),
+            email=data.get("email"),
+            name=data.get("name"),
+            groups=frozenset(data.get("groups") or ()),
+            scopes=frozenset(data.get("scopes") or ()),
+            roles=frozenset(data.get("roles") or ()),
+            auth_time=data.get("auth_time"),
+            amr=tuple(data.get("amr") or ()),
+            acr=data.get("acr"),
+            groups_complete=bool(data.get("groups_complete", True)),
+            via=data.get("via", "session"),
+            session_index=data.get("session_index"),
+            tenant=data.get("tenant"),
+            claims=dict(data.get("claims") or {}),
+        )
+
+
+class AnonymousIdentity:
+    """Stands in for nobody: falsy, no groups, no scopes."""
+
+    is_authenticated = False
+    subject = None
+    provider = None
+    email = None
+    name = None
+    groups: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    effective_groups: frozenset[str] = frozenset()
+    auth_time = None
+    amr: tuple[str, ...] = ()
+    acr = None
+    via = None
+    groups_complete = True
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<AnonymousIdentity>"
+
+
+ANONYMOUS = AnonymousIdentity()
+
+
+def _get_identity() -> Identity | AnonymousIdentity:
+    """Resolve the identity for this request once and cache it on ``g``."""
+    try:
+        return g._ccsso_identity  # type: ignore[no-any-return]
+    except AttributeError:
+        pass
+    from .extension import get_state  # late: the vocabulary imports nothing eagerly
+
+    ident = get_state().load_identity()
+    g._ccsso_identity = ident
+    return ident
+
+
+#: The identity of the current request (an :class:`Identity`, or a falsy
+#: :class:`AnonymousIdentity`).
+current_identity: Identity | AnonymousIdentity = LocalProxy(_get_identity)  # type: ignore[assignment]

@@ -1,0 +1,93 @@
+"""The blinker signals flask-ccsso sends.
+
+Every access decision and every sign-in event is announced here, so that apps
+(and the audit pipeline in :mod:`flask_ccsso.audit`) can listen without
+reaching into the request gate or the providers.
+
+Each signal is sent with the real application object as sender
+(``current_app._get_current_object()``), never the proxy, as Flask's own
+signals are. Keyword arguments are listed on each signal; ``identity`` is a
+:class:`flask_ccsso.identity.Identity` (or ``None`` when nobody is signed in),
+``provider`` is the configured provider *name*, ``reason`` a machine-readable
+string from :mod:`flask_ccsso.reasons`. Tokens and secrets are never passed.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+#: ``auth.login`` -- a person signed in. kwargs: ``identity``, ``provider``,
+#: ``method`` (``"oidc"`` or ``"saml"``), ``step_up`` (bool: this sign-in
+#: satisfied a step-up request).
+user_logged_in = _signals.signal("auth.login")
+
+#: ``auth.logout`` -- a session ended at the person's request. kwargs:
+#: ``identity``, ``provider``, ``idp_logout`` (bool: the IdP session is being
+#: ended too).
+user_logged_out = _signals.signal("auth.logout")
+
+#: ``auth.login_failed`` -- a sign-in attempt was refused. kwargs:
+#: ``provider`` (may be ``None`` when it could not be told), ``reason``,
+#: ``detail`` (a short, secret-free description), ``subject`` and ``email``
+#: when known (e.g. a valid token for a disallowed tenant), else ``None``.
+login_failed = _signals.signal("auth.login_failed")
+
+#: ``auth.failure_threshold`` -- too many failed sign-ins for one user or one
+#: address within the configured window. kwargs: ``key_type``
+#: (``"user"``/``"address"``), ``key``, ``count``, ``window``.
+failure_threshold = _signals.signal("auth.failure_threshold")
+
+#: ``session.expired`` -- a session was found past a deadline and cleared.
+#: kwargs: ``identity``, ``provider``, ``reason`` (``"idle_timeout"``,
+#: ``"absolute_timeout"``, ``"refresh_failed"``).
+session_expired = _signals.signal("session.expired")
+
+#: ``session.revoked`` -- sessions were revoked by an operator, an API call or
+#: a back-channel logout. kwargs: ``subject``, ``provider``, ``count``,
+#: ``reason`` (``"operator"``, ``"backchannel_logout"``, ``"api"``).
+session_revoked = _signals.signal("session.revoked")
+
+#: ``auth.backchannel_logout`` -- a valid OIDC back-channel logout token was
+#: received. kwargs: ``provider``, ``subject``, ``sid``, ``count``.
+backchannel_logout = _signals.signal("auth.backchannel_logout")
+
+#: ``token.refreshed`` -- an access token was renewed with the refresh token.
+#: kwargs: ``identity``, ``provider``, ``expires_at``.
+token_refreshed = _signals.signal("token.refreshed")
+
+#: ``skill.invoked`` -- a protected view was allowed. kwargs: ``identity``,
+#: ``skill`` (the skill that granted access), ``skills`` (all named),
+#: ``via`` (``"session"`` or ``"bearer"``), ``endpoint``.
+skill_invoked = _signals.signal("skill.invoked")
+
+#: ``permission.denied`` -- a protected view was refused. kwargs:
+#: ``identity`` (``None`` when not signed in), ``skill`` (the first skill that
+#: was checked, or ``None``), ``skills``, ``reason``, ``condition``, ``via``,
+#: ``endpoint``.
+permission_denied = _signals.signal("permission.denied")
+
+#: ``stepup.required`` -- a sensitive skill asked for fresher authentication.
+#: kwargs: ``identity``, ``skill``, ``max_age``, ``acr_values``, ``via``.
+stepup_required = _signals.signal("stepup.required")
+
+#: ``stepup.satisfied`` -- the person re-authenticated and the returned
+#: ``auth_time`` (and ``acr`` when asked for) was verified. kwargs:
+#: ``identity``, ``skill``, ``provider``.
+stepup_satisfied = _signals.signal("stepup.satisfied")
+
+__all__ = [
+    "backchannel_logout",
+    "failure_threshold",
+    "login_failed",
+    "permission_denied",
+    "session_expired",
+    "session_revoked",
+    "skill_invoked",
+    "stepup_required",
+    "stepup_satisfied",
+    "token_refreshed",
+    "user_logged_in",
+    "user_logged_out",
+]
