@@ -1,0 +1,258 @@
+"""Signals in, events out: :class:`AuditPipeline` and :func:`init_audit`.
+
+The pipeline connects to every signal in :mod:`flask_ccsso.signals` (strongly,
+filtered to its own app as sender). In the thread that sent the signal it
+only builds the event from allow-listed keyword arguments and the request
+(request id, ``request.remote_addr``, user agent) and appends it to each
+sink's bounded queue; every sink's own daemon thread does the I/O. A request
+never waits on a sink.
+
+Queue full: security events (``auth.*``, ``session.*``, ``stepup.*``,
+``permission.denied``) are appended to that sink's durable spool instead;
+other events (``skill.invoked``, ``token.refreshed``) are dropped, counted in
+:attr:`AuditPipeline.stats` and reported by a warning at most once a minute.
+
+Failed sign-ins are counted in memory, per process (see :class:`FailureCounter`):
+with several worker processes each one counts its own share, so the
+effective threshold is up to ``count`` times the number of processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict, deque
+from typing import Any, Callable
+
+from flask import Flask, g, has_request_context, request
+
+from .. import signals as _signals_module
+from ..signals import _signals as _namespace
+from .events import AuditEvent, RequestInfo, build_event
+from .settings import AuditSettings
+from .sinks import Sink, make_sink
+
+log = logging.getLogger("flask_ccsso.audit")
+
+EXTENSION_KEY = "ccsso_audit"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_notices_logged: set[str] = set()
+_notices_lock = threading.Lock()
+
+
+def request_id() -> str | None:
+    """This request's id: a sane ``X-Request-ID`` header, else a new one; kept on ``g.ccsso_request_id``."""
+    if not has_request_context():
+        return None
+    rid = g.get("ccsso_request_id")
+    if rid is None:
+        header = request.headers.get("X-Request-ID", "")
+        rid = header if _REQUEST_ID.match(header) else uuid.uuid4().hex
+        g.ccsso_request_id = rid
+    return str(rid)
+
+
+def _request_info() -> RequestInfo | None:
+    if not has_request_context():
+        return None
+    return RequestInfo(request_id=request_id(), client_ip=request.remote_addr,
+                       user_agent=request.headers.get("User-Agent"))
+
+
+class FailureCounter:
+    """Sliding-window counts of failed sign-ins per key, in this process's memory.
+
+    ``hit(key)`` returns the count when it reaches ``count`` within ``window``
+    seconds and no alert was raised for that key in the last ``window``
+    seconds; otherwise ``None``. At most ``max_keys`` keys are tracked (the
+    least recently failed are forgotten first), so a spray from many addresses
+    cannot exhaust memory.
+    """
+
+    def __init__(self, count: int, window: float, clock: Callable[[], float], max_keys: int = 100_000) -> None:
+        self.count = count
+        self.window = window
+        self.clock = clock
+        self.max_keys = max_keys
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._alerted: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> int | None:
+        now = self.clock()
+        with self._lock:
+            hits = self._hits.pop(key, None)
+            if hits is None:
+                hits = deque()
+            hits.append(now)
+            while hits and hits[0] <= now - self.window:
+                hits.popleft()
+            self._hits[key] = hits
+            while len(self._hits) > self.max_keys:
+                old, _ = self._hits.popitem(last=False)
+                self._alerted.pop(old, None)
+            if len(hits) < self.count:
+                return None
+            last = self._alerted.get(key)
+            if last is not None and now - last < self.window:
+                return None
+            self._alerted[key] = now
+            return len(hits)
+
+
+class AuditPipeline:
+    """Turns this app's signals into audit events and hands them to the sinks."""
+
+    def __init__(self, app: Flask, settings: AuditSettings, *, clock: Callable[[], float] = time.time,
+                 spool_dir: str | None = None, sinks: list[Sink] | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.spool_dir = spool_dir or settings.spool_dir or os.path.join(app.instance_path, "ccsso-audit-spool")
+        self._app_ref = weakref.ref(app)  # the signal holds the pipeline strongly; the app must not be
+        self._receivers: list[tuple[Any, Callable[..., None]]] = []
+        self.sinks: list[Sink] = []
+        if settings.enabled:
+            self.sinks = sinks if sinks is not None else [
+                make_sink(s, settings, spool_dir=self.spool_dir) for s in settings.destinations
+            ]
+        ft = settings.failure_threshold
+        self.failures = FailureCounter(ft.count, ft.window, clock) if ft is not None and settings.enabled else None
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> AuditPipeline:
+        if self._started or not self.settings.enabled:
+            self._started = True
+            return self
+        self._started = True
+        for sink in self.sinks:
+            sink.start()
+        for name, signal in _namespace.items():
+            receiver = self._make_receiver(name)
+            signal.connect(receiver, sender=self._app_ref(), weak=False)
+            self._receivers.append((signal, receiver))
+        atexit.register(self._atexit)
+        return self
+
+    def _make_receiver(self, name: str) -> Callable[..., None]:
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            try:
+                self._on_signal(name, sender, kwargs)
+            except Exception:  # auditing must never break the request that sent the signal
+                log.exception("audit: could not record %s", name)
+
+        receiver.__name__ = f"ccsso_audit_{name.replace('.', '_')}"
+        return receiver
+
+    def _on_signal(self, name: str, sender: Any, kwargs: dict[str, Any]) -> None:
+        if sender is not self._app_ref():
+            return
+        info = _request_info()
+        if self.settings.records(name):
+            self._submit(self._build(name, kwargs, info))
+        if name == "auth.login_failed" and self.failures is not None:
+            self._count_failure(sender, kwargs, info)  # after: the alert follows the failure that tripped it
+
+    def _count_failure(self, app: Flask, kwargs: dict[str, Any], info: RequestInfo | None) -> None:
+        assert self.failures is not None
+        keys = []
+        user = kwargs.get("email") or kwargs.get("subject")
+        if isinstance(user, str) and user:
+            keys.append(("user", user.strip().lower()))
+        if info is not None and info.client_ip:
+            keys.append(("address", info.client_ip))
+        for key_type, key in keys:
+            count = self.failures.hit(f"{key_type}:{key}")
+            if count is not None:
+                _signals_module.failure_threshold.send(app, key_type=key_type, key=key, count=count,
+                                                       window=self.failures.window)
+
+    def _build(self, event_type: str, fields: dict[str, Any], info: RequestInfo | None) -> AuditEvent:
+        return build_event(event_type, fields, request=info, include_claims=self.settings.include_user_claims,
+                           include_groups=self.settings.include_group_memberships,
+                           max_field_length=self.settings.max_field_length, clock=self.clock)
+
+    def _submit(self, event: AuditEvent) -> None:
+        for sink in self.sinks:
+            sink.offer(event)
+
+    def emit(self, event_type: str, **fields: Any) -> AuditEvent | None:
+        """Record an event directly (same allow-list as signals). Returns it, or ``None`` if not recorded."""
+        if self._closed or not self.settings.records(event_type):
+            return None
+        event = self._build(event_type, fields, _request_info())
+        self._submit(event)
+        return event
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event so far is delivered, or spooled for a sink that is down."""
+        deadline = time.monotonic() + timeout
+        ok = True
+        for sink in self.sinks:
+            ok = sink.flush(max(deadline - time.monotonic(), 0.0)) and ok
+        return ok
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop listening, deliver or spool what is queued, stop the threads. Idempotent."""
+        if self._closed:
+            return True
+        self._closed = True
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver)
+        self._receivers.clear()
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:  # pragma: no cover
+            pass
+        deadline = time.monotonic() + timeout
+        ok = True
+        for sink in self.sinks:
+            ok = sink.stop(max(deadline - time.monotonic(), 0.1)) and ok
+        return ok
+
+    def _atexit(self) -> None:
+        self.close(timeout=5.0)
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per sink: written, spooled, replayed, dead_lettered, dropped, overflow_spooled, failures, lost."""
+        return {sink.name: sink.stats.as_dict() for sink in self.sinks}
+
+    def __repr__(self) -> str:
+        return f"<AuditPipeline level={self.settings.level!r} sinks={[s.name for s in self.sinks]}>"
+
+
+def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float] = time.time) -> AuditPipeline:
+    """Start the audit pipeline for ``app`` and return it.
+
+    Also kept in ``app.extensions["ccsso_audit"]`` (one per app; a second call
+    for the same app is refused). Logs each settings notice (such as the
+    seed's Azure fallback) once per process.
+    """
+    if EXTENSION_KEY in app.extensions:
+        raise RuntimeError("The audit pipeline is already set up for this app; init_audit() runs once per app "
+                           "(CCSSO.init_app calls it).")
+    for notice in settings.notices:
+        with _notices_lock:
+            first = notice not in _notices_logged
+            _notices_logged.add(notice)
+        if first:
+            log.warning(notice)
+    pipeline = AuditPipeline(app, settings, clock=clock).start()
+    app.extensions[EXTENSION_KEY] = pipeline
+    return pipeline
+
+
+def get_pipeline(app: Flask) -> AuditPipeline | None:
+    return app.extensions.get(EXTENSION_KEY)  # type: ignore[no-any-return]
+
+
+__all__ = ["AuditPipeline", "FailureCounter", "get_pipeline", "init_audit", "request_id"]

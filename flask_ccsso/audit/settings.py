@@ -1,0 +1,348 @@
+"""Parse the ``logging`` config block into frozen :class:`AuditSettings`.
+
+The seed's keys keep their meaning (``level``, ``destination``, ``events``,
+``includeUserClaims``, ``includeGroupMemberships``); the rest are documented in
+``docs/audit.md``. Every mistake is a :class:`~flask_ccsso.exceptions.ConfigError`
+naming the exact key and the fix. ``${VAR}`` interpolation has already happened
+when this runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .._validate import check_keys, expect, expect_positive, expect_str_list, join
+from ..exceptions import ConfigError
+from .events import OUTCOMES
+
+LEVELS = ("audit", "debug", "off")
+SINK_TYPES = ("sqlalchemy", "http", "logging")
+HTTP_FORMATS = ("json", "splunk-hec", "azure-monitor")
+#: values of the seed's single ``destination``
+DESTINATIONS = ("azure-log-analytics", "logging")
+
+KNOWN_EVENTS = tuple(OUTCOMES)
+DEFAULT_EVENTS = tuple(e for e in KNOWN_EVENTS if e != "skill.invoked")
+DEFAULT_TABLE = "ccsso_audit_events"
+AZURE_SCOPE = "https://monitor.azure.com/.default"
+AZURE_TOKEN_URL = "https://login.microsoftonline.com/{tenantId}/oauth2/v2.0/token"
+AZURE_API_VERSION = "2023-01-01"
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_TOP_KEYS = (
+    "level", "destination", "events", "includeUserClaims", "includeGroupMemberships",
+    "destinations", "azureMonitor", "spoolDir", "queueSize", "batchSize", "flushInterval",
+    "failureThreshold", "retryAttempts", "retryBackoff", "maxBackoff", "maxFieldLength",
+)
+_AZURE_KEYS = ("endpoint", "dcrImmutableId", "streamName", "tenantId", "clientId", "clientSecret", "tokenUrl",
+               "scope")
+_AZURE_REQUIRED = ("endpoint", "dcrImmutableId", "streamName", "clientId", "clientSecret")
+_COMMON_SINK_KEYS = ("type", "name")
+_SINK_KEYS = {
+    "sqlalchemy": ("url", "table", "createTable"),
+    "http": ("url", "format", "token", "headers", "connectTimeout", "readTimeout", "verify", "maxBatchBytes",
+             "sourcetype", "index", "source", "host") + _AZURE_KEYS,
+    "logging": ("logger",),
+}
+
+
+@dataclass(frozen=True)
+class AzureMonitorSettings:
+    """Where and how to reach the Azure Monitor Logs Ingestion API."""
+
+    endpoint: str
+    dcr_immutable_id: str
+    stream_name: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    token_url: str
+    scope: str = AZURE_SCOPE
+
+    @property
+    def ingestion_url(self) -> str:
+        return (f"{self.endpoint.rstrip('/')}/dataCollectionRules/{self.dcr_immutable_id}"
+                f"/streams/{self.stream_name}?api-version={AZURE_API_VERSION}")
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """One destination. Only the fields of its ``type`` are meaningful."""
+
+    type: str
+    name: str
+    url: str | None = field(default=None, repr=False)  # may embed a password
+    # sqlalchemy
+    table: str = DEFAULT_TABLE
+    create_table: bool = True
+    # http
+    format: str = "json"
+    token: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+    verify: bool | str = True
+    max_batch_bytes: int = 900_000
+    sourcetype: str = "ccsso:audit"
+    index: str | None = None
+    source: str | None = None
+    host: str | None = None
+    azure: AzureMonitorSettings | None = None
+    # logging
+    logger: str = "flask_ccsso.audit"
+
+
+@dataclass(frozen=True)
+class FailureThresholdSettings:
+    count: int = 5
+    window: float = 300.0
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The parsed ``logging`` block."""
+
+    level: str = "audit"
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
+    include_user_claims: bool = False
+    include_group_memberships: bool = False
+    destinations: tuple[SinkSettings, ...] = ()
+    spool_dir: str | None = None
+    queue_size: int = 10_000
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    failure_threshold: FailureThresholdSettings | None = FailureThresholdSettings()
+    retry_attempts: int = 3
+    retry_backoff: float = 0.5
+    max_backoff: float = 60.0
+    max_field_length: int = 1024
+    #: things worth one warning at start-up (e.g. the seed's fallback)
+    notices: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.level != "off"
+
+    def records(self, event_type: str) -> bool:
+        """Whether an event of this type is written at the configured level."""
+        if self.level == "off":
+            return False
+        if self.level == "debug":
+            return True
+        if event_type == "auth.failure_threshold" and self.failure_threshold is not None:
+            return True
+        return event_type in self.events
+
+    @property
+    def database_url(self) -> str | None:
+        """The first ``sqlalchemy`` destination's URL (used by ``flask ccsso audit``)."""
+        for sink in self.destinations:
+            if sink.type == "sqlalchemy":
+                return sink.url
+        return None
+
+    @property
+    def database_table(self) -> str:
+        for sink in self.destinations:
+            if sink.type == "sqlalchemy":
+                return sink.table
+        return DEFAULT_TABLE
+
+
+def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], path: str, default: str) -> str:
+    value = expect(raw, key, str, path, default)
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        fix = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}."
+        raise ConfigError(join(path, key), f"unknown value {value!r}.", fix)
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, path: str, default: int, minimum: int = 1) -> int:
+    value = expect(raw, key, int, path, default)
+    if value < minimum:
+        raise ConfigError(join(path, key), f"must be at least {minimum}, not {value}.",
+                          f"set '{key}' to {minimum} or more.")
+    return int(value)
+
+
+def _azure(raw: Mapping[str, Any], path: str) -> AzureMonitorSettings:
+    for key in _AZURE_REQUIRED:
+        env = "AZURE_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper()
+        expect(raw, key, str, path, required=True,
+               fix=f"set '{key}' (e.g. \"${{{env}}}\"); see docs/audit.md, 'Azure Monitor'.")
+        if not raw[key].strip():
+            raise ConfigError(join(path, key), "is empty.", f"set '{key}' (is its environment variable empty?).")
+    endpoint = raw["endpoint"]
+    if not endpoint.startswith(("https://", "http://")):
+        raise ConfigError(join(path, "endpoint"), "must be an http(s) URL.",
+                          "use the data collection endpoint's Logs Ingestion URL, "
+                          "e.g. https://my-dce-abcd.westeurope-1.ingest.monitor.azure.com.")
+    tenant = expect(raw, "tenantId", str, path)
+    token_url = expect(raw, "tokenUrl", str, path)
+    if token_url is None:
+        if not tenant:
+            raise ConfigError(join(path, "tenantId"), "is required when 'tokenUrl' is not set.",
+                              "set 'tenantId' (the Entra ID tenant of the app registration) or 'tokenUrl'.")
+        token_url = AZURE_TOKEN_URL.format(tenantId=tenant)
+    return AzureMonitorSettings(
+        endpoint=endpoint, dcr_immutable_id=raw["dcrImmutableId"], stream_name=raw["streamName"],
+        client_id=raw["clientId"], client_secret=raw["clientSecret"], token_url=token_url,
+        scope=expect(raw, "scope", str, path, AZURE_SCOPE),
+    )
+
+
+def _sink(raw: Any, path: str, index: int, taken: set[str]) -> SinkSettings:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"must be an object, not {type(raw).__name__}.",
+                          'write a sink as {"type": "sqlalchemy", "url": "..."}.')
+    kind = _choice(raw, "type", SINK_TYPES, path, "") if "type" in raw else None
+    if kind is None:
+        raise ConfigError(join(path, "type"), "is required.", f"set 'type' to one of: {', '.join(SINK_TYPES)}.")
+    check_keys(raw, _COMMON_SINK_KEYS + _SINK_KEYS[kind], path)
+    name = expect(raw, "name", str, path, kind if kind not in taken else f"{kind}-{index}")
+    if not _NAME.match(name):
+        raise ConfigError(join(path, "name"), f"{name!r} is not a usable name.",
+                          "use 1-64 letters, digits, '-' or '_' (it names the spool file).")
+    if kind == "logging":
+        return SinkSettings(type=kind, name=name, logger=expect(raw, "logger", str, path, "flask_ccsso.audit"))
+    if kind == "sqlalchemy":
+        url = expect(raw, "url", str, path, required=True,
+                     fix="set 'url' to a SQLAlchemy URL, e.g. \"postgresql+psycopg://audit@db/audit\" "
+                         "or \"sqlite:////var/lib/app/audit.db\".")
+        table = expect(raw, "table", str, path, DEFAULT_TABLE)
+        if not _TABLE.match(table):
+            raise ConfigError(join(path, "table"), f"{table!r} is not a plain SQL identifier.",
+                              "use letters, digits and '_' only.")
+        return SinkSettings(type=kind, name=name, url=url, table=table,
+                            create_table=expect(raw, "createTable", bool, path, True))
+    fmt = _choice(raw, "format", HTTP_FORMATS, path, "json")
+    azure = None
+    url = expect(raw, "url", str, path)
+    if fmt == "azure-monitor":
+        azure = _azure(raw, path)
+        url = azure.ingestion_url
+    elif url is None:
+        raise ConfigError(join(path, "url"), "is required.",
+                          "set 'url' to the collector endpoint, e.g. "
+                          "\"https://splunk:8088/services/collector/event\".")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(join(path, "url"), "must be an http(s) URL.", "start the URL with https://.")
+    if fmt == "splunk-hec" and not expect(raw, "token", str, path):
+        raise ConfigError(join(path, "token"), "is required for the Splunk HEC format.",
+                          'set \'token\' to the HEC token, e.g. "${SPLUNK_HEC_TOKEN}".')
+    headers = expect(raw, "headers", dict, path, {})
+    for hk, hv in headers.items():
+        if not isinstance(hv, str):
+            raise ConfigError(join(join(path, "headers"), hk), "must be a string.", "quote the header value.")
+    verify = expect(raw, "verify", (bool, str), path, True)
+    return SinkSettings(
+        type=kind, name=name, url=url, format=fmt, token=expect(raw, "token", str, path),
+        headers=dict(headers),
+        connect_timeout=expect_positive(raw, "connectTimeout", path, 3.05),
+        read_timeout=expect_positive(raw, "readTimeout", path, 10.0),
+        verify=verify, max_batch_bytes=_int(raw, "maxBatchBytes", path, 900_000, 1024),
+        sourcetype=expect(raw, "sourcetype", str, path, "ccsso:audit"),
+        index=expect(raw, "index", str, path), source=expect(raw, "source", str, path),
+        host=expect(raw, "host", str, path), azure=azure,
+    )
+
+
+def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") -> AuditSettings:
+    """Validate the ``logging`` block and return frozen :class:`AuditSettings`.
+
+    ``None`` (no block) gives the defaults: level ``audit``, the logging sink.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"must be an object, not {type(raw).__name__}.",
+                          'write it as {"level": "audit", ...}.')
+    check_keys(raw, _TOP_KEYS, path)
+    level = _choice(raw, "level", LEVELS, path, "audit")
+
+    events = expect_str_list(raw, "events", path, DEFAULT_EVENTS)
+    for i, name in enumerate(events):
+        if name not in KNOWN_EVENTS:
+            close = difflib.get_close_matches(name, KNOWN_EVENTS, n=1, cutoff=0.6)
+            fix = f"did you mean '{close[0]}'?" if close else f"known events: {', '.join(KNOWN_EVENTS)}."
+            raise ConfigError(join(join(path, "events"), i), f"unknown event {name!r}.", fix)
+
+    notices: list[str] = []
+    sinks: list[SinkSettings] = []
+    destination = expect(raw, "destination", str, path)
+    if destination is not None:
+        _choice(raw, "destination", DESTINATIONS, path, "")
+        if destination == "azure-log-analytics":
+            azure_raw = expect(raw, "azureMonitor", dict, path)
+            if azure_raw is None:
+                if "destinations" not in raw:
+                    sinks.append(SinkSettings(type="logging", name="logging"))
+                notices.append(
+                    f"{path}.destination is 'azure-log-analytics' but {path}.azureMonitor is not set; "
+                    + ("audit events go to the 'destinations' listed instead. "
+                       if "destinations" in raw else "audit events go to the 'flask_ccsso.audit' logger instead. ")
+                    + f"Fix: add {path}.azureMonitor with endpoint, dcrImmutableId, streamName, tenantId, clientId "
+                    "and clientSecret (see docs/audit.md).")
+            else:
+                apath = join(path, "azureMonitor")
+                check_keys(azure_raw, _AZURE_KEYS, apath)
+                azure = _azure(azure_raw, apath)
+                sinks.append(SinkSettings(type="http", name="azure-log-analytics", url=azure.ingestion_url,
+                                          format="azure-monitor", azure=azure))
+        else:
+            sinks.append(SinkSettings(type="logging", name="logging"))
+    elif "azureMonitor" in raw:
+        raise ConfigError(join(path, "azureMonitor"), "is set but nothing uses it.",
+                          f"set {path}.destination to \"azure-log-analytics\".")
+
+    dest_list = expect(raw, "destinations", list, path)
+    if dest_list is not None:
+        for i, item in enumerate(dest_list):
+            sinks.append(_sink(item, join(join(path, "destinations"), i), i, {s.name for s in sinks}))
+    if not sinks:
+        sinks.append(SinkSettings(type="logging", name="logging"))
+    seen: set[str] = set()
+    for i, sink in enumerate(sinks):
+        if sink.name in seen:
+            raise ConfigError(join(join(path, "destinations"), i) + ".name", f"duplicate sink name {sink.name!r}.",
+                              "give each destination its own 'name'.")
+        seen.add(sink.name)
+
+    ft_raw = raw.get("failureThreshold", {})
+    failure: FailureThresholdSettings | None
+    if ft_raw is False:
+        failure = None
+    else:
+        ft_raw = expect(raw, "failureThreshold", dict, path, {},
+                        fix='write it as {"count": 5, "window": 300}, or false to turn it off.')
+        fpath = join(path, "failureThreshold")
+        check_keys(ft_raw, ("count", "window"), fpath)
+        failure = FailureThresholdSettings(count=_int(ft_raw, "count", fpath, 5),
+                                           window=expect_positive(ft_raw, "window", fpath, 300.0))
+
+    return AuditSettings(
+        level=level,
+        events=frozenset(events),
+        include_user_claims=expect(raw, "includeUserClaims", bool, path, False),
+        include_group_memberships=expect(raw, "includeGroupMemberships", bool, path, False),
+        destinations=tuple(sinks),
+        spool_dir=expect(raw, "spoolDir", str, path),
+        queue_size=_int(raw, "queueSize", path, 10_000),
+        batch_size=_int(raw, "batchSize", path, 100),
+        flush_interval=expect_positive(raw, "flushInterval", path, 1.0),
+        failure_threshold=failure,
+        retry_attempts=_int(raw, "retryAttempts", path, 3),
+        retry_backoff=expect_positive(raw, "retryBackoff", path, 0.5, allow_zero=True),
+        max_backoff=expect_positive(raw, "maxBackoff", path, 60.0),
+        max_field_length=_int(raw, "maxFieldLength", path, 1024, 64),
+        notices=tuple(notices),
+    )
+
+
+__all__ = ["AuditSettings", "AzureMonitorSettings", "FailureThresholdSettings", "SinkSettings",
+           "parse_logging_block"]

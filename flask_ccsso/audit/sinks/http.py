@@ -1,0 +1,191 @@
+"""The HTTP sink: POST batches to a collector in one of three formats.
+
+``json``
+    ``Content-Type: application/json``, body a JSON array of events;
+    ``Authorization: Bearer <token>`` when ``token`` is set.
+``splunk-hec``
+    Splunk HTTP Event Collector: one ``{"time": <epoch>, "sourcetype":
+    "ccsso:audit", "event": {...}}`` object per line, ``Authorization: Splunk
+    <token>``. ``url`` is the collector's ``/services/collector/event``.
+``azure-monitor``
+    Azure Monitor Logs Ingestion API: ``POST {endpoint}/dataCollectionRules/
+    {dcrImmutableId}/streams/{streamName}?api-version=2023-01-01`` with a JSON
+    array of records (the event fields plus ``TimeGenerated``) and a bearer
+    token obtained with the OAuth 2.0 client-credentials grant from
+    ``tokenUrl`` (scope ``https://monitor.azure.com/.default``), cached until
+    a minute before it expires.
+
+Answers: 2xx is success. Timeouts, connection errors, 5xx, 408 and 429 are
+transient (retried with backoff, then spooled; ``Retry-After`` is honoured).
+401 and 403 mean the *sink's* credentials or role assignment are wrong, not
+the events, so they are also treated as transient (spooled, logged as errors)
+rather than throwing good events away. Any other 4xx means the collector
+refused the content: the batch is split to isolate the refused events, which
+are moved to the dead-letter file and never retried.
+
+Nothing from a request or an answer body is logged (a collector may echo the
+token back); only the status code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Sequence
+
+import requests
+
+from ..events import AuditEvent
+from .base import PoisonBatchError, Sink, TransientSinkError
+
+log = logging.getLogger("flask_ccsso.audit")
+
+_RETRYABLE = {401, 403, 408, 425, 429}
+_SPLITTABLE = {400, 413, 422}
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value and value.strip().isdigit():
+        return min(float(value), 3600.0)
+    return None
+
+
+class HTTPSink(Sink):
+    session: requests.Session | None = None
+
+    def open(self) -> None:
+        if self.session is None:
+            self.session = requests.Session()
+            self.session.trust_env = False  # proxies come from config, not from the worker's environment
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = threading.Lock()
+
+    # -- encodings --------------------------------------------------------------------
+
+    def _encode_one(self, event: AuditEvent) -> str:
+        fmt = self.settings.format
+        data = event.to_dict()
+        if fmt == "splunk-hec":
+            wrapper: dict[str, Any] = {"time": round(event.timestamp, 6), "sourcetype": self.settings.sourcetype,
+                                       "event": data}
+            for key in ("index", "source", "host"):
+                value = getattr(self.settings, key)
+                if value:
+                    wrapper[key] = value
+            return json.dumps(wrapper, separators=(",", ":"), ensure_ascii=False)
+        if fmt == "azure-monitor":
+            record = {"TimeGenerated": event.time, **data}
+            return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    def _bodies(self, events: Sequence[AuditEvent]) -> list[tuple[bytes, int]]:
+        """Encode, cutting the batch so no body exceeds ``maxBatchBytes`` (Azure: 1 MB per call)."""
+        limit = self.settings.max_batch_bytes
+        parts = [self._encode_one(e).encode() for e in events]
+        chunks: list[list[bytes]] = [[]]
+        size = 0
+        for part in parts:
+            if chunks[-1] and size + len(part) + 2 > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(part)
+            size += len(part) + 1
+        bodies = []
+        for chunk in chunks:
+            if self.settings.format == "splunk-hec":
+                bodies.append((b"\n".join(chunk), len(chunk)))
+            else:
+                bodies.append((b"[" + b",".join(chunk) + b"]", len(chunk)))
+        return bodies
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def _azure_token(self, force: bool = False) -> str:
+        azure = self.settings.azure
+        assert azure is not None and self.session is not None
+        with self._token_lock:
+            if not force and self._token and time.monotonic() < self._token_expires:
+                return self._token
+            try:
+                resp = self.session.post(
+                    azure.token_url,
+                    data={"grant_type": "client_credentials", "client_id": azure.client_id,
+                          "client_secret": azure.client_secret, "scope": azure.scope},
+                    timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+                    verify=self.settings.verify, allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise TransientSinkError(f"token endpoint unreachable ({type(exc).__name__})") from exc
+            if resp.status_code != 200:
+                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    log.error("audit sink %r: the token endpoint refused the client credentials (HTTP %d); "
+                              "check logging.azureMonitor clientId/clientSecret/tenantId", self.name,
+                              resp.status_code)
+                raise TransientSinkError(f"token endpoint answered HTTP {resp.status_code}",
+                                         retry_after=_retry_after(resp))
+            try:
+                body = resp.json()
+                token = body["access_token"]
+                expires_in = float(body.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TransientSinkError("token endpoint answered without an access_token") from exc
+            self._token = str(token)
+            self._token_expires = time.monotonic() + max(expires_in - 60.0, 0.0)
+            return self._token
+
+    def _headers(self, force_token: bool = False) -> dict[str, str]:
+        headers = {"User-Agent": "flask-ccsso-audit/1"}
+        fmt = self.settings.format
+        headers["Content-Type"] = "application/json"
+        if fmt == "splunk-hec":
+            headers["Authorization"] = f"Splunk {self.settings.token}"
+        elif fmt == "azure-monitor":
+            headers["Authorization"] = f"Bearer {self._azure_token(force_token)}"
+        elif self.settings.token:
+            headers["Authorization"] = f"Bearer {self.settings.token}"
+        headers.update(self.settings.headers)
+        return headers
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def _post(self, body: bytes) -> None:
+        assert self.session is not None and self.settings.url is not None
+        for attempt in (1, 2):
+            headers = self._headers(force_token=attempt == 2)
+            try:
+                resp = self.session.post(self.settings.url, data=body, headers=headers,
+                                         timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+                                         verify=self.settings.verify, allow_redirects=False)
+            except requests.RequestException as exc:
+                raise TransientSinkError(f"collector unreachable ({type(exc).__name__})") from exc
+            status = resp.status_code
+            resp.close()
+            if 200 <= status < 300:
+                return
+            if status == 401 and self.settings.format == "azure-monitor" and attempt == 1:
+                continue  # the cached token may have been revoked: get a new one once
+            if status >= 500 or status in _RETRYABLE:
+                if status in (401, 403):
+                    log.error("audit sink %r: the collector refused our credentials (HTTP %d); events are "
+                              "spooled until this is fixed", self.name, status)
+                raise TransientSinkError(f"collector answered HTTP {status}", retry_after=_retry_after(resp))
+            if 400 <= status < 500:
+                raise PoisonBatchError(f"collector refused the batch with HTTP {status}",
+                                       splittable=status in _SPLITTABLE)
+            raise TransientSinkError(f"collector answered HTTP {status}")  # 1xx/3xx: misconfigured
+
+    def write_batch(self, events: Sequence[AuditEvent]) -> None:
+        for body, _count in self._bodies(events):
+            self._post(body)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+__all__ = ["HTTPSink"]

@@ -1,0 +1,26 @@
+"""The logging sink: one JSON line per event on a Python logger (``flask_ccsso.audit``).
+
+Control characters are already escaped in every field, so one event is one
+line however the logger is formatted. Point the logger's handler at a file, at
+syslog or at your log shipper.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from ..events import AuditEvent
+from .base import Sink
+
+
+class LoggingSink(Sink):
+    def open(self) -> None:
+        self.logger = logging.getLogger(self.settings.logger)
+
+    def write_batch(self, events: Sequence[AuditEvent]) -> None:
+        for event in events:
+            self.logger.info(event.to_json())
+
+
+__all__ = ["LoggingSink"]
