@@ -1,0 +1,141 @@
+"""What every provider offers the views and the request gate.
+
+A provider speaks one protocol. It builds the URL that starts a sign-in,
+checks what comes back, and turns it into an :class:`~flask_ccsso.identity.Identity`.
+It knows no routes (the views hand it the redirect URL) and takes no access
+decisions (the skills policy does).
+
+Pending sign-ins live in the shared store under a random key (OIDC ``state``,
+SAML request id), never in the cookie: several tabs can sign in at once, any
+worker can finish a sign-in another started, and a SAML POST that arrives
+without the SameSite=Lax cookie still finds its request.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+import requests
+
+from .. import reasons
+from ..exceptions import AuthenticationFailed, CCSSOError
+from ..identity import Identity
+
+if TYPE_CHECKING:
+    from ..config import ProviderSettings
+    from ..stores import SharedStore
+
+
+@dataclass
+class LoginRequest:
+    """What the views ask a provider for when a sign-in starts."""
+
+    #: absolute URL the IdP sends the person back to (callback / ACS)
+    redirect_uri: str
+    #: same-origin path to land on afterwards (already checked by the views)
+    next_url: str = "/"
+    #: opaque value tying the pending sign-in to this browser (``None`` where
+    #: the protocol cannot carry the cookie back, i.e. SAML POST)
+    browser_binding: str | None = None
+    #: step-up: force a fresh authentication
+    force_authn: bool = False
+    max_age: int | None = None
+    acr_values: tuple[str, ...] = ()
+    #: the skill that asked for step-up (for the audit trail)
+    step_up_skill: str | None = None
+
+
+@dataclass
+class CallbackRequest:
+    """The parts of the HTTP request a provider needs at the callback / ACS."""
+
+    args: Mapping[str, str]
+    form: Mapping[str, str]
+    method: str
+    url: str
+    redirect_uri: str
+    browser_binding: str | None = None
+    content_length: int | None = None
+
+
+@dataclass
+class LoginResult:
+    identity: Identity
+    next_url: str
+    #: OIDC tokens kept server-side (access/refresh/id token, expires_at, scope)
+    tokens: dict[str, Any] | None = None
+    #: protocol facts needed at logout (id_token for the hint, SAML NameID ...)
+    logout_state: dict[str, Any] = field(default_factory=dict)
+    #: the pending request asked for step-up (skill name), and it was verified
+    step_up_skill: str | None = None
+    step_up: bool = False
+
+
+class Provider(ABC):
+    """Base class: one configured IdP."""
+
+    #: the ``provider`` values in config that select this class
+    type: ClassVar[str]
+    #: ``"oidc"`` or ``"saml"``
+    protocol: ClassVar[str]
+
+    def __init__(self, settings: ProviderSettings, *, store: SharedStore, clock: Callable[[], float],
+                 http: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.store = store
+        self.clock = clock
+        self.http = http or requests.Session()
+
+    # -- pending sign-ins -----------------------------------------------------
+    def _save_pending(self, key: str, data: dict[str, Any], ttl: float) -> None:
+        data = dict(data, provider=self.name, created=self.clock())
+        self.store.set(f"login:{key}", json.dumps(data, separators=(",", ":")), ttl)
+
+    def _take_pending(self, key: str | None, ttl: float, binding: str | None, *, check_binding: bool = True) -> dict[str, Any]:
+        """Consume a pending sign-in exactly once (atomic pop in the store)."""
+        if not key or len(key) > 512:
+            raise AuthenticationFailed("The sign-in response did not match a sign-in that was started here.",
+                                       reason=reasons.STATE_MISSING)
+        raw = self.store.pop(f"login:{key}")
+        if raw is None:
+            raise AuthenticationFailed("This sign-in link was already used or has expired. Please sign in again.",
+                                       reason=reasons.STATE_MISSING)
+        data: dict[str, Any] = json.loads(raw)
+        if data.get("provider") != self.name:
+            raise AuthenticationFailed("The sign-in response came back to the wrong provider.",
+                                       reason=reasons.STATE_MISMATCH)
+        if self.clock() - float(data.get("created", 0)) > ttl:
+            raise AuthenticationFailed("The sign-in took too long. Please sign in again.", reason=reasons.STATE_EXPIRED)
+        if check_binding and data.get("bind") != binding:
+            raise AuthenticationFailed("The sign-in response belongs to another browser session.",
+                                       reason=reasons.STATE_MISMATCH)
+        return data
+
+    # -- the protocol ---------------------------------------------------------
+    @abstractmethod
+    def begin_login(self, req: LoginRequest) -> str:
+        """Return the URL to send the browser to."""
+
+    @abstractmethod
+    def finish_login(self, req: CallbackRequest) -> LoginResult:
+        """Check the IdP's answer and return who signed in; raise a
+        :class:`~flask_ccsso.exceptions.CCSSOError` otherwise."""
+
+    def logout_url(self, logout_state: Mapping[str, Any], post_logout_redirect_uri: str) -> str | None:
+        """Where to send the browser to end the IdP session (``None``: nowhere)."""
+        return None
+
+    # optional capabilities (OIDC): bearer tokens, refresh, back-channel logout
+    def validate_bearer(self, token: str) -> Identity:
+        raise AuthenticationFailed("This provider does not accept bearer tokens.", reason=reasons.INVALID_TOKEN)
+
+    def refresh(self, tokens: Mapping[str, Any]) -> tuple[dict[str, Any], Identity | None]:
+        raise CCSSOError("This provider cannot refresh tokens.", reason=reasons.REFRESH_FAILED)
+
+    def describe(self) -> dict[str, Any]:
+        """A secret-free summary for ``flask ccsso check-config``."""
+        return {"name": self.name, "type": self.type}

@@ -1,0 +1,412 @@
+"""OpenID Connect through Authlib (OAuth 2.0 client) and joserfc (JOSE).
+
+Closes what the libraries leave open (see docs/security.md):
+
+* PKCE S256, ``state`` and ``nonce`` on every sign-in, not only when asked.
+* ID token algorithms from a *local* allow-list (never ``none``, never HMAC
+  against a public key), not from the IdP's metadata.
+* ``iss``, ``aud``, ``azp``, ``exp``, ``iat``, ``nonce`` always checked, with
+  the configured clock-skew leeway applied to every time claim.
+* RFC 9207: an ``iss`` parameter on the authorization response must be the
+  issuer (and may be required per provider).
+* ``auth_time`` (and ``acr``) verified when step-up asked for ``max_age``
+  (and ``acr_values``): a round trip that did not re-authenticate is refused.
+* Discovery and JWKS cached with a TTL; an unknown ``kid`` refetches at most
+  once per cooldown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import base64
+import json
+import secrets
+from typing import Any, ClassVar, Mapping
+from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.errors import (BadSignatureError, ClaimError, DecodeError, ExpiredTokenError, JoseError,
+                            MissingKeyError, UnsupportedAlgorithmError)
+from joserfc.jws import JWSRegistry
+
+from .. import reasons
+from ..config import OIDCSettings
+from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
+from ..identity import Identity
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider
+from .keys import JWKSCache, TTLDocument, fetch_json
+
+# joserfc's registry knows which algorithms exist; the allow-list narrows it
+_REGISTRY_CACHE: dict[tuple[str, ...], JWSRegistry] = {}
+
+
+def _registry(algorithms: tuple[str, ...]) -> JWSRegistry:
+    reg = _REGISTRY_CACHE.get(algorithms)
+    if reg is None:
+        reg = _REGISTRY_CACHE[algorithms] = JWSRegistry(algorithms=list(algorithms))
+    return reg
+
+
+def _peek_header(token: str) -> dict[str, Any]:
+    """Read the JOSE header without trusting it (to pick the key and check alg)."""
+    try:
+        head = token.split(".", 1)[0]
+        head += "=" * (-len(head) % 4)
+        data = json.loads(base64.urlsafe_b64decode(head.encode("ascii")))
+    except (ValueError, UnicodeError):
+        raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN) from None
+    if not isinstance(data, dict):
+        raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
+    return data
+
+
+def _half_hash(value: str, alg: str) -> str:
+    """OIDC Core 3.1.3.6 ``at_hash``: left half of the hash matching ``alg``."""
+    bits = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+    fn = bits.get(alg[-3:], hashlib.sha256)
+    if alg == "EdDSA":
+        fn = hashlib.sha512
+    digest = fn(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")
+
+
+class OIDCProvider(Provider):
+    """Any discovery-capable OpenID Provider."""
+
+    type: ClassVar[str] = "oidc"
+    protocol: ClassVar[str] = "oidc"
+    settings: OIDCSettings
+
+    def __init__(self, settings: OIDCSettings, **kwargs: Any) -> None:  # type: ignore[override]
+        super().__init__(settings, **kwargs)
+        s = settings
+        self.discovery = TTLDocument(self._load_discovery, s.discovery_ttl, self.clock)
+        self.jwks = JWKSCache(self._load_jwks, s.jwks_ttl, s.jwks_refresh_cooldown, self.clock)
+
+    # -- metadata ---------------------------------------------------------------
+    def expected_issuer(self) -> str:
+        return self.settings.issuer
+
+    def _load_discovery(self) -> dict[str, Any]:
+        doc = fetch_json(self.http, self.settings.discovery_url, self.settings.timeout, "discovery document")
+        # OIDC Discovery 4.3: the issuer in the document MUST be identical to
+        # the issuer the document was requested for.
+        if doc.get("issuer") != self.expected_issuer():
+            raise IdPUnavailable("The identity provider's discovery document names another issuer "
+                                 "(check 'issuer' / 'tenantId' in the config).", reason=reasons.ISSUER_MISMATCH)
+        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            if not isinstance(doc.get(key), str):
+                raise IdPUnavailable(f"The identity provider's discovery document has no {key}.")
+        return doc
+
+    def _load_jwks(self) -> dict[str, Any]:
+        return fetch_json(self.http, self.metadata()["jwks_uri"], self.settings.timeout, "signing keys (JWKS)")
+
+    def metadata(self) -> dict[str, Any]:
+        return self.discovery.get()
+
+    def _client(self, **kwargs: Any) -> OAuth2Session:
+        s = self.settings
+        auth_method = "client_secret_basic" if s.client_secret else "none"
+        client = OAuth2Session(client_id=s.client_id, client_secret=s.client_secret,
+                               token_endpoint_auth_method=auth_method, **kwargs)
+        client.headers.update(self.http.headers)
+        return client
+
+    # -- sign-in ------------------------------------------------------------------
+    def authorize_params(self, req: LoginRequest) -> dict[str, str]:
+        """Extra authorization-request parameters (presets add theirs)."""
+        params = dict(self.settings.extra_authorize_params)
+        if req.force_authn:
+            params["prompt"] = "login"
+        if req.max_age is not None:
+            params["max_age"] = str(int(req.max_age))
+        if req.acr_values:
+            params["acr_values"] = " ".join(req.acr_values)
+        return params
+
+    def begin_login(self, req: LoginRequest) -> str:
+        meta = self.metadata()
+        state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)  # 86 chars: within RFC 7636's 43..128
+        params = {
+            "response_type": "code",
+            "client_id": self.settings.client_id,
+            "redirect_uri": req.redirect_uri,
+            "scope": " ".join(self.settings.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
+        params.update(self.authorize_params(req))
+        self._save_pending(state, {
+            "nonce": nonce, "verifier": verifier, "next": req.next_url, "bind": req.browser_binding,
+            "redirect_uri": req.redirect_uri, "max_age": req.max_age, "acr_values": list(req.acr_values),
+            "force": req.force_authn, "step_up_skill": req.step_up_skill,
+        }, self.settings.login_state_ttl)
+        endpoint = meta["authorization_endpoint"]
+        parts = urlsplit(endpoint)
+        query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+    def finish_login(self, req: CallbackRequest) -> LoginResult:
+        args = req.args
+        # RFC 9207: when the response names an issuer it must be ours; this is
+        # checked before anything else, and before the IdP's error is trusted.
+        meta = self.metadata()
+        iss = args.get("iss")
+        if iss is not None and iss != self.expected_issuer():
+            raise AuthenticationFailed("The sign-in response came from an unexpected issuer.",
+                                       reason=reasons.ISSUER_MISMATCH)
+        if iss is None and (self.settings.require_iss_parameter
+                            or meta.get("authorization_response_iss_parameter_supported") is True):
+            raise AuthenticationFailed("The sign-in response did not name its issuer.", reason=reasons.ISSUER_MISMATCH)
+        pending = self._take_pending(args.get("state"), self.settings.login_state_ttl, req.browser_binding)
+        if "error" in args:
+            code = str(args.get("error"))[:64]
+            raise AuthenticationFailed(f"The identity provider refused the sign-in ({code}).", reason=reasons.IDP_ERROR,
+                                       idp_error=code)
+        code = args.get("code")
+        if not code:
+            raise AuthenticationFailed("The sign-in response carried no authorization code.", reason=reasons.BAD_REQUEST)
+        tokens = self._exchange_code(code, pending)
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str):
+            raise AuthenticationFailed("The identity provider returned no ID token.", reason=reasons.INVALID_TOKEN)
+        claims = self.validate_id_token(id_token, nonce=pending["nonce"], access_token=tokens.get("access_token"),
+                                        max_age=pending.get("max_age"), acr_values=tuple(pending.get("acr_values") or ()),
+                                        force=bool(pending.get("force")), started_at=float(pending["created"]))
+        identity = self.build_identity(claims, tokens)
+        return LoginResult(
+            identity=identity, next_url=pending.get("next") or "/", tokens=self._keep_tokens(tokens),
+            logout_state={"id_token": id_token, "sid": claims.get("sid")},
+            step_up_skill=pending.get("step_up_skill"),
+            step_up=bool(pending.get("force") or pending.get("max_age") is not None),
+        )
+
+    def _token_request(self, **kwargs: Any) -> dict[str, Any]:
+        meta = self.metadata()
+        client = self._client()
+        try:
+            if kwargs.get("grant_type") == "refresh_token":
+                token = client.refresh_token(meta["token_endpoint"], refresh_token=kwargs["refresh_token"],
+                                             timeout=self.settings.timeout)
+            else:
+                token = client.fetch_token(meta["token_endpoint"], timeout=self.settings.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise IdPUnavailable("Could not reach the identity provider's token endpoint.") from exc
+        except Exception as exc:  # authlib OAuthError and friends: the IdP refused
+            err = getattr(exc, "error", None) or type(exc).__name__
+            raise AuthenticationFailed(f"The identity provider refused the token request ({str(err)[:64]}).",
+                                       reason=reasons.TOKEN_EXCHANGE_FAILED) from exc
+        finally:
+            client.close()
+        data = dict(token)
+        if not isinstance(data.get("access_token"), str):
+            raise AuthenticationFailed("The token response has no access token.", reason=reasons.TOKEN_EXCHANGE_FAILED)
+        return data
+
+    def _exchange_code(self, code: str, pending: Mapping[str, Any]) -> dict[str, Any]:
+        return self._token_request(code=code, redirect_uri=pending["redirect_uri"], code_verifier=pending["verifier"],
+                                   grant_type="authorization_code")
+
+    def _keep_tokens(self, tokens: Mapping[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        expires_at = tokens.get("expires_at")
+        if not isinstance(expires_at, (int, float)):
+            expires_in = tokens.get("expires_in")
+            expires_at = now + float(expires_in) if isinstance(expires_in, (int, float)) else None
+        return {
+            "access_token": tokens.get("access_token"),
+            "refresh_token": tokens.get("refresh_token"),
+            "id_token": tokens.get("id_token"),
+            "expires_at": expires_at,
+            "scope": tokens.get("scope"),
+            "token_type": tokens.get("token_type", "Bearer"),
+        }
+
+    # -- token validation -----------------------------------------------------------
+    def decode_jwt(self, token: str, *, algorithms: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Verify a JWT's signature against the IdP's JWKS; return (header, claims)."""
+        algs = algorithms or self.settings.allowed_algorithms
+        if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
+            raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
+        header = _peek_header(token)
+        alg = header.get("alg")
+        if alg not in algs:
+            raise AuthenticationFailed(f"Token algorithm {str(alg)[:16]!r} is not allowed.", reason=reasons.INVALID_TOKEN)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
+        if not self.jwks.has_kid(kid):
+            # key rotation: refetch once (cooldown-limited), then give up
+            self.jwks.refresh_for_unknown_kid()
+            if not self.jwks.has_kid(kid):
+                raise AuthenticationFailed("The token was signed with an unknown key.", reason=reasons.INVALID_TOKEN)
+        try:
+            decoded = jwt.decode(token, self.jwks.keyset(), algorithms=list(algs), registry=_registry(tuple(algs)))
+        except (BadSignatureError, MissingKeyError, UnsupportedAlgorithmError, DecodeError) as exc:
+            raise AuthenticationFailed("The token signature is not valid.", reason=reasons.INVALID_TOKEN) from exc
+        except (JoseError, ValueError, TypeError) as exc:
+            raise AuthenticationFailed("The token could not be verified.", reason=reasons.INVALID_TOKEN) from exc
+        return dict(decoded.header), dict(decoded.claims)
+
+    def _check_time_claims(self, claims: Mapping[str, Any], *, essential: tuple[str, ...]) -> None:
+        leeway = int(self.settings.clock_skew)
+        registry = jwt.JWTClaimsRegistry(now=lambda: int(self.clock()), leeway=leeway,
+                                         **{k: {"essential": True} for k in essential})
+        try:
+            registry.validate(dict(claims))
+        except ExpiredTokenError as exc:
+            raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED) from exc
+        except ClaimError as exc:
+            raise AuthenticationFailed(f"The token's '{exc.claim}' claim is not valid.",
+                                       reason=reasons.INVALID_TOKEN) from exc
+
+    def validate_id_token(self, id_token: str, *, nonce: str | None, access_token: str | None = None,
+                          max_age: int | None = None, acr_values: tuple[str, ...] = (), force: bool = False,
+                          started_at: float | None = None) -> dict[str, Any]:
+        """OIDC Core 3.1.3.7, every step, with our own allow-list and leeway."""
+        header, claims = self.decode_jwt(id_token)
+        if claims.get("iss") != self.expected_issuer():
+            raise AuthenticationFailed("The ID token was issued by someone else.", reason=reasons.ISSUER_MISMATCH)
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if self.settings.client_id not in auds:
+            raise AuthenticationFailed("The ID token is meant for another application.", reason=reasons.INVALID_AUDIENCE)
+        azp = claims.get("azp")
+        if (len(auds) > 1 and azp is None) or (azp is not None and azp != self.settings.client_id):
+            raise AuthenticationFailed("The ID token's authorized party is another application.",
+                                       reason=reasons.INVALID_AUDIENCE)
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise AuthenticationFailed("The ID token has no subject.", reason=reasons.INVALID_TOKEN)
+        self._check_time_claims(claims, essential=("exp", "iat"))
+        if nonce is not None:
+            if not isinstance(claims.get("nonce"), str) or not secrets.compare_digest(claims["nonce"], nonce):
+                raise AuthenticationFailed("The ID token does not belong to this sign-in.", reason=reasons.INVALID_NONCE)
+        if access_token and isinstance(claims.get("at_hash"), str):
+            if not secrets.compare_digest(claims["at_hash"], _half_hash(access_token, header["alg"])):
+                raise AuthenticationFailed("The ID token does not match the access token.", reason=reasons.INVALID_TOKEN)
+        self.check_freshness(claims, max_age=max_age, acr_values=acr_values, force=force, started_at=started_at)
+        self.check_claims(claims)
+        return claims
+
+    def check_freshness(self, claims: Mapping[str, Any], *, max_age: int | None, acr_values: tuple[str, ...],
+                        force: bool, started_at: float | None) -> None:
+        """Step-up: the IdP must really have re-authenticated (Authlib never checks)."""
+        if max_age is None and not force and not acr_values:
+            return
+        now = self.clock()
+        leeway = self.settings.clock_skew
+        auth_time = claims.get("auth_time")
+        if max_age is not None or force:
+            if not isinstance(auth_time, (int, float)) or isinstance(auth_time, bool):
+                raise AuthenticationFailed("The identity provider did not say when you signed in.",
+                                           reason=reasons.STEPUP_NOT_SATISFIED)
+            if auth_time > now + leeway:
+                raise AuthenticationFailed("The sign-in time is in the future.", reason=reasons.INVALID_TOKEN)
+            if max_age is not None and now - auth_time > max_age + leeway:
+                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                           reason=reasons.STEPUP_NOT_SATISFIED)
+            if force and started_at is not None and auth_time < started_at - leeway:
+                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                           reason=reasons.STEPUP_NOT_SATISFIED)
+        if acr_values and claims.get("acr") not in acr_values:
+            raise AuthenticationFailed("The sign-in was not strong enough (acr).", reason=reasons.STEPUP_NOT_SATISFIED)
+
+    def check_claims(self, claims: Mapping[str, Any]) -> None:
+        """Preset-specific checks (Azure AD: ``tid``)."""
+
+    # -- identity ------------------------------------------------------------------------
+    def _str_list(self, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list):
+            return [v for v in value if isinstance(v, str)]
+        return []
+
+    def granted_scopes(self, tokens: Mapping[str, Any]) -> frozenset[str]:
+        scope = tokens.get("scope")
+        if isinstance(scope, str):
+            return frozenset(scope.split())
+        if isinstance(scope, list):
+            return frozenset(s for s in scope if isinstance(s, str))
+        # RFC 6749 5.1: scope omitted means "as requested"
+        return frozenset(self.settings.scopes)
+
+    def resolve_groups(self, claims: Mapping[str, Any], tokens: Mapping[str, Any]) -> tuple[frozenset[str], bool]:
+        """Groups from the ID token; presets override for overage handling."""
+        return frozenset(self._str_list(claims.get(self.settings.groups_claim))), True
+
+    def build_identity(self, claims: Mapping[str, Any], tokens: Mapping[str, Any], *, via: str = "session") -> Identity:
+        groups, complete = self.resolve_groups(claims, tokens)
+        roles = frozenset(self._str_list(claims.get(self.settings.roles_claim))) if self.settings.roles_claim else frozenset()
+        auth_time = claims.get("auth_time")
+        email = claims.get("email") or claims.get("preferred_username") or claims.get("upn")
+        return Identity(
+            subject=str(claims["sub"]), provider=self.name,
+            email=email if isinstance(email, str) else None,
+            name=claims.get("name") if isinstance(claims.get("name"), str) else None,
+            groups=groups, scopes=self.granted_scopes(tokens), roles=roles,
+            auth_time=float(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) else None,
+            amr=tuple(self._str_list(claims.get("amr"))),
+            acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,
+            groups_complete=complete, via=via,
+            session_index=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+            tenant=claims.get("tid") if isinstance(claims.get("tid"), str) else None,
+            claims={k: claims[k] for k in self.settings.keep_claims if k in claims},
+        )
+
+    # -- logout ----------------------------------------------------------------------------
+    def logout_url(self, logout_state: Mapping[str, Any], post_logout_redirect_uri: str) -> str | None:
+        if not self.settings.idp_logout:
+            return None
+        try:
+            endpoint = self.metadata().get("end_session_endpoint")
+        except IdPUnavailable:
+            return None
+        if not isinstance(endpoint, str):
+            return None
+        params = {"client_id": self.settings.client_id,
+                  "post_logout_redirect_uri": self.settings.post_logout_redirect_uri or post_logout_redirect_uri}
+        if logout_state.get("id_token"):
+            params["id_token_hint"] = logout_state["id_token"]
+        sep = "&" if "?" in endpoint else "?"
+        return endpoint + sep + urlencode(params)
+
+    # -- refresh -------------------------------------------------------------------------
+    def refresh(self, tokens: Mapping[str, Any]) -> tuple[dict[str, Any], Identity | None]:
+        refresh_token = tokens.get("refresh_token")
+        if not refresh_token:
+            raise CCSSOError("No refresh token.", reason=reasons.REFRESH_FAILED)
+        new = self._token_request(grant_type="refresh_token", refresh_token=refresh_token)
+        kept = self._keep_tokens(new)
+        if not kept.get("refresh_token"):
+            kept["refresh_token"] = refresh_token  # the IdP did not rotate it
+        identity = None
+        if isinstance(new.get("id_token"), str):
+            # OIDC Core 12.2: iss/sub/aud as before; no nonce on refresh
+            claims = self.validate_id_token(new["id_token"], nonce=None, access_token=new.get("access_token"))
+            identity = self.build_identity(claims, kept)
+            kept["id_token"] = new["id_token"]
+        else:
+            kept["id_token"] = tokens.get("id_token")
+        return kept, identity
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"name": self.name, "type": self.type, "issuer": s.issuer, "client_id": s.client_id,
+                "client_secret": "***" if s.client_secret else None, "scopes": list(s.scopes),
+                "redirect_uri": s.redirect_uri, "audience": list(s.audience)}
+
+
+class OktaProvider(OIDCProvider):
+    """Okta: the issuer as given (org or custom authorization server), groups
+    in the ``groups`` claim (add a Groups claim to the authorization server)."""
+
+    type: ClassVar[str] = "okta"
