@@ -106,7 +106,7 @@ def ensure_node_modules(op_dir: Path = OP_DIR) -> None:
     npm = shutil.which("npm")
     if npm is None:
         raise OPStartError("npm not found on PATH; cannot install tests/interop/op dependencies")
-    with open(op_dir / ".npm-ci.lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "ccsso-interop-npm-ci.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if marker.exists():

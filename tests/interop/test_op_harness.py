@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import requests
@@ -342,3 +345,37 @@ def test_start_failure_surfaces_stderr() -> None:
             op.start(REDIRECT_URIS, port=busy.getsockname()[1])
         op.stop()
         assert not op.running
+
+
+def test_backchannel_delivery_and_clock_skew() -> None:
+    received: list[str] = []
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append(parse_qs(body)["logout_token"][0])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sink = f"http://127.0.0.1:{server.server_address[1]}/bc"
+    try:
+        with RealOP() as op, Browser(op) as browser:
+            op.start(REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS, sink, backchannel_deliver=True, clock_skew_seconds=-600)
+            assert abs(op.health()["now"] - (time.time() - 600)) < 5
+            _, claims = _login_and_exchange(op, browser, "bob")
+            assert abs(claims["iat"] - (time.time() - 600)) < 5
+            end = op.endpoint("end_session") + "?" + urlencode({"client_id": op.client_id})
+            assert browser.logout(end).startswith(op.issuer)  # no redirect: OP success page
+            assert len(received) == 1
+            assert _decode(received[0], op)["sid"] == claims["sid"]
+            assert op.backchannel_logouts()[0]["delivered"] == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
