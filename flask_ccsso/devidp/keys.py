@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
 
@@ -54,9 +55,9 @@ def _read(path: str) -> RSAKey:
     return key
 
 
-def public_jwks(key: RSAKey) -> dict[str, list[dict[str, object]]]:
+def public_jwks(key: RSAKey) -> dict[str, list[dict[str, Any]]]:
     """The JWKS document: the public half only, with ``kid``, ``use`` and ``alg``."""
-    public = dict(key.as_dict(private=False))
+    public: dict[str, Any] = dict(key.as_dict(private=False))
     return {"keys": [public]}
 
 

@@ -125,8 +125,12 @@ class _AuthlibClient:
 
 DEFAULT_USERS: tuple[DevUser, ...] = (
     DevUser(
-        "alice", "00u-dev-alice", "alice@example.com", "Alice Admin",
-        ["database-admins", "senior-developers"], ["migration:write"],
+        "alice",
+        "00u-dev-alice",
+        "alice@example.com",
+        "Alice Admin",
+        ["database-admins", "senior-developers"],
+        ["migration:write"],
     ),
     DevUser("bob", "00u-dev-bob", "bob@example.com", "Bob Security", ["security-team"], ["security:read"]),
     DevUser("carol", "00u-dev-carol", "carol@example.com", "Carol Devops", ["devops-engineers"], ["infra:deploy"]),
@@ -137,6 +141,4 @@ DEFAULT_USERS: tuple[DevUser, ...] = (
 
 def default_users() -> list[DevUser]:
     """Fresh copies of the default users (safe to mutate in a test)."""
-    return [
-        DevUser(u.username, u.sub, u.email, u.name, list(u.groups), list(u.allowed_scopes)) for u in DEFAULT_USERS
-    ]
+    return [DevUser(u.username, u.sub, u.email, u.name, list(u.groups), list(u.allowed_scopes)) for u in DEFAULT_USERS]

@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
@@ -65,7 +65,7 @@ from .models import (
 )
 from .store import AuthContext, CodeRecord, DevStore, TokenRecord
 
-__all__ = ["DevIdP", "create_devidp_blueprint", "ENABLE_ENV_VAR", "COOKIE_NAME"]
+__all__ = ["COOKIE_NAME", "ENABLE_ENV_VAR", "DevIdP", "create_devidp_blueprint"]
 
 log = logging.getLogger("flask_ccsso.devidp")
 
@@ -81,8 +81,23 @@ REFRESH_TOKEN_LIFETIME = 8 * 3600
 SESSION_LIFETIME = 12 * 3600
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 CLAIMS_SUPPORTED = (
-    "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "azp", "sid", "at_hash",
-    "name", "preferred_username", "email", "email_verified", "groups",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "acr",
+    "amr",
+    "azp",
+    "sid",
+    "at_hash",
+    "name",
+    "preferred_username",
+    "email",
+    "email_verified",
+    "groups",
 )
 _LOOPBACK_NAMES = ("localhost",)
 
@@ -166,7 +181,9 @@ class _IdP:
         self.cookie_path = urlsplit(issuer).path or "/"
         self.secure_cookie = issuer.startswith("https:")
         self.users = {u.username: u for u in users}
-        self.custom_scopes = tuple(dict.fromkeys(s for u in users for s in u.allowed_scopes if s not in STANDARD_SCOPES))
+        self.custom_scopes = tuple(
+            dict.fromkeys(s for u in users for s in u.allowed_scopes if s not in STANDARD_SCOPES)
+        )
         self.scopes_supported = STANDARD_SCOPES + self.custom_scopes
         self.clients = {c.client_id: _AuthlibClient(c, self.scopes_supported) for c in clients}
         self.key_path = key_path
@@ -178,7 +195,7 @@ class _IdP:
         self.store: DevStore
         self.serializer: URLSafeSerializer
 
-    def bind(self, app: Flask) -> None:
+    def bind(self, app: Any) -> None:
         with self._lock:
             if self._bound:
                 return
@@ -272,8 +289,14 @@ class _IdP:
         """OIDC Back-Channel Logout 1.0 §2.4."""
         now = self.now()
         claims = {
-            "iss": self.issuer, "aud": client_id, "iat": now, "exp": now + 120, "jti": secrets.token_urlsafe(16),
-            "sub": sub, "sid": sid, "events": {LOGOUT_EVENT: {}},
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": secrets.token_urlsafe(16),
+            "sub": sub,
+            "sid": sid,
+            "events": {LOGOUT_EVENT: {}},
         }
         return self._sign(claims, typ="logout+jwt")
 
@@ -305,8 +328,12 @@ class _IdP:
 
     def write_cookie(self, response: Response, data: dict[str, str]) -> None:
         response.set_cookie(
-            COOKIE_NAME, self.serializer.dumps(data), path=self.cookie_path, httponly=True,
-            samesite="Lax", secure=self.secure_cookie,
+            COOKIE_NAME,
+            self.serializer.dumps(data),
+            path=self.cookie_path,
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure_cookie,
         )
 
     def current_context(self, cookie: dict[str, str]) -> AuthContext | None:
@@ -383,9 +410,9 @@ class _CodeGrant(AuthorizationCodeGrant):
 class _RequireS256(CodeChallenge):
     """PKCE is required of every client, and only with S256 (RFC 9700 §2.1.1)."""
 
-    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
-    CODE_CHALLENGE_METHODS = {"S256": CodeChallenge.CODE_CHALLENGE_METHODS["S256"]}
+    CODE_CHALLENGE_METHODS: ClassVar[dict[str, Any]] = {"S256": CodeChallenge.CODE_CHALLENGE_METHODS["S256"]}
 
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
@@ -408,7 +435,9 @@ class _OpenIDCode(OpenIDCode):
         # Replaces Authlib's LegacyMixin claim assembly, which reads time.time()
         # directly (our clock is injectable) and knows nothing of sid/azp/groups.
         return self.idp.id_token(
-            request.client, request.user, access_token=token.get("access_token"),
+            request.client,
+            request.user,
+            access_token=token.get("access_token"),
             nonce=request.authorization_code.get_nonce(),
         )
 
@@ -441,9 +470,7 @@ class _RefreshGrant(RefreshTokenGrant):
         token: dict[str, Any] = self.generate_token(user=user, scope=scope, include_refresh_token=True)
         if "openid" in scope.split():
             # OIDC Core §12.2: a refreshed ID token, with current claims (groups).
-            token["id_token"] = idp.id_token(
-                self.request.client, user, access_token=token["access_token"], nonce=None
-            )
+            token["id_token"] = idp.id_token(self.request.client, user, access_token=token["access_token"], nonce=None)
         return token
 
 
@@ -468,7 +495,7 @@ class _TokenLookup:
 
 
 class _Introspection(_TokenLookup, IntrospectionEndpoint):
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
 
     def __init__(self, idp: _IdP) -> None:
         super().__init__(None)
@@ -804,7 +831,9 @@ def create_devidp_blueprint(
         form = request.form
         if not cookie.get("csrf") or not secrets.compare_digest(form.get("csrf", ""), cookie["csrf"]):
             return page(
-                "error.html", 400, error="invalid_request",
+                "error.html",
+                400,
+                error="invalid_request",
                 description="The sign-in form expired or came from another site; start again from the application.",
             )
         if form.get("cancel"):
@@ -836,8 +865,12 @@ def create_devidp_blueprint(
             if user is None:
                 return Response(status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
             response = jsonify(
-                sub=user.sub, name=user.name, preferred_username=user.username, email=user.email,
-                email_verified=True, groups=list(user.groups),
+                sub=user.sub,
+                name=user.name,
+                preferred_username=user.username,
+                email=user.email,
+                email_verified=True,
+                groups=list(user.groups),
             )
             response.headers["Cache-Control"] = "no-store"
             return response
@@ -866,7 +899,9 @@ def create_devidp_blueprint(
                 else "the request carries no valid id_token_hint"
             )
             return page(
-                "error.html", 400, error="invalid_request",
+                "error.html",
+                400,
+                error="invalid_request",
                 description=f"post_logout_redirect_uri {wanted!r} refused: {why}.",
             )
         if req.needs_confirmation:
@@ -918,8 +953,14 @@ class DevIdP:
         self.url_prefix = url_prefix
         self.issuer = issuer
         self.blueprint = create_devidp_blueprint(
-            issuer=issuer, clients=clients, users=users, enabled=enabled, key_path=key_path, clock=clock,
-            allow_non_loopback=allow_non_loopback, access_token_lifetime=access_token_lifetime,
+            issuer=issuer,
+            clients=clients,
+            users=users,
+            enabled=enabled,
+            key_path=key_path,
+            clock=clock,
+            allow_non_loopback=allow_non_loopback,
+            access_token_lifetime=access_token_lifetime,
         )
         if app is not None:
             self.init_app(app)

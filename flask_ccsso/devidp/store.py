@@ -211,8 +211,18 @@ class DevStore:
                 "INSERT INTO codes (code_hash, client_id, redirect_uri, scope, username, nonce, code_challenge,"
                 " code_challenge_method, auth_time, acr, amr, sid, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    digest(code), client_id, redirect_uri, scope, context.username, nonce, code_challenge,
-                    code_challenge_method, context.auth_time, context.acr, json.dumps(context.amr), context.sid,
+                    digest(code),
+                    client_id,
+                    redirect_uri,
+                    scope,
+                    context.username,
+                    nonce,
+                    code_challenge,
+                    code_challenge_method,
+                    context.auth_time,
+                    context.acr,
+                    json.dumps(context.amr),
+                    context.sid,
                     expires_at,
                 ),
             )
@@ -298,9 +308,20 @@ class DevStore:
                 "INSERT INTO tokens (jti, refresh_hash, family, origin_code, client_id, username, scope, auth_time,"
                 " acr, amr, sid, issued_at, access_expires_at, refresh_expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    jti, digest(refresh_token) if refresh_token else None, family, origin_code, client_id,
-                    context.username, scope, context.auth_time, context.acr, json.dumps(context.amr), context.sid,
-                    issued_at, access_expires_at, refresh_expires_at,
+                    jti,
+                    digest(refresh_token) if refresh_token else None,
+                    family,
+                    origin_code,
+                    client_id,
+                    context.username,
+                    scope,
+                    context.auth_time,
+                    context.acr,
+                    json.dumps(context.amr),
+                    context.sid,
+                    issued_at,
+                    access_expires_at,
+                    refresh_expires_at,
                 ),
             )
 
