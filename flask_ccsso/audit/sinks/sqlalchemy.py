@@ -121,20 +121,25 @@ def verify_chain(engine: sa.Engine, table: str = DEFAULT_TABLE) -> tuple[bool, s
     prev = GENESIS_HASH
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=1000).execute(sa.select(t).order_by(t.c.seq))
-        for row in result.mappings():
-            try:
-                data = json.loads(row["event"])
-                event_json = canonical_json(data)
-                expected = _row(data, event_json, row["prev_hash"])
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return False, row["event_id"]
-            if row["prev_hash"] != prev or row["hash"] != expected["hash"]:
-                return False, row["event_id"]
-            for name in _COPIED + ("event_id", "actor_subject", "actor_email"):
-                if row[name] != expected[name]:
+        try:
+            for row in result.mappings():
+                if not _row_ok(row, prev):
                     return False, row["event_id"]
-            prev = row["hash"]
+                prev = row["hash"]
+        finally:
+            result.close()
     return True, None
+
+
+def _row_ok(row: Any, prev: str) -> bool:
+    try:
+        data = json.loads(row["event"])
+        expected = _row(data, canonical_json(data), row["prev_hash"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if row["prev_hash"] != prev or row["hash"] != expected["hash"]:
+        return False
+    return all(row[name] == expected[name] for name in _COPIED + ("event_id", "actor_subject", "actor_email"))
 
 
 def tail(engine: sa.Engine, table: str = DEFAULT_TABLE, n: int = 20) -> list[dict[str, Any]]:
