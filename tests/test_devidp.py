@@ -573,3 +573,40 @@ def test_state_is_shared_between_processes(app, tmp_path, monkeypatch, clock):
     resp = exchange(other.test_client(), cb["code"], verifier)
     assert resp.status_code == 200
     assert jwks(app.test_client()).keys[0].kid == jwks(other.test_client()).keys[0].kid
+
+
+def _race_for_code(db_path: str, code: str, now: int) -> bool:
+    from flask_ccsso.devidp.store import DevStore
+
+    return DevStore(db_path).consume_code(code, "portal", now) is not None
+
+
+def test_code_redeemed_once_across_processes(tmp_path):
+    """Eight processes race for one code; exactly one wins (the gunicorn case)."""
+    import multiprocessing
+
+    from flask_ccsso.devidp.store import AuthContext, DevStore
+
+    path = str(tmp_path / "state.sqlite3")
+    store = DevStore(path)
+    ctx = AuthContext("alice", 1000, ACR_LOA1, ["pwd"], "sid-1")
+    store.save_code(
+        "the-code",
+        client_id="portal",
+        redirect_uri=REDIRECT,
+        scope="openid",
+        nonce=None,
+        code_challenge="c" * 43,
+        code_challenge_method="S256",
+        context=ctx,
+        expires_at=2000,
+    )
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        wins = pool.starmap(_race_for_code, [(path, "the-code", 1500)] * 8)
+    assert sum(wins) == 1
+
+
+def test_nonce_replay_refused(client):
+    sign_in(client, nonce="once")
+    cb = query(authorize(client, pkce()[1], nonce="once").location)
+    assert cb["error"] == "invalid_request" and cb["iss"] == ISSUER
