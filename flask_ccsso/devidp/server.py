@@ -20,36 +20,29 @@ import os
 import secrets
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from authlib.common.urls import add_params_to_uri
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.core.errors import LoginRequiredError
+from authlib.oidc.core.grants import OpenIDCode
+from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from itsdangerous import BadSignature, URLSafeSerializer
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
-
-with warnings.catch_warnings():
-    # Importing Authlib's server side emits no warning today; the guard keeps a
-    # future deprecation in Authlib's own import chain from turning into an
-    # error under ``-W error`` without silencing anything in this package.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"authlib\..*")
-    from authlib.common.urls import add_params_to_uri
-    from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
-    from authlib.oauth2 import OAuth2Error
-    from authlib.oauth2.rfc6749 import InvalidRequestError
-    from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
-    from authlib.oauth2.rfc6750 import BearerTokenValidator
-    from authlib.oauth2.rfc7009 import RevocationEndpoint
-    from authlib.oauth2.rfc7636 import CodeChallenge
-    from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-    from authlib.oauth2.rfc9207 import IssuerParameter
-    from authlib.oidc.core.errors import LoginRequiredError
-    from authlib.oidc.core.grants import OpenIDCode
-    from authlib.oidc.rpinitiated import EndSessionEndpoint
 
 from .keys import ALG, load_or_create_key, public_jwks, verification_keys
 from .models import (
