@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from flask_ccsso.audit.events import (SCHEMA_VERSION, AuditEvent, RequestInfo, build_event, clean_str,
                                       is_security_event, new_event_id)
@@ -92,7 +93,8 @@ def test_long_strings_truncated():
 
 def test_ids_are_unique_and_sortable():
     ids = [new_event_id() for _ in range(5000)]
-    assert len(set(ids)) == 5000 and ids == sorted(ids) and all(len(i) == 26 for i in ids)
+    assert len(set(ids)) == 5000 and ids == sorted(ids) and all(len(i) == 32 for i in ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids[:10])
 
 
 def test_round_trip_and_security_classes():

@@ -10,7 +10,7 @@ Schema version 1 (every key always present, ``null`` when not known)::
 
     {
       "schema_version": 1,
-      "id":          "01J9Z3M8Q4T6V0X2Y5A7C9E1G3",  # ULID-like, sortable by time
+      "id":          "0194b6c1e2f57a3c8d2e4f60718293a4",  # UUIDv7 layout, hex: sorts by time
       "time":        "2025-01-31T09:15:02.123456Z", # UTC, ISO 8601
       "type":        "auth.login",                  # the signal name
       "outcome":     "success",   # success | failure | denied | info | alert
@@ -43,6 +43,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
@@ -110,7 +111,13 @@ def clean_str(value: str, limit: int = 1024) -> str:
     """Cut to ``limit`` characters, then escape control characters as ``\\uXXXX``."""
     if len(value) > limit:
         value = value[: max(limit - len(_TRUNCATED), 0)] + _TRUNCATED
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if value.isprintable():  # fast path: every character escaped below is non-printable
+        return value
+    return _CONTROL.sub(_escape, value)
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
 
 
 def _scalar(value: Any, limit: int) -> Any:
@@ -157,31 +164,48 @@ def clean_mapping(data: Mapping[Any, Any], limit: int = 1024, *, drop_secret_nam
 
 # -- ids and times -----------------------------------------------------------
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
 _last_id: list[int] = [0, 0]
+_RAND_BITS = 74
 
 
 def new_event_id(now: float | None = None) -> str:
-    """A 26-character ULID-like id: 48-bit milliseconds + 80 random bits.
+    """A time-ordered id: 32 hex digits laid out like a UUIDv7 (RFC 9562).
 
-    Ids made in one process are strictly increasing (the random part is bumped
-    within the same millisecond), so they sort in the order they were made.
+    48 bits of Unix milliseconds, the version and variant bits, and 74 random
+    bits. Within one millisecond the random part is incremented, so ids made in
+    one process are strictly increasing and sort (as strings) in the order they
+    were made; across processes they sort by time to the millisecond.
     """
     ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
     with _id_lock:
         if ms <= _last_id[0]:
             ms = _last_id[0]
-            rand = (_last_id[1] + 1) & ((1 << 80) - 1)
+            rand = (_last_id[1] + 1) & ((1 << _RAND_BITS) - 1)
         else:
-            rand = int.from_bytes(os.urandom(10), "big")
+            rand = int.from_bytes(os.urandom(10), "big") >> (80 - _RAND_BITS + 1)  # top bit clear: room to count
         _last_id[0], _last_id[1] = ms, rand
-    value = (ms << 80) | rand
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return f"{value:032x}"
+
+
+_iso_last: tuple[int, str] = (-1, "")
 
 
 def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2025-01-31T09:15:02.123456Z`` (UTC)."""
+    global _iso_last
+    sec = int(epoch)
+    micros = int(round((epoch - sec) * 1_000_000))
+    if micros >= 1_000_000:
+        sec, micros = sec + 1, micros - 1_000_000
+    cached = _iso_last  # one tuple, swapped atomically: safe across threads
+    if cached[0] == sec:
+        prefix = cached[1]
+    else:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _iso_last = (sec, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 # -- the event ----------------------------------------------------------------
@@ -235,8 +259,13 @@ class AuditEvent:
             "groups": list(self.groups) if self.groups is not None else None,
         }
 
-    def to_json(self) -> str:
+    @cached_property
+    def _json(self) -> str:
         return canonical_json(self.to_dict())
+
+    def to_json(self) -> str:
+        """The canonical JSON (computed once, shared by every sink and the spool)."""
+        return self._json
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
