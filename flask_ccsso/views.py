@@ -9,6 +9,7 @@ decisions and parse no protocol messages themselves.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,8 @@ from . import reasons, signals
 from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, UnknownProvider
 from .providers.base import CallbackRequest, LoginRequest
 from .session import SESSION_KEY, browser_binding, check_store
+
+log = logging.getLogger("flask_ccsso")
 
 bp = Blueprint("ccsso", __name__, template_folder="templates")
 
@@ -60,6 +63,14 @@ def redirect_uri_for(prov: Any) -> str:
     return url_for(endpoint, provider=prov.name, _external=True)
 
 
+def _unexpected(prov_name: str | None, exc: Exception) -> AuthenticationFailed:
+    """Last line of defence at the protocol boundary: a provider bug or an
+    input nobody foresaw becomes a 400 and an audit event, never a 500 page
+    with a traceback. The traceback goes to the log for the operator."""
+    log.exception("flask-ccsso: unexpected error while handling a sign-in response for provider %r", prov_name)
+    return AuthenticationFailed("The sign-in response could not be processed.", reason=reasons.INVALID_RESPONSE)
+
+
 def _fail(prov_name: str | None, exc: CCSSOError) -> None:
     """Every refused sign-in is announced with a machine-readable reason."""
     extra = getattr(exc, "extra", {}) or {}
@@ -89,6 +100,10 @@ def login(provider: str) -> Response:
     except CCSSOError as exc:
         _fail(provider, exc)
         raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        err = _unexpected(provider, exc)
+        _fail(provider, err)
+        raise err from exc
     return redirect(url, 302)
 
 
@@ -106,6 +121,10 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     except CCSSOError as exc:
         _fail(provider, exc)
         raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        err = _unexpected(provider, exc)
+        _fail(provider, err)
+        raise err from exc
     state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
     g._ccsso_identity = result.identity
     signals.user_logged_in.send(app, identity=result.identity, provider=provider, method=prov.protocol,

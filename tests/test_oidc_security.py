@@ -335,3 +335,27 @@ def test_logout_goes_to_end_session_with_hint(make_app, op, failures):
     q = authorize_params(loc)
     assert q["id_token_hint"].count(".") == 2 and q["post_logout_redirect_uri"].endswith("/sso/logged-out")
     assert client.get("/me").status_code == 302
+
+
+@pytest.mark.parametrize("params", [
+    {"state": "x" * 10000, "code": "c"},
+    {"state": "\x00\x01", "code": "\u202e"},
+    {"error": "<script>alert(1)</script>", "state": "s"},
+    {"iss": "", "state": "", "code": ""},
+    {},
+])
+def test_garbage_callbacks_are_4xx_not_500(make_app, op, failures, params):
+    app = make_app(oidc_config(op))
+    client = app.test_client()
+    start_login(client)
+    resp = callback(client, params)
+    assert resp.status_code == 400
+    assert b"<script>alert" not in resp.data
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c", "....", "eyJhbGciOiJSUzI1NiJ9.e30.", "x" * 20000,
+                                   _b64({"alg": "RS256", "kid": ["list"]}) + ".e30.sig",
+                                   _b64(["not", "an", "object"]) + ".e30.sig"])
+def test_malformed_id_tokens_are_refused(make_app, op, failures, token):
+    _, client, resp = _login_with(make_app, op, failures, token=token)
+    _assert_refused(resp, client, failures, "invalid_token")
