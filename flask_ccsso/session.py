@@ -15,6 +15,13 @@ caller is done here:
   deadline is renewed at most once per ``slidingWriteInterval``.
 * store errors become :class:`~flask_ccsso.exceptions.StoreUnavailable` (503,
   fail closed) instead of 500s.
+* no lost updates across workers: a write of a signed-in session first looks
+  at the stored record (atomically on Redis, with ``WATCH``). A record that
+  was revoked or ended meanwhile is never resurrected, and tokens a refresh in
+  another worker wrote (a higher ``rev``) are adopted rather than overwritten
+  -- with rotating refresh tokens an overwrite would log the person out.
+* revocation leaves a small tombstone, so the next request of that browser
+  is told *why* it was signed out (``revoked`` / ``refresh_failed``).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
-from flask import Flask, Request, Response, g, session
+from flask import Flask, Request, Response, g, has_app_context, session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from . import reasons, signals
@@ -52,19 +60,37 @@ class JSONOnlySerializer:
         self._enc = msgspec.json.Encoder()
         self._dec = msgspec.json.Decoder(dict)
 
-    def encode(self, session: ServerSideSession) -> bytes:
+    def encode(self, session: ServerSideSession | dict[str, Any]) -> bytes:
         return self._enc.encode(dict(session))
 
     def decode(self, data: bytes) -> dict[str, Any]:
         return self._dec.decode(data)
 
 
-class _Unreadable(Exception):
-    pass
+class JSONFileSerializer:
+    """cachelib's ``FileSystemCache`` pickles what it stores (and unpickles
+    whatever file it finds); this serializer makes the embedded store JSON
+    only, like the others. Anything that is not a JSON object reads as absent."""
+
+    def __init__(self) -> None:
+        self._json = JSONOnlySerializer()
+
+    def dump(self, value: Any, f: Any) -> None:
+        f.write(self._json.encode(value if isinstance(value, dict) else {}))
+
+    def load(self, f: Any) -> Any:
+        try:
+            return self._json.decode(f.read())
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            log.warning("flask-ccsso: dropped an undecodable session file (not JSON)")
+            return None
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OSError]
+    errs: list[type[BaseException]] = [OSError, StoreUnavailable]
     try:
         import redis
 
@@ -76,9 +102,40 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
         errs.append(sqlalchemy.exc.OperationalError)
         errs.append(sqlalchemy.exc.InterfaceError)
+        errs.append(sqlalchemy.exc.DisconnectionError)
+        errs.append(sqlalchemy.exc.TimeoutError)
     except ImportError:  # pragma: no cover
         pass
     return tuple(errs)
+
+
+def _auth_part(data: Any) -> dict[str, Any] | None:
+    d = data.get(SESSION_KEY) if isinstance(data, dict) else None
+    return d if isinstance(d, dict) else None
+
+
+def reconcile(session: ServerSideSession, stored: dict[str, Any] | None) -> bool:
+    """Decide whether ``session`` may be written over ``stored``; merge in place.
+
+    * a signed-in session whose record is gone, ended or belongs to nobody
+      any more was revoked (or ended by a refresh failure) while this request
+      ran: it must not come back -- ``False``.
+    * the stored record carries newer tokens (``rev``) written by a refresh in
+      another worker: adopt them (identity, tokens, rev) and keep our
+      ``last_seen`` if it is later.
+    """
+    mine = _auth_part(session)
+    if mine is None or "identity" not in mine or getattr(session, "ccsso_fresh", False):
+        return True
+    theirs = _auth_part(stored)
+    if theirs is None or "identity" not in theirs or theirs.get("ended"):
+        return False
+    if int(theirs.get("rev", 0)) > int(mine.get("rev", 0)):
+        for key in ("identity", "tokens", "rev", "logout"):
+            if key in theirs:
+                mine[key] = theirs[key]
+    mine["last_seen"] = max(float(mine.get("last_seen", 0)), float(theirs.get("last_seen", 0)))
+    return True
 
 
 class CCSSOSessionMixin:
@@ -98,10 +155,11 @@ class CCSSOSessionMixin:
     # reading ---------------------------------------------------------------------
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
         try:
-            return super()._retrieve_session_data(store_id)  # type: ignore[misc, no-any-return]
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            data = super()._retrieve_session_data(store_id)  # type: ignore[misc]
+        except _DECODE_ERRORS:
             log.warning("flask-ccsso: dropped an undecodable session (not JSON)")
             return None
+        return data if isinstance(data, dict) else None
 
     def open_session(self, app: Flask, request: Request) -> ServerSideSession:
         try:
@@ -116,17 +174,35 @@ class CCSSOSessionMixin:
     def should_set_storage(self, app: Flask, session: ServerSideSession) -> bool:
         return bool(session.modified)
 
-    def _ttl_for(self, session: ServerSideSession) -> float:
+    def _ttl_for(self, session: ServerSideSession | dict[str, Any]) -> float:
+        """Seconds the store keeps the record: until the nearer deadline (+5 s)."""
         data = session.get(SESSION_KEY)
         now = self.ccsso_clock()
         s = self.ccsso_settings
-        if isinstance(data, dict):
-            deadline = min(data.get("created", now) + s.absolute_timeout, idle_deadline(data, s))
+        if isinstance(data, dict) and data.get("ended"):
+            return s.idle_timeout + 60.0  # a tombstone: long enough to tell the browser why
+        if isinstance(data, dict) and "identity" in data:
+            deadline = min(float(data.get("created", now)) + s.absolute_timeout, idle_deadline(data, s))
             return max(1.0, deadline - now + 5)
         return 900.0  # a pre-sign-in session: only a binding value lives here
 
-    def _upsert_session(self, session_lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
+    def _raw_upsert(self, session: ServerSideSession, store_id: str) -> None:
         super()._upsert_session(timedelta(seconds=self._ttl_for(session)), session, store_id)  # type: ignore[misc]
+
+    def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
+        """Read, reconcile, write. Backends with transactions override this."""
+        if not reconcile(session, self._retrieve_session_data(store_id)):
+            return False
+        self._raw_upsert(session, store_id)
+        return True
+
+    def _upsert_session(self, session_lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
+        data = _auth_part(session)
+        if data is not None and "identity" in data and not getattr(session, "ccsso_fresh", False):
+            if not self._guarded_upsert(session, store_id):
+                log.info("flask-ccsso: not saving a session that ended meanwhile (revoked or refresh failed)")
+            return
+        self._raw_upsert(session, store_id)
 
     def save_session(self, app: Flask, session: ServerSideSession, response: Response) -> None:
         if getattr(session, "ccsso_unavailable", False):
@@ -142,6 +218,7 @@ class CCSSOSessionMixin:
             response.headers.pop("Location", None)
             response.headers.pop("Set-Cookie", None)
             response.headers["Retry-After"] = "5"
+            response.headers["Cache-Control"] = "no-store"
             response.set_data(f"<!doctype html><title>503</title><h1>Service unavailable</h1><p>{err.description}</p>")
             response.mimetype = "text/html"
 
@@ -151,6 +228,7 @@ class CCSSOSessionMixin:
         old = session.sid
         session.sid = self._generate_sid(self.sid_length)  # type: ignore[attr-defined]
         session.modified = True
+        session.ccsso_fresh = True  # type: ignore[attr-defined]
         try:
             self._delete_session(self._get_store_id(old))  # type: ignore[attr-defined]
         except self._errors as exc:
@@ -163,10 +241,91 @@ class CCSSOSessionMixin:
             raise StoreUnavailable() from exc
 
     def read_sid(self, sid: str) -> dict[str, Any] | None:
+        """The stored record of ``sid`` (``None`` if there is none)."""
         try:
-            return self._retrieve_session_data(self._get_store_id(sid))  # type: ignore[attr-defined]
+            return self._retrieve_session_data(self._get_store_id(sid))
         except self._errors as exc:
             raise StoreUnavailable() from exc
+
+    def write_sid(self, session: ServerSideSession) -> bool:
+        """Write ``session`` now (not at the end of the request), reconciling
+        with the stored record. ``False`` if the session ended meanwhile."""
+        try:
+            if _auth_part(session) is not None and not getattr(session, "ccsso_fresh", False):
+                ok = self._guarded_upsert(session, self._get_store_id(session.sid))  # type: ignore[attr-defined]
+            else:
+                self._raw_upsert(session, self._get_store_id(session.sid))  # type: ignore[attr-defined]
+                ok = True
+        except self._errors as exc:
+            raise StoreUnavailable() from exc
+        return ok
+
+    def close(self) -> None:
+        """Release the backend's connections (tests, shutdown hooks)."""
+        parent = getattr(super(), "close", None)
+        if parent is not None:
+            parent()
+            return
+        client = getattr(self, "client", None)
+        if client is not None and hasattr(client, "close"):
+            client.close()
+
+    def end_sid(self, sid: str, reason: str) -> bool:
+        """End ``sid`` everywhere: replace the record by a tombstone naming
+        ``reason`` (the next request of that browser learns why). ``False``
+        when there was no live session under ``sid``."""
+        try:
+            store_id = self._get_store_id(sid)  # type: ignore[attr-defined]
+            stored = self._retrieve_session_data(store_id)
+            data = _auth_part(stored)
+            if data is None or "identity" not in data or data.get("ended"):
+                return False
+            tomb = self.session_class({SESSION_KEY: {"ended": reason, "identity": data["identity"]}},  # type: ignore[attr-defined]
+                                      sid=sid)
+            self._raw_upsert(tomb, store_id)
+            return True
+        except self._errors as exc:
+            raise StoreUnavailable() from exc
+
+
+class _RedisWatchMixin:
+    """On Redis the reconcile-and-write is one optimistic transaction."""
+
+    client: Any
+
+    def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
+        from redis.exceptions import WatchError
+
+        for _ in range(8):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(store_id)
+                    raw = pipe.get(store_id)
+                    try:
+                        stored = self.serializer.decode(raw) if raw else None  # type: ignore[attr-defined]
+                    except _DECODE_ERRORS:
+                        stored = None
+                    if not reconcile(session, stored):
+                        return False
+                    ttl = int(self._ttl_for(session))  # type: ignore[attr-defined]
+                    pipe.multi()
+                    pipe.set(store_id, self.serializer.encode(session), ex=max(1, ttl))  # type: ignore[attr-defined]
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise StoreUnavailable("The session store is too busy right now. Try again in a moment.")
+
+
+def _redis_client(url: str) -> Any:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # one quick retry (a pooled socket that died with a Redis restart), never
+    # redis-py's default of ten with backoff: a down store must answer 503 now
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                retry=Retry(NoBackoff(), 1), health_check_interval=30)
 
 
 def make_session_interface(app: Flask, settings: SessionSettings, clock: Callable[[], float]) -> ServerSideSessionInterface:
@@ -176,12 +335,10 @@ def make_session_interface(app: Flask, settings: SessionSettings, clock: Callabl
     common = dict(key_prefix=prefix, use_signer=False, permanent=False, sid_length=32)
     iface: Any
     if store.type == "redis":
-        import redis
         from flask_session.redis import RedisSessionInterface
 
-        cls = type("CCSSORedisSessionInterface", (CCSSOSessionMixin, RedisSessionInterface), {})
-        client = redis.Redis.from_url(store.url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        iface = cls(app, client=client, **common)
+        cls = type("CCSSORedisSessionInterface", (_RedisWatchMixin, CCSSOSessionMixin, RedisSessionInterface), {})
+        iface = cls(app, client=_redis_client(store.url or ""), **common)
     elif store.type == "sqlalchemy":
         from .session_sql import make_sqlalchemy_interface
 
@@ -193,15 +350,53 @@ def make_session_interface(app: Flask, settings: SessionSettings, clock: Callabl
         path = store.path or os.path.join(app.instance_path, "ccsso-sessions")
         os.makedirs(path, mode=0o700, exist_ok=True)
         cls = type("CCSSOFileSessionInterface", (CCSSOSessionMixin, CacheLibSessionInterface), {})
-        iface = cls(app, client=FileSystemCache(path, threshold=0, default_timeout=0, mode=0o600), **common)
+        cache = FileSystemCache(path, threshold=0, default_timeout=0, mode=0o600)
+        cache.serializer = JSONFileSerializer()  # type: ignore[assignment]
+        iface = cls(app, client=cache, **common)
     iface._setup_ccsso(settings, clock)
     return iface  # type: ignore[no-any-return]
 
 
 def idle_deadline(data: dict[str, Any], s: SessionSettings) -> float:
+    """When the session idles out. With sliding expiration it follows the last
+    *recorded* activity (recorded at most once per ``slidingWriteInterval``,
+    so a session may end up to that much early); without, it is fixed at
+    sign-in + ``idleTimeout`` and never moves."""
     if s.enable_sliding_expiration:
         return float(data.get("last_seen", data.get("created", 0))) + s.idle_timeout
     return float(data.get("created", 0)) + s.idle_timeout
+
+
+def absolute_deadline(data: dict[str, Any], s: SessionSettings) -> float:
+    return float(data.get("created", 0)) + s.absolute_timeout
+
+
+def auth_age(identity: Identity | AnonymousIdentity | None, clock: Callable[[], float] | None = None) -> float | None:
+    """Seconds since the person last *authenticated* at the IdP (``auth_time``
+    / SAML ``AuthnInstant``), per ``clock`` (default: the app's clock).
+
+    ``None`` when nobody is signed in or the IdP did not say: callers that
+    need freshness (``requireReauthenticationForSensitive``) must treat
+    ``None`` as stale. A refresh never makes a session fresher: OIDC Core
+    12.2 keeps ``auth_time`` at the original authentication.
+    """
+    if not identity or getattr(identity, "auth_time", None) is None:
+        return None
+    if clock is None:
+        if has_app_context():
+            from .extension import get_state
+
+            clock = get_state().clock
+        else:
+            clock = time.time
+    return max(0.0, clock() - float(identity.auth_time))  # type: ignore[arg-type]
+
+
+def is_fresh(identity: Identity | AnonymousIdentity | None, max_age: float,
+             clock: Callable[[], float] | None = None) -> bool:
+    """``True`` when the person authenticated at most ``max_age`` seconds ago."""
+    age = auth_age(identity, clock)
+    return age is not None and age <= max_age
 
 
 def browser_binding(create: bool) -> str | None:
@@ -219,7 +414,12 @@ def check_store(s: Any) -> None:
 
 
 class SessionGate:
-    """Reads the identity from the session and enforces the deadlines."""
+    """Reads the identity from the session and enforces the deadlines.
+
+    The hot path: no store I/O beyond the one read Flask-Session already did,
+    and no write unless the idle deadline needs recording (at most once per
+    ``slidingWriteInterval``).
+    """
 
     def __init__(self, settings: SessionSettings, store: SharedStore, clock: Callable[[], float]) -> None:
         self.settings = settings
@@ -229,12 +429,23 @@ class SessionGate:
     def current(self, app: Flask) -> Identity | AnonymousIdentity:
         check_store(session)
         data = session.get(SESSION_KEY)
-        if not isinstance(data, dict) or "identity" not in data:
+        if not isinstance(data, dict):
+            return ANONYMOUS
+        ended = data.get("ended")
+        if ended:
+            ident = data.get("identity")
+            try:
+                identity = Identity.from_dict(ident) if isinstance(ident, dict) else None
+            except (KeyError, TypeError, ValueError):
+                identity = None
+            self.expire(app, identity, str(ended))
+            return ANONYMOUS
+        if "identity" not in data:
             return ANONYMOUS
         now = self.clock()
         s = self.settings
         reason = None
-        if now >= float(data.get("created", 0)) + s.absolute_timeout:
+        if now >= absolute_deadline(data, s):
             reason = reasons.ABSOLUTE_TIMEOUT
         elif now >= idle_deadline(data, s):
             reason = reasons.IDLE_TIMEOUT
@@ -261,13 +472,11 @@ class SessionGate:
                   logout_state: dict[str, Any]) -> None:
         """Start a signed-in session: rotate the id, store the identity server-side."""
         now = self.clock()
-        binding = session.get(BINDING_KEY)
         app.session_interface.rotate(session)  # type: ignore[attr-defined]
         session.clear()
-        if binding:  # other tabs of this browser may still be signing in
-            session[BINDING_KEY] = binding
         session[SESSION_KEY] = {
             "v": 1,
+            "rev": 0,
             "identity": identity.to_dict(),
             "tokens": tokens,
             "logout": logout_state,
