@@ -25,13 +25,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sqlalchemy as sa  # noqa: E402
-from flask import Flask  # noqa: E402
-from werkzeug.test import EnvironBuilder  # noqa: E402
+import sqlalchemy as sa
+from flask import Flask
+from werkzeug.test import EnvironBuilder
 
-from flask_ccsso import signals  # noqa: E402
-from flask_ccsso.audit import init_audit, parse_logging_block  # noqa: E402
-from flask_ccsso.identity import Identity  # noqa: E402
+from flask_ccsso import signals
+from flask_ccsso.audit import init_audit, parse_logging_block
+from flask_ccsso.identity import Identity
 
 IDENT = Identity(subject="00u-ada", provider="okta", email="ada@example.com", groups=frozenset({"staff", "db"}),
                  claims={"department": "ops"})
@@ -99,7 +99,7 @@ def throughput(tmp: str, dest: dict, n: int, label: str) -> float:
     pipeline.close()
     rate = n / total
     print(f"  {label:<12} {n} events: emit {emitted * 1e6 / n:6.1f} us/event on the caller, "
-          f"delivered in {total:.2f}s -> {rate:,.0f} events/s (flushed={ok}, stats={list(stats.values())[0]})")
+          f"delivered in {total:.2f}s -> {rate:,.0f} events/s (flushed={ok}, stats={next(iter(stats.values()))})")
     return rate
 
 
@@ -131,7 +131,7 @@ def request_cost(tmp: str, label: str, dest: dict | None, n: int, level: str = "
     pipeline.flush(60)
     stats = pipeline.stats
     pipeline.close()
-    return best, (list(stats.values())[0] if stats else {})
+    return best, (next(iter(stats.values())) if stats else {})
 
 
 def main() -> None:

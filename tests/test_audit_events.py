@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import uuid
 
-from flask_ccsso.audit.events import (SCHEMA_VERSION, AuditEvent, RequestInfo, build_event, clean_str,
-                                      is_security_event, new_event_id)
-from flask_ccsso.identity import Identity
-
 from test_audit_support import SECRETS, secret_free
+
+from flask_ccsso.audit.events import (
+    SCHEMA_VERSION,
+    AuditEvent,
+    RequestInfo,
+    build_event,
+    clean_str,
+    is_security_event,
+    new_event_id,
+)
+from flask_ccsso.identity import Identity
 
 IDENT = Identity(subject="00u-ada", provider="okta", email="ada@example.com", name="Ada",
                  groups=frozenset({"staff", "db-admins"}), roles=frozenset({"Reader"}), acr="mfa",

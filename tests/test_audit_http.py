@@ -6,10 +6,9 @@ import json
 import urllib.parse
 
 import pytest
+from test_audit_support import collector_fixture, fast_block, make_app, wait_for  # noqa: F401
 
 from flask_ccsso.audit import init_audit, parse_logging_block
-
-from test_audit_support import collector, fast_block, make_app, wait_for  # noqa: F401
 
 
 def start(tmp_path, dest, **extra):
@@ -42,7 +41,7 @@ def first_seen(ids):
 
 
 def test_json_format(tmp_path, collector):
-    app, pipeline, sink = start(tmp_path, {"type": "http", "url": collector.url + "/ingest", "token": "tk-1",
+    app, pipeline, _ = start(tmp_path, {"type": "http", "url": collector.url + "/ingest", "token": "tk-1",
                                            "headers": {"X-Tenant": "t1"}})
     try:
         send(app, 45)

@@ -17,15 +17,22 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask, g
+from test_audit_support import (  # noqa: F401 - fixtures
+    PG_URL,
+    SECRETS,
+    collector_fixture,
+    fast_block,
+    make_app,
+    pg_table_fixture,
+    secret_free,
+    wait_for,
+)
 
 from flask_ccsso import signals
 from flask_ccsso.audit import AuditPipeline, init_audit, parse_logging_block, verify_chain
 from flask_ccsso.audit.settings import SinkSettings
 from flask_ccsso.audit.sinks.base import Sink
 from flask_ccsso.audit.sinks.sqlalchemy import audit_table
-
-from test_audit_support import (PG_URL, SECRETS, collector, fast_block, make_app, pg_table,  # noqa: F401
-                                secret_free, wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +75,7 @@ def test_signals_in_a_request_become_events(tmp_path):
         assert pipeline.flush(5)
     finally:
         pipeline.close()
+    assert not (tmp_path / "spool").exists()  # a healthy sink leaves no spool files behind
     login, skill, denied, revoked = [e.to_dict() for e in sink.got]
     assert login["request_id"] == "req-42" and login["user_agent"] == "pytest-ua"
     assert login["client_ip"] == "127.0.0.1" and login["data"] == {"method": "saml", "step_up": True}
@@ -293,12 +301,12 @@ def run(tmp_path, *args):
     script = tmp_path / "crashy.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-W", "error", str(script), *args], capture_output=True, text=True,
+    return subprocess.run(check=False, args=[sys.executable, "-W", "error", str(script), *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 
 @pytest.mark.postgres
-def test_killed_process_spool_is_replayed_exactly(tmp_path, pg_table):  # noqa: F811
+def test_killed_process_spool_is_replayed_exactly(tmp_path, pg_table):
     engine, table = pg_table
     spool = str(tmp_path / "spool")
     dead_url = "postgresql+psycopg://postgres@127.0.0.1:1/test"

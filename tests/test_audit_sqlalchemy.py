@@ -8,13 +8,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from flask import Flask
+from test_audit_support import PG_URL, fast_block, make_app, pg_table_fixture  # noqa: F401
 
 from flask_ccsso.audit import init_audit, parse_logging_block, verify_chain
 from flask_ccsso.audit.cli import audit
 from flask_ccsso.audit.events import build_event
 from flask_ccsso.audit.sinks.sqlalchemy import audit_table, create_table, tail, write_events
-
-from test_audit_support import PG_URL, fast_block, make_app, pg_table  # noqa: F401
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

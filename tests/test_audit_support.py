@@ -10,8 +10,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -144,8 +145,8 @@ class Collector:
             return b"\n".join(r["body"] for r in self.requests + self.token_requests)
 
 
-@pytest.fixture
-def collector():
+@pytest.fixture(name="collector")
+def collector_fixture():
     c = Collector()
     yield c
     c.stop()
@@ -184,8 +185,8 @@ def make_app(tmp_path: Any, name: str = "audit_app") -> Flask:
     return app
 
 
-@pytest.fixture
-def pg_table():
+@pytest.fixture(name="pg_table")
+def pg_table_fixture():
     """A uniquely named table in the ``test`` database, dropped afterwards."""
     engine = sa.create_engine(PG_URL)
     try:

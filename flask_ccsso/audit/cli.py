@@ -21,18 +21,18 @@ from .settings import DEFAULT_TABLE, AuditSettings
 def _app_settings() -> AuditSettings | None:
     """The app's audit settings, if an app can be found (``flask --app ...``)."""
     from flask import current_app
-    from flask.cli import ScriptInfo
+    from flask.cli import NoAppException, ScriptInfo
 
     app: Any = None
     if current_app:
-        app = current_app._get_current_object()
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     else:
         ctx = click.get_current_context(silent=True)
         info = ctx.find_object(ScriptInfo) if ctx else None
         if info is not None:
             try:
                 app = info.load_app()
-            except Exception:
+            except NoAppException:
                 app = None
     if app is None:
         return None

@@ -28,7 +28,8 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, g, has_request_context, request
 
@@ -153,13 +154,14 @@ class AuditPipeline:
         return receiver
 
     def _on_signal(self, name: str, sender: Any, kwargs: dict[str, Any]) -> None:
-        if sender is not self._app_ref():
+        app = self._app_ref()
+        if app is None or sender is not app:
             return
         info = _request_info()
         if self.settings.records(name):
             self._submit(self._build(name, kwargs, info))
         if name == "auth.login_failed" and self.failures is not None:
-            self._count_failure(sender, kwargs, info)  # after: the alert follows the failure that tripped it
+            self._count_failure(app, kwargs, info)  # after: the alert follows the failure that tripped it
 
     def _count_failure(self, app: Flask, kwargs: dict[str, Any], info: RequestInfo | None) -> None:
         assert self.failures is not None
@@ -208,10 +210,7 @@ class AuditPipeline:
         for signal, receiver in self._receivers:
             signal.disconnect(receiver)
         self._receivers.clear()
-        try:
-            atexit.unregister(self._atexit)
-        except Exception:  # pragma: no cover
-            pass
+        atexit.unregister(self._atexit)
         deadline = time.monotonic() + timeout
         ok = True
         for sink in self.sinks:

@@ -38,14 +38,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from functools import cached_property
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -128,7 +130,7 @@ def _scalar(value: Any, limit: int) -> Any:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+        return value if math.isfinite(value) else None
     return _DROP
 
 
@@ -196,7 +198,7 @@ def iso_time(epoch: float) -> str:
     """``2025-01-31T09:15:02.123456Z`` (UTC)."""
     global _iso_last
     sec = int(epoch)
-    micros = int(round((epoch - sec) * 1_000_000))
+    micros = round((epoch - sec) * 1_000_000)
     if micros >= 1_000_000:
         sec, micros = sec + 1, micros - 1_000_000
     cached = _iso_last  # one tuple, swapped atomically: safe across threads
@@ -358,10 +360,8 @@ def build_event(
             raw_claims.setdefault("amr", list(amr))
         claims = clean_mapping(raw_claims, limit, drop_secret_names=True)
     if include_groups and identity is not None and getattr(identity, "subject", None) is not None:
-        eff = getattr(identity, "effective_groups", None)
-        if eff is None:
-            eff = getattr(identity, "groups", ())
-        groups = tuple(clean_str(g, limit) for g in sorted(eff) if isinstance(g, str))
+        eff = getattr(identity, "effective_groups", None) or getattr(identity, "groups", None) or ()
+        groups = tuple(clean_str(g, limit) for g in sorted(g for g in eff if isinstance(g, str)))
 
     req = request or RequestInfo()
     return AuditEvent(
@@ -390,12 +390,12 @@ def events_to_json_lines(events: Iterable[AuditEvent]) -> str:
 
 
 __all__ = [
-    "AuditEvent",
     "DATA_FIELDS",
     "GENESIS_HASH",
     "OUTCOMES",
-    "RequestInfo",
     "SCHEMA_VERSION",
+    "AuditEvent",
+    "RequestInfo",
     "build_event",
     "canonical_json",
     "chain_hash",

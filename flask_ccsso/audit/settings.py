@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .._validate import check_keys, expect, expect_positive, expect_str_list, join
 from ..exceptions import ConfigError

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .events import AuditEvent
 
@@ -45,25 +45,40 @@ class Spool:
     """An ordered, durable FIFO of events for one sink."""
 
     def __init__(self, directory: str, name: str) -> None:
-        ensure_dir(directory)
+        self.directory = directory
         self.path = os.path.join(directory, f"ccsso-audit-{name}.spool.sqlite3")
-        _private_file(self.path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        # AUTOINCREMENT: sequence numbers are never reused, so order survives deletes and restarts
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "event_id TEXT NOT NULL, body TEXT NOT NULL)"
-        )
+        self._conn: sqlite3.Connection | None = None
         self._lock_path = self.path + ".lock"
         self._lock_fd: int | None = None
-        self._count = self._count_rows()
+        self._closed = False
+        # Nothing is created until the first append: a healthy sink leaves no files behind.
+        # A spool left by an earlier process is opened (and then replayed) straight away.
+        self._count = self._count_rows() if os.path.exists(self.path) else 0
+
+    def _db(self) -> sqlite3.Connection:
+        """The connection, creating the file on first use. Call with ``self._lock`` held."""
+        if self._conn is None:
+            if self._closed:
+                raise RuntimeError("the audit spool is closed")
+            ensure_dir(self.directory)
+            _private_file(self.path)
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # AUTOINCREMENT: sequence numbers are never reused, so order survives deletes and restarts
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "event_id TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+            self._conn = conn
+        return self._conn
 
     def _count_rows(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+            if self._conn is None and not os.path.exists(self.path):
+                return 0
+            return int(self._db().execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def __len__(self) -> int:
         """Rows this process knows of (cheap; refreshed from disk by :meth:`refresh`)."""
@@ -78,12 +93,13 @@ class Spool:
         if not rows:
             return 0
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT INTO spool (event_id, body) VALUES (?, ?)", rows)
-                self._conn.execute("COMMIT")
+                db.executemany("INSERT INTO spool (event_id, body) VALUES (?, ?)", rows)
+                db.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             self._count += len(rows)
         return len(rows)
@@ -91,19 +107,22 @@ class Spool:
     def peek(self, limit: int) -> list[tuple[int, AuditEvent]]:
         """The oldest ``limit`` events, in order, with their sequence numbers."""
         with self._lock:
-            rows = self._conn.execute("SELECT seq, body FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            if self._conn is None and not os.path.exists(self.path):
+                return []
+            rows = self._db().execute("SELECT seq, body FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [(seq, AuditEvent.from_dict(json.loads(body))) for seq, body in rows]
 
     def delete(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
-                self._conn.execute("COMMIT")
+                cur = db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+                db.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             self._count = max(0, self._count - max(cur.rowcount, 0))
 
@@ -111,6 +130,7 @@ class Spool:
         """Take the replay lock (non-blocking). Held until :meth:`release_replay`."""
         if self._lock_fd is not None:
             return True
+        ensure_dir(self.directory)
         fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,14 +151,17 @@ class Spool:
     def close(self) -> None:
         self.release_replay()
         with self._lock:
-            self._conn.close()
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class DeadLetter:
     """Events a sink refused as malformed (HTTP 4xx), kept as JSON lines for a person to look at."""
 
     def __init__(self, directory: str, name: str) -> None:
-        ensure_dir(directory)
+        self.directory = directory
         self.path = os.path.join(directory, f"ccsso-audit-{name}.deadletter.jsonl")
         self._lock = threading.Lock()
 
@@ -149,6 +172,7 @@ class DeadLetter:
             for e in events
         )
         with self._lock:
+            ensure_dir(self.directory)
             _private_file(self.path)
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(lines)

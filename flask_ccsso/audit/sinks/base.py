@@ -21,7 +21,9 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..events import AuditEvent
 from ..settings import AuditSettings, SinkSettings
@@ -50,16 +52,21 @@ class PoisonBatchError(SinkError):
         self.splittable = splittable
 
 
+@dataclass
 class SinkStats:
-    __slots__ = ("written", "spooled", "replayed", "dead_lettered", "dropped", "overflow_spooled", "failures",
-                 "lost")
+    """Counters for one sink (per process)."""
 
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    written: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    overflow_spooled: int = 0
+    failures: int = 0
+    lost: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return asdict(self)
 
 
 class Sink:
@@ -256,7 +263,7 @@ class Sink:
             if self._opened:
                 try:
                     self.close()
-                except Exception:
+                except Exception:  # closing must not stop the shutdown
                     log.exception("audit sink %r: error while closing", self.name)
 
     def _backoff(self, failures: int) -> float:
@@ -295,7 +302,7 @@ class Sink:
                 self._write(batch)
                 self._failures = 0
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then spooled
                 retry_after = getattr(exc, "retry_after", None)
                 if attempt == attempts or self._stopping:
                     self._failed(exc, retry_after)
@@ -333,7 +340,7 @@ class Sink:
                 events = [e for _, e in rows]
                 try:
                     self._write(events)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then spooled
                     self._failed(exc, getattr(exc, "retry_after", None))
                     return
                 self.spool.delete([seq for seq, _ in rows])

@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import requests
 

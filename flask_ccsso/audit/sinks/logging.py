@@ -8,7 +8,7 @@ syslog or at your log shipper.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..events import AuditEvent
 from .base import Sink

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -171,7 +172,8 @@ class SQLAlchemySink(Sink):
             else:
                 self.table = audit_table(self.settings.table)
         except sa_exc.SQLAlchemyError as exc:
-            raise TransientSinkError(f"cannot prepare table ({type(exc.orig or exc).__name__})") from exc
+            raise TransientSinkError(f"cannot prepare table ({type(getattr(exc, 'orig', None) or exc).__name__})") \
+                from exc
 
     def create_table(self) -> None:
         if self.engine is None:
