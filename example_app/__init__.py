@@ -1,0 +1,329 @@
+"""An internal portal built on flask-ccsso: the example app.
+
+Run it on your machine with no identity-provider account (the development
+IdP is mounted in the same process)::
+
+    pip install -e '.[all]'
+    CCSSO_DEVIDP_ENABLED=1 flask --app example_app run --port 5000
+
+then open http://127.0.0.1:5000 and sign in as alice, bob, carol or dave.
+
+The same app signs in through Okta, Azure AD (Entra ID) or Google Workspace
+when ``CCSSO_EXAMPLE_IDP`` is ``okta``, ``azure`` or ``google`` and the
+provider's variables are set (see docs/okta.md, docs/azure-ad.md,
+docs/google-workspace.md). Only the ``auth`` block changes: it comes from
+``ccsso.<idp>.json``; skills, session and logging stay in ``ccsso.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from flask import Flask, abort, current_app, jsonify, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from flask_ccsso import CCSSO, SkillRequired, current_identity, get_state, login_required, requires_skill
+from flask_ccsso.config import load_file
+
+log = logging.getLogger("example_app")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: ``CCSSO_EXAMPLE_IDP`` value -> file holding the ``auth`` block
+IDP_FILES = {
+    "dev": "ccsso.json",
+    "okta": "ccsso.okta.json",
+    "azure": "ccsso.azure.json",
+    "google": "ccsso.google.json",
+}
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+
+#: the pages of the portal, one per seed skill (endpoint, title)
+SKILL_PAGES = {
+    "database-migration": ("migrations", "Database migrations"),
+    "security-audit": ("security_audit", "Security audit"),
+    "infrastructure-deploy": ("deploy", "Infrastructure deploy"),
+}
+
+MIGRATIONS = [
+    {"id": "2026_11_01_add_audit_index", "state": "applied", "author": "alice"},
+    {"id": "2026_11_18_split_accounts_table", "state": "pending", "author": "erin"},
+    {"id": "2026_11_24_drop_legacy_tokens", "state": "pending", "author": "alice"},
+]
+
+
+def base_url() -> str:
+    """Where the portal is served (``CCSSO_EXAMPLE_BASE_URL``); the dev IdP's issuer is below it."""
+    return os.environ.get("CCSSO_EXAMPLE_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+
+
+def selected_idp() -> str:
+    idp = os.environ.get("CCSSO_EXAMPLE_IDP", "dev").strip().lower() or "dev"
+    if idp not in IDP_FILES:
+        raise RuntimeError(f"CCSSO_EXAMPLE_IDP={idp!r} is not one of {', '.join(IDP_FILES)}.")
+    return idp
+
+
+def load_example_config(instance_path: str, idp: str) -> dict[str, Any]:
+    """ccsso.json, with the ``auth`` block swapped for the chosen IdP's file.
+
+    ``{instance}`` in an audit destination URL stands for the app's instance
+    folder (a convention of this example, so the SQLite file lands there
+    whatever the working directory). ``${VAR}`` is left to flask-ccsso.
+    """
+    data = load_file(os.path.join(HERE, "ccsso.json"))
+    if idp != "dev":
+        data["auth"] = load_file(os.path.join(HERE, IDP_FILES[idp]))["auth"]
+    for dest in (data.get("logging") or {}).get("destinations") or []:
+        if isinstance(dest.get("url"), str):
+            dest["url"] = dest["url"].replace("{instance}", instance_path)
+    return data
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] | None = None,
+               http: Any = None, store: Any = None) -> Flask:
+    """The portal's app factory (``flask --app example_app run``).
+
+    :param test_config: values put into ``app.config`` before flask-ccsso
+        starts (tests: ``TESTING``, ``SERVER_NAME`` ...).
+    :param clock: passed to ``CCSSO`` and to the dev IdP (tests move time).
+    :param http: a ``requests.Session`` for the back channel (tests route it
+        into the app in-process).
+    :param store: a shared store for ``CCSSO`` (tests).
+    """
+    app = Flask(__name__, instance_path=(test_config or {}).get("INSTANCE_PATH"))
+    app.config.from_mapping(
+        SECRET_KEY=os.environ.get("SECRET_KEY"),
+        CCSSO_TRUSTED_PROXIES=int(os.environ.get("CCSSO_TRUSTED_PROXIES", "0")),
+    )
+    if test_config:
+        app.config.from_mapping({k: v for k, v in test_config.items() if k != "INSTANCE_PATH"})
+    if not app.config["SECRET_KEY"]:
+        # fine on a laptop (sessions live server-side; a restart only signs people out)
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+        log.warning("example_app: SECRET_KEY is not set; using a random key for this process.")
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    idp = app.config.get("CCSSO_EXAMPLE_IDP") or selected_idp()
+    app.config["CCSSO_EXAMPLE_IDP"] = idp
+    if app.config.get("CCSSO") is None and not app.config.get("CCSSO_CONFIG_FILE"):
+        app.config["CCSSO"] = load_example_config(app.instance_path, idp)
+    if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ and isinstance(app.config.get("CCSSO"), dict):
+        # demo knob: how old a sign-in may be for the sensitive skill (seconds)
+        app.config["CCSSO"].setdefault("session", {})["maxAuthAge"] = float(os.environ["CCSSO_EXAMPLE_MAX_AUTH_AGE"])
+
+    if idp == "dev":
+        _mount_dev_idp(app, clock)
+
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    if http is not None:
+        kwargs["http"] = http
+    if store is not None:
+        kwargs["store"] = store
+    CCSSO(app, **kwargs)
+    _start_audit_if_needed(app)
+    _add_template_helpers(app)
+    _add_views(app)
+    return app
+
+
+def _mount_dev_idp(app: Flask, clock: Callable[[], float] | None) -> None:
+    """The development IdP, in this process, at ``<base>/devidp``."""
+    from flask_ccsso.devidp import DevClient, DevIdP
+
+    base = base_url()
+    host = urlsplit(base).hostname or ""
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    secret = os.environ.get("CCSSO_EXAMPLE_DEV_SECRET", "dev-secret")
+    try:
+        DevIdP(
+            app,
+            issuer=f"{base}/devidp",
+            enabled=True,
+            clients=[DevClient("portal", secret, [f"{base}/sso/dev/callback"],
+                               post_logout_redirect_uris=[f"{base}/sso/logged-out", f"{base}/"])],
+            **kwargs,
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{exc}\n\nThe example portal signs in through the development IdP by default. Start it with\n"
+            "    CCSSO_DEVIDP_ENABLED=1 flask --app example_app run --port 5000\n"
+            "or pick a real IdP with CCSSO_EXAMPLE_IDP=okta|azure|google (see docs/)."
+        ) from None
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):  # pragma: no cover - DevIdP refuses first
+        raise RuntimeError("The development IdP only runs on a loopback address.")
+
+    @app.before_request
+    def _one_host_name() -> Response | None:
+        # the IdP's cookie and the portal's belong to the host name the browser
+        # sees: keep everyone on the configured one (127.0.0.1 vs localhost)
+        want = urlsplit(base).netloc
+        if request.host != want and not app.testing:
+            return redirect(f"{base}{request.full_path if request.query_string else request.path}", 302)
+        return None
+
+
+def _start_audit_if_needed(app: Flask) -> None:
+    """Start the audit pipeline when flask-ccsso has not done it itself."""
+    try:
+        from flask_ccsso.audit import get_pipeline, init_audit, parse_logging_block
+    except ImportError:  # pragma: no cover
+        return
+    state = get_state(app)
+    if get_pipeline(app) is not None or state.audit is not None:
+        return
+    settings = parse_logging_block(state.config.logging)
+    if state.audit_settings is None:
+        state.audit_settings = settings
+    init_audit(app, settings, clock=state.clock)
+
+
+# --------------------------------------------------------------------------- skills, explained
+
+def explain_skill(name: str, identity: Any) -> dict[str, Any]:
+    """Why this person has (or has not) a skill, in words.
+
+    Uses the extension's policy (``state.policy.evaluate``: every condition,
+    with an operator-facing detail) when it is there; otherwise reads the
+    skill's groups and scopes from the parsed config.
+    """
+    state = get_state()
+    skill = state.config.skills[name]
+    evaluate = getattr(getattr(state, "policy", None), "evaluate", None)
+    if callable(evaluate):
+        decision = evaluate(skill, identity, remote_addr=request.remote_addr)
+        why = [c.detail or f"{c.condition}: {'ok' if c.passed else c.reason}" for c in decision.checks]
+        if skill.sensitive:
+            why.append(f"sensitive: asks you to sign in again when your sign-in is older than "
+                       f"{int(state.max_auth_age(skill))} s")
+        return {"name": name, "allowed": decision.outcome in ("allowed", "step_up"), "why": why,
+                "sensitive": skill.sensitive, "description": skill.description,
+                "outcome": decision.outcome}
+    why = []
+    groups = identity.effective_groups
+    ok_groups = True
+    if skill.allowed_groups:
+        matched = sorted(groups & set(skill.allowed_groups))
+        ok_groups = bool(matched)
+        why.append(f"group {', '.join(matched)} is allowed" if matched
+                   else f"needs one of the groups {', '.join(skill.allowed_groups)}")
+    missing = [s for s in skill.required_scopes if s not in identity.scopes]
+    if skill.required_scopes:
+        why.append(f"scope {', '.join(skill.required_scopes)} granted" if not missing
+                   else f"scope {', '.join(missing)} not granted by the IdP")
+    if skill.sensitive:
+        why.append("sensitive: you will be asked to sign in again when your sign-in is older than "
+                   f"{int(state.max_auth_age(skill))} s")
+    return {"name": name, "allowed": ok_groups and not missing, "why": why, "sensitive": skill.sensitive,
+            "description": skill.description, "outcome": "allowed" if ok_groups and not missing else "denied"}
+
+
+def _has_skill_fallback(name: str) -> bool:
+    if not current_identity:
+        return False
+    return bool(explain_skill(name, current_identity)["allowed"])
+
+
+def _add_template_helpers(app: Flask) -> None:
+    # ``has_skill`` is the extension's template global; older builds lack it
+    app.jinja_env.globals.setdefault("has_skill", _has_skill_fallback)
+
+    @app.context_processor
+    def portal_context() -> dict[str, Any]:
+        state = get_state()
+        return {"current_identity": current_identity, "skill_pages": SKILL_PAGES,
+                "idp_name": app.config["CCSSO_EXAMPLE_IDP"],
+                "providers": list(state.providers.values())}
+
+
+# --------------------------------------------------------------------------- views
+
+def _audit_events(limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+    """Recent events from the audit database, newest first (or why there are none)."""
+    state = get_state()
+    settings = state.audit_settings
+    if settings is None:
+        from flask_ccsso.audit import get_pipeline
+
+        pipeline = get_pipeline(current_app._get_current_object())  # type: ignore[attr-defined]
+        settings = getattr(pipeline, "settings", None)
+    url = getattr(settings, "database_url", None)
+    if not url:
+        return [], "No audit database is configured (add a sqlalchemy entry to logging.destinations)."
+    from flask_ccsso.audit import get_pipeline
+    from flask_ccsso.audit.sinks.sqlalchemy import make_engine, tail
+
+    pipeline = get_pipeline(current_app._get_current_object())  # type: ignore[attr-defined]
+    if pipeline is not None:
+        pipeline.flush(timeout=2.0)
+    engine = make_engine(url)
+    try:
+        rows = tail(engine, settings.database_table, limit)
+    except Exception as exc:  # noqa: BLE001 - the table may not exist yet
+        return [], f"The audit database could not be read yet ({type(exc).__name__})."
+    finally:
+        engine.dispose()
+    return list(reversed(rows)), None
+
+
+def _add_views(app: Flask) -> None:
+    @app.errorhandler(SkillRequired)
+    def skill_required(exc: SkillRequired) -> Any:
+        from flask_ccsso.responses import error_response, wants_json
+
+        if wants_json() or request.path.startswith("/api/"):
+            return error_response(exc, extra={"skill": getattr(exc, "skill", None),
+                                              "condition": getattr(exc, "condition", None)})
+        skill = getattr(exc, "skill", None) or (exc.extra or {}).get("skill")
+        return render_template("forbidden.html", skill=skill, reason=exc.reason,
+                               message=exc.description), 403
+
+    @app.get("/")
+    def home() -> str:
+        return render_template("home.html")
+
+    @app.get("/access")
+    @login_required
+    def my_access() -> str:
+        state = get_state()
+        rows = [explain_skill(name, current_identity) for name in state.config.skills]
+        return render_template("access.html", rows=rows)
+
+    @app.get("/migrations")
+    @requires_skill("database-migration")
+    def migrations() -> str:
+        return render_template("migrations.html", migrations=MIGRATIONS)
+
+    @app.get("/security/audit")
+    @requires_skill("security-audit")
+    def security_audit() -> str:
+        events, problem = _audit_events()
+        return render_template("audit.html", events=events, problem=problem)
+
+    @app.route("/deploy", methods=["GET", "POST"])
+    @requires_skill("infrastructure-deploy")
+    def deploy() -> str:
+        done = None
+        if request.method == "POST":
+            target = request.form.get("environment", "staging")
+            if target not in ("staging", "production"):
+                abort(400)
+            done = target
+        return render_template("deploy.html", done=done)
+
+    @app.get("/api/migrations")
+    @requires_skill("database-migration")
+    def api_migrations() -> Response:
+        return jsonify(migrations=MIGRATIONS, caller=current_identity.email, via=current_identity.via)
+
+    @app.get("/sign-in")
+    def sign_in() -> Response:
+        return redirect(url_for("ccsso.choose", next=request.args.get("next", "/")))
