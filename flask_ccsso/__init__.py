@@ -11,7 +11,7 @@ from .exceptions import (AuthenticationFailed, CCSSOError, ConfigError, IdPUnava
                          SessionExpired, SkillRequired, StepUpRequired, StoreUnavailable)
 from .extension import CCSSO, get_state
 from .identity import AnonymousIdentity, Identity, current_identity
-from .skills import login_required, requires_skill
+from .skills import has_skill, login_required, requires_skill, skill_guard
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,8 @@ __all__ = [
     "StoreUnavailable",
     "current_identity",
     "get_state",
+    "has_skill",
     "login_required",
     "requires_skill",
+    "skill_guard",
 ]

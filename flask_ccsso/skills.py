@@ -1,57 +1,546 @@
-"""Skills: ``@requires_skill`` and the policy behind it.
+"""Skills: the access policy and ``@requires_skill``.
 
-(Foundation version: groups and scopes. The skills work extends this module
-with conditions, step-up and bearer callers.)
+One check underlies everything (like Django's ``user_passes_test``):
+:func:`enforce` resolves the caller, asks the policy, sends the decision's
+signal and raises one of three separate outcomes:
+
+* nobody signed in (or a bad bearer token) → :class:`LoginRequired` (browser:
+  sign-in redirect; API: ``401``);
+* signed in, but not recently / strongly enough → :class:`StepUpRequired`
+  (browser: back to the IdP; API: RFC 9470 ``401``);
+* signed in without the skill → :class:`SkillRequired` (``403`` naming the
+  skill and the failed condition, never the person's groups).
+
+:func:`requires_skill` (views, bare or called, and blueprints),
+:func:`skill_guard` (``bp.before_request``), :func:`login_required` and
+:func:`has_skill` (code and Jinja) are thin wrappers around it.
+
+Deny by default: a skill name that is not configured is a start-up
+:class:`~flask_ccsso.exceptions.ConfigError` -- at decoration time when an app
+with flask-ccsso is current, otherwise when the view (or guard) meets such an
+app (at ``init_app`` for what was registered before, at ``add_url_rule`` /
+``register_blueprint`` for what comes after). Should a name still reach a
+request unchecked, the request is refused, never let through.
+
+Decision order for one skill (the first failure decides):
+
+1. ``providers`` -- the identity came from one of them;
+2. ``allowedNetworks`` -- ``request.remote_addr`` in one of the CIDR ranges;
+3. ``allowedGroups`` -- ``identity.effective_groups`` (groups + app roles)
+   meets the list; a truncated group list that does not already match is
+   ``groups_incomplete``, never "no groups";
+4. ``requiredScopes`` -- all of them in the identity's scopes;
+5. freshness (``sensitive`` / ``maxAuthAge``, see :mod:`flask_ccsso.stepup`)
+   -- stale → step-up, not 403: re-authenticating can fix it, and asking for
+   it only after 1-4 pass means nobody re-authenticates for a skill they can
+   never have;
+6. ``requireMfa`` -- an MFA ``amr`` value, or an ``acr`` from the skill's
+   ``acrValues`` or :data:`MFA_ACR_VALUES`. Checked after freshness so that
+   the step-up (which carries ``acr_values``) gets the chance to satisfy it.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, overload
 
-from flask import current_app, request
+from flask import Blueprint, Flask, current_app, g, has_app_context, has_request_context, request
+from werkzeug.wrappers import Response
 
 from . import reasons, signals
-from .exceptions import SkillRequired
+from .exceptions import ConfigError, LoginRequired, SkillRequired
 from .extension import get_state, identity_required
+from .stepup import Freshness, check_freshness, step_up
+
+if TYPE_CHECKING:
+    from .config import SkillSettings
+    from .extension import CCSSOState
+    from .identity import AnonymousIdentity, Identity
+
+log = logging.getLogger("flask_ccsso")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: reason code for a skill restricted to other providers (``providers`` key)
+PROVIDER_NOT_ALLOWED = "provider_not_allowed"
+#: reason code for a name that is not configured (should never reach a request)
+SKILL_NOT_CONFIGURED = "skill_not_configured"
 
-def login_required(view: F) -> F:
-    """Signed in (by session or bearer token), nothing more."""
+#: RFC 8176 ``amr`` values that show a second factor (or several) was used
+MFA_AMR_VALUES: frozenset[str] = frozenset({
+    "mfa", "mca", "otp", "hwk", "sc", "sms", "tel", "fpt", "face", "iris", "retina", "vbm",
+})
+#: ``acr`` values (OIDC) / AuthnContextClassRef values (SAML) that mean MFA
+MFA_ACR_VALUES: frozenset[str] = frozenset({
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor-physical",
+    "https://refeds.org/profile/mfa",
+    "urn:okta:loa:2fa:any",
+    "phr", "phrh",
+    "http://schemas.microsoft.com/claims/multipleauthn",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken",
+})
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+#: attribute carrying the skill names on decorated views and guards
+SKILLS_ATTR = "__ccsso_skills__"
+
+_CONDITION_TEXT = {
+    "providers": "you signed in with a provider this skill does not accept",
+    "allowedNetworks": "this skill is not available from your network",
+    "allowedGroups": "you are not in one of its allowed groups",
+    "requiredScopes": "your sign-in does not carry its required scopes",
+    "requireMfa": "it needs a multi-factor sign-in",
+}
+
+
+# --------------------------------------------------------------------------- the policy
+
+@dataclass(frozen=True)
+class Check:
+    """One condition of one skill, as evaluated."""
+
+    #: the config key: ``providers``, ``allowedNetworks``, ``allowedGroups``,
+    #: ``requiredScopes``, ``maxAuthAge``, ``requireMfa``
+    condition: str
+    passed: bool
+    #: reason code when it failed
+    reason: str | None = None
+    #: operator-facing detail (``flask ccsso explain``); may name *matched*
+    #: allowed groups and missing scopes, never goes into HTTP responses
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer for one skill."""
+
+    skill: str
+    #: ``"allowed"``, ``"step_up"`` or ``"denied"``
+    outcome: str
+    checks: tuple[Check, ...] = ()
+    reason: str | None = None
+    condition: str | None = None
+    freshness: Freshness | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allowed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for a set of skills (``any_of`` / ``all_of``)."""
+
+    outcome: str
+    #: the decision that settles it (the granting one, or the one reported)
+    decision: Decision | None
+    decisions: tuple[Decision, ...] = field(default_factory=tuple)
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allowed"
+
+
+def _norm_group(value: str) -> str:
+    # Entra ID object ids are GUIDs: compare them case-insensitively
+    return value.lower() if _GUID.match(value) else value
+
+
+def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not value:
+        return None
+    try:
+        addr = ipaddress.ip_address(value.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def has_mfa(identity: Any, skill: SkillSettings | None = None) -> bool:
+    """An MFA ``amr`` value, or an ``acr`` in the skill's ``acrValues`` or
+    :data:`MFA_ACR_VALUES`."""
+    if any(a in MFA_AMR_VALUES for a in getattr(identity, "amr", ()) or ()):
+        return True
+    acr = getattr(identity, "acr", None)
+    return bool(acr) and (acr in MFA_ACR_VALUES or (skill is not None and acr in skill.acr_values))
+
+
+class SkillPolicy:
+    """Evaluates skills for one app (``state.policy``)."""
+
+    def __init__(self, state: CCSSOState) -> None:
+        self.state = state
+
+    @property
+    def skills(self) -> Any:
+        return self.state.config.skills
+
+    def effective_scopes(self, identity: Any) -> frozenset[str]:
+        """The identity's scopes, plus -- for a SAML provider with
+        ``scopesFromGroups`` -- the scopes its groups map to."""
+        scopes = frozenset(getattr(identity, "scopes", ()) or ())
+        prov = self.state.providers.get(getattr(identity, "provider", None) or "")
+        mapping = getattr(getattr(prov, "settings", None), "scopes_from_groups", None)
+        if mapping:
+            extra = set()
+            groups = getattr(identity, "effective_groups", frozenset())
+            for grp, mapped in mapping.items():
+                if grp in groups:
+                    extra.update(mapped)
+            scopes = scopes | extra
+        return scopes
+
+    def evaluate(self, skill: SkillSettings, identity: Identity | AnonymousIdentity, *,
+                 remote_addr: str | None, now: float | None = None, freshness: bool = True) -> Decision:
+        """Every condition of ``skill`` for ``identity``; the outcome follows
+        the decision order in the module docstring."""
+        checks: list[Check] = []
+        if skill.providers:
+            ok = getattr(identity, "provider", None) in skill.providers
+            checks.append(Check("providers", ok, None if ok else PROVIDER_NOT_ALLOWED,
+                                f"signed in with {getattr(identity, 'provider', None)!r}; "
+                                f"accepted: {', '.join(skill.providers)}"))
+        if skill.allowed_networks:
+            addr = _ip(remote_addr)
+            ok = addr is not None and any(addr.version == n.version and addr in n for n in skill.allowed_networks)
+            checks.append(Check("allowedNetworks", ok, None if ok else reasons.NETWORK_NOT_ALLOWED,
+                                f"address {remote_addr or 'unknown'} "
+                                f"{'is in' if ok else 'is not in'} {', '.join(map(str, skill.allowed_networks))}"))
+        if skill.allowed_groups:
+            have = {_norm_group(x) for x in getattr(identity, "effective_groups", frozenset())}
+            matched = sorted(gr for gr in skill.allowed_groups if _norm_group(gr) in have)
+            if matched:
+                checks.append(Check("allowedGroups", True, None, f"member of {', '.join(matched)}"))
+            elif not getattr(identity, "groups_complete", True):
+                checks.append(Check("allowedGroups", False, reasons.GROUPS_INCOMPLETE,
+                                    "the identity provider sent an incomplete group list and none of the "
+                                    "known groups is allowed; membership cannot be decided"))
+            else:
+                checks.append(Check("allowedGroups", False, reasons.MISSING_GROUP,
+                                    f"in none of {', '.join(skill.allowed_groups)}"))
+        if skill.required_scopes:
+            scopes = self.effective_scopes(identity)
+            missing = [s for s in skill.required_scopes if s not in scopes]
+            checks.append(Check("requiredScopes", not missing, reasons.MISSING_SCOPE if missing else None,
+                                f"missing {', '.join(missing)}" if missing
+                                else f"has {', '.join(skill.required_scopes)}"))
+        fresh: Freshness | None = None
+        if freshness:
+            fresh = check_freshness(identity, skill, self.state, now=now)
+            if fresh.applies:
+                checks.append(Check("maxAuthAge", fresh.fresh, None if fresh.fresh else reasons.STALE_AUTHENTICATION,
+                                    fresh.detail))
+        if skill.require_mfa:
+            ok = has_mfa(identity, skill)
+            checks.append(Check("requireMfa", ok, None if ok else reasons.MFA_REQUIRED,
+                                f"amr={list(getattr(identity, 'amr', ()) or ())} "
+                                f"acr={getattr(identity, 'acr', None)!r}"))
+        failed = next((c for c in checks if not c.passed), None)
+        if failed is None:
+            return Decision(skill.name, "allowed", tuple(checks), freshness=fresh)
+        outcome = "step_up" if failed.condition == "maxAuthAge" else "denied"
+        return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, fresh)
+
+    def decide(self, names: Iterable[str], identity: Identity | AnonymousIdentity, *, all_of: bool = False,
+               remote_addr: str | None = None, now: float | None = None, freshness: bool = True) -> Verdict:
+        """``any_of`` (default): allowed when one skill allows; otherwise a
+        step-up when some skill only lacks freshness, else the first denial.
+        ``all_of``: a denial wins over a step-up (re-authenticating would not
+        help), a step-up asks for the strictest ``max_age`` involved."""
+        decisions = []
+        for name in names:
+            skill = self.skills.get(name)
+            if skill is None:
+                log.error("flask-ccsso: skill %r is not configured; refusing", name)
+                decisions.append(Decision(name, "denied", (), SKILL_NOT_CONFIGURED, None))
+                continue
+            decisions.append(self.evaluate(skill, identity, remote_addr=remote_addr, now=now, freshness=freshness))
+        ds = tuple(decisions)
+        allowed = [d for d in ds if d.allowed]
+        stale = [d for d in ds if d.outcome == "step_up"]
+        denied = [d for d in ds if d.outcome == "denied"]
+        if not ds:
+            return Verdict("allowed", None, ds)
+        if all_of:
+            if denied:
+                return Verdict("denied", denied[0], ds)
+            if stale:
+                return Verdict("step_up", min(stale, key=lambda d: d.freshness.max_age or 0), ds)  # type: ignore[union-attr]
+            return Verdict("allowed", ds[0], ds)
+        if allowed:
+            return Verdict("allowed", allowed[0], ds)
+        if stale:
+            return Verdict("step_up", stale[0], ds)
+        return Verdict("denied", denied[0], ds)
+
+
+def _policy(state: CCSSOState | None = None) -> SkillPolicy:
+    state = state or get_state()
+    pol = state.policy
+    if not isinstance(pol, SkillPolicy):
+        pol = state.policy = SkillPolicy(state)
+    return pol
+
+
+# --------------------------------------------------------------------------- the one check
+
+def _send_denied(identity: Any, names: tuple[str, ...], reason: str, condition: str | None, via: str | None) -> None:
+    signals.permission_denied.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                   identity=identity, skill=names[0] if names else None, skills=list(names),
+                                   reason=reason, condition=condition, via=via, endpoint=request.endpoint)
+
+
+def _caller_via() -> str:
+    return "bearer" if request.headers.get("Authorization", "")[:7].lower() == "bearer " else "session"
+
+
+def enforce(*names: str, all_of: bool = False) -> Identity:
+    """The one check behind every decorator and guard.
+
+    Returns the identity when allowed (sending ``skill_invoked``); raises
+    :class:`LoginRequired` / :class:`SessionExpired`, :class:`StepUpRequired`
+    or :class:`SkillRequired` otherwise (sending ``permission_denied`` or
+    ``stepup_required``). With no names: signed in is enough.
+    """
+    try:
+        identity = identity_required()
+    except LoginRequired as exc:
+        _send_denied(None, names, exc.reason, None, _caller_via())
+        raise
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not names:
+        signals.skill_invoked.send(app, identity=identity, skill=None, skills=[], via=identity.via,
+                                   endpoint=request.endpoint)
+        return identity
+    verdict = _policy().decide(names, identity, all_of=all_of, remote_addr=request.remote_addr)
+    d = verdict.decision
+    assert d is not None
+    if verdict.outcome == "allowed":
+        signals.skill_invoked.send(app, identity=identity, skill=d.skill, skills=list(names), via=identity.via,
+                                   endpoint=request.endpoint)
+        return identity
+    if verdict.outcome == "step_up":
+        assert d.freshness is not None
+        raise step_up(identity, d.skill, d.freshness)
+    reason = d.reason or reasons.MISSING_GROUP
+    _send_denied(identity, names, reason, d.condition, identity.via)
+    why = _CONDITION_TEXT.get(d.condition or "", "it is not configured" if reason == SKILL_NOT_CONFIGURED else "")
+    if reason == reasons.GROUPS_INCOMPLETE:
+        why = ("your identity provider sent an incomplete group list, so membership could not be checked; "
+               "ask an administrator")
+    raise SkillRequired(f"You need the '{d.skill}' skill: {why}." if why else f"You need the '{d.skill}' skill.",
+                        skill=d.skill, condition=d.condition, reason=reason)
+
+
+# --------------------------------------------------------------------------- start-up checks
+
+def _validate_names(names: Iterable[str], state: CCSSOState, where: str) -> None:
+    configured = state.config.skills
+    for name in names:
+        if name not in configured:
+            listed = ", ".join(sorted(configured)) or "(none configured)"
+            raise ConfigError(f"skills.{name}", f"is required by {where} but is not configured.",
+                              f"add it to the 'skills' block, or use one of: {listed}.")
+
+
+def _skills_of(func: Any) -> tuple[str, ...] | None:
+    seen = 0
+    while func is not None and seen < 20:
+        names = getattr(func, SKILLS_ATTR, None)
+        if names is not None:
+            return names  # type: ignore[no-any-return]
+        func = getattr(func, "__wrapped__", None)
+        seen += 1
+    return None
+
+
+def _describe(func: Any, endpoint: str | None = None) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    mod = getattr(func, "__module__", "")
+    return f"view {endpoint!r} ({mod}.{name})" if endpoint else f"{mod}.{name}"
+
+
+def _validate_app(app: Flask, state: CCSSOState) -> None:
+    for endpoint, view in list(app.view_functions.items()):
+        names = _skills_of(view)
+        if names:
+            _validate_names(names, state, _describe(view, endpoint))
+    for scope, funcs in list(app.before_request_funcs.items()):
+        for fn in funcs:
+            names = _skills_of(fn)
+            if names:
+                _validate_names(names, state, f"skill_guard on {scope or 'the app'!s}")
+
+
+def _check_now(names: tuple[str, ...], where: str) -> None:
+    """At decoration time, when an app with flask-ccsso is current."""
+    if names and has_app_context() and "ccsso" in current_app.extensions:
+        _validate_names(names, get_state(), where)
+
+
+def _hook_app(app: Flask, state: CCSSOState) -> None:
+    """Check views and guards that reach the app after ``init_app``."""
+    original_add = app.add_url_rule
+    original_register = app.register_blueprint
+
+    @functools.wraps(original_add)
+    def add_url_rule(rule: str, endpoint: str | None = None, view_func: Any = None, **options: Any) -> None:
+        names = _skills_of(view_func) if view_func is not None else None
+        if names:
+            _validate_names(names, state, _describe(view_func, endpoint or getattr(view_func, "__name__", None)))
+        original_add(rule, endpoint, view_func, **options)
+
+    @functools.wraps(original_register)
+    def register_blueprint(blueprint: Blueprint, **options: Any) -> None:
+        original_register(blueprint, **options)
+        _validate_app(app, state)
+
+    app.add_url_rule = add_url_rule  # type: ignore[method-assign]
+    app.register_blueprint = register_blueprint  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- thin wrappers
+
+def _protect(view: F, check: Callable[[], Any], names: tuple[str, ...] | None) -> F:
+    """Run ``check`` before ``view`` (``OPTIONS`` passes); async views work."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if request.method != "OPTIONS":
-            identity_required()
+            check()
         return current_app.ensure_sync(view)(*args, **kwargs)
 
+    if names is not None:
+        setattr(wrapper, SKILLS_ATTR, names)
     return wrapper  # type: ignore[return-value]
 
 
-def requires_skill(*names: str, all_of: bool = False) -> Callable[[F], F]:
-    """Allow the view only to callers holding the skill(s)."""
+def login_required(view: F) -> F:
+    """Signed in (by session or bearer token), nothing more."""
+    return _protect(view, identity_required, None)
 
-    def decorator(view: F) -> F:
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if request.method != "OPTIONS":
-                identity = identity_required()
-                state = get_state()
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
-                for name in names:
-                    skill = state.config.skills[name]
-                    if skill.allowed_groups and not identity.effective_groups & set(skill.allowed_groups):
-                        signals.permission_denied.send(app, identity=identity, skill=name, skills=list(names),
-                                                       reason=reasons.MISSING_GROUP, condition="allowedGroups",
-                                                       via=identity.via, endpoint=request.endpoint)
-                        raise SkillRequired(f"You need the '{name}' skill.", skill=name, condition="allowedGroups",
-                                            reason=reasons.MISSING_GROUP)
-                signals.skill_invoked.send(app, identity=identity, skill=names[0], skills=list(names),
-                                           via=identity.via, endpoint=request.endpoint)
-            return current_app.ensure_sync(view)(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+def skill_guard(*names: str, all_of: bool = False) -> Callable[[], None]:
+    """A ``before_request`` function protecting a whole blueprint::
+
+        admin = Blueprint("admin", __name__)
+        admin.before_request(skill_guard("security-audit"))
+
+    ``OPTIONS`` passes. Names are checked when the blueprint is registered on
+    an app with flask-ccsso (start-up), like :func:`requires_skill`'s.
+    """
+    _check_names_type(names)
+    _check_now(names, f"skill_guard{names!r}")
+
+    def guard() -> None:
+        if request.method != "OPTIONS":
+            enforce(*names, all_of=all_of)
+        return None
+
+    setattr(guard, SKILLS_ATTR, names)
+    guard.__qualname__ = f"skill_guard{names!r}"
+    return guard
+
+
+def _check_names_type(names: tuple[Any, ...]) -> None:
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise TypeError(f"skill names are non-empty strings, got {n!r}")
+
+
+@overload
+def requires_skill(view: F, /) -> F: ...
+@overload
+def requires_skill(*names: str, all_of: bool = False) -> Callable[[F], F]: ...
+
+
+def requires_skill(*names: Any, all_of: bool = False) -> Any:
+    """Allow the view only to callers holding the skill(s).
+
+    ``@requires_skill("a")``; ``@requires_skill("a", "b")`` -- any of them;
+    ``@requires_skill("a", "b", all_of=True)`` -- all of them. Bare
+    ``@requires_skill`` (or ``()``) requires a signed-in caller and no skill.
+    Applied to a :class:`~flask.Blueprint` (``requires_skill("a")(bp)``) it
+    registers a :func:`skill_guard` for the whole blueprint and returns it.
+    """
+    if len(names) == 1 and callable(names[0]) and not isinstance(names[0], str):
+        return requires_skill()(names[0])
+    _check_names_type(names)
+    skill_names: tuple[str, ...] = tuple(names)
+
+    def decorator(target: Any) -> Any:
+        if isinstance(target, Blueprint):
+            target.before_request(skill_guard(*skill_names, all_of=all_of))
+            return target
+        _check_now(skill_names, _describe(target))
+        return _protect(target, lambda: enforce(*skill_names, all_of=all_of), skill_names)
 
     return decorator
+
+
+def has_skill(*names: str, all_of: bool = False, fresh: bool = False) -> bool:
+    """Does the current caller hold the skill(s)? For code and templates
+    (``{% if has_skill("security-audit") %}``).
+
+    Sends no signal and raises nothing. By default freshness is left out --
+    a stale sign-in still "has" a sensitive skill, so the page can offer the
+    link, and the view asks for step-up when it is followed; ``fresh=True``
+    counts a stale sign-in as not having it. Unknown names are ``False``
+    (and logged).
+    """
+    if not has_request_context() or not names:
+        return False
+    from .identity import current_identity
+
+    try:
+        ident = current_identity._get_current_object()  # type: ignore[attr-defined]
+    except LoginRequired:  # e.g. a bad bearer token
+        return False
+    if not ident:
+        return False
+    verdict = _policy().decide(names, ident, all_of=all_of, remote_addr=request.remote_addr, freshness=fresh)
+    return verdict.allowed
+
+
+def _handle_skill_required(exc: SkillRequired) -> Response:
+    """403 naming the skill and the failed condition (JSON: ``skill``,
+    ``condition``); never the person's groups."""
+    from .responses import error_response
+
+    return error_response(exc, extra={"skill": exc.skill, "condition": exc.condition})
+
+
+def init_state(app: Flask, state: CCSSOState) -> None:
+    """Called by ``init_app``: the policy, the template global, the 403
+    handler, and start-up checks of every skill name in use."""
+    state.policy = SkillPolicy(state)
+    app.add_template_global(has_skill, "has_skill")
+    app.register_error_handler(SkillRequired, _handle_skill_required)
+    _validate_app(app, state)
+    _hook_app(app, state)
+
+
+__all__ = [
+    "Check",
+    "Decision",
+    "MFA_ACR_VALUES",
+    "MFA_AMR_VALUES",
+    "SkillPolicy",
+    "Verdict",
+    "enforce",
+    "has_mfa",
+    "has_skill",
+    "login_required",
+    "requires_skill",
+    "skill_guard",
+]
