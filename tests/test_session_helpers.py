@@ -90,6 +90,7 @@ def redis_app(make_app: Any, op: Any, prefix: str, closers: list[Callable[[], No
 
 def login(client: Any, op: Any, **issue: Any) -> str:
     """Sign in through the local OP; returns the session id from the cookie."""
+    issue.setdefault("scope", "openid profile email migration:write")
     url = start_login(client)
     resp = callback(client, op.issue_code(url, **issue))
     assert resp.status_code == 302, resp.data
