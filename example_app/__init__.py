@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, jsonify, redirect, render_template, request, url_for

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_app", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "localhost"],

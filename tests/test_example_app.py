@@ -14,8 +14,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -144,8 +145,8 @@ def test_alice_migrations_yes_security_audit_no(portal: Portal) -> None:
     assert denied and denied[0].kwargs["skill"] == "security-audit"
     assert client.get("/deploy").status_code == 403
     access = client.get("/access").get_data(as_text=True)
-    assert re.search(r'data-skill="database-migration">.*?class="yes"', access, re.S)
-    assert re.search(r'data-skill="security-audit">.*?class="no"', access, re.S)
+    assert re.search(r'data-skill="database-migration">.*?class="yes"', access, re.DOTALL)
+    assert re.search(r'data-skill="security-audit">.*?class="no"', access, re.DOTALL)
 
 
 def test_bob_reads_the_audit_trail(portal: Portal) -> None:
