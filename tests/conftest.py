@@ -71,11 +71,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_app(tmp_path: Any, clock: Clock) -> Callable[..., Flask]:
+def make_app(tmp_path: Any, clock: Clock) -> Iterator[Callable[..., Flask]]:
+    made: list[Flask] = []
+
     def factory(config: dict[str, Any], *, store: Any = None, **flask_config: Any) -> Flask:
         app = Flask(f"test_app_{next(_counter)}", instance_path=str(tmp_path / "instance"))
         app.config.update(SECRET_KEY="test-secret", TESTING=True, CCSSO=config, **flask_config)
         CCSSO(app, clock=clock, store=store if store is not None else MemoryStore(clock))
+        made.append(app)
 
         @app.get("/")
         def home() -> str:
@@ -95,7 +98,11 @@ def make_app(tmp_path: Any, clock: Clock) -> Callable[..., Flask]:
 
         return app
 
-    return factory
+    yield factory
+    for app in made:  # stop each app's audit writer thread
+        pipeline = app.extensions["ccsso"].audit
+        if pipeline is not None:
+            pipeline.close(timeout=2)
 
 
 def start_login(client: Any, provider: str = "op", next_url: str = "/me", **params: str) -> str:
