@@ -477,12 +477,12 @@ def requires_skill(*names: Any, all_of: bool = False) -> Any:
         return requires_skill()(names[0])
     _check_names_type(names)
     skill_names: tuple[str, ...] = tuple(names)
+    _check_now(skill_names, f"requires_skill{skill_names!r}")
 
     def decorator(target: Any) -> Any:
         if isinstance(target, Blueprint):
             target.before_request(skill_guard(*skill_names, all_of=all_of))
             return target
-        _check_now(skill_names, _describe(target))
         return _protect(target, lambda: enforce(*skill_names, all_of=all_of), skill_names)
 
     return decorator
