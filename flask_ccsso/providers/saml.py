@@ -1,0 +1,816 @@
+"""SAML 2.0 Web Browser SSO through pysaml2 and xmlsec1.
+
+pysaml2 builds the AuthnRequest, verifies XML signatures (xmlsec1),
+decrypts encrypted assertions and checks schema and conditions. What it
+leaves to its caller is done here (docs/saml.md explains each point):
+
+* a cheap pre-scan (:mod:`.saml_xml`) refuses oversized messages, DTDs and
+  entities, comments, signature wrapping shapes and disallowed transforms
+  *before* xmlsec1 runs;
+* signatures are required (``wantAssertionsSigned`` / ``wantResponseSigned``)
+  and checked only against the certificates in *this* provider's metadata --
+  the Issuer is compared with the metadata's entity id first, and pysaml2's
+  metadata store holds no other entity, so its key lookup by issuer can find
+  nothing else;
+* pysaml2 may answer ``None`` instead of raising: ``None`` is a refusal;
+* InResponseTo (an outstanding request, consumed once from the shared store),
+  Destination, Recipient, Audience, Issuer, NotBefore / NotOnOrAfter (with
+  ``clockSkew`` against the provider's clock) are compared explicitly;
+* seen assertion ids are kept in the shared store until they expire, so a
+  replay is refused on every worker;
+* every pysaml2 exception is mapped to an :class:`AuthenticationFailed` with
+  a reason at this one boundary (:meth:`SAMLProvider._verify`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import warnings
+import weakref
+import zlib
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from urllib.parse import quote, unquote_plus
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from .. import reasons, signals
+from ..config import SAMLSettings
+from ..exceptions import AuthenticationFailed, ConfigError, IdPUnavailable
+from ..identity import Identity
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider
+from .saml_metadata import IdPMetadata, MetadataSource
+from .saml_xml import SAML, decode_b64, parse_instant, refuse, scan
+
+if TYPE_CHECKING:
+    from flask import Request
+    from werkzeug.wrappers import Response
+
+log = logging.getLogger("flask_ccsso")
+
+
+def _import_pysaml2() -> None:
+    """Import pysaml2 once, hiding the one CryptographyDeprecationWarning its
+    ``saml2.cryptography.symmetric`` triggers at import (CFB moved to
+    ``decrepit``; pysaml2 never uses CFB for SAML)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="CFB has been moved", category=UserWarning)
+        import saml2.cryptography.symmetric  # noqa: F401
+        import saml2.client  # noqa: F401
+
+
+_import_pysaml2()
+
+from saml2.sigver import CryptoBackendXmlSec1  # noqa: E402
+
+
+class _XmlSec1(CryptoBackendXmlSec1):
+    """pysaml2 runs ``xmlsec1 --version`` twice per signature it verifies;
+    the answer cannot change while the process lives, so ask once."""
+
+    _versions: ClassVar[dict[str, str]] = {}
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        v = self._versions.get(self.xmlsec)
+        if v is None:
+            v = self._versions[self.xmlsec] = CryptoBackendXmlSec1.version.fget(self)  # type: ignore[attr-defined]
+        return v
+
+BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+STATUS_SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
+SIG_RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+DIGEST_SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+
+#: redirect-binding signature algorithms accepted on IdP-initiated logout
+_REDIRECT_SIG_ALGS = {
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256": hashes.SHA256,
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384": hashes.SHA384,
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512": hashes.SHA512,
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256": hashes.SHA256,
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384": hashes.SHA384,
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512": hashes.SHA512,
+}
+
+#: AuthnContextClassRef → RFC 8176 ``amr`` (so ``requireMfa`` works for SAML)
+_AMR = {
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:Password": "pwd",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport": "pwd",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:X509": "sc",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:Smartcard": "sc",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:SmartcardPKI": "sc",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken": "otp",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract": "mfa",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered": "mfa",
+    "https://refeds.org/profile/mfa": "mfa",
+    "http://schemas.microsoft.com/claims/multipleauthn": "mfa",
+}
+_TRUE = {"true", "1", "yes"}
+
+
+class _NoUsers:
+    """pysaml2's client keeps every signed-in person in an in-memory cache
+    (``client.users``) that is never pruned; sessions live in our store."""
+
+    def add_information_about_person(self, session_info: Any) -> None:
+        return None
+
+
+def _cleanup(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _text(el: Any) -> str | None:
+    t = getattr(el, "text", None)
+    return t.strip() if isinstance(t, str) else None
+
+
+def _b64_der(pem_or_der: x509.Certificate) -> str:
+    return base64.b64encode(pem_or_der.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+class SAMLProvider(Provider):
+    """A SAML 2.0 identity provider (Google Workspace, or any IdP publishing metadata)."""
+
+    type: ClassVar[str] = "saml"
+    protocol: ClassVar[str] = "saml"
+    settings: SAMLSettings
+
+    def __init__(self, settings: SAMLSettings, **kwargs: Any) -> None:  # type: ignore[override]
+        super().__init__(settings, **kwargs)
+        s = settings
+        from saml2.sigver import get_xmlsec_binary
+
+        if s.xmlsec_binary:
+            if not os.access(s.xmlsec_binary, os.X_OK):
+                raise ConfigError(f"{s.path}.xmlsecBinary", f"{s.xmlsec_binary!r} is not an executable.",
+                                  "install xmlsec1 (apt install xmlsec1) and point xmlsecBinary at it.")
+            self.xmlsec = s.xmlsec_binary
+        else:
+            try:
+                self.xmlsec = get_xmlsec_binary()
+            except Exception:
+                raise ConfigError(f"{s.path}.xmlsecBinary", "xmlsec1 was not found on PATH.",
+                                  "install xmlsec1 (apt install xmlsec1) or set xmlsecBinary.") from None
+        self._tmp = tempfile.mkdtemp(prefix="ccsso-saml-")
+        os.chmod(self._tmp, 0o700)
+        weakref.finalize(self, _cleanup, self._tmp)
+        self._key_pair: tuple[str, str] | None | bool = False  # False: not loaded yet
+        if s.sp_private_key or s.sp_certificate:
+            if not (s.sp_private_key and s.sp_certificate):
+                missing = "spCertificate" if not s.sp_certificate else "spPrivateKey"
+                raise ConfigError(f"{s.path}.{missing}", "is needed together with the other half of the SP key pair.",
+                                  "set both spCertificate and spPrivateKey (PEM text from ${VAR}, or file paths).")
+            if self._is_pem(s.sp_private_key) or os.path.isabs(s.sp_private_key):
+                self._load_keys(None)  # fail at start-up when we can
+        elif s.sign_authn_requests:
+            raise ConfigError(f"{s.path}.signAuthnRequests", "is true but no SP key pair is configured.",
+                              "set spCertificate and spPrivateKey, or signAuthnRequests false.")
+        self.metadata = MetadataSource(s.idp_metadata, entity_id=s.idp_entity_id, refresh=s.metadata_refresh,
+                                       timeout=s.timeout, http=self.http, clock=self.clock, root_path=self._root_path)
+        if not self.metadata.is_url and os.path.isabs(s.idp_metadata):
+            self._startup_metadata()
+        self._clients: dict[tuple[int, str], Any] = {}
+
+    # -- files and keys -----------------------------------------------------------------
+    @staticmethod
+    def _root_path() -> str | None:
+        from flask import current_app, has_app_context
+
+        return current_app.root_path if has_app_context() else None
+
+    @staticmethod
+    def _is_pem(value: str | None) -> bool:
+        return bool(value) and "-----BEGIN" in value  # type: ignore[operator]
+
+    def _startup_metadata(self) -> None:
+        try:
+            self.metadata.get()
+        except IdPUnavailable as exc:
+            raise ConfigError(f"{self.settings.path}.idpMetadata", str(exc.description),
+                              "download the IdP metadata XML again (Google Admin > Apps > your SAML app).") from None
+
+    def _resolve(self, value: str) -> str:
+        if os.path.isabs(value):
+            return value
+        root = self._root_path()
+        return os.path.join(root, value) if root else os.path.abspath(value)
+
+    def _load_keys(self, _unused: Any) -> tuple[str, str] | None:
+        s = self.settings
+        if self._key_pair is not False:
+            return self._key_pair  # type: ignore[return-value]
+        if not s.sp_private_key or not s.sp_certificate:
+            self._key_pair = None
+            return None
+
+        def read(value: str, key: str) -> bytes:
+            if self._is_pem(value):
+                return value.replace("\\n", "\n").encode("ascii")
+            try:
+                with open(self._resolve(value), "rb") as fh:
+                    return fh.read()
+            except OSError as exc:
+                raise ConfigError(f"{s.path}.{key}", f"cannot read {value!r} ({exc.strerror}).",
+                                  "give a PEM file path (relative to the app root) or the PEM text from ${VAR}.") from None
+
+        key_pem = read(s.sp_private_key, "spPrivateKey")
+        cert_pem = read(s.sp_certificate, "spCertificate")
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{s.path}.spPrivateKey", "is not an unencrypted PEM private key.",
+                              "export the key as PEM without a passphrase.") from None
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise ConfigError(f"{s.path}.spCertificate", "is not a PEM certificate.", "give the SP certificate as PEM.") from None
+        pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if pub != cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ConfigError(f"{s.path}.spCertificate", "does not belong to spPrivateKey.", "configure the matching pair.")
+        # pysaml2 hands xmlsec1 file names: private copies, 0600, in a 0700 dir
+        key_file = os.path.join(self._tmp, "sp.key")
+        cert_file = os.path.join(self._tmp, "sp.crt")
+        for path, data in ((key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption())),
+                           (cert_file, cert.public_bytes(serialization.Encoding.PEM))):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        self._key_pair = (key_file, cert_file)
+        return self._key_pair
+
+    def keys(self) -> tuple[str, str] | None:
+        try:
+            return self._load_keys(None)
+        except ConfigError as exc:
+            # a relative key path is first read at request time: a 503, not a 500
+            raise IdPUnavailable(f"The SAML key pair is misconfigured: {exc.problem}") from None
+
+    def idp(self) -> IdPMetadata:
+        return self.metadata.get()
+
+    # -- pysaml2 ---------------------------------------------------------------------------
+    def _sp_config(self, acs_url: str, slo_url: str | None, idp: IdPMetadata | None) -> Any:
+        from saml2.config import SPConfig
+
+        s = self.settings
+        sp: dict[str, Any] = {
+            "endpoints": {"assertion_consumer_service": [(acs_url, BINDING_POST)]},
+            "want_assertions_signed": s.want_assertions_signed,
+            "want_response_signed": s.want_response_signed,
+            "want_assertions_or_response_signed": True,
+            "authn_requests_signed": s.sign_authn_requests,
+            "logout_requests_signed": False,  # redirect binding: the query string is signed instead
+            "allow_unsolicited": s.allow_unsolicited,
+            "only_use_keys_in_metadata": True,
+            "signing_algorithm": SIG_RSA_SHA256,
+            "digest_algorithm": DIGEST_SHA256,
+        }
+        if slo_url:
+            sp["endpoints"]["single_logout_service"] = [(slo_url, BINDING_REDIRECT)]
+        if s.name_id_format:
+            sp["name_id_format"] = [s.name_id_format]
+        if idp is not None:
+            sp["idp"] = [idp.entity_id]
+        conf: dict[str, Any] = {
+            "entityid": s.sp_entity_id,
+            "xmlsec_binary": self.xmlsec,
+            "accepted_time_diff": int(s.clock_skew),
+            "allow_unknown_attributes": True,
+            "delete_tmpfiles": True,
+            "service": {"sp": sp},
+        }
+        if idp is not None:
+            conf["metadata"] = {"inline": [idp.xml]}
+        pair = self.keys()
+        if pair:
+            conf.update(key_file=pair[0], cert_file=pair[1],
+                        encryption_keypairs=[{"key_file": pair[0], "cert_file": pair[1]}])
+        cfg = SPConfig()
+        cfg.load(conf)
+        return cfg
+
+    def _client(self, acs_url: str) -> Any:
+        from saml2.client import Saml2Client
+
+        idp = self.idp()
+        key = (idp.version, acs_url)
+        client = self._clients.get(key)
+        if client is None:
+            try:
+                client = Saml2Client(config=self._sp_config(acs_url, None, idp))
+            except (IdPUnavailable, ConfigError):
+                raise
+            except Exception as exc:  # pysaml2 refuses the metadata
+                raise IdPUnavailable("The identity provider's SAML metadata could not be loaded.") from exc
+            client.users = _NoUsers()
+            if type(client.sec.crypto) is CryptoBackendXmlSec1:
+                client.sec.crypto.__class__ = _XmlSec1
+            # a new metadata version replaces every client built on the old one
+            self._clients = {k: v for k, v in self._clients.items() if k[0] == idp.version}
+            self._clients[key] = client
+        return client
+
+    def acs_url(self, redirect_uri: str) -> str:
+        """The configured ``acsUrl`` wins over the route the views computed."""
+        return self.settings.acs_url or redirect_uri
+
+    # -- SP metadata ------------------------------------------------------------------------
+    def metadata_xml(self, *, acs_url: str, slo_url: str | None = None) -> str:
+        """This SP's metadata (SAML metadata 2.0 schema-valid), for the IdP admin."""
+        from saml2.metadata import entity_descriptor
+
+        acs = self.acs_url(acs_url)
+        ed = entity_descriptor(self._sp_config(acs, slo_url, None))
+        xml = str(ed)
+        return xml if xml.startswith("<?xml") else '<?xml version="1.0" encoding="UTF-8"?>\n' + xml
+
+    # -- sign-in --------------------------------------------------------------------------------
+    def begin_login(self, req: LoginRequest) -> str:
+        from saml2.samlp import RequestedAuthnContext
+        from saml2.saml import AuthnContextClassRef
+
+        s = self.settings
+        idp = self.idp()
+        acs = self.acs_url(req.redirect_uri)
+        client = self._client(acs)
+        relay = secrets.token_urlsafe(24)  # opaque: the next URL stays server-side
+        classes = tuple(req.acr_values) or s.requested_authn_context
+        kwargs: dict[str, Any] = {"assertion_consumer_service_url": acs}
+        if req.force_authn:
+            kwargs["force_authn"] = "true"
+        if classes:
+            kwargs["requested_authn_context"] = RequestedAuthnContext(
+                authn_context_class_ref=[AuthnContextClassRef(text=c) for c in classes], comparison="exact")
+        if s.name_id_format:
+            kwargs["nameid_format"] = s.name_id_format
+        try:
+            reqid, info = client.prepare_for_authenticate(
+                entityid=idp.entity_id, relay_state=relay, binding=BINDING_REDIRECT,
+                sign=bool(s.sign_authn_requests), sigalg=SIG_RSA_SHA256 if s.sign_authn_requests else None, **kwargs)
+        except (IdPUnavailable, ConfigError):
+            raise
+        except Exception as exc:
+            raise IdPUnavailable("Could not build the SAML sign-in request.") from exc
+        self._save_pending(reqid, {
+            "next": req.next_url, "relay": relay, "acs": acs, "force": req.force_authn, "max_age": req.max_age,
+            "classes": list(classes), "step_up_skill": req.step_up_skill,
+        }, s.login_state_ttl)
+        return str(dict(info["headers"])["Location"])
+
+    def finish_login(self, req: CallbackRequest) -> LoginResult:
+        s = self.settings
+        if req.content_length is not None and req.content_length > 2 * s.max_response_size + 8192:
+            raise refuse("The SAML response is too large.")
+        encoded = req.form.get("SAMLResponse")
+        data = decode_b64(encoded or "", s.max_response_size, "SAML response")
+        idp = self.idp()
+        acs = self.acs_url(req.redirect_uri)
+        sc = scan(data, expected_issuer=idp.entity_id)
+
+        # --- cheap checks, before xmlsec1 runs ------------------------------------------------
+        if sc.destination is not None and sc.destination != acs:
+            raise refuse("The SAML response was sent to another address (Destination).")
+        if sc.response_signed and sc.destination is None:
+            # SAML bindings 3.5.5.2: a signed message MUST carry Destination
+            raise refuse("The signed SAML response has no Destination.")
+        if s.want_response_signed and not sc.response_signed:
+            raise refuse("The SAML response is not signed.")
+        if not sc.encrypted and not sc.assertion_signed and (s.want_assertions_signed or not sc.response_signed):
+            raise refuse("The SAML assertion is not signed.")
+        if sc.audiences is not None and any(self.settings.sp_entity_id not in auds for auds in sc.audiences):
+            raise refuse("The SAML assertion is meant for another service.", reasons.INVALID_AUDIENCE)
+        for key in self._seen_keys(sc.id, sc.assertion_id):
+            if self.store.get(key) is not None:
+                raise refuse("This SAML response was already used.", reasons.REPLAYED)
+        irt = sc.in_response_to
+        if irt is None:
+            if not s.allow_unsolicited:
+                raise refuse("The SAML response does not answer a sign-in started here (unsolicited).",
+                             reasons.UNSOLICITED)
+        elif len(irt) > 512 or self.store.get(f"login:{irt}") is None:
+            raise refuse("The SAML response answers a sign-in that was not started here, or was already used.",
+                         reasons.STATE_MISSING)
+        if sc.key_info_certs and not sc.key_info_certs & set(idp.signing_certs):
+            # maybe the IdP rolled its key over: refetch (URL metadata, cooldown-limited)
+            if self.metadata.refresh_for_unknown_cert():
+                idp = self.idp()
+            if not sc.key_info_certs & set(idp.signing_certs):
+                raise refuse("The SAML response is signed with a key this identity provider does not publish.")
+
+        resp = self._verify(encoded or "", acs, irt)
+        facts = self._check_assertion(resp, idp, acs, irt, sc)
+
+        # --- replay: assertion (and response) ids, atomically, on every worker ----------------
+        now = self.clock()
+        ttl = max(1.0, facts["expires"] + s.clock_skew - now)
+        for key in self._seen_keys(resp.response.id, facts["assertion_id"]):
+            if not self.store.add(key, "1", ttl):
+                raise refuse("This SAML response was already used.", reasons.REPLAYED)
+
+        pending: dict[str, Any] = {}
+        if irt is not None:
+            pending = self._take_pending(irt, s.login_state_ttl, None, check_binding=False)
+            relay = req.form.get("RelayState")
+            if not isinstance(relay, str) or not secrets.compare_digest(relay, str(pending.get("relay", ""))):
+                raise AuthenticationFailed("The sign-in response does not match the sign-in that was started.",
+                                           reason=reasons.STATE_MISMATCH)
+            if pending.get("acs") != acs:
+                raise refuse("The SAML response came back to another address.")
+            self._check_step_up(facts, pending)
+        identity = self.build_identity(facts)
+        step_up = bool(pending.get("force") or pending.get("max_age") is not None)
+        return LoginResult(
+            identity=identity, next_url=pending.get("next") or "/",
+            logout_state={"name_id": facts["name_id"], "name_id_format": facts["name_id_format"],
+                          "name_qualifier": facts["name_qualifier"], "sp_name_qualifier": facts["sp_name_qualifier"],
+                          "session_index": facts["session_index"]},
+            step_up_skill=pending.get("step_up_skill"), step_up=step_up,
+        )
+
+    def _seen_keys(self, response_id: str | None, assertion_id: str | None) -> list[str]:
+        out = []
+        if assertion_id:
+            out.append(f"saml-assertion:{self.name}:{assertion_id}")
+        if response_id:
+            out.append(f"saml-response:{self.name}:{response_id}")
+        return out
+
+    def _verify(self, encoded: str, acs: str, irt: str | None) -> Any:
+        """pysaml2 (xmlsec1) verification: the one boundary where its errors are mapped."""
+        from saml2 import response as sr
+        from saml2 import sigver
+        from saml2.validate import ResponseLifetimeExceed, ToEarly
+
+        client = self._client(acs)
+        outstanding = {irt: "pending"} if irt else {}
+        try:
+            resp = client.parse_authn_request_response("".join(encoded.split()), BINDING_POST, outstanding=outstanding)
+        except AuthenticationFailed:
+            raise
+        except sr.UnsolicitedResponse as exc:
+            raise refuse("The SAML response does not answer a sign-in started here.", reasons.UNSOLICITED) from exc
+        except sr.StatusError as exc:
+            raise AuthenticationFailed("The identity provider refused the sign-in.", reason=reasons.IDP_ERROR) from exc
+        except ResponseLifetimeExceed as exc:
+            raise refuse("The SAML assertion has expired.", reasons.TOKEN_EXPIRED) from exc
+        except ToEarly as exc:
+            raise refuse("The SAML assertion is not valid yet.") from exc
+        except (sigver.SignatureError, sigver.MissingKey, sigver.CertificateError, sr.IncorrectlySigned) as exc:
+            raise refuse("The SAML response signature is not valid.") from exc
+        except (sigver.DecryptError, sr.DecryptionFailed) as exc:
+            raise refuse("The SAML assertion could not be decrypted.") from exc
+        except Exception as exc:  # pysaml2 raises bare Exception for audience, parse errors ...
+            log.info("flask-ccsso: SAML response refused by pysaml2: %s", type(exc).__name__)
+            raise refuse("The SAML response is not valid.") from exc
+        if resp is None or getattr(resp, "assertion", None) is None or getattr(resp, "response", None) is None:
+            raise refuse("The SAML response is not valid.")
+        return resp
+
+    def _check_assertion(self, resp: Any, idp: IdPMetadata, acs: str, irt: str | None, sc: Any) -> dict[str, Any]:
+        """Everything compared explicitly after pysaml2, on the objects it verified."""
+        s = self.settings
+        now, skew = self.clock(), s.clock_skew
+        r = resp.response
+        a = resp.assertion
+        if len(getattr(resp, "assertions", []) or [a]) != 1:
+            raise refuse("The SAML response must carry exactly one assertion.")
+        status = getattr(getattr(getattr(r, "status", None), "status_code", None), "value", None)
+        if status != STATUS_SUCCESS:
+            raise AuthenticationFailed("The identity provider refused the sign-in.", reason=reasons.IDP_ERROR)
+        if r.issuer is not None and _text(r.issuer) != idp.entity_id:
+            raise refuse("The SAML response was issued by another identity provider.", reasons.ISSUER_MISMATCH)
+        if _text(a.issuer) != idp.entity_id:
+            raise refuse("The assertion was issued by another identity provider.", reasons.ISSUER_MISMATCH)
+        # signatures: what pysaml2 verified must be what we required
+        if s.want_assertions_signed and a.signature is None:
+            raise refuse("The SAML assertion is not signed.")
+        if s.want_response_signed and r.signature is None:
+            raise refuse("The SAML response is not signed.")
+        if a.signature is None and r.signature is None:
+            raise refuse("The SAML response is not signed.")
+        if (r.in_response_to or None) != irt:
+            raise refuse("The SAML response does not answer this sign-in.", reasons.STATE_MISMATCH)
+        if r.destination is not None and r.destination != acs:
+            raise refuse("The SAML response was sent to another address (Destination).")
+        if sc.assertion_id is not None and a.id != sc.assertion_id:
+            raise refuse("The verified assertion is not the one in the message.")
+
+        # Conditions: audience and validity window (SAML core 2.5.1)
+        cond = a.conditions
+        if cond is None or not cond.audience_restriction:
+            raise refuse("The SAML assertion has no audience restriction.", reasons.INVALID_AUDIENCE)
+        for ar in cond.audience_restriction:
+            if s.sp_entity_id not in [_text(x) for x in ar.audience]:
+                raise refuse("The SAML assertion is meant for another service.", reasons.INVALID_AUDIENCE)
+        not_before = parse_instant(cond.not_before)
+        not_after = parse_instant(cond.not_on_or_after)
+        if not_before is not None and now + skew < not_before:
+            raise refuse("The SAML assertion is not valid yet.")
+        if not_after is not None and now - skew >= not_after:
+            raise refuse("The SAML assertion has expired.", reasons.TOKEN_EXPIRED)
+
+        # Subject and bearer confirmation (SAML profiles 4.1.4.2)
+        subj = a.subject
+        nid = getattr(subj, "name_id", None)
+        name_id = _text(nid)
+        if not name_id:
+            raise refuse("The SAML assertion names no subject.")
+        if sc.name_id is not None and name_id != sc.name_id:
+            raise refuse("The NameID is ambiguous.")
+        failure: AuthenticationFailed | None = None
+        confirmed_until = None
+        for conf in subj.subject_confirmation or []:
+            if conf.method != BEARER:
+                continue
+            d = conf.subject_confirmation_data
+            if d is None:
+                failure = refuse("The SAML bearer confirmation has no data.")
+                continue
+            if d.recipient != acs:
+                failure = refuse("The SAML assertion is meant for another address (Recipient).")
+                continue
+            if (d.in_response_to or None) != irt:
+                failure = refuse("The SAML assertion does not answer this sign-in.", reasons.STATE_MISMATCH)
+                continue
+            until = parse_instant(d.not_on_or_after)
+            if until is None:
+                failure = refuse("The SAML bearer confirmation has no NotOnOrAfter.")
+                continue
+            if now - skew >= until:
+                failure = refuse("The SAML assertion has expired.", reasons.TOKEN_EXPIRED)
+                continue
+            if d.not_before is not None:
+                failure = refuse("The SAML bearer confirmation must not carry NotBefore.")
+                continue
+            confirmed_until = until
+            break
+        if confirmed_until is None:
+            raise failure or refuse("The SAML assertion has no bearer subject confirmation.")
+
+        if not a.authn_statement:
+            raise refuse("The SAML assertion has no authentication statement.")
+        st = a.authn_statement[0]
+        auth_instant = parse_instant(st.authn_instant)
+        if auth_instant is None:
+            raise refuse("The SAML assertion does not say when you signed in.")
+        if auth_instant > now + skew:
+            raise refuse("The sign-in time is in the future.")
+        session_end = parse_instant(st.session_not_on_or_after)
+        if session_end is not None and now - skew >= session_end:
+            raise refuse("The identity provider session has already ended.", reasons.TOKEN_EXPIRED)
+        class_ref = None
+        if st.authn_context is not None and st.authn_context.authn_context_class_ref is not None:
+            class_ref = _text(st.authn_context.authn_context_class_ref)
+
+        attrs: dict[str, list[str]] = {}
+        for stmt in a.attribute_statement or []:
+            for attr in stmt.attribute or []:
+                values = [v.text.strip() for v in attr.attribute_value or [] if isinstance(v.text, str)]
+                for key in {attr.name, attr.friendly_name} - {None}:
+                    attrs.setdefault(key, []).extend(values)
+        expires = max(x for x in (not_after, confirmed_until) if x is not None)
+        return {
+            "assertion_id": a.id, "name_id": name_id, "name_id_format": getattr(nid, "format", None),
+            "name_qualifier": getattr(nid, "name_qualifier", None),
+            "sp_name_qualifier": getattr(nid, "sp_name_qualifier", None),
+            "auth_instant": auth_instant, "session_index": st.session_index, "class_ref": class_ref,
+            "attributes": attrs, "expires": expires,
+        }
+
+    def _check_step_up(self, facts: Mapping[str, Any], pending: Mapping[str, Any]) -> None:
+        """ForceAuthn / max_age / requested class: the IdP must really have done it."""
+        now, skew = self.clock(), self.settings.clock_skew
+        auth_instant = float(facts["auth_instant"])
+        if pending.get("force") and auth_instant < float(pending["created"]) - skew:
+            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                       reason=reasons.STEPUP_NOT_SATISFIED)
+        max_age = pending.get("max_age")
+        if max_age is not None and now - auth_instant > float(max_age) + skew:
+            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                       reason=reasons.STEPUP_NOT_SATISFIED)
+        classes = pending.get("classes") or []
+        if classes and facts.get("class_ref") not in classes:
+            raise AuthenticationFailed("The sign-in was not strong enough (authentication context).",
+                                       reason=reasons.STEPUP_NOT_SATISFIED)
+
+    # -- identity -------------------------------------------------------------------------------
+    def build_identity(self, facts: Mapping[str, Any]) -> Identity:
+        s = self.settings
+        m = s.attribute_mapping
+        attrs: Mapping[str, list[str]] = facts["attributes"]
+
+        def first(key: str) -> str | None:
+            vals = attrs.get(m[key], []) if key in m else []
+            return vals[0] if vals else None
+
+        email = first("email")
+        if email is None and facts.get("name_id_format") == NAMEID_EMAIL:
+            email = facts["name_id"]
+        name = first("name")
+        if name is None and (first("firstName") or first("lastName")):
+            name = " ".join(x for x in (first("firstName"), first("lastName")) if x)
+        groups = frozenset(attrs.get(m["groups"], [])) if "groups" in m else frozenset()
+        complete = True
+        if s.groups_truncated_attribute:
+            flag = attrs.get(s.groups_truncated_attribute)
+            if flag is not None and (not flag or any(v.lower() in _TRUE for v in flag)):
+                complete = False
+        scopes: set[str] = set(attrs.get(m["scopes"], [])) if "scopes" in m else set()
+        for g in groups:
+            scopes.update(s.scopes_from_groups.get(g, ()))
+        class_ref = facts.get("class_ref")
+        amr = (_AMR[class_ref],) if class_ref in _AMR else ()
+        return Identity(
+            subject=facts["name_id"], provider=self.name, email=email, name=name, groups=groups,
+            scopes=frozenset(scopes), auth_time=float(facts["auth_instant"]), amr=amr, acr=class_ref,
+            groups_complete=complete, via="session", session_index=facts.get("session_index"),
+        )
+
+    # -- logout ---------------------------------------------------------------------------------
+    def _sign_query(self, query: str) -> str:
+        pair = self.keys()
+        assert pair is not None
+        with open(pair[0], "rb") as fh:
+            key = serialization.load_pem_private_key(fh.read(), password=None)
+        query += "&SigAlg=" + quote(SIG_RSA_SHA256, safe="")
+        if isinstance(key, rsa.RSAPrivateKey):
+            sig = key.sign(query.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        else:  # pragma: no cover - EC SP keys
+            raise IdPUnavailable("Only RSA SP keys can sign redirect-binding messages.")
+        return query + "&Signature=" + quote(base64.b64encode(sig).decode("ascii"), safe="")
+
+    def _redirect(self, endpoint: str, param: str, xml: str, relay: str | None) -> str:
+        deflated = zlib.compress(xml.encode("utf-8"))[2:-4]
+        query = f"{param}=" + quote(base64.b64encode(deflated).decode("ascii"), safe="")
+        if relay:
+            query += "&RelayState=" + quote(relay, safe="")
+        if self.keys():
+            query = self._sign_query(query)
+        return endpoint + ("&" if "?" in endpoint else "?") + query
+
+    def logout_url(self, logout_state: Mapping[str, Any], post_logout_redirect_uri: str) -> str | None:
+        """SP-initiated single logout (HTTP-Redirect, signed when we have keys)."""
+        if not self.settings.idp_logout or not logout_state.get("name_id"):
+            return None
+        try:
+            idp = self.idp()
+        except IdPUnavailable:
+            return None
+        if not idp.slo_redirect:
+            return None
+        from saml2.saml import NameID
+        from saml2.samlp import LogoutRequest, SessionIndex
+        from saml2.saml import Issuer
+        from saml2 import time_util
+
+        req_id = "id-" + secrets.token_hex(16)
+        nid = NameID(text=str(logout_state["name_id"]), format=logout_state.get("name_id_format"),
+                     name_qualifier=logout_state.get("name_qualifier"),
+                     sp_name_qualifier=logout_state.get("sp_name_qualifier"))
+        req = LogoutRequest(id=req_id, version="2.0", issue_instant=time_util.instant(), destination=idp.slo_redirect,
+                            issuer=Issuer(text=self.settings.sp_entity_id,
+                                          format="urn:oasis:names:tc:SAML:2.0:nameid-format:entity"),
+                            name_id=nid,
+                            session_index=[SessionIndex(text=logout_state["session_index"])]
+                            if logout_state.get("session_index") else [])
+        relay = secrets.token_urlsafe(16)
+        self.store.set(f"slo:{self.name}:{req_id}", relay, self.settings.login_state_ttl)
+        return self._redirect(idp.slo_redirect, "SAMLRequest", str(req), relay)
+
+    def _verify_redirect_signature(self, raw_query: bytes, param: str, idp: IdPMetadata) -> None:
+        """SAML bindings 3.4.4.1: the signature covers the query string as sent."""
+        parts = {}
+        for piece in raw_query.decode("ascii", "replace").split("&"):
+            k, _, v = piece.partition("=")
+            if k in parts:
+                raise refuse("The logout message repeats a parameter.")
+            parts[k] = v
+        if "Signature" not in parts or "SigAlg" not in parts:
+            raise refuse("The logout request is not signed.")
+        alg = unquote_plus(parts["SigAlg"])
+        hash_cls = _REDIRECT_SIG_ALGS.get(alg)
+        if hash_cls is None:
+            raise refuse("The logout request uses a signature algorithm that is not allowed.")
+        signed = f"{param}={parts[param]}"
+        if "RelayState" in parts:
+            signed += f"&RelayState={parts['RelayState']}"
+        signed += f"&SigAlg={parts['SigAlg']}"
+        try:
+            sig = base64.b64decode(unquote_plus(parts["Signature"]), validate=True)
+        except ValueError:
+            raise refuse("The logout request signature is malformed.") from None
+        for b64 in idp.signing_certs:
+            try:
+                pub = x509.load_der_x509_certificate(base64.b64decode(b64)).public_key()
+                if isinstance(pub, rsa.RSAPublicKey):
+                    pub.verify(sig, signed.encode("ascii"), padding.PKCS1v15(), hash_cls())
+                elif isinstance(pub, ec.EllipticCurvePublicKey):
+                    pub.verify(sig, signed.encode("ascii"), ec.ECDSA(hash_cls()))
+                else:
+                    continue
+                return
+            except (InvalidSignature, ValueError):
+                continue
+        raise refuse("The logout request signature is not valid.")
+
+    def handle_slo(self, request: Request, state: Any) -> Response:
+        """The SLO endpoint: IdP-initiated LogoutRequests and answers to ours."""
+        from flask import current_app, redirect, url_for
+
+        s = self.settings
+        idp = self.idp()
+        values = request.args if request.method == "GET" else request.form
+        if "SAMLResponse" in values:
+            xml = self._inflate(values["SAMLResponse"], request.method)
+            sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutResponse",))
+            if not sc.in_response_to or self.store.pop(f"slo:{self.name}:{sc.in_response_to}") is None:
+                raise refuse("This logout response does not answer a logout started here.", reasons.STATE_MISSING)
+            # the local session was already ended at /sso/logout; nothing else to trust here
+            return redirect(url_for("ccsso.logged_out"))
+        if "SAMLRequest" not in values:
+            raise refuse("The logout endpoint needs a SAMLRequest or SAMLResponse.", reasons.BAD_REQUEST)
+        if request.method != "GET":
+            raise refuse("IdP-initiated logout is accepted over the HTTP-Redirect binding only.", reasons.BAD_REQUEST)
+        xml = self._inflate(values["SAMLRequest"], "GET")
+        sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutRequest",))
+        if sc.issuer is None:
+            raise refuse("The logout request names no issuer.", reasons.ISSUER_MISMATCH)
+        self._verify_redirect_signature(request.query_string, "SAMLRequest", idp)
+        slo_url = request.base_url
+        if sc.destination is not None and sc.destination != slo_url:
+            raise refuse("The logout request was sent to another address (Destination).")
+        root = sc.root
+        now, skew = self.clock(), s.clock_skew
+        until = parse_instant(root.get("NotOnOrAfter"))
+        if until is not None and now - skew >= until:
+            raise refuse("The logout request has expired.", reasons.TOKEN_EXPIRED)
+        issued = parse_instant(root.get("IssueInstant"))
+        if issued is None or abs(now - issued) > s.login_state_ttl + skew:
+            raise refuse("The logout request is too old.", reasons.TOKEN_EXPIRED)
+        if not sc.id or not self.store.add(f"saml-logout:{self.name}:{sc.id}", "1", s.login_state_ttl + 2 * skew):
+            raise refuse("This logout request was already used.", reasons.REPLAYED)
+        nid = root.find(f"{{{SAML}}}NameID")
+        name_id = (nid.text or "").strip() if nid is not None else ""
+        indexes = [(e.text or "").strip() for e in root.findall("{urn:oasis:names:tc:SAML:2.0:protocol}SessionIndex")]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        count = 0
+        if indexes:
+            for si in indexes:
+                key = f"idpsid:{self.name}:{si}"
+                sids = state.store.set_members(key)
+                count += state.revoke_sids(sids)
+                state.store.delete(key)
+            signals.session_revoked.send(app, subject=name_id or None, provider=self.name, count=count,
+                                         reason="saml_slo")
+        elif name_id:
+            count = state.revoke_identity(f"{self.name}:{name_id}", reason="saml_slo")
+        return redirect(self._logout_response(idp, sc.id, request.args.get("RelayState")))
+
+    def _logout_response(self, idp: IdPMetadata, in_response_to: str, relay: str | None) -> str:
+        from saml2 import time_util
+        from saml2.saml import Issuer
+        from saml2.samlp import LogoutResponse, Status, StatusCode
+
+        dest = idp.slo_redirect_response or idp.slo_redirect
+        if not dest:
+            raise refuse("The identity provider publishes no logout endpoint to answer.")
+        resp = LogoutResponse(id="id-" + secrets.token_hex(16), version="2.0", issue_instant=time_util.instant(),
+                              destination=dest, in_response_to=in_response_to,
+                              issuer=Issuer(text=self.settings.sp_entity_id,
+                                            format="urn:oasis:names:tc:SAML:2.0:nameid-format:entity"),
+                              status=Status(status_code=StatusCode(value=STATUS_SUCCESS)))
+        return self._redirect(dest, "SAMLResponse", str(resp), relay)
+
+    def _inflate(self, value: str, method: str) -> bytes:
+        max_size = self.settings.max_response_size
+        data = decode_b64(value, max_size, "SAML logout message")
+        if method != "GET":
+            return data
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(data, max_size + 1)
+        except zlib.error:
+            raise refuse("The SAML logout message is not DEFLATE-encoded.") from None
+        if len(out) > max_size or d.unconsumed_tail:
+            raise refuse("The SAML logout message is too large.")
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"name": self.name, "type": self.type, "sp_entity_id": s.sp_entity_id,
+                "idp_metadata": s.idp_metadata, "idp_entity_id": s.idp_entity_id,
+                "sign_authn_requests": s.sign_authn_requests, "sp_private_key": "***" if s.sp_private_key else None,
+                "acs_url": s.acs_url}

@@ -1,0 +1,239 @@
+"""The IdP's SAML metadata: read from a file or fetched from a URL, cached.
+
+URL metadata is kept in memory and refreshed on a schedule that honours the
+document's own ``cacheDuration`` (default ``metadataRefresh``) and never
+outlives its ``validUntil``. While the URL is unreachable the last good copy
+keeps serving (retrying every ``retry_after`` seconds) until its
+``validUntil`` passes; a new signing certificate (IdP key rollover) is picked
+up at the next refresh, or sooner when a response names a certificate the
+cached copy does not know (at most once per ``cooldown``), without a restart.
+
+Only the one ``EntityDescriptor`` this provider trusts (``idpEntityId``, or
+the only IdP in the document) is ever handed to pysaml2, so its key lookup
+by issuer can find no other entity's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Callable
+
+import requests
+
+from .saml_xml import MD, DS, parse_instant, parse_xml, serialize
+from ..exceptions import AuthenticationFailed, IdPUnavailable
+
+REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+_DURATION = re.compile(r"^(-)?P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+class MetadataError(ValueError):
+    """The metadata document is unusable (message says why)."""
+
+
+def parse_duration(value: str | None) -> float | None:
+    """xs:duration (``PT1H``, ``P1D`` ...) → seconds (months = 30 days, years = 365)."""
+    if not value:
+        return None
+    m = _DURATION.match(value.strip())
+    if not m or value.strip() in ("P", "PT"):
+        raise MetadataError(f"cacheDuration {value!r} is not an xs:duration")
+    sign, y, mo, d, h, mi, s = m.groups()
+    secs = (int(y or 0) * 365 + int(mo or 0) * 30 + int(d or 0)) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 \
+        + float(s or 0)
+    return -secs if sign else secs
+
+
+@dataclass(frozen=True)
+class IdPMetadata:
+    """What flask-ccsso uses from the IdP's metadata."""
+
+    #: the single EntityDescriptor, serialised (what pysaml2 is given)
+    xml: str
+    entity_id: str
+    #: base64 DER signing certificates (whitespace removed)
+    signing_certs: tuple[str, ...]
+    sso_redirect: str | None
+    slo_redirect: str | None
+    slo_redirect_response: str | None
+    valid_until: float | None
+    cache_duration: float | None
+    #: bumps each time a different document is loaded (client caches key on it)
+    version: int = 0
+
+
+def _q(tag: str, ns: str = MD) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def parse_idp_metadata(data: bytes, *, entity_id: str | None, now: float, version: int = 0) -> IdPMetadata:
+    try:
+        root = parse_xml(data)
+    except AuthenticationFailed as exc:
+        raise MetadataError(f"not usable XML ({exc.description})") from None
+    candidates: list[ET.Element]
+    valid_until = cache = None
+    if root.tag == _q("EntitiesDescriptor"):
+        valid_until = parse_instant(root.get("validUntil")) if root.get("validUntil") else None
+        cache = parse_duration(root.get("cacheDuration"))
+        candidates = list(root.iter(_q("EntityDescriptor")))
+    elif root.tag == _q("EntityDescriptor"):
+        candidates = [root]
+    else:
+        raise MetadataError("the document is not SAML metadata (no EntityDescriptor)")
+    idps = [e for e in candidates if e.find(_q("IDPSSODescriptor")) is not None]
+    if entity_id:
+        idps = [e for e in idps if e.get("entityID") == entity_id]
+        if not idps:
+            raise MetadataError(f"it describes no identity provider with entityID {entity_id!r}")
+    if len(idps) != 1:
+        raise MetadataError("it describes several identity providers; set idpEntityId to choose one"
+                            if idps else "it describes no identity provider (IDPSSODescriptor)")
+    ed = idps[0]
+    if ed.get("validUntil"):
+        vu = parse_instant(ed.get("validUntil"))
+        valid_until = vu if valid_until is None or (vu is not None and vu < valid_until) else valid_until
+    if ed.get("cacheDuration"):
+        cd = parse_duration(ed.get("cacheDuration"))
+        cache = cd if cache is None or (cd is not None and cd < cache) else cache
+    if valid_until is not None and valid_until <= now:
+        raise MetadataError("it has expired (validUntil is in the past)")
+    idp = ed.find(_q("IDPSSODescriptor"))
+    assert idp is not None
+    certs = []
+    for kd in idp.findall(_q("KeyDescriptor")):
+        if kd.get("use", "signing") != "signing":
+            continue
+        for c in kd.iter(f"{{{DS}}}X509Certificate"):
+            if c.text and c.text.strip():
+                certs.append("".join(c.text.split()))
+    if not certs:
+        raise MetadataError("it publishes no signing certificate (KeyDescriptor use=\"signing\")")
+
+    def endpoint(tag: str, binding: str, attr: str = "Location") -> str | None:
+        for e in idp.findall(_q(tag)):  # type: ignore[union-attr]
+            if e.get("Binding") == binding:
+                return e.get(attr) or (e.get("Location") if attr != "Location" else None)
+        return None
+
+    sso = endpoint("SingleSignOnService", REDIRECT)
+    if not sso:
+        raise MetadataError("it has no SingleSignOnService with the HTTP-Redirect binding")
+    # hand pysaml2 this one entity only, with the namespaces it needs
+    if ed is not root:
+        ed = ET.fromstring(serialize(ed))
+    return IdPMetadata(xml=serialize(ed), entity_id=ed.get("entityID") or "", signing_certs=tuple(certs),
+                       sso_redirect=sso, slo_redirect=endpoint("SingleLogoutService", REDIRECT),
+                       slo_redirect_response=endpoint("SingleLogoutService", REDIRECT, "ResponseLocation"),
+                       valid_until=valid_until, cache_duration=cache, version=version)
+
+
+class MetadataSource:
+    """The IdP metadata for one provider: a file (read once) or a URL (cached)."""
+
+    def __init__(self, location: str, *, entity_id: str | None, refresh: float, timeout: float,
+                 http: requests.Session, clock: Callable[[], float], root_path: Callable[[], str | None],
+                 retry_after: float = 30.0, cooldown: float = 60.0) -> None:
+        self.location = location
+        self.is_url = location.startswith(("https://", "http://"))
+        self.entity_id = entity_id
+        self.refresh = refresh
+        self.timeout = timeout
+        self.http = http
+        self.clock = clock
+        self._root_path = root_path
+        self.retry_after = retry_after
+        self.cooldown = cooldown
+        self._value: IdPMetadata | None = None
+        self._raw: bytes | None = None
+        self._fresh_until = 0.0
+        self._last_forced = float("-inf")
+        self._lock = threading.Lock()
+        self._version = 0
+        #: how many times the URL was fetched (tests and metrics)
+        self.fetches = 0
+
+    # -- loading ---------------------------------------------------------------------
+    def path(self) -> str:
+        if os.path.isabs(self.location):
+            return self.location
+        root = self._root_path()
+        return os.path.join(root, self.location) if root else os.path.abspath(self.location)
+
+    def _read(self) -> bytes:
+        if not self.is_url:
+            try:
+                with open(self.path(), "rb") as fh:
+                    return fh.read(4 * 1024 * 1024)
+            except OSError as exc:
+                raise MetadataError(f"cannot read {self.path()!r} ({exc.strerror})") from None
+        self.fetches += 1
+        try:
+            resp = self.http.get(self.location, timeout=self.timeout,
+                                 headers={"Accept": "application/samlmetadata+xml, application/xml"})
+        except requests.RequestException as exc:
+            raise IdPUnavailable("Could not reach the identity provider's SAML metadata.") from exc
+        if resp.status_code != 200:
+            raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its SAML metadata.")
+        return resp.content
+
+    def _load(self) -> None:
+        raw = self._read()
+        now = self.clock()
+        if raw == self._raw and self._value is not None:
+            value = self._value
+            if value.valid_until is not None and value.valid_until <= now:
+                raise MetadataError("it has expired (validUntil is in the past)")
+        else:
+            self._version += 1
+            value = parse_idp_metadata(raw, entity_id=self.entity_id, now=now, version=self._version)
+            if self._value is not None and value.entity_id != self._value.entity_id and not self.entity_id:
+                raise MetadataError("the metadata now names another identity provider; set idpEntityId")
+        ttl = value.cache_duration if value.cache_duration and value.cache_duration > 0 else self.refresh
+        fresh_until = now + ttl
+        if value.valid_until is not None:
+            fresh_until = min(fresh_until, value.valid_until)
+        self._value, self._raw = value, raw
+        self._fresh_until = fresh_until if self.is_url else float("inf")
+
+    def get(self) -> IdPMetadata:
+        value = self._value
+        if value is not None and self.clock() < self._fresh_until:
+            return value
+        with self._lock:
+            now = self.clock()
+            if self._value is not None and now < self._fresh_until:
+                return self._value
+            try:
+                self._load()
+            except (IdPUnavailable, MetadataError) as exc:
+                old = self._value
+                if old is None or (old.valid_until is not None and old.valid_until <= now):
+                    if isinstance(exc, IdPUnavailable):
+                        raise
+                    raise IdPUnavailable(f"The identity provider's SAML metadata is not usable: {exc}") from None
+                # keep the last good copy while the IdP is unreachable
+                self._fresh_until = now + self.retry_after
+                if old.valid_until is not None:
+                    self._fresh_until = min(self._fresh_until, old.valid_until)
+            assert self._value is not None
+            return self._value
+
+    def refresh_for_unknown_cert(self) -> bool:
+        """A response named a certificate we do not know: refetch (URL only),
+        at most once per cooldown. ``True`` if a fetch happened."""
+        if not self.is_url:
+            return False
+        with self._lock:
+            now = self.clock()
+            if now - self._last_forced < self.cooldown:
+                return False
+            self._last_forced = now
+            self._fresh_until = 0.0
+        self.get()
+        return True

@@ -1,0 +1,299 @@
+"""The cheap gate in front of pysaml2 and xmlsec1: a pre-scan of every SAML
+message before anything expensive (signature verification, decryption,
+schema validation) runs.
+
+pysaml2 parses with defusedxml and checks the shape of each signature it
+verifies, but several attacks are about what it does *not* look at, or look
+at too late (see docs/saml.md, "What pysaml2 leaves to the caller"):
+
+* **Size**: ``maxResponseSize`` is enforced on the encoded form, before
+  base64 decoding, and again on the decoded bytes.
+* **DTDs and entities** (XXE, billion laughs): any ``<!DOCTYPE`` or
+  ``<!ENTITY`` is refused by a byte search before a parser sees the document;
+  non-UTF-8 encodings (which could hide them from the byte search) are
+  refused too; and the parse itself is defusedxml's with ``forbid_dtd``.
+* **Signature wrapping (XSW)**: exactly one assertion, as a direct child of
+  the Response, nowhere else; every ``ID`` unique in the document; every
+  ``ds:Signature`` enveloped in the element it signs (single Reference whose
+  URI is ``#`` + the parent's ID), at most one per element, no
+  ``ds:Object``; only the enveloped-signature and (exclusive) c14n
+  transforms, so XSLT / XPath transforms never reach xmlsec1.
+* **Comment truncation** (CVE-2017-11427 family): a NameID such as
+  ``admin@corp.example<!---->.evil.example`` canonicalises (without comments)
+  to the signed value while some parsers read only the first text node. The
+  NameID's text with comments excluded is compared with its first text node
+  and the message refused when they differ; comments and processing
+  instructions anywhere else inside the message are refused as well (no IdP
+  sends them, and exclusive c14n does not sign them).
+* **Issuer**: the Response and Assertion ``Issuer`` must be the entity id in
+  *this* provider's metadata, checked before any key is looked up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
+
+from .. import reasons
+from ..exceptions import AuthenticationFailed
+
+SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
+SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
+DS = "http://www.w3.org/2000/09/xmldsig#"
+XENC = "http://www.w3.org/2001/04/xmlenc#"
+MD = "urn:oasis:names:tc:SAML:2.0:metadata"
+
+ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+C14N_ALGORITHMS = frozenset({
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments",
+})
+ALLOWED_TRANSFORMS = C14N_ALGORITHMS | {ENVELOPED}
+#: SHA-1 is refused: collisions are practical, and every current IdP (Google
+#: Workspace included) signs with SHA-256.
+SIGNATURE_ALGORITHMS = frozenset({
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+})
+DIGEST_ALGORITHMS = frozenset({
+    "http://www.w3.org/2001/04/xmlenc#sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#sha384",
+    "http://www.w3.org/2001/04/xmlenc#sha512",
+})
+
+_DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_XML_DECL_ENCODING = re.compile(rb"^<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+
+
+def _q(ns: str, tag: str) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def refuse(description: str, reason: str = reasons.INVALID_RESPONSE) -> AuthenticationFailed:
+    return AuthenticationFailed(description, reason=reason)
+
+
+def decode_b64(value: str, max_size: int, what: str = "SAML message") -> bytes:
+    """Base64 → bytes, refusing oversized input before decoding it."""
+    if not isinstance(value, str) or not value:
+        raise refuse(f"The {what} is missing.", reasons.BAD_REQUEST)
+    # 4 encoded characters per 3 bytes, plus line breaks some IdPs insert
+    if len(value) > (max_size * 4) // 3 + 4 + max_size // 32:
+        raise refuse(f"The {what} is too large.")
+    compact = "".join(value.split())
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise refuse(f"The {what} is not valid base64.") from None
+    if len(data) > max_size:
+        raise refuse(f"The {what} is too large.")
+    return data
+
+
+def parse_xml(data: bytes) -> ET.Element:
+    """Parse untrusted XML: UTF-8 only, no DTD, comments kept (to be refused)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00", b"\xef\xbb\xbf\x00")) or b"\x00" in data[:64]:
+        raise refuse("The SAML message uses an unsupported encoding.")
+    m = _XML_DECL_ENCODING.match(data.lstrip())
+    if m and m.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii"):
+        raise refuse("The SAML message uses an unsupported encoding.")
+    if _DOCTYPE.search(data):
+        raise refuse("The SAML message contains a DOCTYPE or entity declaration.")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse("The SAML message is not UTF-8.") from None
+    parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True),
+                              forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    try:
+        parser.feed(data)
+        return parser.close()  # type: ignore[no-any-return]
+    except (DefusedXmlException, ET.ParseError, ValueError):
+        raise refuse("The SAML message is not well-formed XML.") from None
+
+
+def parse_instant(value: str | None) -> float | None:
+    """xs:dateTime (UTC, as SAML requires) → epoch seconds."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise refuse("The SAML message has a malformed timestamp.") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _is_comment_or_pi(el: ET.Element) -> bool:
+    return el.tag is ET.Comment or el.tag is ET.ProcessingInstruction  # type: ignore[comparison-overlap]
+
+
+def text_without_comments(el: ET.Element) -> str:
+    parts = [el.text or ""]
+    for child in el:
+        if _is_comment_or_pi(child):
+            parts.append(child.tail or "")
+    return "".join(parts)
+
+
+@dataclass
+class Scan:
+    """What the pre-scan learned (nothing here is trusted yet)."""
+
+    root: ET.Element
+    kind: str
+    id: str | None
+    in_response_to: str | None
+    destination: str | None
+    issuer: str | None
+    response_signed: bool = False
+    assertion_id: str | None = None
+    assertion_issuer: str | None = None
+    assertion_signed: bool = False
+    encrypted: bool = False
+    #: base64 certificates named in KeyInfo (to notice an IdP key rollover)
+    key_info_certs: set[str] = field(default_factory=set)
+    name_id: str | None = None
+    #: audiences of each AudienceRestriction (plaintext assertion only)
+    audiences: list[list[str]] | None = None
+
+
+def _check_signature(sig: ET.Element, parent: ET.Element) -> set[str]:
+    """Shape of one ds:Signature (SAML core 5.4, and our algorithm allow-list)."""
+    parent_id = parent.get("ID")
+    if not parent_id:
+        raise refuse("A signed element has no ID.")
+    si = sig.find(_q(DS, "SignedInfo"))
+    if si is None:
+        raise refuse("A signature has no SignedInfo.")
+    c14n = si.find(_q(DS, "CanonicalizationMethod"))
+    if c14n is None or c14n.get("Algorithm") not in C14N_ALGORITHMS:
+        raise refuse("A signature uses a canonicalization method that is not allowed.")
+    sm = si.find(_q(DS, "SignatureMethod"))
+    if sm is None or sm.get("Algorithm") not in SIGNATURE_ALGORITHMS:
+        raise refuse("A signature uses an algorithm that is not allowed.")
+    refs = si.findall(_q(DS, "Reference"))
+    if len(refs) != 1 or refs[0].get("URI") != f"#{parent_id}":
+        raise refuse("A signature does not cover the element it is attached to.")
+    transforms = refs[0].findall(f"{_q(DS, 'Transforms')}/{_q(DS, 'Transform')}")
+    algs = [t.get("Algorithm") for t in transforms]
+    if not 1 <= len(algs) <= 2 or ENVELOPED not in algs or any(a not in ALLOWED_TRANSFORMS for a in algs):
+        raise refuse("A signature uses a transform that is not allowed.")
+    for t in transforms:
+        if len(t):
+            raise refuse("A signature uses a transform that is not allowed.")
+    dm = refs[0].find(_q(DS, "DigestMethod"))
+    if dm is None or dm.get("Algorithm") not in DIGEST_ALGORITHMS:
+        raise refuse("A signature uses a digest algorithm that is not allowed.")
+    if sig.find(_q(DS, "Object")) is not None:
+        raise refuse("A signature carries a ds:Object.")
+    certs = set()
+    for c in sig.iter(_q(DS, "X509Certificate")):
+        if c.text:
+            certs.add("".join(c.text.split()))
+    return certs
+
+
+def _issuer_of(el: ET.Element) -> str | None:
+    iss = el.find(_q(SAML, "Issuer"))
+    if iss is None:
+        return None
+    fmt = iss.get("Format")
+    if fmt and fmt != "urn:oasis:names:tc:SAML:2.0:nameid-format:entity":
+        raise refuse("The issuer is not an entity id.", reasons.ISSUER_MISMATCH)
+    return (iss.text or "").strip()
+
+
+def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Response",)) -> Scan:
+    """Check the shape of a SAML protocol message before any crypto runs."""
+    root = parse_xml(data)
+    kind = root.tag.rpartition("}")[2] if isinstance(root.tag, str) else ""
+    if root.tag != _q(SAMLP, kind) or kind not in kinds:
+        raise refuse("The SAML message is not of the expected type.")
+
+    parents: dict[ET.Element, ET.Element] = {}
+    ids: set[str] = set()
+    for el in root.iter():
+        if _is_comment_or_pi(el):
+            continue
+        for child in el:
+            parents[child] = el
+        for attr in ("ID", "AssertionID", "Id"):
+            v = el.get(attr)
+            if v is not None:
+                if v in ids:
+                    raise refuse("The SAML message contains duplicate IDs.")
+                ids.add(v)
+
+    # the comment-truncation attack, named where it bites: the NameID
+    for nid in root.iter(_q(SAML, "NameID")):
+        if list(nid) and text_without_comments(nid) != (nid.text or ""):
+            raise refuse("The NameID is split by an XML comment.")
+        if any(not _is_comment_or_pi(c) for c in nid):
+            raise refuse("The NameID contains markup.")
+    for el in root.iter():
+        if _is_comment_or_pi(el):
+            raise refuse("The SAML message contains XML comments or processing instructions.")
+
+    s = Scan(root=root, kind=kind, id=root.get("ID"), in_response_to=root.get("InResponseTo"),
+             destination=root.get("Destination"), issuer=_issuer_of(root))
+    if s.issuer is not None and s.issuer != expected_issuer:
+        raise refuse("The SAML message was issued by another identity provider.", reasons.ISSUER_MISMATCH)
+
+    # every signature enveloped in the element it signs; at most one each
+    for sig in root.iter(_q(DS, "Signature")):
+        parent = parents.get(sig)
+        if parent is None:
+            raise refuse("A signature is misplaced.")
+        s.key_info_certs |= _check_signature(sig, parent)
+        if parent is root:
+            if s.response_signed:
+                raise refuse("The SAML message carries two signatures.")
+            s.response_signed = True
+        elif parent.tag == _q(SAML, "Assertion") and parents.get(parent) is root:
+            if s.assertion_signed:
+                raise refuse("The assertion carries two signatures.")
+            s.assertion_signed = True
+        else:
+            raise refuse("A signature is misplaced.")
+
+    if kind == "Response":
+        all_assertions = list(root.iter(_q(SAML, "Assertion")))
+        all_encrypted = list(root.iter(_q(SAML, "EncryptedAssertion")))
+        direct = root.findall(_q(SAML, "Assertion"))
+        direct_enc = root.findall(_q(SAML, "EncryptedAssertion"))
+        if len(all_assertions) != len(direct) or len(all_encrypted) != len(direct_enc):
+            raise refuse("The SAML response contains a nested assertion.")
+        if len(direct) + len(direct_enc) > 1:
+            raise refuse("The SAML response contains more than one assertion.")
+        if direct:
+            a = direct[0]
+            s.assertion_id = a.get("ID")
+            s.assertion_issuer = _issuer_of(a)
+            if s.assertion_issuer != expected_issuer:
+                raise refuse("The assertion was issued by another identity provider.", reasons.ISSUER_MISMATCH)
+            nid = a.find(f"{_q(SAML, 'Subject')}/{_q(SAML, 'NameID')}")
+            s.name_id = (nid.text or "").strip() if nid is not None else None
+            s.audiences = [[(x.text or "").strip() for x in ar.findall(_q(SAML, "Audience"))]
+                           for ar in a.iter(_q(SAML, "AudienceRestriction"))]
+        elif direct_enc:
+            s.encrypted = True
+    return s
+
+
+def serialize(el: ET.Element) -> str:
+    return ET.tostring(el, encoding="unicode")

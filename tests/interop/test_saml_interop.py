@@ -1,0 +1,478 @@
+"""SAML 2.0 sign-in against a real IdP (pysaml2's ``saml2.server.Server``,
+real xmlsec1 signatures), driven through the portal's routes.
+
+Every attack starts from a response the real IdP built and signed, then
+tampered with -- after signing (the signature must fail, or the pre-scan
+must refuse the shape before xmlsec1 runs) or before the IdP signs it (the
+explicit checks after pysaml2 must refuse it).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from flask_ccsso import signals
+from tests.interop.saml_idp import GROUPS_URI, SAMLIdP, User, decode_form, form, make_keypair
+
+ACS = "http://localhost/sso/google/acs"
+SP_ENTITY = "https://portal.example.test"
+MAPPING = {
+    "email": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
+    "name": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
+    "groups": GROUPS_URI,
+}
+SKILLS = {
+    "database-migration": {"allowedGroups": ["database-admins"], "requiredScopes": ["migration:write"]},
+    "mfa-thing": {"allowedGroups": ["database-admins"],
+                  "acrValues": ["urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"]},
+}
+
+
+def provider_block(meta: str, **over: Any) -> dict[str, Any]:
+    block = {"provider": "saml", "idpMetadata": meta, "spEntityId": SP_ENTITY, "attributeMapping": dict(MAPPING),
+             "scopesFromGroups": {"database-admins": ["migration:write"]},
+             "groupsTruncatedAttribute": "groupsTruncated"}
+    block.update(over)
+    return block
+
+
+@pytest.fixture
+def idp(tmp_path) -> SAMLIdP:
+    return SAMLIdP(str(tmp_path / "idp"))
+
+
+@pytest.fixture
+def failures():
+    got: list[dict[str, Any]] = []
+
+    def rec(sender, **kw):
+        got.append(kw)
+
+    signals.login_failed.connect(rec)
+    yield got
+    signals.login_failed.disconnect(rec)
+
+
+@pytest.fixture
+def portal(make_app, idp, tmp_path):
+    """(app, client) with one SAML provider ``google`` trusting ``idp``."""
+
+    def build(**over: Any):
+        meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
+        app = make_app({"auth": {"providers": {"google": provider_block(meta, **over)}}, "skills": SKILLS,
+                        "session": {"cookieSecure": False}})
+        client = app.test_client()
+        idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+        return app, client
+
+    return build
+
+
+def login(client, next_url="/me", provider="google", **params):
+    q = "&".join(f"{k}={v}" for k, v in {"next": next_url, **params}.items())
+    resp = client.get(f"/sso/{provider}/login?{q}")
+    assert resp.status_code == 302, resp.data
+    return resp.headers["Location"]
+
+
+def post(client, data, provider="google", **kw):
+    return client.post(f"/sso/{provider}/acs", data=data, **kw)
+
+
+def refused(resp, failures, reason):
+    assert resp.status_code == 400, resp.data
+    assert failures and failures[-1]["reason"] == reason, failures
+    return True
+
+
+# -------------------------------------------------------------------------- the happy path
+
+def test_login_through_real_idp_shows_email_and_groups(portal, idp):
+    app, client = portal()
+    location = login(client)
+    q = parse_qs(urlsplit(location).query)
+    # RelayState is an opaque key: the next URL is not in it
+    assert "/me" not in q["RelayState"][0]
+    resp = post(client, idp.respond(location, User()))
+    assert resp.status_code == 303 and resp.headers["Location"] == "/me"
+    me = client.get("/me").get_json()
+    assert me["email"] == "alice@example.com"
+    assert me["groups"] == ["database-admins", "engineering"]
+    assert me["scopes"] == ["migration:write"]
+    assert client.get("/migrations").status_code == 200
+
+
+def test_identity_facts(portal, idp):
+    app, client = portal()
+    seen = []
+    signals.user_logged_in.connect(lambda s, **kw: seen.append(kw), weak=False)
+    try:
+        t0 = int(time.time())
+        post(client, idp.respond(login(client), User(), session_index="sess-42"))
+    finally:
+        signals.user_logged_in.receivers.clear()
+    ident = seen[-1]["identity"]
+    assert ident.subject == "alice@example.com" and ident.provider == "google" and ident.name == "Alice Example"
+    assert ident.session_index == "sess-42"
+    assert ident.acr == "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
+    assert ident.amr == ("pwd",)
+    assert abs(ident.auth_time - t0) < 5
+    assert ident.groups_complete is True
+    assert seen[-1]["method"] == "saml"
+
+
+def test_truncated_groups_are_not_no_groups(portal, idp):
+    app, client = portal()
+    seen = []
+    signals.user_logged_in.connect(lambda s, **kw: seen.append(kw), weak=False)
+    try:
+        user = User(groups=["engineering"], extra={"groupsTruncated": ["true"]})
+        post(client, idp.respond(login(client), user))
+    finally:
+        signals.user_logged_in.receivers.clear()
+    assert seen[-1]["identity"].groups_complete is False
+
+
+def test_signed_response_and_encrypted_assertion(portal, idp, tmp_path):
+    sp = make_keypair(str(tmp_path / "sp"), "sp")
+    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_pem, signAuthnRequests=True,
+                         wantResponseSigned=True)
+    location = login(client)
+    assert "Signature=" in location and "SigAlg=" in location   # checked by the real IdP in respond()
+    data = idp.respond(location, User(), sign_response=True, encrypt=True)
+    assert "EncryptedAssertion" in decode_form(data)
+    resp = post(client, data)
+    assert resp.status_code == 303, resp.data
+    assert client.get("/me").get_json()["email"] == "alice@example.com"
+
+
+def test_allow_unsolicited(portal, idp):
+    app, client = portal(allowUnsolicited=True)
+    location = login(client)
+    data = idp.respond(location, User(), in_response_to=None)
+    data.pop("RelayState")
+    resp = post(client, data)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/"
+
+
+# -------------------------------------------------------------------------- xmlsec1 budget
+
+def test_xmlsec1_runs_once_per_response_and_never_for_refused_shapes(portal, idp, monkeypatch):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    calls = count_xmlsec(monkeypatch)
+    t = time.perf_counter()
+    assert post(client, data).status_code == 303
+    elapsed = time.perf_counter() - t
+    assert [c[1] for c in calls] == ["--verify"], calls   # one process per response
+    assert elapsed < 2.0
+    print(f"\nACS with one signed assertion: {len(calls)} xmlsec1 run(s), {elapsed * 1000:.0f} ms")
+    calls.clear()
+    bad = decode_form(data).replace("xml-exc-c14n#\"/></ns2:Transforms>",
+                                    "xml-exc-c14n#\"/><ns2:Transform Algorithm=\"http://www.w3.org/TR/1999/REC-xslt-19991116\"/></ns2:Transforms>")
+    resp = post(client, form(bad, data["RelayState"]))
+    assert resp.status_code == 400 and calls == []
+
+
+# -------------------------------------------------------------------------- attacks
+
+def count_xmlsec(monkeypatch) -> list[list[str]]:
+    """Every xmlsec1 run pysaml2 starts (it calls ``saml2.sigver.Popen``)."""
+    import saml2.sigver
+
+    calls: list[list[str]] = []
+    real = saml2.sigver.Popen
+
+    def counting(args, *a, **kw):
+        calls.append(list(args))
+        return real(args, *a, **kw)
+
+    monkeypatch.setattr(saml2.sigver, "Popen", counting)
+    return calls
+
+
+def _mutated(idp, location, mutate, **kw):
+    return idp.respond(location, User(), mutate=mutate, **kw)
+
+
+def test_wrong_audience(portal, idp, failures):
+    app, client = portal()
+
+    def m(r):
+        r.assertion[0].conditions.audience_restriction[0].audience[0].text = "https://other-sp.example"
+
+    assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_audience")
+
+
+def test_wrong_destination(portal, idp, failures):
+    app, client = portal()
+
+    def m(r):
+        r.destination = "https://evil.example/acs"
+
+    assert refused(post(client, _mutated(idp, login(client), m, sign_response=True)), failures, "invalid_response")
+
+
+def test_wrong_recipient(portal, idp, failures):
+    app, client = portal()
+
+    def m(r):
+        r.assertion[0].subject.subject_confirmation[0].subject_confirmation_data.recipient = "https://evil/acs"
+
+    assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_response")
+
+
+def test_expired(portal, idp, failures, clock):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    clock.advance(400)   # the IdP's assertions live 5 minutes; skew is 60 s
+    assert refused(post(client, data), failures, "token_expired")
+
+
+def test_not_yet_valid(portal, idp, failures):
+    app, client = portal()
+
+    def m(r):
+        r.assertion[0].conditions.not_before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+
+    assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_response")
+
+
+def test_replayed(portal, idp, failures):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    assert post(client, data).status_code == 303
+    other = app.test_client()   # another browser, same shared store
+    assert refused(post(other, data), failures, "replayed")
+
+
+def test_replayed_after_pending_gone_is_refused_by_assertion_id(portal, idp, failures):
+    """Even when the pre-check is raced past, the atomic add refuses."""
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    store = app.extensions["ccsso"].store
+    assert post(client, data).status_code == 303
+    keys = [k for k in store.keys("saml-assertion:")]
+    assert keys, "assertion id recorded in the shared store"
+
+
+def test_unsolicited(portal, idp, failures):
+    app, client = portal()
+    data = idp.respond(login(client), User(), in_response_to=None)
+    assert refused(post(client, data), failures, "unsolicited")
+
+
+def test_in_response_to_unknown(portal, idp, failures):
+    app, client = portal()
+    data = idp.respond(login(client), User(), in_response_to="id-never-sent")
+    assert refused(post(client, data), failures, "state_missing")
+
+
+def test_other_idp_other_key(portal, idp, failures, tmp_path):
+    app, client = portal()
+    evil = SAMLIdP(str(tmp_path / "evil"), entity_id="https://evil-idp.example/saml", base=idp.base, cn="evil")
+    evil.trust_sp(client.get("/sso/google/metadata").data.decode())
+    assert refused(post(client, evil.respond(login(client), User())), failures, "issuer_mismatch")
+
+
+def test_same_issuer_wrong_signing_key(portal, idp, failures, tmp_path):
+    app, client = portal()
+    rogue = SAMLIdP(str(tmp_path / "rogue"), entity_id=idp.entity_id, base=idp.base, cn="rogue")
+    rogue.trust_sp(client.get("/sso/google/metadata").data.decode())
+    location = login(client)
+    data = rogue.respond(location, User())
+    assert refused(post(client, data), failures, "invalid_response")
+    # without KeyInfo the pre-scan cannot tell: xmlsec1 must refuse it
+    xml = re.sub(r"<ns2:KeyInfo>.*?</ns2:KeyInfo>", "", decode_form(data), flags=re.S)
+    location = login(client)
+    data = rogue.respond(location, User())
+    xml = re.sub(r"<ns2:KeyInfo>.*?</ns2:KeyInfo>", "", decode_form(data), flags=re.S)
+    assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
+
+
+def test_signature_stripped(portal, idp, failures):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    xml = re.sub(r"<ns2:Signature .*?</ns2:Signature>", "", decode_form(data), flags=re.S)
+    assert "Signature" not in xml
+    assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
+
+
+def test_content_tampered_after_signing(portal, idp, failures):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    xml = decode_form(data).replace(">engineering<", ">security-team<")
+    assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
+
+
+def _assertion(xml):
+    return re.search(r"<ns1:Assertion .*?</ns1:Assertion>", xml, re.S).group(0)
+
+
+@pytest.mark.parametrize("variant", ["sibling", "nested-in-evil", "same-id", "in-extensions"])
+def test_signature_wrapping(portal, idp, failures, variant):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    xml = decode_form(data)
+    signed = _assertion(xml)
+    evil = re.sub(r"<ns2:Signature .*?</ns2:Signature>", "", signed, flags=re.S)
+    evil = evil.replace("alice@example.com", "admin@example.com").replace(">engineering<", ">security-team<")
+    evil_id = evil.replace('ID="id-', 'ID="evil-', 1)
+    if variant == "sibling":
+        tampered = xml.replace(signed, evil_id + signed)
+    elif variant == "nested-in-evil":
+        tampered = xml.replace(signed, evil_id.replace("</ns1:Assertion>", f"<ns1:Advice>{signed}</ns1:Advice></ns1:Assertion>"))
+    elif variant == "same-id":
+        tampered = xml.replace(signed, evil + signed)
+    else:
+        tampered = xml.replace(signed, evil_id).replace(
+            "<ns0:Status>", f"<ns0:Extensions>{signed}</ns0:Extensions><ns0:Status>")
+    assert refused(post(client, form(tampered, data["RelayState"])), failures, "invalid_response")
+    assert client.get("/me").status_code != 200
+
+
+def test_comment_split_name_id(portal, idp, failures):
+    """CVE-2017-11427 family: the attacker owns alice@example.com.evil.test."""
+    app, client = portal()
+    data = idp.respond(login(client), User(email="alice@example.com.evil.test"))
+    xml = decode_form(data).replace(">alice@example.com.evil.test</ns1:NameID>",
+                                    ">alice@example.com<!---->.evil.test</ns1:NameID>")
+    assert "<!---->" in xml
+    resp = post(client, form(xml, data["RelayState"]))
+    assert refused(resp, failures, "invalid_response")
+    assert b"comment" in resp.data
+
+
+@pytest.mark.parametrize("prolog", [
+    '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
+    '<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
+    '<!doctype r>',
+])
+def test_doctype_xxe_billion_laughs(portal, idp, failures, prolog, monkeypatch):
+    app, client = portal()
+    data = idp.respond(login(client), User())
+    xml = decode_form(data).replace('<?xml version="1.0"?>', '<?xml version="1.0"?>' + prolog, 1)
+    calls = count_xmlsec(monkeypatch)
+    resp = post(client, form(xml, data["RelayState"]), headers={"Accept": "application/json"})
+    assert refused(resp, failures, "invalid_response")
+    assert resp.get_json()["error"] == "invalid_response"
+    assert calls == []
+
+
+def test_oversized(portal, idp, failures, monkeypatch):
+    app, client = portal(maxResponseSize=20000)
+    data = idp.respond(login(client), User(groups=[f"group-{i:04d}" for i in range(600)]))
+    calls = count_xmlsec(monkeypatch)
+    resp = post(client, data)
+    assert refused(resp, failures, "invalid_response")
+    assert b"too large" in resp.data and calls == []
+
+
+def test_assertion_for_provider_a_posted_to_provider_b(make_app, idp, tmp_path, failures):
+    other = SAMLIdP(str(tmp_path / "other"), entity_id="https://other-idp.example/saml", cn="other")
+    cfg = {"auth": {"providers": {
+        "google": provider_block(idp.write_metadata(str(tmp_path / "a.xml"))),
+        "okta": provider_block(other.write_metadata(str(tmp_path / "b.xml"))),
+        "google2": provider_block(idp.write_metadata(str(tmp_path / "c.xml"))),
+    }}, "skills": SKILLS, "session": {"cookieSecure": False}}
+    app = make_app(cfg)
+    client = app.test_client()
+    idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+    data = idp.respond(login(client), User())
+    assert refused(post(client, data, provider="okta"), failures, "issuer_mismatch")
+    # same IdP behind two providers: Destination / pending record tell them apart
+    assert refused(post(client, data, provider="google2"), failures, "invalid_response")
+    assert post(client, data).status_code == 303
+
+
+# -------------------------------------------------------------------------- step-up
+
+def test_step_up_force_authn(make_app, idp, tmp_path, failures):
+    skills = {"database-migration": {"allowedGroups": ["database-admins"], "sensitive": True, "maxAuthAge": 300}}
+    app = make_app({"auth": {"providers": {"google": provider_block(idp.write_metadata(str(tmp_path / "m.xml")))}},
+                    "skills": skills, "session": {"cookieSecure": False}})
+    client = app.test_client()
+    idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+    location = login(client, stepup="database-migration")
+    req, _ = idp.parse_login(location)
+    assert req.force_authn == "true"
+    # the IdP re-used an old session: refused
+    stale = idp.respond(location, User(), authn_instant=int(time.time()) - 3600)
+    assert refused(post(client, stale), failures, "stepup_not_satisfied")
+    satisfied = []
+    signals.stepup_satisfied.connect(lambda s, **kw: satisfied.append(kw), weak=False)
+    try:
+        location = login(client, stepup="database-migration")
+        assert post(client, idp.respond(location, User())).status_code == 303
+    finally:
+        signals.stepup_satisfied.receivers.clear()
+    assert satisfied and satisfied[0]["skill"] == "database-migration"
+
+
+def test_step_up_requested_authn_context(make_app, idp, tmp_path, failures):
+    app = make_app({"auth": {"providers": {"google": provider_block(idp.write_metadata(str(tmp_path / "m.xml")))}},
+                    "skills": SKILLS, "session": {"cookieSecure": False}})
+    client = app.test_client()
+    idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+    location = login(client, stepup="mfa-thing")
+    req, _ = idp.parse_login(location)
+    mfa = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"
+    assert req.requested_authn_context.authn_context_class_ref[0].text == mfa
+    assert refused(post(client, idp.respond(location, User())), failures, "stepup_not_satisfied")
+    location = login(client, stepup="mfa-thing")
+    assert post(client, idp.respond(location, User(), authn_class=mfa)).status_code == 303
+
+
+# -------------------------------------------------------------------------- logout
+
+def test_idp_initiated_logout_ends_the_session(portal, idp):
+    app, client = portal()
+    post(client, idp.respond(login(client), User(), session_index="sess-1"))
+    assert client.get("/me").status_code == 200
+    revoked = []
+    signals.session_revoked.connect(lambda s, **kw: revoked.append(kw), weak=False)
+    try:
+        url = idp.logout_request("http://localhost/sso/google/slo", "alice@example.com", "sess-1")
+        resp = app.test_client().get(url[len("http://localhost"):])
+    finally:
+        signals.session_revoked.receivers.clear()
+    assert resp.status_code == 302 and resp.headers["Location"].startswith(f"{idp.base}/slo/redirect?SAMLResponse=")
+    assert revoked and revoked[0]["reason"] == "saml_slo" and revoked[0]["count"] == 1
+    assert client.get("/me", headers={"Accept": "application/json"}).status_code == 401
+    # replaying the same LogoutRequest is refused
+    assert app.test_client().get(url[len("http://localhost"):]).status_code == 400
+
+
+def test_idp_initiated_logout_must_be_signed(portal, idp, failures):
+    app, client = portal()
+    post(client, idp.respond(login(client), User(), session_index="sess-2"))
+    url = idp.logout_request("http://localhost/sso/google/slo", "alice@example.com", "sess-2", sign=False)
+    assert app.test_client().get(url[len("http://localhost"):]).status_code == 400
+    rogue = SAMLIdP(idp.directory + "-rogue", entity_id=idp.entity_id, base=idp.base, cn="rogue")
+    rogue.trust_sp(client.get("/sso/google/metadata").data.decode())
+    url = rogue.logout_request("http://localhost/sso/google/slo", "alice@example.com", "sess-2")
+    assert app.test_client().get(url[len("http://localhost"):]).status_code == 400
+    assert client.get("/me").status_code == 200
+
+
+def test_sp_initiated_logout(portal, idp, tmp_path):
+    sp = make_keypair(str(tmp_path / "sp"), "sp")
+    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path)
+    post(client, idp.respond(login(client), User(), session_index="sess-3"))
+    resp = client.get("/sso/logout")
+    assert resp.status_code == 302
+    location = resp.headers["Location"]
+    assert location.startswith(f"{idp.base}/slo/redirect?SAMLRequest=") and "Signature=" in location
+    req, q = idp.parse_logout_request(location)
+    assert req.name_id.text == "alice@example.com" and req.session_index[0].text == "sess-3"
+    back = idp.logout_response(req, q.get("RelayState"), "http://localhost/sso/google/slo")
+    resp = client.get(back[len("http://localhost"):])
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/sso/logged-out")
+    assert client.get(back[len("http://localhost"):]).status_code == 400   # answered once
