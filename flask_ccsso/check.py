@@ -1,0 +1,457 @@
+"""``flask ccsso check-config`` and ``flask ccsso sp-metadata``.
+
+``check-config`` answers "will sign-in work, and is it safe?" before the
+first user tries: it validates the configuration, prints it resolved (secrets
+masked), reaches every IdP, and checks redirect URLs, clock skew, cookies and
+certificates. Exit codes:
+
+* ``0`` -- no problem found;
+* ``1`` -- warnings: the app runs, but something is unsafe or likely wrong
+  (plain-http cookies, a proxy without ``CCSSO_TRUSTED_PROXIES``, a
+  certificate close to expiry, a clock a few seconds off ...);
+* ``2`` -- errors: the config is invalid (a ``ConfigError``), an IdP cannot
+  be reached or answers wrongly, a certificate has expired, the clock is off
+  by more than the accepted skew.
+
+``sp-metadata <provider>`` prints a SAML provider's SP metadata XML, to upload
+to the IdP (Google Admin, ADFS ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from flask import Flask, current_app, has_app_context, url_for
+
+from .config import is_loopback_host
+from .exceptions import CCSSOError, ConfigError
+
+#: keys whose values never get printed
+SECRET_FIELDS = {"client_secret", "clientSecret", "sp_private_key", "spPrivateKey", "token", "password",
+                 "secret", "headers"}
+#: certificates closer than this to their end are a warning
+CERT_WARN_DAYS = 14
+#: a clock this far off (seconds) is worth a warning even inside the skew
+CLOCK_WARN_SECONDS = 10.0
+
+OK, WARN, ERROR, INFO = "ok", "warning", "error", "info"
+_LABEL = {OK: ("  ok ", "green"), WARN: ("WARN ", "yellow"), ERROR: ("ERROR", "red"), INFO: (" info", None)}
+
+
+class Report:
+    """What the checks found; decides the exit code."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.counts = {OK: 0, WARN: 0, ERROR: 0, INFO: 0}
+
+    def add(self, level: str, message: str) -> None:
+        self.counts[level] += 1
+        label, colour = _LABEL[level]
+        self.echo(f"[{click.style(label, fg=colour) if colour else label}] {message}")
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.counts[ERROR] else 1 if self.counts[WARN] else 0
+
+
+# --------------------------------------------------------------------------- loading the app
+
+def _load_app() -> Flask:
+    """The app ``flask --app`` names; a ConfigError while creating it is exit 2."""
+    if has_app_context():
+        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+    from flask.cli import ScriptInfo
+
+    ctx = click.get_current_context()
+    info = ctx.ensure_object(ScriptInfo)
+    try:
+        return info.load_app()
+    except ConfigError as exc:
+        click.echo(f"[{click.style('ERROR', fg='red')}] configuration: {exc}", err=True)
+        ctx.exit(2)
+        raise  # pragma: no cover - ctx.exit raises
+
+
+def _state(app: Flask) -> Any:
+    state = app.extensions.get("ccsso")
+    if state is None:
+        click.echo(f"[{click.style('ERROR', fg='red')}] flask-ccsso is not initialised on this app "
+                   "(call CCSSO(app) or sso.init_app(app) in the factory).", err=True)
+        click.get_current_context().exit(2)
+    return state
+
+
+# --------------------------------------------------------------------------- masking
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """A JSON-safe copy of ``value`` with every secret replaced by ``***``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if key in SECRET_FIELDS:
+        return "***" if value else value
+    if isinstance(value, dict):
+        return {str(k): masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [masked(v, key) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
+
+
+def resolved_config(state: Any) -> dict[str, Any]:
+    cfg = state.config
+    return {
+        "auth": {"default": cfg.default_provider,
+                 "providers": {name: masked(p) for name, p in cfg.providers.items()}},
+        "skills": {name: masked(s) for name, s in cfg.skills.items()},
+        "session": masked(cfg.session),
+        "logging": masked(dict(cfg.logging)),
+    }
+
+
+# --------------------------------------------------------------------------- network checks
+
+def _http_date_skew(resp: Any, sent_at: float, received_at: float) -> float | None:
+    """Local clock minus the server's (``Date`` header, RFC 9110 5.6.7), in seconds."""
+    header = resp.headers.get("Date")
+    if not header:
+        return None
+    try:
+        server = parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError):
+        return None
+    # the Date header has 1 s resolution and was made somewhere in the round trip
+    local = (sent_at + received_at) / 2
+    return local - server
+
+
+def _cert_not_after(host: str, port: int, timeout: float) -> dt.datetime | None:
+    """The end of validity of the TLS certificate ``host:port`` presents (verified)."""
+    context = ssl.create_default_context()
+    with socket.create_connection((host, port), timeout=timeout) as sock, \
+            context.wrap_socket(sock, server_hostname=host) as tls:
+        cert = tls.getpeercert()
+    not_after = cert.get("notAfter") if cert else None
+    if not not_after:
+        return None
+    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(not_after)), tz=dt.timezone.utc)
+
+
+def _check_expiry(report: Report, what: str, not_after: dt.datetime, now: float) -> None:
+    days = (not_after.timestamp() - now) / 86400
+    when = not_after.strftime("%Y-%m-%d")
+    if days < 0:
+        report.add(ERROR, f"{what}: certificate expired on {when}.")
+    elif days < CERT_WARN_DAYS:
+        report.add(WARN, f"{what}: certificate expires in {days:.0f} days ({when}).")
+    else:
+        report.add(OK, f"{what}: certificate valid until {when}.")
+
+
+def _check_tls(report: Report, what: str, url: str, timeout: float, seen: set[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return
+    key = f"{parts.hostname}:{parts.port or 443}"
+    if key in seen:
+        return
+    seen.add(key)
+    try:
+        not_after = _cert_not_after(parts.hostname, parts.port or 443, timeout)
+    except ssl.SSLCertVerificationError as exc:
+        report.add(ERROR, f"{what}: TLS certificate of {key} does not verify ({exc.verify_message}).")
+        return
+    except (OSError, ssl.SSLError) as exc:
+        report.add(WARN, f"{what}: could not read the TLS certificate of {key} ({type(exc).__name__}).")
+        return
+    if not_after is not None:
+        _check_expiry(report, f"{what} TLS ({key})", not_after, time.time())
+
+
+def _check_oidc(report: Report, name: str, prov: Any, tls_seen: set[str]) -> None:
+    s = prov.settings
+    what = f"provider {name}"
+    sent = time.time()
+    try:
+        resp = prov.http.get(s.discovery_url, timeout=s.timeout, headers={"Accept": "application/json"})
+    except Exception as exc:  # noqa: BLE001 - requests' errors and friends
+        report.add(ERROR, f"{what}: cannot reach the discovery document {s.discovery_url} ({type(exc).__name__}).")
+        return
+    received = time.time()
+    if resp.status_code != 200:
+        report.add(ERROR, f"{what}: discovery document {s.discovery_url} answered HTTP {resp.status_code}.")
+        return
+    try:
+        meta = prov.metadata()
+    except CCSSOError as exc:
+        report.add(ERROR, f"{what}: {exc.description}")
+        return
+    report.add(OK, f"{what}: discovery document OK (issuer {meta.get('issuer')}).")
+    for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint"):
+        url = meta.get(key)
+        if isinstance(url, str):
+            host = urlsplit(url).hostname
+            if urlsplit(url).scheme != "https" and not is_loopback_host(host):
+                report.add(ERROR, f"{what}: {key} {url} is not https.")
+    methods = meta.get("code_challenge_methods_supported")
+    if isinstance(methods, list) and "S256" not in methods:
+        report.add(WARN, f"{what}: the IdP does not announce PKCE S256 (code_challenge_methods_supported).")
+    try:
+        keys = prov.jwks.keyset()
+        report.add(OK, f"{what}: signing keys reachable ({len(keys.keys)} key(s)).")
+    except CCSSOError as exc:
+        report.add(ERROR, f"{what}: {exc.description}")
+    skew = _http_date_skew(resp, sent, received)
+    if skew is None:
+        report.add(INFO, f"{what}: the IdP sent no Date header; clock skew not measured.")
+    elif abs(skew) > s.clock_skew:
+        report.add(ERROR, f"{what}: this machine's clock is {skew:+.0f} s off the IdP's (more than the accepted "
+                          f"clockSkew {s.clock_skew:g} s): tokens would be refused. Sync the clock (NTP).")
+    elif abs(skew) > CLOCK_WARN_SECONDS:
+        report.add(WARN, f"{what}: this machine's clock is {skew:+.0f} s off the IdP's. Sync the clock (NTP).")
+    else:
+        report.add(OK, f"{what}: clock within {max(abs(skew), 1):.0f} s of the IdP's.")
+    _check_tls(report, what, s.discovery_url, s.timeout, tls_seen)
+
+
+def _check_saml(report: Report, name: str, prov: Any, tls_seen: set[str]) -> None:
+    s = prov.settings
+    what = f"provider {name}"
+    try:
+        idp = prov.idp()
+    except CCSSOError as exc:
+        report.add(ERROR, f"{what}: IdP metadata {s.idp_metadata}: {exc.description}")
+        return
+    except Exception as exc:  # noqa: BLE001 - a parse error of an odd document
+        report.add(ERROR, f"{what}: IdP metadata {s.idp_metadata} is unusable ({exc}).")
+        return
+    report.add(OK, f"{what}: IdP metadata OK (entity {idp.entity_id}).")
+    if not idp.sso_redirect:
+        report.add(ERROR, f"{what}: the IdP metadata has no HTTP-Redirect SingleSignOnService.")
+    now = time.time()
+    if idp.valid_until is not None:
+        left = idp.valid_until - now
+        if left < 0:
+            report.add(ERROR, f"{what}: the IdP metadata's validUntil has passed.")
+        elif left < CERT_WARN_DAYS * 86400:
+            report.add(WARN, f"{what}: the IdP metadata's validUntil is {left / 86400:.0f} days away.")
+    if not idp.signing_certs:
+        report.add(ERROR, f"{what}: the IdP metadata has no signing certificate.")
+    for i, der in enumerate(idp.signing_certs):
+        not_after = _der_not_after(der)
+        if not_after is not None:
+            _check_expiry(report, f"{what} IdP signing cert #{i + 1}", not_after, now)
+    sp_cert = s.sp_certificate
+    if sp_cert:
+        not_after = _pem_not_after(prov, sp_cert)
+        if not_after is not None:
+            _check_expiry(report, f"{what} SP certificate", not_after, now)
+    if s.idp_metadata.startswith("https://"):
+        _check_tls(report, what, s.idp_metadata, s.timeout, tls_seen)
+
+
+def _der_not_after(der_b64: str) -> dt.datetime | None:
+    try:
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(base64.b64decode(der_b64))
+    except Exception:  # noqa: BLE001 - no cryptography, or not a certificate
+        return None
+    return cert.not_valid_after_utc
+
+
+def _pem_not_after(prov: Any, value: str) -> dt.datetime | None:
+    try:
+        from cryptography import x509
+
+        if "-----BEGIN" in value:
+            data = value.encode()
+        else:
+            with open(prov._resolve(value), "rb") as fh:
+                data = fh.read()
+        return x509.load_pem_x509_certificate(data).not_valid_after_utc
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------- local checks
+
+def _base_url(app: Flask) -> str | None:
+    server = app.config.get("SERVER_NAME")
+    if not server:
+        return None
+    return f"{app.config.get('PREFERRED_URL_SCHEME') or 'http'}://{server}"
+
+
+def _redirect_urls(report: Report, app: Flask, state: Any) -> None:
+    from .views import redirect_uri_for
+
+    base = _base_url(app)
+    trusted = int(app.config.get("CCSSO_TRUSTED_PROXIES") or 0)
+    for name, prov in state.providers.items():
+        key = "acsUrl" if prov.protocol == "saml" else "redirectUri"
+        configured = getattr(prov.settings, "acs_url", None) if prov.protocol == "saml" else prov.settings.redirect_uri
+        if not configured and not base:
+            report.add(INFO, f"provider {name}: the redirect URL is built from each request's Host header; "
+                             f"register it at the IdP as your public https URL + {state.url_prefix}/{name}/"
+                             f"{'acs' if prov.protocol == 'saml' else 'callback'}, or set {key} (or SERVER_NAME) "
+                             "so this command can check it.")
+            continue
+        if configured:
+            url = configured
+        else:
+            with app.test_request_context("/", base_url=base):
+                url = redirect_uri_for(prov)
+        parts = urlsplit(url)
+        loopback = is_loopback_host(parts.hostname)
+        source = "configured" if configured else "built from SERVER_NAME"
+        if parts.scheme != "https" and not loopback:
+            report.add(ERROR, f"provider {name}: redirect URL {url} ({source}) is not https: the IdP would send "
+                              f"codes and assertions in clear text. Use https (set {key}, or run behind TLS).")
+        elif parts.scheme != "https":
+            report.add(WARN, f"provider {name}: redirect URL {url} is plain http on loopback: development only.")
+        else:
+            report.add(OK, f"provider {name}: redirect URL {url} ({source}).")
+    scheme = app.config.get("PREFERRED_URL_SCHEME") or "http"
+    server_host = urlsplit(f"//{app.config.get('SERVER_NAME') or ''}").hostname
+    behind_proxy = scheme == "https" or (server_host and not is_loopback_host(server_host))
+    builds_urls = any(not (getattr(p.settings, "acs_url", None) or getattr(p.settings, "redirect_uri", None))
+                      for p in state.providers.values())
+    if trusted == 0 and behind_proxy and builds_urls:
+        report.add(WARN, "CCSSO_TRUSTED_PROXIES is 0, but SERVER_NAME/PREFERRED_URL_SCHEME suggest the app runs "
+                         "behind a proxy: behind a TLS-terminating proxy the app sees http and would build http:// "
+                         "redirect URLs. Set CCSSO_TRUSTED_PROXIES to the number of proxies in front of the app.")
+
+
+def _cookies(report: Report, app: Flask, state: Any) -> None:
+    s = state.config.session
+    name = app.config.get("SESSION_COOKIE_NAME")
+    if not app.config.get("SESSION_COOKIE_SECURE"):
+        report.add(WARN, f"session cookie {name!r} is not Secure (session.cookieSecure false): it would travel over "
+                         "plain http. Development only.")
+    else:
+        report.add(OK, f"session cookie {name!r}: Secure, HttpOnly, SameSite={s.cookie_samesite}.")
+    if s.cookie_samesite == "None":
+        report.add(WARN, "session.cookieSameSite is None: the cookie is sent on cross-site requests (CSRF exposure).")
+    key = app.config.get("SECRET_KEY")
+    if isinstance(key, (str, bytes)) and len(key) < 32:
+        report.add(WARN, "SECRET_KEY is shorter than 32 characters; use a long random value from the environment.")
+    if any(bp.startswith("ccsso_devidp") for bp in app.blueprints):
+        report.add(WARN, "the development IdP is mounted on this app (anyone can sign in as anyone). Never in "
+                         "production.")
+
+
+def _store(report: Report, state: Any) -> None:
+    st = state.config.session.store
+    try:
+        key = f"check:{time.time_ns()}"
+        state.store.set(key, "1", 5)
+        state.store.delete(key)
+    except Exception as exc:  # noqa: BLE001 - any store failure
+        report.add(ERROR, f"session store ({st.type}): not usable ({type(exc).__name__}).")
+        return
+    report.add(OK, f"session store ({st.type}) reachable.")
+
+
+# --------------------------------------------------------------------------- the commands
+
+@click.command("check-config")
+@click.option("--offline", is_flag=True, help="Skip the checks that talk to the network (IdPs, TLS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved configuration only, as JSON.")
+def check_config(offline: bool, as_json: bool) -> None:
+    """Validate the configuration, reach each IdP, check URLs, clocks, cookies and certificates.
+
+    Exit status: 0 no problem, 1 warnings, 2 errors (including an invalid config).
+    """
+    app = _load_app()
+    state = _state(app)
+    resolved = resolved_config(state)
+    if as_json:
+        click.echo(json.dumps(resolved, indent=2, sort_keys=True))
+        return
+    report = Report(click.echo)
+    click.echo("Resolved configuration (secrets masked):")
+    click.echo(json.dumps(resolved, indent=2, sort_keys=True))
+    click.echo("")
+    report.add(OK, f"configuration is valid: {len(state.providers)} provider(s), {len(state.config.skills)} skill(s).")
+    with app.app_context():
+        _redirect_urls(report, app, state)
+        _cookies(report, app, state)
+        _store(report, state)
+        tls_seen: set[str] = set()
+        for name, prov in state.providers.items():
+            if offline:
+                report.add(INFO, f"provider {name}: not contacted (--offline).")
+            elif prov.protocol == "saml":
+                _check_saml(report, name, prov, tls_seen)
+            else:
+                _check_oidc(report, name, prov, tls_seen)
+    c = report.counts
+    click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s).")
+    click.get_current_context().exit(report.exit_code)
+
+
+@click.command("sp-metadata")
+@click.argument("provider")
+@click.option("--base-url", help="The app's public URL, e.g. https://portal.example.com (default: from "
+                                 "SERVER_NAME and PREFERRED_URL_SCHEME).")
+def sp_metadata(provider: str, base_url: str | None) -> None:
+    """Print PROVIDER's SAML service-provider metadata XML (upload it to the IdP)."""
+    app = _load_app()
+    state = _state(app)
+    prov = state.providers.get(provider)
+    if prov is None:
+        raise click.BadParameter(f"no provider {provider!r}; configured: {', '.join(state.providers)}.",
+                                 param_hint="PROVIDER")
+    if not hasattr(prov, "metadata_xml"):
+        raise click.BadParameter(f"provider {provider!r} is {prov.type}, not SAML: it has no SP metadata.",
+                                 param_hint="PROVIDER")
+    base = base_url or _base_url(app)
+    if not base:
+        raise click.UsageError("pass --base-url https://your-portal.example.com (or set SERVER_NAME).")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{base!r} is not an absolute http(s) URL.", param_hint="--base-url")
+    from .views import redirect_uri_for
+
+    with app.test_request_context("/", base_url=base.rstrip("/")):
+        acs = redirect_uri_for(prov)
+        slo = url_for("ccsso.slo", provider=provider, _external=True)
+        try:
+            xml = prov.metadata_xml(acs_url=acs, slo_url=slo)
+        except CCSSOError as exc:
+            click.echo(f"[{click.style('ERROR', fg='red')}] {exc.description}", err=True)
+            click.get_current_context().exit(2)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        click.echo(f"warning: {base} is not https; IdPs post assertions to the ACS URL.", err=True)
+    click.echo(xml)
+
+
+__all__ = ["check_config", "mask_url", "masked", "resolved_config", "sp_metadata"]
