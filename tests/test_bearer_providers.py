@@ -98,12 +98,19 @@ class Introspector:
         return resp(environ, start_response)
 
 
-@pytest.fixture
-def introspector(op) -> Iterator[Introspector]:
+@pytest.fixture(scope="module")
+def _introspection_server() -> Iterator[Introspector]:
     intro = Introspector()
-    op.extra_metadata["introspection_endpoint"] = intro.url
     yield intro
     intro.server.shutdown()
+
+
+@pytest.fixture
+def introspector(op, _introspection_server) -> Introspector:
+    intro = _introspection_server
+    intro.answers, intro.calls, intro.status = {}, [], 200
+    op.extra_metadata["introspection_endpoint"] = intro.url
+    return intro
 
 
 def _opaque_app(make_app, op, **over):

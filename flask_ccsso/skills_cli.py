@@ -1,0 +1,124 @@
+"""``flask ccsso explain``: why would this person get (or not get) a skill?
+
+Reads the person's most recent stored session (the store's ``email:<email>``
+→ ``user:<provider:subject>`` → session ids index) or takes claims as JSON,
+and prints each condition of the skill with ✓ / ✗. Exit code 0: allowed,
+1: denied (or a step-up would be asked for), 2: error (unknown skill, no
+stored session, bad JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask.cli import with_appcontext
+
+from .exceptions import CCSSOError
+from .identity import Identity
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    click.get_current_context().exit(2)
+
+
+def _identity_from_store(state: Any, email: str) -> Identity:
+    from .session import SESSION_KEY
+
+    ids = state.store.set_members(f"email:{email.lower()}")
+    best: tuple[float, Identity] | None = None
+    for ident_id in sorted(ids):
+        for sid in sorted(state.store.set_members(f"user:{ident_id}")):
+            data = state.session_interface.read_sid(sid)
+            block = data.get(SESSION_KEY) if isinstance(data, dict) else None
+            if not isinstance(block, dict) or "identity" not in block:
+                continue
+            try:
+                ident = Identity.from_dict(block["identity"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            seen = float(block.get("last_seen") or block.get("created") or 0)
+            if best is None or seen > best[0]:
+                best = (seen, ident)
+    if best is None:
+        _fail(f"no stored session for {email} (they need to be signed in, or use --claims).")
+    assert best is not None
+    return best[1]
+
+
+def _identity_from_claims(state: Any, raw: str, provider: str | None) -> Identity:
+    try:
+        claims = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        _fail(f"--claims is not valid JSON ({exc.msg}).")
+    if not isinstance(claims, dict):
+        _fail("--claims must be a JSON object.")
+    name = provider or claims.get("provider") or state.config.default_provider or next(iter(state.providers))
+    if name not in state.providers:
+        _fail(f"provider {name!r} is not configured (configured: {', '.join(state.providers)}).")
+    if "subject" in claims:  # an Identity.to_dict() as stored in sessions
+        return Identity.from_dict({**claims, "provider": name})
+    scopes = claims.get("scopes")
+    if scopes is None:
+        from .bearer import _scopes
+
+        scopes = _scopes(claims)
+    auth_time = claims.get("auth_time")
+    str_list = lambda v: [v] if isinstance(v, str) else [x for x in v or () if isinstance(x, str)]  # noqa: E731
+    return Identity(
+        subject=str(claims.get("sub") or "cli"), provider=name,
+        email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+        groups=frozenset(str_list(claims.get("groups"))), roles=frozenset(str_list(claims.get("roles"))),
+        scopes=frozenset(str_list(scopes)),
+        auth_time=float(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) else None,
+        amr=tuple(str_list(claims.get("amr"))), acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,
+        groups_complete=bool(claims.get("groups_complete", True)), via=str(claims.get("via", "session")),
+    )
+
+
+@click.command("explain")
+@click.option("--user", "email", metavar="EMAIL", help="Explain for this person's most recent stored session.")
+@click.option("--claims", metavar="JSON", help="Explain for these claims instead (groups, scp/scope, amr, acr, auth_time...).")
+@click.option("--skill", "skill_name", required=True, metavar="NAME", help="The skill to explain.")
+@click.option("--provider", metavar="NAME", help="With --claims: the provider they came from.")
+@click.option("--ip", metavar="ADDR", help="Client address to test allowedNetworks with.")
+@with_appcontext
+def explain(email: str | None, claims: str | None, skill_name: str, provider: str | None, ip: str | None) -> None:
+    """Show whether a person has a skill, and why (each condition ✓/✗).
+
+    Exit status: 0 allowed, 1 denied, 2 error.
+    """
+    from .extension import get_state
+    from .skills import _policy
+
+    if bool(email) == bool(claims):
+        _fail("give exactly one of --user EMAIL or --claims JSON.")
+    try:
+        state = get_state()
+        skill = state.config.skills.get(skill_name)
+        if skill is None:
+            _fail(f"skill {skill_name!r} is not configured (configured: {', '.join(sorted(state.config.skills)) or 'none'}).")
+        identity = _identity_from_store(state, email) if email else _identity_from_claims(state, claims or "", provider)
+        decision = _policy(state).evaluate(skill, identity, remote_addr=ip)
+    except CCSSOError as exc:
+        _fail(str(exc.description))
+        return
+    click.echo(f"skill:    {skill_name}" + (f" -- {skill.description}" if skill.description else ""))
+    click.echo(f"identity: {identity.id}" + (f" <{identity.email}>" if identity.email else "") + f" via {identity.via}")
+    if not decision.checks:
+        click.echo("  ✓ no conditions: any signed-in person")
+    for c in decision.checks:
+        mark = "✓" if c.passed else "✗"
+        click.echo(f"  {mark} {c.condition}: {c.detail}" + (f"  [{c.reason}]" if c.reason else ""))
+    if skill.allowed_networks and not ip:
+        click.echo("  (no --ip given: allowedNetworks was checked against an unknown address)")
+    if decision.outcome == "allowed":
+        click.echo("decision: ALLOWED")
+        click.get_current_context().exit(0)
+    if decision.outcome == "step_up":
+        click.echo(f"decision: STEP-UP -- they would be asked to sign in again ({decision.reason})")
+    else:
+        click.echo(f"decision: DENIED ({decision.reason}, condition {decision.condition})")
+    click.get_current_context().exit(1)
