@@ -472,8 +472,11 @@ class SessionGate:
                   logout_state: dict[str, Any]) -> None:
         """Start a signed-in session: rotate the id, store the identity server-side."""
         now = self.clock()
+        binding = session.get(BINDING_KEY)
         app.session_interface.rotate(session)  # type: ignore[attr-defined]
         session.clear()
+        if binding:  # other tabs of this browser may still be signing in
+            session[BINDING_KEY] = binding
         session[SESSION_KEY] = {
             "v": 1,
             "rev": 0,

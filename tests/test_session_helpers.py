@@ -88,10 +88,15 @@ def redis_app(make_app: Any, op: Any, prefix: str, closers: list[Callable[[], No
     return factory
 
 
-def login(client: Any, op: Any, **issue: Any) -> str:
-    """Sign in through the local OP; returns the session id from the cookie."""
+def login(client: Any, op: Any, id_claims: dict[str, Any] | None = None, **issue: Any) -> str:
+    """Sign in through the local OP; returns the session id from the cookie.
+    ``id_claims`` overrides claims of the ID token."""
     issue.setdefault("scope", "openid profile email migration:write")
     url = start_login(client)
+    if id_claims is not None:
+        from tests.conftest import authorize_params
+
+        issue["claims"] = op.id_claims(authorize_params(url)["nonce"], **id_claims)
     resp = callback(client, op.issue_code(url, **issue))
     assert resp.status_code == 302, resp.data
     cookie = client.get_cookie(COOKIE)

@@ -1,0 +1,229 @@
+"""Single-flight token refresh (``session.refreshWindow``).
+
+When the session's access token expires within ``refreshWindow`` seconds
+(per the extension's clock), it is refreshed once -- once across threads,
+processes and hosts:
+
+1. the request takes ``refresh:<sid>`` in the shared store (the lock is
+   renewed while the IdP call runs, so a slow IdP does not let a second
+   refresh start);
+2. the winner re-reads the stored record first (a peer may have just
+   finished), calls the token endpoint, and writes the new tokens into the
+   session record *before* releasing the lock;
+3. the others wait briefly, then re-read the record and take the new tokens
+   over. So a rotating refresh token is spent exactly once and nobody is
+   logged out by a race.
+
+Outcomes:
+
+* the IdP refuses (``invalid_grant``: revoked, user disabled) -- the session
+  ends everywhere (a tombstone with reason ``refresh_failed``),
+  ``session_expired`` is sent, and the request continues signed out;
+* the IdP is unreachable -- the session is kept while the access token is
+  still valid, and the request fails closed (503) once it has expired;
+* a new ID token -- the stored identity is rebuilt from it (a person removed
+  from a group loses the skill at the next refresh); ``token_refreshed`` is
+  sent.
+
+The hot path costs nothing: outside the window this is one comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app, session
+
+from . import reasons, signals
+from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, StoreUnavailable
+from .identity import ANONYMOUS, AnonymousIdentity, Identity
+from .session import SESSION_KEY
+
+if TYPE_CHECKING:
+    from .extension import CCSSOState
+
+log = logging.getLogger("flask_ccsso")
+
+#: how often a waiting request re-reads the session record (seconds, real time)
+POLL_INTERVAL = 0.05
+#: after the IdP was unreachable, wait this long (store TTL) before trying again
+#: while the access token is still valid
+BACKOFF = 15.0
+
+
+def init_state(app: Flask, state: CCSSOState) -> None:
+    state.refresher = refresh_if_needed
+
+
+def _expires_at(data: dict[str, Any]) -> float | None:
+    tokens = data.get("tokens")
+    if not isinstance(tokens, dict) or not tokens.get("refresh_token"):
+        return None
+    exp = tokens.get("expires_at")
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+def refresh_if_needed(state: CCSSOState, identity: Identity) -> Identity | AnonymousIdentity:
+    """``state.refresher``: called by ``load_identity`` with the session's identity."""
+    if identity.via != "session":
+        return identity
+    data = state.gate.data()
+    if data is None:
+        return identity
+    expires_at = _expires_at(data)
+    if expires_at is None or expires_at - state.clock() > state.config.session.refresh_window:
+        return identity  # the hot path
+    provider = state.providers.get(identity.provider)
+    if provider is None or not hasattr(provider, "refresh"):
+        return identity
+    return _SingleFlight(state, identity, provider, data, expires_at).run()
+
+
+class _LockRenewer:
+    """Keeps extending a store lock from a background thread until stopped."""
+
+    def __init__(self, state: CCSSOState, name: str, token: str, ttl: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(state, name, token, ttl), daemon=True,
+                                        name="ccsso-refresh-lock")
+
+    def _loop(self, state: CCSSOState, name: str, token: str, ttl: float) -> None:
+        while not self._stop.wait(ttl / 3):
+            try:
+                if not state.store.extend_lock(name, token, ttl):
+                    return
+            except CCSSOError:
+                return
+
+    def __enter__(self) -> _LockRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+class _SingleFlight:
+    def __init__(self, state: CCSSOState, identity: Identity, provider: Any, data: dict[str, Any],
+                 expires_at: float) -> None:
+        self.state = state
+        self.identity = identity
+        self.provider = provider
+        self.data = data
+        self.expires_at = expires_at
+        self.rev = int(data.get("rev", 0))
+        self.sid = session.sid
+        self.lock_name = f"refresh:{self.sid}"
+        self.backoff_key = f"refresh-backoff:{self.sid}"
+        self.ttl = state.config.session.refresh_lock_timeout
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    # ---------------------------------------------------------------- outcomes
+    def _adopt(self, stored: dict[str, Any] | None) -> Identity | AnonymousIdentity | None:
+        """Take over what a peer wrote. ``None``: nothing new yet."""
+        theirs = stored.get(SESSION_KEY) if isinstance(stored, dict) else None
+        if not isinstance(theirs, dict) or "identity" not in theirs or theirs.get("ended"):
+            # ended by the peer (refresh failed) or revoked meanwhile
+            reason = theirs.get("ended") if isinstance(theirs, dict) and theirs.get("ended") else reasons.REFRESH_FAILED
+            self.state.gate.expire(self.app, self.identity, str(reason))
+            return ANONYMOUS
+        if int(theirs.get("rev", 0)) <= self.rev:
+            return None
+        for key in ("identity", "tokens", "rev", "logout"):
+            if key in theirs:
+                self.data[key] = theirs[key]
+        # the store already holds this; our end-of-request write (if any) reconciles
+        return Identity.from_dict(self.data["identity"])
+
+    def _still_valid(self) -> bool:
+        return self.state.clock() < self.expires_at
+
+    def _unavailable(self, what: str) -> Identity:
+        """IdP or peer could not deliver: keep a still-valid token, else fail closed."""
+        if self._still_valid():
+            log.warning("flask-ccsso: token refresh postponed (%s); the access token is still valid", what)
+            return self.identity
+        raise IdPUnavailable("Your sign-in could not be renewed because the identity provider is not reachable. "
+                             "Try again in a moment.", reason=reasons.IDP_UNAVAILABLE)
+
+    # ---------------------------------------------------------------- protocol
+    def run(self) -> Identity | AnonymousIdentity:
+        store = self.state.store
+        if store.get(self.backoff_key) is not None and self._still_valid():
+            return self.identity  # the IdP was down a moment ago: do not hammer it
+        deadline = time.monotonic() + self.ttl
+        while True:
+            token = store.acquire_lock(self.lock_name, self.ttl)
+            if token is not None:
+                try:
+                    return self._as_winner(token)
+                finally:
+                    try:
+                        store.release_lock(self.lock_name, token)
+                    except StoreUnavailable:
+                        log.warning("flask-ccsso: could not release the refresh lock (it expires by itself)")
+            # a peer is refreshing: wait for its result, re-reading the record
+            while True:
+                if time.monotonic() >= deadline:
+                    return self._unavailable("another worker's refresh did not finish in time")
+                time.sleep(POLL_INTERVAL)
+                adopted = self._adopt(self.state.session_interface.read_sid(self.sid))
+                if adopted is not None:
+                    return adopted
+                if store.get("lock:" + self.lock_name) is None:
+                    break  # the peer finished without new tokens (IdP down): look again ourselves
+
+    def _as_winner(self, token: str) -> Identity | AnonymousIdentity:
+        # a peer may have finished between our read and our lock
+        adopted = self._adopt(self.state.session_interface.read_sid(self.sid))
+        if adopted is not None:
+            return adopted
+        if self.state.store.get(self.backoff_key) is not None and self._still_valid():
+            return self.identity
+        with _LockRenewer(self.state, self.lock_name, token, self.ttl):
+            try:
+                new_tokens, new_identity = self.provider.refresh(self.data.get("tokens") or {})
+            except IdPUnavailable:
+                self.state.store.set(self.backoff_key, "1", BACKOFF)
+                return self._unavailable("the identity provider is not reachable")
+            except (AuthenticationFailed, CCSSOError) as exc:
+                log.info("flask-ccsso: token refresh refused (%s); ending the session", exc.reason)
+                self.state.session_interface.end_sid(self.sid, reasons.REFRESH_FAILED)
+                self.state.forget_session(self.identity, self.sid)
+                self.state.gate.expire(self.app, self.identity, reasons.REFRESH_FAILED)
+                return ANONYMOUS
+        identity = self._merge_identity(new_identity, new_tokens)
+        self.data["tokens"] = new_tokens
+        self.data["identity"] = identity.to_dict()
+        self.data["rev"] = self.rev + 1
+        session.modified = True
+        if not self.state.session_interface.write_sid(session):
+            # revoked while we were at the IdP
+            self.state.gate.expire(self.app, self.identity, reasons.REVOKED)
+            return ANONYMOUS
+        session.modified = False  # written; a later change in this request writes again
+        signals.token_refreshed.send(self.app, identity=identity, provider=identity.provider,
+                                     expires_at=new_tokens.get("expires_at"))
+        return identity
+
+    def _merge_identity(self, new: Identity | None, tokens: dict[str, Any]) -> Identity:
+        """The refreshed identity keeps what a refresh cannot tell: the IdP
+        session (``sid``) and, per OIDC Core 12.2, the original ``auth_time``."""
+        old = self.identity
+        if new is None:
+            scope = tokens.get("scope")
+            if not scope:
+                return old
+            d = old.to_dict()
+            d["scopes"] = sorted(self.provider.granted_scopes(tokens))
+            return Identity.from_dict(d)
+        d = new.to_dict()
+        if d.get("session_index") is None:
+            d["session_index"] = old.session_index
+        if d.get("auth_time") is None:
+            d["auth_time"] = old.auth_time
+        return Identity.from_dict(d)
