@@ -354,6 +354,15 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
     acs = expect(raw, "acsUrl", str, path)
     if acs:
         _check_url(acs, join(path, "acsUrl"))
+    sp_cert = expect(raw, "spCertificate", str, path) or None
+    sp_key = expect(raw, "spPrivateKey", str, path) or None
+    if bool(sp_cert) != bool(sp_key):
+        missing = "spPrivateKey" if sp_cert else "spCertificate"
+        raise ConfigError(join(path, missing), "is needed together with the other half of the SP key pair.",
+                          "set both spCertificate and spPrivateKey (file paths, or PEM text from ${VAR}).")
+    if expect(raw, "signAuthnRequests", bool, path, False) and not sp_key:
+        raise ConfigError(join(path, "signAuthnRequests"), "is true but no SP key pair is configured.",
+                          "set spCertificate and spPrivateKey, or signAuthnRequests false.")
     sfg = expect(raw, "scopesFromGroups", dict, path, {})
     scopes_from_groups = {}
     for g, lst in sfg.items():
@@ -362,8 +371,8 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
         name=name, type="saml", path=path,
         display_name=expect(raw, "displayName", str, path, "Google Workspace" if name == "saml" else name),
         idp_metadata=metadata, sp_entity_id=entity, attribute_mapping=dict(mapping),
-        sp_certificate=expect(raw, "spCertificate", str, path),
-        sp_private_key=expect(raw, "spPrivateKey", str, path),
+        sp_certificate=sp_cert,
+        sp_private_key=sp_key,
         sign_authn_requests=expect(raw, "signAuthnRequests", bool, path, False),
         want_assertions_signed=expect(raw, "wantAssertionsSigned", bool, path, True),
         want_response_signed=expect(raw, "wantResponseSigned", bool, path, False),
