@@ -96,7 +96,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
         into the app in-process).
     :param store: a shared store for ``CCSSO`` (tests).
     """
-    app = Flask(__name__, instance_path=(test_config or {}).get("INSTANCE_PATH"))
+    instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("CCSSO_EXAMPLE_INSTANCE") or None
+    app = Flask(__name__, instance_path=instance)
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY"),
         CCSSO_TRUSTED_PROXIES=int(os.environ.get("CCSSO_TRUSTED_PROXIES", "0")),
