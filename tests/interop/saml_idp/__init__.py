@@ -136,7 +136,7 @@ class SAMLIdP:
             # publish a second signing key (rollover): duplicate the KeyDescriptor
             import re
 
-            kd = re.search(r"<ns\d+:KeyDescriptor use=\"signing\">.*?</ns\d+:KeyDescriptor>", xml, re.S)
+            kd = re.search(r"<(\w+):KeyDescriptor use=\"signing\">.*?</\1:KeyDescriptor>", xml, re.S)
             assert kd, xml
             extra = "".join(kd.group(0).replace(self.keys.cert_b64.replace("\n", ""), c) for c in self.extra_certs)
             xml = xml.replace(kd.group(0), kd.group(0) + extra, 1)
