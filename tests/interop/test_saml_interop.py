@@ -166,6 +166,8 @@ def test_allow_unsolicited(portal, idp):
 def test_xmlsec1_runs_once_per_response_and_never_for_refused_shapes(portal, idp, monkeypatch):
     app, client = portal()
     data = idp.respond(login(client), User())
+    with app.test_request_context():   # `xmlsec1 --version` runs once per process, not per response
+        app.extensions["ccsso"].providers["google"]._client(ACS).sec.crypto.version
     calls = count_xmlsec(monkeypatch)
     t = time.perf_counter()
     assert post(client, data).status_code == 303
@@ -484,3 +486,17 @@ def test_sp_initiated_logout(portal, idp, tmp_path):
     resp = client.get(back[len("http://localhost"):])
     assert resp.status_code == 302 and resp.headers["Location"].endswith("/sso/logged-out")
     assert client.get(back[len("http://localhost"):]).status_code == 400   # answered once
+
+
+def test_xmlsec1_budget_signed_response_with_encrypted_signed_assertion(portal, idp, tmp_path, monkeypatch):
+    """Worst case the IdP can choose: response signed, assertion signed and encrypted."""
+    sp = make_keypair(str(tmp_path / "sp"), "sp")
+    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path, wantResponseSigned=True)
+    data = idp.respond(login(client), User(), sign_response=True, encrypt=True)
+    calls = count_xmlsec(monkeypatch)
+    t = time.perf_counter()
+    assert post(client, data).status_code == 303
+    elapsed = time.perf_counter() - t
+    # verify response, decrypt, verify decrypted assertion: one run each, no --version runs
+    assert [c[1] for c in calls] == ["--verify", "--decrypt", "--verify"], calls
+    print(f"\nACS signed response + encrypted signed assertion: {len(calls)} xmlsec1 runs, {elapsed * 1000:.0f} ms")
