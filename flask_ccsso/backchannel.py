@@ -155,9 +155,9 @@ def end_sessions(state: CCSSOState, provider: str, sub: str | None, sid: str | N
     """End the RP sessions the logout token names; returns how many were live."""
     store = state.store
     if sid is not None:
-        sids = store.set_members(f"idpsid:{provider}:{sid}")
+        sids: set[str] = set(store.set_members(f"idpsid:{provider}:{sid}"))
         if sub is not None:
-            sids &= store.set_members(f"user:{provider}:{sub}")
+            sids &= set(store.set_members(f"user:{provider}:{sub}"))
         count = state.revoke_sids(sids)
         store.delete(f"idpsid:{provider}:{sid}")
         if sub is not None and sids:

@@ -116,7 +116,7 @@ class _SingleFlight:
         self.data = data
         self.expires_at = expires_at
         self.rev = int(data.get("rev", 0))
-        self.sid = session.sid
+        self.sid: str = session.sid  # type: ignore[attr-defined]
         self.lock_name = f"refresh:{self.sid}"
         self.backoff_key = f"refresh-backoff:{self.sid}"
         self.ttl = state.config.session.refresh_lock_timeout

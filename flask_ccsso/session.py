@@ -243,7 +243,7 @@ class CCSSOSessionMixin:
     def read_sid(self, sid: str) -> dict[str, Any] | None:
         """The stored record of ``sid`` (``None`` if there is none)."""
         try:
-            return self._retrieve_session_data(self._get_store_id(sid))
+            return self._retrieve_session_data(self._get_store_id(sid))  # type: ignore[attr-defined]
         except self._errors as exc:
             raise StoreUnavailable() from exc
 
@@ -487,11 +487,12 @@ class SessionGate:
             "last_seen": now,
         }
         ttl = self.settings.absolute_timeout + 60
-        self.store.set_add(f"user:{identity.id}", session.sid, ttl)
+        self.store.set_add(f"user:{identity.id}", session.sid, ttl)  # type: ignore[attr-defined]
         if identity.email:
             self.store.set_add(f"email:{identity.email.lower()}", identity.id, ttl)
         if identity.session_index:
-            self.store.set_add(f"idpsid:{identity.provider}:{identity.session_index}", session.sid, ttl)
+            self.store.set_add(f"idpsid:{identity.provider}:{identity.session_index}", session.sid,  # type: ignore[attr-defined]
+                               ttl)
 
     def data(self) -> dict[str, Any] | None:
         d = session.get(SESSION_KEY)

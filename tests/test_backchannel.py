@@ -43,7 +43,7 @@ def signed_in(redis_app: Any, op: Any) -> tuple[Any, Any, str]:
 def _forgeries(op: Any, clock: Any) -> dict[str, tuple[str, str]]:
     """name -> (what the refusal must mention, token)"""
     other_key = RSAKey.generate_key(2048, parameters={"kid": op.key.kid}, private=True)
-    c = lambda **o: logout_claims(op, clock, **o)  # noqa: E731
+    c = lambda **o: logout_claims(op, clock, **o)
     return {
         "wrong key": ('signature', op.sign(c(), key=other_key)),
         "wrong aud": ('another application', op.sign(c(aud="someone-else"))),

@@ -22,8 +22,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_ccsso.session import SESSION_KEY
 from flask_ccsso.session_sql import table_name
 from tests.conftest import callback, start_login
-from tests.test_session_helpers import (COOKIE, PG_URL, REDIS_URL, closers, login, prefix,  # noqa: F401
-                                        session_config, unique_prefix)
+from tests.test_session_helpers import COOKIE, PG_URL, REDIS_URL, closers, login, prefix, session_config, unique_prefix  # noqa: F401
 
 pytestmark = pytest.mark.redis
 

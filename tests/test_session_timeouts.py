@@ -11,7 +11,7 @@ from flask_ccsso.extension import get_state
 from flask_ccsso.identity import ANONYMOUS, Identity
 from flask_ccsso.session import SESSION_KEY, auth_age, is_fresh, reconcile
 from flask_ccsso.session_cli import fingerprint, sessions
-from tests.test_session_helpers import (COOKIE, closers, count_writes, login, prefix, redis_app)  # noqa: F401
+from tests.test_session_helpers import COOKIE, closers, count_writes, login, prefix, redis_app  # noqa: F401
 
 pytestmark = pytest.mark.redis
 
