@@ -40,20 +40,21 @@ unreachable IdP is a ``503``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-import base64
 import re
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
 from flask import Flask, current_app, g
 
 from . import reasons, signals
-from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
+from .exceptions import AuthenticationFailed, IdPUnavailable, LoginRequired
 from .identity import Identity
 
 if TYPE_CHECKING:
@@ -200,7 +201,8 @@ class BearerAuthenticator:
 
     # -- JWT ---------------------------------------------------------------------------
     def _oidc_providers(self) -> list[OIDCProvider]:
-        return [p for p in self.state.providers.values() if getattr(p, "protocol", None) == "oidc"]
+        return [p for p in self.state.providers.values()  # type: ignore[misc]
+                if getattr(p, "protocol", None) == "oidc"]
 
     def _issuers(self, prov: OIDCProvider) -> tuple[str, ...]:
         accepted = getattr(prov, "accepted_access_token_issuers", None)
@@ -229,7 +231,7 @@ class BearerAuthenticator:
         typ = header.get("typ")
         if typ is not None:
             t = str(typ).lower()
-            t = t[len("application/"):] if t.startswith("application/") else t
+            t = t.removeprefix("application/")
             if t not in _ACCEPTED_TYP:
                 raise _invalid("The token is not an access token (typ).")
         prov, issuers = self._provider_for(_peek_claims(token).get("iss"))

@@ -45,10 +45,11 @@ import functools
 import ipaddress
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from flask import Blueprint, Flask, current_app, g, has_app_context, has_request_context, request
+from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
 from werkzeug.wrappers import Response
 
 from . import reasons, signals
@@ -192,8 +193,8 @@ class SkillPolicy:
         prov = self.state.providers.get(getattr(identity, "provider", None) or "")
         mapping = getattr(getattr(prov, "settings", None), "scopes_from_groups", None)
         if mapping:
-            extra = set()
-            groups = getattr(identity, "effective_groups", frozenset())
+            extra: set[str] = set()
+            groups: frozenset[str] = getattr(identity, "effective_groups", frozenset())
             for grp, mapped in mapping.items():
                 if grp in groups:
                     extra.update(mapped)
@@ -405,8 +406,8 @@ def _hook_app(app: Flask, state: CCSSOState) -> None:
         original_register(blueprint, **options)
         _validate_app(app, state)
 
-    app.add_url_rule = add_url_rule  # type: ignore[method-assign]
-    app.register_blueprint = register_blueprint  # type: ignore[method-assign]
+    app.add_url_rule = add_url_rule  # type: ignore[method-assign, assignment]
+    app.register_blueprint = register_blueprint  # type: ignore[method-assign, assignment]
 
 
 # --------------------------------------------------------------------------- thin wrappers
@@ -445,7 +446,6 @@ def skill_guard(*names: str, all_of: bool = False) -> Callable[[], None]:
     def guard() -> None:
         if request.method != "OPTIONS":
             enforce(*names, all_of=all_of)
-        return None
 
     setattr(guard, SKILLS_ATTR, names)
     guard.__qualname__ = f"skill_guard{names!r}"
@@ -503,7 +503,7 @@ def has_skill(*names: str, all_of: bool = False, fresh: bool = False) -> bool:
     from .identity import current_identity
 
     try:
-        ident = current_identity._get_current_object()  # type: ignore[attr-defined]
+        ident = current_identity._get_current_object()  # type: ignore[union-attr]
     except LoginRequired:  # e.g. a bad bearer token
         return False
     if not ident:
@@ -531,10 +531,10 @@ def init_state(app: Flask, state: CCSSOState) -> None:
 
 
 __all__ = [
-    "Check",
-    "Decision",
     "MFA_ACR_VALUES",
     "MFA_AMR_VALUES",
+    "Check",
+    "Decision",
     "SkillPolicy",
     "Verdict",
     "enforce",

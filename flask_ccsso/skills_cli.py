@@ -10,7 +10,7 @@ stored session, bad JSON).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from flask.cli import with_appcontext
@@ -19,7 +19,7 @@ from .exceptions import CCSSOError
 from .identity import Identity
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     click.get_current_context().exit(2)
 
@@ -66,7 +66,7 @@ def _identity_from_claims(state: Any, raw: str, provider: str | None) -> Identit
 
         scopes = _scopes(claims)
     auth_time = claims.get("auth_time")
-    str_list = lambda v: [v] if isinstance(v, str) else [x for x in v or () if isinstance(x, str)]  # noqa: E731
+    str_list = lambda v: [v] if isinstance(v, str) else [x for x in v or () if isinstance(x, str)]
     return Identity(
         subject=str(claims.get("sub") or "cli"), provider=name,
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,

@@ -111,7 +111,7 @@ def stepup_url(skill: str, next_url: str = "/") -> str | None:
     from .identity import current_identity
     from .responses import login_url_for
 
-    ident = current_identity._get_current_object()  # type: ignore[attr-defined]
+    ident = current_identity._get_current_object()  # type: ignore[union-attr]
     if not ident or getattr(ident, "via", None) == "bearer":
         return None
     return login_url_for(ident.provider, next_url, get_state().url_prefix, skill)
