@@ -142,10 +142,11 @@ def _make_store(app: Flask, cfg: CCSSOConfig, clock: Callable[[], float]) -> Sha
     if st.type == "redis":
         return RedisStore.from_url(st.url or "", prefix=st.key_prefix)
     if st.type == "sqlalchemy":
-        return SQLStore.from_url(st.url or "", clock=clock)
+        return SQLStore.from_url(st.url or "", clock=clock, key_prefix=st.key_prefix)
     os.makedirs(app.instance_path, exist_ok=True)
     path = st.path or app.instance_path
-    return SQLStore.from_url(f"sqlite:///{os.path.join(path, 'ccsso-state.sqlite')}", clock=clock)
+    return SQLStore.from_url(f"sqlite:///{os.path.join(path, 'ccsso-state.sqlite')}", clock=clock,
+                             key_prefix=st.key_prefix)
 
 
 class CCSSO:
@@ -202,8 +203,13 @@ class CCSSO:
         app.session_interface = iface
         http = self._http or requests.Session()
         http.headers.setdefault("User-Agent", "flask-ccsso")
-        providers = {name: provider_class(ps.type)(ps, store=store, clock=clock, http=http)
-                     for name, ps in cfg.providers.items()}
+        # built inside an app context so relative paths (SAML metadata, keys)
+        # resolve against the app's root_path and fail here, at start-up
+        with app.app_context():
+            providers = {name: provider_class(ps.type)(ps, store=store, clock=clock, http=http)
+                         for name, ps in cfg.providers.items()}
+            for prov in providers.values():
+                prov.startup()
         state = CCSSOState(app_name=app.name, config=cfg, providers=providers, store=store,
                            gate=SessionGate(s, store, clock), clock=clock, url_prefix=prefix, session_interface=iface)
         app.extensions["ccsso"] = state
@@ -286,7 +292,13 @@ def _guard_route_clashes(app: Flask, state: CCSSOState) -> None:
 
 def _handle_error(exc: CCSSOError) -> Response:
     state = get_state()
-    assert isinstance(exc, HTTPException)
+    if not isinstance(exc, HTTPException):
+        # a ConfigError or similar at request time is a bug on our side; show
+        # a plain 500 page without details, log the rest for the operator
+        log.error("flask-ccsso: %s", exc)
+        from werkzeug.exceptions import InternalServerError
+
+        return error_response(InternalServerError("Single sign-on is misconfigured; the operator has been told."))
     if isinstance(exc, StepUpRequired):
         identity = getattr(g, "_ccsso_identity", None)
         if wants_json() or not identity or getattr(identity, "via", None) == "bearer":

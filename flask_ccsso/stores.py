@@ -194,7 +194,12 @@ class RedisStore(SharedStore):
     def from_url(cls, url: str, prefix: str = "ccsso:") -> RedisStore:
         import redis
 
-        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # fail fast: a down store must answer 503 now, not after a retry storm
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30,
+                                      retry=Retry(NoBackoff(), 1))
         return cls(client, prefix)
 
     @contextlib.contextmanager
@@ -275,10 +280,12 @@ class SQLStore(SharedStore):
     """SQLAlchemy Core backend (PostgreSQL, SQLite). Expired rows are ignored
     on read and swept now and then on write, so no cron job is needed."""
 
-    def __init__(self, engine: Any, clock: Callable[[], float] = time.time, table_prefix: str = "ccsso_") -> None:
+    def __init__(self, engine: Any, clock: Callable[[], float] = time.time, table_prefix: str = "ccsso_",
+                 key_prefix: str = "") -> None:
         import sqlalchemy as sa
 
         self.sa = sa
+        self.prefix = key_prefix
         self.engine = engine
         self._clock = clock
         md = sa.MetaData()
@@ -296,7 +303,7 @@ class SQLStore(SharedStore):
             md.create_all(engine)
 
     @classmethod
-    def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> SQLStore:
+    def from_url(cls, url: str, clock: Callable[[], float] = time.time, key_prefix: str = "") -> SQLStore:
         import sqlalchemy as sa
 
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -310,7 +317,7 @@ class SQLStore(SharedStore):
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=15000")
                 cur.close()
-        return cls(engine, clock)
+        return cls(engine, clock, key_prefix=key_prefix)
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -327,6 +334,7 @@ class SQLStore(SharedStore):
             conn.execute(self.members.delete().where(self.members.c.expires_at <= now))
 
     def get(self, key: str) -> str | None:
+        key = self.prefix + key
         sa = self.sa
         with self._guard(), self.engine.connect() as conn:
             row = conn.execute(sa.select(self.kv.c.value).where(self.kv.c.key == key,
@@ -334,12 +342,14 @@ class SQLStore(SharedStore):
             return row[0] if row else None
 
     def set(self, key: str, value: str, ttl: float) -> None:
+        key = self.prefix + key
         with self._guard(), self.engine.begin() as conn:
             conn.execute(self.kv.delete().where(self.kv.c.key == key))
             conn.execute(self.kv.insert().values(key=key, value=value, expires_at=self._clock() + ttl))
             self._sweep(conn)
 
     def add(self, key: str, value: str, ttl: float) -> bool:
+        key = self.prefix + key
         sa = self.sa
         now = self._clock()
         with self._guard():
@@ -353,7 +363,7 @@ class SQLStore(SharedStore):
                 return False
 
     def pop(self, key: str) -> str | None:
-        sa = self.sa
+        key = self.prefix + key
         with self._guard(), self.engine.begin() as conn:
             # DELETE ... RETURNING makes read-and-delete one atomic statement
             row = conn.execute(self.kv.delete().where(self.kv.c.key == key).returning(
@@ -363,12 +373,14 @@ class SQLStore(SharedStore):
             return row[0]
 
     def delete(self, *keys: str) -> None:
+        keys = tuple(self.prefix + k for k in keys)
         if keys:
             with self._guard(), self.engine.begin() as conn:
                 conn.execute(self.kv.delete().where(self.kv.c.key.in_(keys)))
                 conn.execute(self.members.delete().where(self.members.c.key.in_(keys)))
 
     def set_add(self, key: str, member: str, ttl: float) -> None:
+        key = self.prefix + key
         exp = self._clock() + ttl
         with self._guard(), self.engine.begin() as conn:
             conn.execute(self.members.delete().where(self.members.c.key == key, self.members.c.member == member))
@@ -376,6 +388,7 @@ class SQLStore(SharedStore):
             conn.execute(self.members.update().where(self.members.c.key == key).values(expires_at=exp))
 
     def set_members(self, key: str) -> set[str]:
+        key = self.prefix + key
         sa = self.sa
         with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(sa.select(self.members.c.member).where(
@@ -383,6 +396,7 @@ class SQLStore(SharedStore):
             return {r[0] for r in rows}
 
     def set_remove(self, key: str, *members: str) -> None:
+        key = self.prefix + key
         if members:
             with self._guard(), self.engine.begin() as conn:
                 conn.execute(self.members.delete().where(self.members.c.key == key,
@@ -390,6 +404,8 @@ class SQLStore(SharedStore):
 
     def keys(self, prefix: str) -> list[str]:
         sa = self.sa
+        n = len(self.prefix)
+        prefix = self.prefix + prefix
         now = self._clock()
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self._guard(), self.engine.connect() as conn:
@@ -397,7 +413,7 @@ class SQLStore(SharedStore):
                 self.kv.c.key.like(like, escape="\\"), self.kv.c.expires_at > now))]
             b = [r[0] for r in conn.execute(sa.select(self.members.c.key).distinct().where(
                 self.members.c.key.like(like, escape="\\"), self.members.c.expires_at > now))]
-        return sorted(set(a) | set(b))
+        return sorted({k[n:] for k in set(a) | set(b)})
 
     def close(self) -> None:
         self.engine.dispose()

@@ -56,7 +56,7 @@ def _provider(name: str) -> Any:
 
 
 def redirect_uri_for(prov: Any) -> str:
-    configured = getattr(prov.settings, "redirect_uri", None)
+    configured = getattr(prov.settings, "redirect_uri", None) or getattr(prov.settings, "acs_url", None)
     if configured:
         return str(configured)
     endpoint = "ccsso.acs" if prov.protocol == "saml" else "ccsso.callback"

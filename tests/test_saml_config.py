@@ -145,10 +145,19 @@ def test_expired_or_foreign_metadata_file_is_refused_at_startup(tmp_path):
         make(tmp_path, saml(idpMetadata=str(bad)))
 
 
-def test_missing_relative_metadata_is_a_503_not_a_500(tmp_path):
-    app = make(tmp_path, saml(idpMetadata="./nowhere.xml"))
-    resp = app.test_client().get("/sso/google/login", headers={"Accept": "application/json"})
-    assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
+def test_missing_relative_metadata_fails_at_start_up(tmp_path):
+    """Relative paths resolve against the app root at init_app, so a missing
+    file is a ConfigError naming the key, not a broken first sign-in."""
+    with pytest.raises(ConfigError) as exc:
+        make(tmp_path, saml(idpMetadata="./nowhere.xml"))
+    assert exc.value.path.endswith("idpMetadata")
+
+
+def test_relative_metadata_resolves_against_app_root(tmp_path):
+    idp = SAMLIdP(str(tmp_path / "idp2"))
+    idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
+    app = make(tmp_path, saml(idpMetadata="./idp-metadata.xml"))
+    assert app.extensions["ccsso"].providers["google"]
 
 
 def test_scopes_from_groups_and_pysaml2_flags(tmp_path):

@@ -90,6 +90,13 @@ class Provider(ABC):
         self.clock = clock
         self.http = http or requests.Session()
 
+    def startup(self) -> None:
+        """Load what can be checked at start-up (runs inside an app context).
+
+        A provider that reads files (SAML metadata, keys) does it here so a
+        bad path fails when the app starts, not on the first sign-in.
+        """
+
     # -- pending sign-ins -----------------------------------------------------
     def _save_pending(self, key: str, data: dict[str, Any], ttl: float) -> None:
         data = dict(data, provider=self.name, created=self.clock())

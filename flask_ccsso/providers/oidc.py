@@ -113,7 +113,15 @@ class OIDCProvider(Provider):
         auth_method = "client_secret_basic" if s.client_secret else "none"
         client = OAuth2Session(client_id=s.client_id, client_secret=s.client_secret,
                                token_endpoint_auth_method=auth_method, **kwargs)
+        # the token call goes through the same network settings as the rest
+        # (proxies, CA bundle, client certificate, mounted adapters)
         client.headers.update(self.http.headers)
+        client.proxies = self.http.proxies
+        client.verify = self.http.verify
+        client.cert = self.http.cert
+        client.trust_env = self.http.trust_env
+        for prefix, adapter in self.http.adapters.items():
+            client.mount(prefix, adapter)
         return client
 
     # -- sign-in ------------------------------------------------------------------
@@ -216,11 +224,16 @@ class OIDCProvider(Provider):
                                    grant_type="authorization_code")
 
     def _keep_tokens(self, tokens: Mapping[str, Any]) -> dict[str, Any]:
+        # expires_in against our own clock: Authlib's expires_at is computed
+        # from the wall clock, which the injected clock may not be
         now = self.clock()
-        expires_at = tokens.get("expires_at")
-        if not isinstance(expires_at, (int, float)):
-            expires_in = tokens.get("expires_in")
-            expires_at = now + float(expires_in) if isinstance(expires_in, (int, float)) else None
+        expires_in = tokens.get("expires_in")
+        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+            expires_at: float | None = now + float(expires_in)
+        elif isinstance(tokens.get("expires_at"), (int, float)):
+            expires_at = float(tokens["expires_at"])
+        else:
+            expires_at = None
         return {
             "access_token": tokens.get("access_token"),
             "refresh_token": tokens.get("refresh_token"),

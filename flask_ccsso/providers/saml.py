@@ -182,6 +182,14 @@ class SAMLProvider(Provider):
             self._startup_metadata()
         self._clients: dict[tuple[int, str], Any] = {}
 
+    def startup(self) -> None:
+        """Read keys and file metadata now (inside the app context), so a
+        missing or broken file fails at start-up with its key path."""
+        if self.settings.sp_private_key and self.settings.sp_certificate:
+            self._load_keys(None)
+        if not self.metadata.is_url:
+            self._startup_metadata()
+
     # -- files and keys -----------------------------------------------------------------
     @staticmethod
     def _root_path() -> str | None:
