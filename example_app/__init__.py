@@ -6,7 +6,7 @@ IdP is mounted in the same process)::
     pip install -e '.[all]'
     CCSSO_DEVIDP_ENABLED=1 flask --app example_app run --port 5000
 
-then open http://127.0.0.1:5000 and sign in as alice, bob, carol or dave.
+then open http://127.0.0.1:5000 and sign in as alice, bob, carol, dave or erin.
 
 The same app signs in through Okta, Azure AD (Entra ID) or Google Workspace
 when ``CCSSO_EXAMPLE_IDP`` is ``okta``, ``azure`` or ``google`` and the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +60,27 @@ MIGRATIONS = [
 
 def base_url() -> str:
     """Where the portal is served (``CCSSO_EXAMPLE_BASE_URL``); the dev IdP's issuer is below it."""
-    return os.environ.get("CCSSO_EXAMPLE_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+    return (os.environ.get("CCSSO_EXAMPLE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def _flask_run_address() -> str | None:
+    """``http://<host>:<port>`` of a ``flask run`` that is loading this app, else None.
+
+    ``flask --app example_app run --port 5001`` then works without also
+    setting ``CCSSO_EXAMPLE_BASE_URL`` (the dev IdP's issuer and the redirect
+    URI must name the port the browser uses).
+    """
+    try:
+        import click
+    except ImportError:  # pragma: no cover - Flask depends on click
+        return None
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.info_name != "run" or "port" not in ctx.params:
+        return None
+    host = str(ctx.params.get("host") or "127.0.0.1")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{int(ctx.params['port'])}"
 
 
 def selected_idp() -> str:
@@ -112,6 +133,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
 
     idp = app.config.get("CCSSO_EXAMPLE_IDP") or selected_idp()
     app.config["CCSSO_EXAMPLE_IDP"] = idp
+    if not os.environ.get("CCSSO_EXAMPLE_BASE_URL"):
+        served = _flask_run_address()
+        if served and urlsplit(served).hostname in ("127.0.0.1", "localhost", "::1"):
+            # ccsso.json reads ${CCSSO_EXAMPLE_BASE_URL}: make it the address flask run serves on
+            os.environ["CCSSO_EXAMPLE_BASE_URL"] = served
     if app.config.get("CCSSO") is None and not app.config.get("CCSSO_CONFIG_FILE"):
         app.config["CCSSO"] = load_example_config(app.instance_path, idp)
     if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ and isinstance(app.config.get("CCSSO"), dict):
@@ -164,13 +190,22 @@ def _mount_dev_idp(app: Flask, clock: Callable[[], float] | None) -> None:
         raise RuntimeError("The development IdP only runs on a loopback address.")
 
     @app.before_request
-    def _one_host_name() -> Response | None:
+    def _one_host_name() -> Response | tuple[str, int, dict[str, str]] | None:
         # the IdP's cookie and the portal's belong to the host name the browser
         # sees: keep everyone on the configured one (127.0.0.1 vs localhost)
-        want = urlsplit(base).netloc
-        if request.host != want and not app.testing:
-            return redirect(f"{base}{request.full_path if request.query_string else request.path}", 302)
-        return None
+        want = urlsplit(base)
+        if request.host == want.netloc or app.testing:
+            return None
+        got_port = urlsplit(f"//{request.host}").port or 80
+        if got_port != (want.port or 80):
+            # another port: a redirect would leave this server; say what to do instead
+            message = (f"This portal was started for {base} (CCSSO_EXAMPLE_BASE_URL), but you opened it at "
+                       f"{request.host_url.rstrip('/')}. The development IdP's issuer and the redirect URI name "
+                       f"the port, so they must match.\n\nRestart it with\n"
+                       f"    CCSSO_EXAMPLE_BASE_URL=http://127.0.0.1:{got_port} CCSSO_DEVIDP_ENABLED=1 "
+                       f"flask --app example_app run --port {got_port}\n")
+            return message, 400, {"Content-Type": "text/plain; charset=utf-8"}
+        return redirect(f"{base}{request.full_path if request.query_string else request.path}", 302)
 
 
 def _start_audit_if_needed(app: Flask) -> None:
@@ -202,10 +237,15 @@ def explain_skill(name: str, identity: Any) -> dict[str, Any]:
     evaluate = getattr(getattr(state, "policy", None), "evaluate", None)
     if callable(evaluate):
         decision = evaluate(skill, identity, remote_addr=request.remote_addr)
-        why = [c.detail or f"{c.condition}: {'ok' if c.passed else c.reason}" for c in decision.checks]
-        if skill.sensitive:
-            why.append(f"sensitive: asks you to sign in again when your sign-in is older than "
-                       f"{int(state.max_auth_age(skill))} s")
+        others_pass = all(c.passed for c in decision.checks if c.condition != "maxAuthAge")
+        why = []
+        for c in decision.checks:
+            if c.condition == "maxAuthAge":
+                # how fresh the sign-in is only matters to someone who otherwise has the skill
+                if others_pass:
+                    why.append(_freshness_text(identity, state.max_auth_age(skill), c.passed))
+                continue
+            why.append(c.detail or f"{c.condition}: {'ok' if c.passed else c.reason}")
         return {"name": name, "allowed": decision.outcome in ("allowed", "step_up"), "why": why,
                 "sensitive": skill.sensitive, "description": skill.description,
                 "outcome": decision.outcome}
@@ -221,11 +261,31 @@ def explain_skill(name: str, identity: Any) -> dict[str, Any]:
     if skill.required_scopes:
         why.append(f"scope {', '.join(skill.required_scopes)} granted" if not missing
                    else f"scope {', '.join(missing)} not granted by the IdP")
-    if skill.sensitive:
-        why.append("sensitive: you will be asked to sign in again when your sign-in is older than "
-                   f"{int(state.max_auth_age(skill))} s")
+    if skill.sensitive and ok_groups and not missing:
+        why.append(_freshness_text(identity, state.max_auth_age(skill), None))
     return {"name": name, "allowed": ok_groups and not missing, "why": why, "sensitive": skill.sensitive,
             "description": skill.description, "outcome": "allowed" if ok_groups and not missing else "denied"}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _freshness_text(identity: Any, max_age: float, fresh: bool | None) -> str:
+    """"signed in 3 min ago; asks again after 15 min" for a sensitive skill."""
+    auth_time = getattr(identity, "auth_time", None)
+    limit = f"asks you to sign in again once your sign-in is older than {_duration(max_age)}"
+    if not auth_time:
+        return f"sensitive: {limit}"
+    age = get_state().clock() - float(auth_time)
+    if fresh is False:
+        return f"signed in {_duration(age)} ago: you will be asked to sign in again ({limit.split(' once ')[1]})"
+    return f"signed in {_duration(age)} ago; sensitive: {limit}"
 
 
 def _has_skill_fallback(name: str) -> bool:
@@ -319,7 +379,15 @@ def _add_views(app: Flask) -> None:
             if target not in ("staging", "production"):
                 abort(400)
             done = target
-        return render_template("deploy.html", done=done)
+        auth_time = getattr(current_identity, "auth_time", None)
+        signed_in = None
+        if auth_time:
+            signed_in = {
+                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(auth_time))),
+                "ago": _duration(get_state().clock() - float(auth_time)),
+                "limit": _duration(get_state().max_auth_age(get_state().config.skills["infrastructure-deploy"])),
+            }
+        return render_template("deploy.html", done=done, signed_in=signed_in)
 
     @app.get("/api/migrations")
     @requires_skill("database-migration")

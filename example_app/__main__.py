@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import create_app
 
     app = create_app()
-    print(f" * Portal: {os.environ['CCSSO_EXAMPLE_BASE_URL']}/  (sign in as alice, bob, carol or dave)",
+    print(f" * Portal: {os.environ['CCSSO_EXAMPLE_BASE_URL']}/  (sign in as alice, bob, carol, dave or erin)",
           file=sys.stderr, flush=True)
     # threaded: the portal's back-channel calls (discovery, token) go to the dev IdP in this same server
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)

@@ -241,3 +241,17 @@ def test_api_refuses_without_the_skill_or_token(portal: Portal) -> None:
     denied = client.get("/api/migrations", headers={"Authorization": f"Bearer {token}"})
     assert denied.status_code == 403
     assert denied.get_json()["skill"] == "database-migration"
+
+
+def test_flask_run_port_becomes_the_base_url() -> None:
+    """``flask --app example_app run --port 5001`` needs no CCSSO_EXAMPLE_BASE_URL."""
+    import click
+
+    from example_app import _flask_run_address
+
+    assert _flask_run_address() is None
+    with click.Context(click.Command("run"), info_name="run") as ctx:
+        ctx.params.update(host="127.0.0.1", port=5001)
+        assert _flask_run_address() == "http://127.0.0.1:5001"
+    with click.Context(click.Command("check-config"), info_name="check-config"):
+        assert _flask_run_address() is None
