@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import requests
 
 from .. import reasons
-from ..exceptions import AuthenticationFailed
+from ..exceptions import AuthenticationFailed, IdPUnavailable
+from .keys import MAX_IDP_RESPONSE_BYTES, loads_strict, read_capped
 from .oidc import OIDCProvider
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -92,7 +93,7 @@ class AzureADProvider(OIDCProvider):
             return frozenset(), False
         try:
             return frozenset(self._graph_groups(access_token)), True
-        except (requests.RequestException, ValueError, KeyError, TypeError):
+        except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError, IdPUnavailable):
             return frozenset(), False
 
     def _graph_groups(self, access_token: str) -> set[str]:
@@ -109,13 +110,21 @@ class AzureADProvider(OIDCProvider):
             if pages > _MAX_GRAPH_PAGES:
                 raise ValueError("too many pages")
             resp = self.http.get(url, headers={"Authorization": f"Bearer {access_token}",
-                                               "ConsistencyLevel": "eventual"}, timeout=self.settings.timeout)
-            resp.raise_for_status()
-            data = resp.json()
+                                               "ConsistencyLevel": "eventual"}, timeout=self.settings.timeout,
+                                 stream=True)
+            if resp.status_code != 200:
+                resp.close()
+                resp.raise_for_status()
+                raise ValueError(f"Graph answered {resp.status_code}")
+            data = loads_strict(read_capped(resp, self.settings.timeout, 4 * MAX_IDP_RESPONSE_BYTES))
+            if not isinstance(data, dict) or not isinstance(data.get("value", []), list):
+                raise ValueError("Graph answered something other than a page of groups")  # noqa: TRY004
             for item in data.get("value", []):
                 if isinstance(item, dict):
                     for key in ("id", "displayName"):
                         if isinstance(item.get(key), str):
                             out.add(item[key])
             url = data.get("@odata.nextLink")
+            if url is not None and not isinstance(url, str):
+                raise ValueError("nextLink is not a URL")
         return out

@@ -9,7 +9,11 @@ sending made-up ``kid`` values cannot make us fetch once per request.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import threading
+import time
 from typing import Any, Callable
 
 import requests
@@ -17,18 +21,79 @@ from joserfc.jwk import KeySet
 
 from ..exceptions import IdPUnavailable
 
+log = logging.getLogger("flask_ccsso")
+
+#: the most we read from any IdP answer (discovery, JWKS, token, introspection,
+#: Graph, SAML metadata): a hostile or broken IdP cannot fill our memory
+MAX_IDP_RESPONSE_BYTES = 1024 * 1024
+
+
+class ResponseTooLarge(ValueError):
+    """The IdP's answer is larger than :data:`MAX_IDP_RESPONSE_BYTES` (or too slow)."""
+
+
+def read_capped(resp: requests.Response, timeout: float, limit: int = MAX_IDP_RESPONSE_BYTES) -> bytes:
+    """The body of a ``stream=True`` response, at most ``limit`` bytes and
+    within ``timeout`` seconds *in total* (requests' own timeout restarts
+    with every chunk, so an IdP dripping one byte a second would never end)."""
+    try:
+        declared = int(resp.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        resp.close()
+        raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
+    deadline = time.monotonic() + max(timeout, 0.001) * 2
+    buf = bytearray()
+    try:
+        for chunk in resp.iter_content(65536):
+            buf += chunk
+            if len(buf) > limit:
+                raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
+            if time.monotonic() > deadline:
+                raise ResponseTooLarge("the answer took too long")
+    finally:
+        resp.close()
+    return bytes(buf)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """JSON as RFC 8259 defines it: no ``NaN`` / ``Infinity`` (Python's json
+    module accepts them, and a NaN compares false with everything)."""
+    return json.loads(raw, parse_constant=_no_constants)
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` (bools, strings, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
 
 def fetch_json(http: requests.Session, url: str, timeout: float, what: str) -> dict[str, Any]:
     """GET ``url`` and return its JSON object; map every failure to IdPUnavailable."""
     try:
-        resp = http.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        resp = http.get(url, timeout=timeout, headers={"Accept": "application/json"}, stream=True)
     except requests.RequestException as exc:
         raise IdPUnavailable(f"Could not reach the identity provider ({what}).") from exc
     if resp.status_code != 200:
+        resp.close()
         raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its {what}.")
     try:
-        data = resp.json()
-    except ValueError as exc:
+        data = loads_strict(read_capped(resp, timeout))
+    except ResponseTooLarge as exc:
+        raise IdPUnavailable(f"The identity provider's {what} is too large or too slow ({exc}).") from exc
+    except requests.RequestException as exc:
+        raise IdPUnavailable(f"Could not read the identity provider's {what}.") from exc
+    except (ValueError, RecursionError) as exc:
         raise IdPUnavailable(f"The identity provider's {what} is not JSON.") from exc
     if not isinstance(data, dict):
         raise IdPUnavailable(f"The identity provider's {what} is not a JSON object.")
@@ -80,7 +145,11 @@ class JWKSCache:
                  clock: Callable[[], float]) -> None:
         def counted() -> dict[str, Any]:
             self.fetches += 1
-            return loader()
+            doc = loader()
+            # a malformed answer is a failed fetch: the last good keys stay
+            if not isinstance(doc.get("keys"), list):
+                raise IdPUnavailable("The identity provider's signing keys (JWKS) have no 'keys' list.")
+            return doc
 
         self._doc = TTLDocument(counted, ttl, clock)
         self._cooldown = cooldown
@@ -94,23 +163,41 @@ class JWKSCache:
 
     def _build(self, doc: dict[str, Any]) -> KeySet:
         if doc is not self._source:
-            keys = [k for k in doc.get("keys", []) if isinstance(k, dict) and k.get("use", "sig") == "sig"]
-            try:
-                self._keyset = KeySet.import_key_set({"keys": keys})
-            except Exception as exc:  # joserfc raises several types for bad keys
-                raise IdPUnavailable("The identity provider published keys that could not be read.") from exc
+            raw = doc.get("keys")
+            if not isinstance(raw, list):
+                raise IdPUnavailable("The identity provider's signing keys (JWKS) have no 'keys' list.")
+            keys = []
+            skipped = 0
+            for k in raw:
+                if not isinstance(k, dict) or k.get("use", "sig") != "sig":
+                    continue
+                # one key of a type we cannot read (a new curve, a certificate-
+                # only entry ...) must not take every other key down with it
+                try:
+                    keys.extend(KeySet.import_key_set({"keys": [k]}).keys)
+                except Exception:  # noqa: BLE001 - joserfc raises several types for bad keys
+                    skipped += 1
+            if skipped:
+                log.warning("flask-ccsso: ignored %d signing key(s) in the JWKS that could not be read", skipped)
+            if not keys and raw:
+                raise IdPUnavailable("The identity provider published keys that could not be read.")
+            self._keyset = KeySet(keys)
             self._source = doc
         assert self._keyset is not None
         return self._keyset
+
+    def candidates(self, kid: str | None) -> list[Any]:
+        """Keys a token with ``kid`` may have been signed with: every key with
+        that ``kid`` (an IdP may publish the same kid twice during a rollover),
+        or every key when the token names none."""
+        ks = self.keyset()
+        return [k for k in ks.keys if kid is None or k.kid == kid]
 
     def keyset(self) -> KeySet:
         return self._build(self._doc.get())
 
     def has_kid(self, kid: str | None) -> bool:
-        ks = self.keyset()
-        if kid is None:
-            return True
-        return any(k.kid == kid for k in ks.keys)
+        return bool(self.candidates(kid))
 
     def refresh_for_unknown_kid(self) -> bool:
         """Refetch once if the cooldown allows; ``True`` if a fetch happened."""

@@ -22,10 +22,9 @@ import base64
 import json
 import secrets
 from typing import Any, ClassVar, Mapping
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
-from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import (BadSignatureError, ClaimError, DecodeError, ExpiredTokenError, JoseError,
@@ -33,13 +32,18 @@ from joserfc.errors import (BadSignatureError, ClaimError, DecodeError, ExpiredT
 from joserfc.jws import JWSRegistry
 
 from .. import reasons
-from ..config import OIDCSettings
+from ..config import OIDCSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
 from ..identity import Identity
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider
-from .keys import JWKSCache, TTLDocument, fetch_json
+from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, finite_number, loads_strict, read_capped
 
 # joserfc's registry knows which algorithms exist; the allow-list narrows it
+_KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+#: longer lifetimes from the token endpoint are not believed (one year)
+_MAX_EXPIRES_IN = 365 * 86400
+#: at most this many keys are tried for one token (no kid, many keys)
+_MAX_CANDIDATE_KEYS = 8
 _REGISTRY_CACHE: dict[tuple[str, ...], JWSRegistry] = {}
 
 
@@ -48,6 +52,11 @@ def _registry(algorithms: tuple[str, ...]) -> JWSRegistry:
     if reg is None:
         reg = _REGISTRY_CACHE[algorithms] = JWSRegistry(algorithms=list(algorithms))
     return reg
+
+
+def _safe_code(value: str) -> str:
+    """An IdP-supplied code, trimmed to what is safe to show and log."""
+    return "".join(c for c in value[:64] if c.isalnum() or c in "_-.:") or "?"
 
 
 def _peek_header(token: str) -> dict[str, Any]:
@@ -61,6 +70,19 @@ def _peek_header(token: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
     return data
+
+
+def _unverified_sub(token: Any) -> str | None:
+    """``sub`` of an ID token we verified earlier (kept server-side)."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    try:
+        part = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode((part + "=" * (-len(part) % 4)).encode("ascii")))
+    except (ValueError, UnicodeError):
+        return None
+    sub = data.get("sub") if isinstance(data, dict) else None
+    return sub if isinstance(sub, str) else None
 
 
 def _half_hash(value: str, alg: str) -> str:
@@ -100,6 +122,18 @@ class OIDCProvider(Provider):
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(doc.get(key), str):
                 raise IdPUnavailable(f"The identity provider's discovery document has no {key}.")
+        # the code, client secret, tokens and the keys that vouch for them
+        # never travel in clear text, whatever the document says
+        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint",
+                    "introspection_endpoint", "userinfo_endpoint"):
+            value = doc.get(key)
+            if value is None and key not in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+                continue
+            parts = urlsplit(value) if isinstance(value, str) else None
+            if (parts is None or parts.scheme not in ("https", "http") or not parts.hostname
+                    or (parts.scheme == "http" and not is_loopback_host(parts.hostname))):
+                raise IdPUnavailable(f"The identity provider's discovery document gives an unusable {key} "
+                                     "(https is required).")
         return doc
 
     def _load_jwks(self) -> dict[str, Any]:
@@ -107,22 +141,6 @@ class OIDCProvider(Provider):
 
     def metadata(self) -> dict[str, Any]:
         return self.discovery.get()
-
-    def _client(self, **kwargs: Any) -> OAuth2Session:
-        s = self.settings
-        auth_method = "client_secret_basic" if s.client_secret else "none"
-        client = OAuth2Session(client_id=s.client_id, client_secret=s.client_secret,
-                               token_endpoint_auth_method=auth_method, **kwargs)
-        # the token call goes through the same network settings as the rest
-        # (proxies, CA bundle, client certificate, mounted adapters)
-        client.headers.update(self.http.headers)
-        client.proxies = self.http.proxies
-        client.verify = self.http.verify
-        client.cert = self.http.cert
-        client.trust_env = self.http.trust_env
-        for prefix, adapter in self.http.adapters.items():
-            client.mount(prefix, adapter)
-        return client
 
     # -- sign-in ------------------------------------------------------------------
     def authorize_params(self, req: LoginRequest) -> dict[str, str]:
@@ -176,9 +194,9 @@ class OIDCProvider(Provider):
             raise AuthenticationFailed("The sign-in response did not name its issuer.", reason=reasons.ISSUER_MISMATCH)
         pending = self._take_pending(args.get("state"), self.settings.login_state_ttl, req.browser_binding)
         if "error" in args:
-            code = str(args.get("error"))[:64]
-            raise AuthenticationFailed(f"The identity provider refused the sign-in ({code}).", reason=reasons.IDP_ERROR,
-                                       idp_error=code)
+            idp_code = _safe_code(str(args.get("error")))
+            raise AuthenticationFailed(f"The identity provider refused the sign-in ({idp_code}).",
+                                       reason=reasons.IDP_ERROR, idp_error=idp_code)
         code = args.get("code")
         if not code:
             raise AuthenticationFailed("The sign-in response carried no authorization code.", reason=reasons.BAD_REQUEST)
@@ -197,27 +215,58 @@ class OIDCProvider(Provider):
             step_up=bool(pending.get("force") or pending.get("max_age") is not None),
         )
 
-    def _token_request(self, **kwargs: Any) -> dict[str, Any]:
+    def _token_request(self, **form: str) -> dict[str, Any]:
+        """POST to the token endpoint (RFC 6749 4.1.3 / 6) through the provider's
+        HTTP session (proxies, CA bundle, adapters), reading at most
+        :data:`~.keys.MAX_IDP_RESPONSE_BYTES` within the timeout. The answer
+        must be a JSON object with a string ``access_token`` of ``token_type``
+        Bearer (RFC 6749 7.1: a client must not use a token type it does not
+        understand -- a DPoP-bound or MAC token sent as Bearer would fail, or
+        worse, work somewhere it should not)."""
         meta = self.metadata()
-        client = self._client()
+        s = self.settings
+        data = dict(form)
+        auth = None
+        if s.client_secret:
+            # RFC 6749 2.3.1: client id and secret are form-encoded before Basic
+            auth = (quote(s.client_id, safe=""), quote(s.client_secret, safe=""))
+        else:
+            data["client_id"] = s.client_id
         try:
-            if kwargs.get("grant_type") == "refresh_token":
-                token = client.refresh_token(meta["token_endpoint"], refresh_token=kwargs["refresh_token"],
-                                             timeout=self.settings.timeout)
-            else:
-                token = client.fetch_token(meta["token_endpoint"], timeout=self.settings.timeout, **kwargs)
+            resp = self.http.post(meta["token_endpoint"], data=data, auth=auth, timeout=s.timeout, stream=True,
+                                  headers={"Accept": "application/json"})
+            raw = read_capped(resp, s.timeout)
+        except ResponseTooLarge as exc:
+            raise IdPUnavailable(f"The identity provider's token endpoint answer is unusable ({exc}).") from exc
         except requests.RequestException as exc:
             raise IdPUnavailable("Could not reach the identity provider's token endpoint.") from exc
-        except Exception as exc:  # authlib OAuthError and friends: the IdP refused
-            err = getattr(exc, "error", None) or type(exc).__name__
-            raise AuthenticationFailed(f"The identity provider refused the token request ({str(err)[:64]}).",
-                                       reason=reasons.TOKEN_EXCHANGE_FAILED) from exc
-        finally:
-            client.close()
-        data = dict(token)
-        if not isinstance(data.get("access_token"), str):
+        try:
+            body = loads_strict(raw)
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            if resp.status_code >= 500:
+                raise IdPUnavailable(f"The identity provider's token endpoint answered {resp.status_code}.")
+            raise AuthenticationFailed("The identity provider's token response is not a JSON object.",
+                                       reason=reasons.TOKEN_EXCHANGE_FAILED)
+        if resp.status_code != 200 or "error" in body:
+            if resp.status_code >= 500 and "error" not in body:
+                raise IdPUnavailable(f"The identity provider's token endpoint answered {resp.status_code}.")
+            err = body.get("error")
+            code = _safe_code(err) if isinstance(err, str) else f"HTTP {resp.status_code}"
+            raise AuthenticationFailed(f"The identity provider refused the token request ({code}).",
+                                       reason=reasons.TOKEN_EXCHANGE_FAILED, idp_error=code)
+        if not isinstance(body.get("access_token"), str) or not body["access_token"]:
             raise AuthenticationFailed("The token response has no access token.", reason=reasons.TOKEN_EXCHANGE_FAILED)
-        return data
+        token_type = body.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise AuthenticationFailed(f"The identity provider issued a token of type {_safe_code(str(token_type))!r}, "
+                                       "not Bearer.", reason=reasons.TOKEN_EXCHANGE_FAILED)
+        for key in ("id_token", "refresh_token", "scope"):
+            if key in body and body[key] is not None and not isinstance(body[key], (str, list) if key == "scope" else str):
+                raise AuthenticationFailed(f"The token response's {key} is malformed.",
+                                           reason=reasons.TOKEN_EXCHANGE_FAILED)
+        return body
 
     def _exchange_code(self, code: str, pending: Mapping[str, Any]) -> dict[str, Any]:
         return self._token_request(code=code, redirect_uri=pending["redirect_uri"], code_verifier=pending["verifier"],
@@ -228,10 +277,12 @@ class OIDCProvider(Provider):
         # from the wall clock, which the injected clock may not be
         now = self.clock()
         expires_in = tokens.get("expires_in")
-        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
-            expires_at: float | None = now + float(expires_in)
-        elif isinstance(tokens.get("expires_at"), (int, float)):
-            expires_at = float(tokens["expires_at"])
+        if isinstance(expires_in, str) and expires_in.strip().isdigit():
+            expires_in = int(expires_in)  # Entra ID v1 and others send a string
+        seconds = finite_number(expires_in)
+        expires_at: float | None
+        if seconds is not None and 0 <= seconds <= _MAX_EXPIRES_IN:
+            expires_at = now + seconds
         else:
             expires_at = None
         return {
@@ -261,12 +312,26 @@ class OIDCProvider(Provider):
             self.jwks.refresh_for_unknown_kid()
             if not self.jwks.has_kid(kid):
                 raise AuthenticationFailed("The token was signed with an unknown key.", reason=reasons.INVALID_TOKEN)
-        try:
-            decoded = jwt.decode(token, self.jwks.keyset(), algorithms=list(algs), registry=_registry(tuple(algs)))
-        except (BadSignatureError, MissingKeyError, UnsupportedAlgorithmError, DecodeError) as exc:
-            raise AuthenticationFailed("The token signature is not valid.", reason=reasons.INVALID_TOKEN) from exc
-        except (JoseError, ValueError, TypeError) as exc:
-            raise AuthenticationFailed("The token could not be verified.", reason=reasons.INVALID_TOKEN) from exc
+        # every key that may have signed it: duplicate kids (rollover), or no
+        # kid at all with several keys; keys of another type or pinned to
+        # another algorithm are skipped. jku / x5u / x5c / jwk headers are
+        # never followed: only the IdP's published keys are tried.
+        kty = _KTY_FOR_ALG.get(str(alg)[:2], "OKP" if alg == "EdDSA" else None)
+        keys = [k for k in self.jwks.candidates(kid)
+                if k.key_type == kty and k.get("alg") in (None, alg)][:_MAX_CANDIDATE_KEYS]
+        if not keys:
+            raise AuthenticationFailed("The token was signed with an unknown key.", reason=reasons.INVALID_TOKEN)
+        last: Exception | None = None
+        for key in keys:
+            try:
+                decoded = jwt.decode(token, key, algorithms=list(algs), registry=_registry(tuple(algs)))
+                break
+            except (BadSignatureError, MissingKeyError, UnsupportedAlgorithmError, DecodeError) as exc:
+                last = exc
+            except (JoseError, ValueError, TypeError) as exc:
+                raise AuthenticationFailed("The token could not be verified.", reason=reasons.INVALID_TOKEN) from exc
+        else:
+            raise AuthenticationFailed("The token signature is not valid.", reason=reasons.INVALID_TOKEN) from last
         return dict(decoded.header), dict(decoded.claims)
 
     def _check_time_claims(self, claims: Mapping[str, Any], *, essential: tuple[str, ...]) -> None:
@@ -316,9 +381,11 @@ class OIDCProvider(Provider):
             return
         now = self.clock()
         leeway = self.settings.clock_skew
-        auth_time = claims.get("auth_time")
+        # finite numbers only: a NaN auth_time compares false with everything
+        # and would pass every freshness test below
+        auth_time = finite_number(claims.get("auth_time"))
         if max_age is not None or force:
-            if not isinstance(auth_time, (int, float)) or isinstance(auth_time, bool):
+            if auth_time is None:
                 raise AuthenticationFailed("The identity provider did not say when you signed in.",
                                            reason=reasons.STEPUP_NOT_SATISFIED)
             if auth_time > now + leeway:
@@ -359,14 +426,14 @@ class OIDCProvider(Provider):
     def build_identity(self, claims: Mapping[str, Any], tokens: Mapping[str, Any], *, via: str = "session") -> Identity:
         groups, complete = self.resolve_groups(claims, tokens)
         roles = frozenset(self._str_list(claims.get(self.settings.roles_claim))) if self.settings.roles_claim else frozenset()
-        auth_time = claims.get("auth_time")
+        auth_time = finite_number(claims.get("auth_time"))
         email = claims.get("email") or claims.get("preferred_username") or claims.get("upn")
         return Identity(
             subject=str(claims["sub"]), provider=self.name,
             email=email if isinstance(email, str) else None,
             name=claims.get("name") if isinstance(claims.get("name"), str) else None,
             groups=groups, scopes=self.granted_scopes(tokens), roles=roles,
-            auth_time=float(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) else None,
+            auth_time=auth_time,
             amr=tuple(self._str_list(claims.get("amr"))),
             acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,
             groups_complete=complete, via=via,
@@ -405,6 +472,12 @@ class OIDCProvider(Provider):
         if isinstance(new.get("id_token"), str):
             # OIDC Core 12.2: iss/sub/aud as before; no nonce on refresh
             claims = self.validate_id_token(new["id_token"], nonce=None, access_token=new.get("access_token"))
+            old_sub = _unverified_sub(tokens.get("id_token"))
+            if old_sub is not None and claims.get("sub") != old_sub:
+                # OIDC Core 12.2: sub MUST be the same as in the original ID
+                # token -- a refresh must never turn the session into someone else
+                raise AuthenticationFailed("The refreshed ID token names another person.",
+                                           reason=reasons.INVALID_TOKEN)
             identity = self.build_identity(claims, kept)
             kept["id_token"] = new["id_token"]
         else:

@@ -26,6 +26,7 @@ import requests
 
 from .saml_xml import MD, DS, parse_instant, parse_xml, serialize
 from ..exceptions import AuthenticationFailed, IdPUnavailable
+from .keys import ResponseTooLarge, read_capped
 
 REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
@@ -174,13 +175,17 @@ class MetadataSource:
                 raise MetadataError(f"cannot read {self.path()!r} ({exc.strerror})") from None
         self.fetches += 1
         try:
-            resp = self.http.get(self.location, timeout=self.timeout,
+            resp = self.http.get(self.location, timeout=self.timeout, stream=True,
                                  headers={"Accept": "application/samlmetadata+xml, application/xml"})
+            if resp.status_code != 200:
+                resp.close()
+                raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its SAML metadata.")
+            # the same 4 MiB bound as a metadata file
+            return read_capped(resp, self.timeout, 4 * 1024 * 1024)
+        except ResponseTooLarge as exc:
+            raise IdPUnavailable(f"The identity provider's SAML metadata is unusable ({exc}).") from exc
         except requests.RequestException as exc:
             raise IdPUnavailable("Could not reach the identity provider's SAML metadata.") from exc
-        if resp.status_code != 200:
-            raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its SAML metadata.")
-        return resp.content
 
     def _load(self) -> None:
         raw = self._read()
