@@ -145,6 +145,12 @@ def handle(state: CCSSOState, provider: Any, request: Request) -> Response:
         return _answer(503, {"error": "temporarily_unavailable", "error_description": exc.description})
     except CCSSOError as exc:  # pragma: no cover - defensive
         return _answer(400, {"error": "invalid_request", "error_description": exc.description})
+    except Exception:  # an input nobody foresaw: 400 and an audit event, never a 500
+        log.exception("flask-ccsso: unexpected error while handling a back-channel logout for %s", provider.name)
+        signals.login_failed.send(app, provider=provider.name, reason=reasons.INVALID_TOKEN,
+                                  detail="back-channel logout: the logout token could not be processed",
+                                  subject=None, email=None)
+        return _answer(400, {"error": "invalid_request", "error_description": "The logout token could not be processed."})
     signals.backchannel_logout.send(app, provider=provider.name, subject=sub, sid=sid, count=count)
     signals.session_revoked.send(app, subject=sub, provider=provider.name, count=count,
                                  reason="backchannel_logout")

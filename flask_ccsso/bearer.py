@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -56,6 +57,7 @@ from flask import Flask, current_app, g
 from . import reasons, signals
 from .exceptions import AuthenticationFailed, IdPUnavailable, LoginRequired
 from .identity import Identity
+from .providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
 
 if TYPE_CHECKING:
     from .extension import CCSSOState
@@ -68,6 +70,12 @@ INTROSPECTION_CACHE_SECONDS = 60.0
 #: RFC 6750 2.1 b64token
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 _ACCEPTED_TYP = {"jwt", "at+jwt"}
+#: claims only ID tokens / logout tokens / security event tokens carry
+_NOT_ACCESS_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
+#: Keycloak's ``typ`` *claim* of ID, refresh and logout tokens
+_NOT_ACCESS_TOKEN_TYP = {"id", "refresh", "offline", "logout"}
+
+log = logging.getLogger("flask_ccsso")
 
 
 class TokenCache:
@@ -168,7 +176,13 @@ class BearerAuthenticator:
         if failure is not None:  # once per request, one signal
             raise failure
         try:
-            return self.authenticate(token)
+            try:
+                return self.authenticate(token)
+            except (AuthenticationFailed, IdPUnavailable):
+                raise
+            except Exception as exc:  # an input nobody foresaw: 401, never a 500
+                log.exception("flask-ccsso: unexpected error while checking a bearer token")
+                raise _invalid("The access token could not be verified.") from exc
         except AuthenticationFailed as exc:
             err = LoginRequired(exc.description or "The access token is not valid.", reason=reasons.INVALID_TOKEN)
             signals.login_failed.send(current_app._get_current_object(),  # type: ignore[attr-defined]
@@ -242,7 +256,12 @@ class BearerAuthenticator:
             auds = _auds(claims)
             if not any(a in prov.settings.audience for a in auds):
                 raise _invalid("The token is meant for another application (aud).")
-            if "nonce" in claims:
+            # an ID token (nonce, at_hash / c_hash / s_hash, Keycloak's typ
+            # claim "ID") or a logout token / security event (events) is not
+            # an access token, even when its aud is our client id: ID tokens
+            # travel in URLs (id_token_hint) and must not open the API
+            if any(k in claims for k in _NOT_ACCESS_TOKEN_CLAIMS) or (
+                    isinstance(claims.get("typ"), str) and claims["typ"].lower() in _NOT_ACCESS_TOKEN_TYP):
                 raise _invalid("An ID token is not an access token.")
             if not isinstance(claims.get("sub"), str) or not claims["sub"]:
                 raise _invalid("The token has no subject.")
@@ -290,16 +309,20 @@ class BearerAuthenticator:
             # RFC 6749 2.3.1: client id and secret are form-encoded before Basic
             resp = prov.http.post(endpoint, data={"token": token, "token_type_hint": "access_token"},
                                   auth=(quote(s.client_id, safe=""), quote(s.client_secret or "", safe="")),
-                                  headers={"Accept": "application/json"}, timeout=s.timeout)
+                                  headers={"Accept": "application/json"}, timeout=s.timeout, stream=True)
+            if resp.status_code != 200:
+                resp.close()
+                raise IdPUnavailable(f"The identity provider answered {resp.status_code} to token introspection.",
+                                     provider=prov.name)
+            raw = read_capped(resp, s.timeout)
+        except ResponseTooLarge as exc:
+            raise IdPUnavailable("The introspection answer is too large or too slow.", provider=prov.name) from exc
         except requests.RequestException as exc:
             raise IdPUnavailable("Could not reach the identity provider's introspection endpoint.",
                                  provider=prov.name) from exc
-        if resp.status_code != 200:
-            raise IdPUnavailable(f"The identity provider answered {resp.status_code} to token introspection.",
-                                 provider=prov.name)
         try:
-            data = resp.json()
-        except ValueError as exc:
+            data = loads_strict(raw)
+        except (ValueError, RecursionError) as exc:
             raise IdPUnavailable("The introspection answer is not JSON.", provider=prov.name) from exc
         if not isinstance(data, dict):
             raise IdPUnavailable("The introspection answer is not a JSON object.", provider=prov.name)
@@ -315,7 +338,8 @@ class BearerAuthenticator:
             raise _invalid("The token is not an access token.")
         exp = data.get("exp")
         if exp is not None:
-            if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            exp = finite_number(exp)
+            if exp is None:
                 raise _invalid("The token's 'exp' is not valid.")
             if exp <= now:
                 raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED)
