@@ -160,7 +160,13 @@ def slo(provider: str) -> Response:
     prov = _provider(provider)
     if not hasattr(prov, "handle_slo"):
         raise UnknownProvider("This provider has no SAML single logout.")
-    return prov.handle_slo(request, _state())  # type: ignore[no-any-return]
+    try:
+        return prov.handle_slo(request, _state())  # type: ignore[no-any-return]
+    except CCSSOError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a 400, never a 500 page with a traceback
+        log.exception("flask-ccsso: unexpected error while handling a SAML logout message for provider %r", provider)
+        raise AuthenticationFailed("The logout message could not be processed.", reason=reasons.INVALID_RESPONSE) from exc
 
 
 @bp.route("/<provider>/backchannel-logout", methods=["POST"])
@@ -172,11 +178,29 @@ def backchannel_logout(provider: str) -> Response:
     return handler(prov, request)  # type: ignore[no-any-return]
 
 
+def _cross_site() -> bool:
+    """A request another site started (logout CSRF): ``Sec-Fetch-Site`` says
+    so in every current browser; ``Origin`` is the fallback for older ones."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null":
+        return origin.rstrip("/") != request.host_url.rstrip("/")
+    return origin == "null"
+
+
 @bp.route("/logout", methods=["GET", "POST"])
-def logout() -> Response:
+def logout() -> Any:
     state = _state()
     app = current_app._get_current_object()
     check_store(session)
+    if _cross_site() and isinstance(session.get(SESSION_KEY), dict):
+        # another site cannot sign people out (SameSite=Lax still sends the
+        # cookie on a top-level GET): ask, with a same-origin link
+        return render_template("ccsso/message.html", title="Sign out?",
+                               message="Another site asked to sign you out. Sign out now?", reason=None,
+                               action_url=url_for("ccsso.logout"), action_label="Sign out"), 200
     data = session.get(SESSION_KEY)
     target = url_for("ccsso.logged_out")
     if isinstance(data, dict) and "identity" in data:

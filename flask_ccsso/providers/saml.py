@@ -708,6 +708,10 @@ class SAMLProvider(Provider):
             parts[k] = v
         if "Signature" not in parts or "SigAlg" not in parts:
             raise refuse("The logout request is not signed.")
+        if param not in parts:
+            # the parameter name was percent-encoded (SAML%52equest): the
+            # signed octets cannot be rebuilt, so the message is refused
+            raise refuse("The logout request is malformed.", reasons.BAD_REQUEST)
         alg = unquote_plus(parts["SigAlg"])
         hash_cls = _REDIRECT_SIG_ALGS.get(alg)
         if hash_cls is None:
