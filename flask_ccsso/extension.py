@@ -57,7 +57,8 @@ class CCSSOState:
 
     # -- identity ---------------------------------------------------------------
     def load_identity(self) -> Identity | AnonymousIdentity:
-        auth = request.headers.get("Authorization", "")
+        # the WSGI environ key, as request.headers.get("Authorization") reads it
+        auth = request.environ.get("HTTP_AUTHORIZATION", "")
         if auth[:7].lower() == "bearer " and self.bearer_authenticator is not None:
             return self.bearer_authenticator(self, auth[7:].strip())
         app = current_app._get_current_object()  # type: ignore[attr-defined]

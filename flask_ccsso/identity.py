@@ -7,9 +7,11 @@ access decisions read it, nothing edits it in place.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+import msgspec
 from flask import g
 from werkzeug.local import LocalProxy
 
@@ -51,10 +53,11 @@ class Identity:
         """``provider:subject`` -- unique across providers."""
         return f"{self.provider}:{self.subject}"
 
-    @property
+    @functools.cached_property
     def effective_groups(self) -> frozenset[str]:
-        """Groups and app roles together, as ``allowedGroups`` sees them."""
-        return self.groups | self.roles
+        """Groups and app roles together, as ``allowedGroups`` sees them
+        (computed once per identity: the fields are frozen)."""
+        return self.groups | self.roles if self.roles else self.groups
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the server-side session (no pickle)."""
@@ -87,6 +90,34 @@ class Identity:
         )
 
 
+#: identities rebuilt from stored session data, by the data's JSON encoding
+IDENTITY_CACHE_SIZE = 2048
+_encode_json = msgspec.json.Encoder().encode
+
+
+@functools.lru_cache(maxsize=IDENTITY_CACHE_SIZE)
+def _identity_from_json(raw: bytes) -> Identity:
+    return Identity.from_dict(msgspec.json.decode(raw))
+
+
+def identity_from_stored(data: Mapping[str, Any]) -> Identity:
+    """``Identity.from_dict`` for the identity a session stores, cached.
+
+    Every request of a session decodes the same stored identity again; the
+    :class:`Identity` built from it is frozen, so one instance can serve each
+    request whose stored data is the same. The cache key is the data's JSON
+    encoding (bytes: nothing can change it afterwards), so any change to the
+    stored identity -- a refresh, a new sign-in -- builds a new one. Data
+    that is not plain JSON is built directly. Raises what ``from_dict``
+    raises (``KeyError``, ``TypeError``, ``ValueError``).
+    """
+    try:
+        raw = _encode_json(data)
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return Identity.from_dict(data)
+    return _identity_from_json(raw)
+
+
 class AnonymousIdentity:
     """Stands in for nobody: falsy, no groups, no scopes."""
 
@@ -117,14 +148,14 @@ ANONYMOUS = AnonymousIdentity()
 
 def _get_identity() -> Identity | AnonymousIdentity:
     """Resolve the identity for this request once and cache it on ``g``."""
-    try:
-        return g._ccsso_identity  # type: ignore[no-any-return]
-    except AttributeError:
-        pass
+    ctx_g = g._get_current_object()  # type: ignore[attr-defined]
+    ident = getattr(ctx_g, "_ccsso_identity", None)
+    if ident is not None:
+        return ident  # type: ignore[no-any-return]
     from .extension import get_state  # late: the vocabulary imports nothing eagerly
 
     ident = get_state().load_identity()
-    g._ccsso_identity = ident
+    ctx_g._ccsso_identity = ident
     return ident
 
 

@@ -39,7 +39,7 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from . import reasons, signals
 from .exceptions import StoreUnavailable
-from .identity import ANONYMOUS, AnonymousIdentity, Identity
+from .identity import ANONYMOUS, AnonymousIdentity, Identity, identity_from_stored
 
 if TYPE_CHECKING:
     from .config import SessionSettings
@@ -427,8 +427,9 @@ class SessionGate:
         self.clock = clock
 
     def current(self, app: Flask) -> Identity | AnonymousIdentity:
-        check_store(session)
-        data = session.get(SESSION_KEY)
+        sess = session._get_current_object()  # type: ignore[attr-defined]
+        check_store(sess)
+        data = sess.get(SESSION_KEY)
         if not isinstance(data, dict):
             return ANONYMOUS
         ended = data.get("ended")
@@ -440,7 +441,8 @@ class SessionGate:
                 identity = None
             self.expire(app, identity, str(ended))
             return ANONYMOUS
-        if "identity" not in data:
+        stored = data.get("identity")
+        if stored is None and "identity" not in data:
             return ANONYMOUS
         now = self.clock()
         s = self.settings
@@ -450,16 +452,16 @@ class SessionGate:
         elif now >= idle_deadline(data, s):
             reason = reasons.IDLE_TIMEOUT
         try:
-            identity = Identity.from_dict(data["identity"])
+            identity = identity_from_stored(stored)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError):
-            session.clear()
+            sess.clear()
             return ANONYMOUS
         if reason is not None:
             self.expire(app, identity, reason)
             return ANONYMOUS
         if s.enable_sliding_expiration and now - float(data.get("last_seen", 0)) >= s.sliding_write_interval:
             data["last_seen"] = now
-            session.modified = True
+            sess.modified = True
         return identity
 
     def expire(self, app: Flask, identity: Identity | None, reason: str) -> None:

@@ -42,6 +42,7 @@ Decision order for one skill (the first failure decides):
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import logging
 import re
@@ -155,6 +156,20 @@ def _norm_group(value: str) -> str:
     return value.lower() if _GUID.match(value) else value
 
 
+@functools.lru_cache(maxsize=4096)
+def _normalized_groups(groups: frozenset[str]) -> frozenset[str]:
+    """An identity's groups as ``allowedGroups`` compares them. Cached: the
+    same person's groups come back request after request (a frozenset keeps
+    its hash, so a hit costs one lookup instead of a regex per group)."""
+    return frozenset(_norm_group(x) for x in groups)
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalized_allowed(allowed: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """A skill's ``allowedGroups`` as ``(as configured, normalized)`` pairs."""
+    return tuple((gr, _norm_group(gr)) for gr in allowed)
+
+
 def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not value:
         return None
@@ -202,9 +217,17 @@ class SkillPolicy:
         return scopes
 
     def evaluate(self, skill: SkillSettings, identity: Identity | AnonymousIdentity, *,
-                 remote_addr: str | None, now: float | None = None, freshness: bool = True) -> Decision:
+                 remote_addr: str | None, now: float | None = None, freshness: bool = True,
+                 explain: bool = True) -> Decision:
         """Every condition of ``skill`` for ``identity``; the outcome follows
-        the decision order in the module docstring."""
+        the decision order in the module docstring.
+
+        ``explain=False`` (the request path) gives the same outcome, reason
+        and condition, but stops at the first failing condition and builds no
+        :class:`Check` list (``checks`` is empty, and ``freshness`` is only
+        computed when the conditions before it pass)."""
+        if not explain:
+            return self._quick(skill, identity, remote_addr, now, freshness)
         checks: list[Check] = []
         if skill.providers:
             ok = getattr(identity, "provider", None) in skill.providers
@@ -218,8 +241,8 @@ class SkillPolicy:
                                 f"address {remote_addr or 'unknown'} "
                                 f"{'is in' if ok else 'is not in'} {', '.join(map(str, skill.allowed_networks))}"))
         if skill.allowed_groups:
-            have = {_norm_group(x) for x in getattr(identity, "effective_groups", frozenset())}
-            matched = sorted(gr for gr in skill.allowed_groups if _norm_group(gr) in have)
+            have = _normalized_groups(frozenset(getattr(identity, "effective_groups", frozenset())))
+            matched = sorted(gr for gr, norm in _normalized_allowed(skill.allowed_groups) if norm in have)
             if matched:
                 checks.append(Check("allowedGroups", True, None, f"member of {', '.join(matched)}"))
             elif not getattr(identity, "groups_complete", True):
@@ -252,8 +275,38 @@ class SkillPolicy:
         outcome = "step_up" if failed.condition == "maxAuthAge" else "denied"
         return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, fresh)
 
+    def _quick(self, skill: SkillSettings, identity: Identity | AnonymousIdentity, remote_addr: str | None,
+               now: float | None, freshness: bool) -> Decision:
+        """``evaluate(explain=False)``: the same decision order, no details."""
+        name = skill.name
+        if skill.providers and getattr(identity, "provider", None) not in skill.providers:
+            return Decision(name, "denied", (), PROVIDER_NOT_ALLOWED, "providers")
+        if skill.allowed_networks:
+            addr = _ip(remote_addr)
+            if addr is None or not any(addr.version == n.version and addr in n for n in skill.allowed_networks):
+                return Decision(name, "denied", (), reasons.NETWORK_NOT_ALLOWED, "allowedNetworks")
+        if skill.allowed_groups:
+            have = _normalized_groups(frozenset(getattr(identity, "effective_groups", frozenset())))
+            if not any(norm in have for _, norm in _normalized_allowed(skill.allowed_groups)):
+                reason = reasons.MISSING_GROUP if getattr(identity, "groups_complete", True) \
+                    else reasons.GROUPS_INCOMPLETE
+                return Decision(name, "denied", (), reason, "allowedGroups")
+        if skill.required_scopes:
+            scopes = self.effective_scopes(identity)
+            if any(sc not in scopes for sc in skill.required_scopes):
+                return Decision(name, "denied", (), reasons.MISSING_SCOPE, "requiredScopes")
+        fresh: Freshness | None = None
+        if freshness:
+            fresh = check_freshness(identity, skill, self.state, now=now)
+            if fresh.applies and not fresh.fresh:
+                return Decision(name, "step_up", (), reasons.STALE_AUTHENTICATION, "maxAuthAge", fresh)
+        if skill.require_mfa and not has_mfa(identity, skill):
+            return Decision(name, "denied", (), reasons.MFA_REQUIRED, "requireMfa", fresh)
+        return Decision(name, "allowed", (), freshness=fresh)
+
     def decide(self, names: Iterable[str], identity: Identity | AnonymousIdentity, *, all_of: bool = False,
-               remote_addr: str | None = None, now: float | None = None, freshness: bool = True) -> Verdict:
+               remote_addr: str | None = None, now: float | None = None, freshness: bool = True,
+               explain: bool = True) -> Verdict:
         """``any_of`` (default): allowed when one skill allows; otherwise a
         step-up when some skill only lacks freshness, else the first denial.
         ``all_of``: a denial wins over a step-up (re-authenticating would not
@@ -265,7 +318,8 @@ class SkillPolicy:
                 log.error("flask-ccsso: skill %r is not configured; refusing", name)
                 decisions.append(Decision(name, "denied", (), SKILL_NOT_CONFIGURED, None))
                 continue
-            decisions.append(self.evaluate(skill, identity, remote_addr=remote_addr, now=now, freshness=freshness))
+            decisions.append(self.evaluate(skill, identity, remote_addr=remote_addr, now=now, freshness=freshness,
+                                           explain=explain))
         ds = tuple(decisions)
         allowed = [d for d in ds if d.allowed]
         stale = [d for d in ds if d.outcome == "step_up"]
@@ -318,17 +372,21 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
     except LoginRequired as exc:
         _send_denied(None, names, exc.reason, None, _caller_via())
         raise
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
     if not names:
-        signals.skill_invoked.send(app, identity=identity, skill=None, skills=[], via=identity.via,
-                                   endpoint=request.endpoint)
+        if signals.skill_invoked.receivers:  # no listener: build no kwargs
+            signals.skill_invoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                       identity=identity, skill=None, skills=[], via=identity.via,
+                                       endpoint=request.endpoint)
         return identity
-    verdict = _policy().decide(names, identity, all_of=all_of, remote_addr=request.remote_addr)
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    verdict = _policy().decide(names, identity, all_of=all_of, remote_addr=req.remote_addr, explain=False)
     d = verdict.decision
     assert d is not None
     if verdict.outcome == "allowed":
-        signals.skill_invoked.send(app, identity=identity, skill=d.skill, skills=list(names), via=identity.via,
-                                   endpoint=request.endpoint)
+        if signals.skill_invoked.receivers:
+            signals.skill_invoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                       identity=identity, skill=d.skill, skills=list(names), via=identity.via,
+                                       endpoint=req.endpoint)
         return identity
     if verdict.outcome == "step_up":
         assert d.freshness is not None
@@ -413,13 +471,17 @@ def _hook_app(app: Flask, state: CCSSOState) -> None:
 # --------------------------------------------------------------------------- thin wrappers
 
 def _protect(view: F, check: Callable[[], Any], names: tuple[str, ...] | None) -> F:
-    """Run ``check`` before ``view`` (``OPTIONS`` passes); async views work."""
+    """Run ``check`` before ``view`` (``OPTIONS`` passes); async views work
+    (they go through ``app.ensure_sync``; a plain view is called as is)."""
+    is_async = inspect.iscoroutinefunction(view)
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if request.method != "OPTIONS":
             check()
-        return current_app.ensure_sync(view)(*args, **kwargs)
+        if is_async:
+            return current_app.ensure_sync(view)(*args, **kwargs)
+        return view(*args, **kwargs)
 
     if names is not None:
         setattr(wrapper, SKILLS_ATTR, names)
@@ -483,7 +545,10 @@ def requires_skill(*names: Any, all_of: bool = False) -> Any:
         if isinstance(target, Blueprint):
             target.before_request(skill_guard(*skill_names, all_of=all_of))
             return target
-        return _protect(target, lambda: enforce(*skill_names, all_of=all_of), skill_names)
+        def check() -> Identity:
+            return enforce(*skill_names, all_of=all_of)
+
+        return _protect(target, check, skill_names)
 
     return decorator
 
@@ -508,7 +573,8 @@ def has_skill(*names: str, all_of: bool = False, fresh: bool = False) -> bool:
         return False
     if not ident:
         return False
-    verdict = _policy().decide(names, ident, all_of=all_of, remote_addr=request.remote_addr, freshness=fresh)
+    verdict = _policy().decide(names, ident, all_of=all_of, remote_addr=request.remote_addr, freshness=fresh,
+                               explain=False)
     return verdict.allowed
 
 

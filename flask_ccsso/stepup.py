@@ -63,6 +63,10 @@ class Freshness:
     detail: str = ""
 
 
+#: the answer for a skill that asks for no freshness (frozen, so one instance serves every request)
+_NOT_REQUIRED = Freshness(applies=False, fresh=True, detail="not required for this skill")
+
+
 def freshness_applies(skill: SkillSettings, session: SessionSettings) -> bool:
     """See the module docstring: explicit ``maxAuthAge``, or ``sensitive`` with
     ``session.requireReauthenticationForSensitive``."""
@@ -73,7 +77,7 @@ def check_freshness(identity: Identity | AnonymousIdentity, skill: SkillSettings
                     *, now: float | None = None) -> Freshness:
     """Is ``identity``'s authentication fresh enough for ``skill``?"""
     if not freshness_applies(skill, state.config.session):
-        return Freshness(applies=False, fresh=True, detail="not required for this skill")
+        return _NOT_REQUIRED
     max_age = int(state.max_auth_age(skill))
     acr_values = tuple(skill.acr_values)
     now = state.clock() if now is None else now
