@@ -95,6 +95,7 @@ def login(provider: str) -> Response:
             req.max_age = int(state.max_auth_age(skill))
             req.acr_values = tuple(skill.acr_values)
             req.step_up_skill = step_up_skill
+            req.previous_auth_time = _current_auth_time(provider)
     try:
         url = prov.begin_login(req)
     except CCSSOError as exc:
@@ -105,6 +106,16 @@ def login(provider: str) -> Response:
         _fail(provider, err)
         raise err from exc
     return redirect(url, 302)
+
+
+def _current_auth_time(provider: str) -> float | None:
+    """``auth_time`` of this browser's signed-in session at ``provider``."""
+    data = session.get(SESSION_KEY)
+    ident = data.get("identity") if isinstance(data, dict) and not data.get("ended") else None
+    if not isinstance(ident, dict) or ident.get("provider") != provider:
+        return None
+    value = ident.get("auth_time")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _finish(provider: str, params_from_form: bool) -> Response:

@@ -46,6 +46,9 @@ class LoginRequest:
     acr_values: tuple[str, ...] = ()
     #: the skill that asked for step-up (for the audit trail)
     step_up_skill: str | None = None
+    #: step-up: the ``auth_time`` of the session that asked; the answer must
+    #: carry a newer one (clock-skew independent proof of re-authentication)
+    previous_auth_time: float | None = None
 
 
 @dataclass

@@ -173,7 +173,7 @@ class OIDCProvider(Provider):
         self._save_pending(state, {
             "nonce": nonce, "verifier": verifier, "next": req.next_url, "bind": req.browser_binding,
             "redirect_uri": req.redirect_uri, "max_age": req.max_age, "acr_values": list(req.acr_values),
-            "force": req.force_authn, "step_up_skill": req.step_up_skill,
+            "force": req.force_authn, "step_up_skill": req.step_up_skill, "prev_auth_time": req.previous_auth_time,
         }, self.settings.login_state_ttl)
         endpoint = meta["authorization_endpoint"]
         parts = urlsplit(endpoint)
@@ -206,7 +206,8 @@ class OIDCProvider(Provider):
             raise AuthenticationFailed("The identity provider returned no ID token.", reason=reasons.INVALID_TOKEN)
         claims = self.validate_id_token(id_token, nonce=pending["nonce"], access_token=tokens.get("access_token"),
                                         max_age=pending.get("max_age"), acr_values=tuple(pending.get("acr_values") or ()),
-                                        force=bool(pending.get("force")), started_at=float(pending["created"]))
+                                        force=bool(pending.get("force")), started_at=float(pending["created"]),
+                                        previous_auth_time=finite_number(pending.get("prev_auth_time")))
         identity = self.build_identity(claims, tokens)
         return LoginResult(
             identity=identity, next_url=pending.get("next") or "/", tokens=self._keep_tokens(tokens),
@@ -348,7 +349,8 @@ class OIDCProvider(Provider):
 
     def validate_id_token(self, id_token: str, *, nonce: str | None, access_token: str | None = None,
                           max_age: int | None = None, acr_values: tuple[str, ...] = (), force: bool = False,
-                          started_at: float | None = None) -> dict[str, Any]:
+                          started_at: float | None = None,
+                          previous_auth_time: float | None = None) -> dict[str, Any]:
         """OIDC Core 3.1.3.7, every step, with our own allow-list and leeway."""
         header, claims = self.decode_jwt(id_token)
         if claims.get("iss") != self.expected_issuer():
@@ -370,12 +372,14 @@ class OIDCProvider(Provider):
         if access_token and isinstance(claims.get("at_hash"), str):
             if not secrets.compare_digest(claims["at_hash"], _half_hash(access_token, header["alg"])):
                 raise AuthenticationFailed("The ID token does not match the access token.", reason=reasons.INVALID_TOKEN)
-        self.check_freshness(claims, max_age=max_age, acr_values=acr_values, force=force, started_at=started_at)
+        self.check_freshness(claims, max_age=max_age, acr_values=acr_values, force=force, started_at=started_at,
+                             previous_auth_time=previous_auth_time)
         self.check_claims(claims)
         return claims
 
     def check_freshness(self, claims: Mapping[str, Any], *, max_age: int | None, acr_values: tuple[str, ...],
-                        force: bool, started_at: float | None) -> None:
+                        force: bool, started_at: float | None,
+                        previous_auth_time: float | None = None) -> None:
         """Step-up: the IdP must really have re-authenticated (Authlib never checks)."""
         if max_age is None and not force and not acr_values:
             return
@@ -391,6 +395,13 @@ class OIDCProvider(Provider):
             if auth_time > now + leeway:
                 raise AuthenticationFailed("The sign-in time is in the future.", reason=reasons.INVALID_TOKEN)
             if max_age is not None and now - auth_time > max_age + leeway:
+                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                           reason=reasons.STEPUP_NOT_SATISFIED)
+            if (force and previous_auth_time is not None and max_age is not None and started_at is not None
+                    and started_at - previous_auth_time > max_age and auth_time <= previous_auth_time):
+                # the sign-in that asked was too old, and the IdP handed it back:
+                # compared on the IdP's own clock, so no skew leeway can hide
+                # it (with maxAuthAge <= clockSkew the checks below cannot)
                 raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
                                            reason=reasons.STEPUP_NOT_SATISFIED)
             if force and started_at is not None and auth_time < started_at - leeway:

@@ -374,7 +374,7 @@ class SAMLProvider(Provider):
             raise IdPUnavailable("Could not build the SAML sign-in request.") from exc
         self._save_pending(reqid, {
             "next": req.next_url, "relay": relay, "acs": acs, "force": req.force_authn, "max_age": req.max_age,
-            "classes": list(classes), "step_up_skill": req.step_up_skill,
+            "classes": list(classes), "step_up_skill": req.step_up_skill, "prev_auth_time": req.previous_auth_time,
         }, s.login_state_ttl)
         return str(dict(info["headers"])["Location"])
 
@@ -601,11 +601,16 @@ class SAMLProvider(Provider):
     def _check_step_up(self, facts: Mapping[str, Any], pending: Mapping[str, Any]) -> None:
         """ForceAuthn / max_age / requested class: the IdP must really have done it."""
         now, skew = self.clock(), self.settings.clock_skew
+        max_age = pending.get("max_age")
         auth_instant = float(facts["auth_instant"])
+        prev = pending.get("prev_auth_time")
+        if (pending.get("force") and isinstance(prev, (int, float)) and max_age is not None
+                and float(pending["created"]) - float(prev) > float(max_age) and auth_instant <= float(prev)):
+            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                       reason=reasons.STEPUP_NOT_SATISFIED)
         if pending.get("force") and auth_instant < float(pending["created"]) - skew:
             raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
                                        reason=reasons.STEPUP_NOT_SATISFIED)
-        max_age = pending.get("max_age")
         if max_age is not None and now - auth_instant > float(max_age) + skew:
             raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
                                        reason=reasons.STEPUP_NOT_SATISFIED)
