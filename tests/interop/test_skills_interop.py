@@ -490,12 +490,6 @@ def test_require_mfa_for_bearer_tokens_without_acr(client, real_op, make_app):
     assert_denied_json(resp, "mfa-audit", "requireMfa", reasons.MFA_REQUIRED)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: OIDCProvider.check_freshness (flask_ccsso/providers/oidc.py) gives the step-up checks the whole "
-    "clockSkew leeway (auth_time < started_at - leeway; now - auth_time > max_age + leeway), so with "
-    "maxAuthAge <= clockSkew a round trip returning the OLD auth_time is accepted: stepup_satisfied is sent, "
-    "a new session is established with the same stale auth_time, and the page redirects to step-up again "
-    "(a loop). views._finish never re-checks the step-up skill's freshness on the new identity."))
 def test_step_up_round_trip_without_reauthentication_when_max_auth_age_is_below_clock_skew(make_app, real_op,
                                                                                          op_browser, clock):
     """Like above, for a skill whose maxAuthAge (30 s) is below the provider's
