@@ -80,11 +80,11 @@ def load_file(filename: str) -> dict[str, Any]:
         with open(filename, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        raise ConfigError("CCSSO_CONFIG_FILE", f"file {filename!r} does not exist.",
+        raise ConfigError(filename, "does not exist.",
                           "point CCSSO_CONFIG_FILE at your JSON config (relative paths are from the app root).") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError("CCSSO_CONFIG_FILE", f"{filename!r} is not valid JSON ({exc.msg} at line {exc.lineno}, "
-                          f"column {exc.colno}).", "fix the JSON syntax.") from None
+        raise ConfigError(filename, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
+                          "fix the JSON syntax.") from None
     if not isinstance(data, dict):
         raise ConfigError("<root>", "the config file must hold a JSON object.", "wrap the blocks in { }.")
     _literal_secrets(data, "")
@@ -296,6 +296,13 @@ def _parse_oidc(name: str, ptype: str, raw: Mapping[str, Any], path: str) -> OID
         a = expect(raw, "audience", str, path)
         audience = (a,) if a else (client_id,)
     algs = expect_str_list(raw, "allowedAlgorithms", path, DEFAULT_ALGORITHMS)
+    unknown = [a for a in algs if a not in DEFAULT_ALGORITHMS and a not in _FORBIDDEN_ALGORITHMS and a.lower() != "none"]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0].upper(), DEFAULT_ALGORITHMS, n=1)
+        raise ConfigError(join(path, "allowedAlgorithms"), f"{unknown[0]!r} is not a signature algorithm flask-ccsso knows.",
+                          f"did you mean '{close[0]}'?" if close else f"use some of {', '.join(DEFAULT_ALGORITHMS)}.")
     bad = [a for a in algs if a in _FORBIDDEN_ALGORITHMS or a.lower() == "none"]
     if bad:
         raise ConfigError(join(path, "allowedAlgorithms"), f"{bad[0]!r} is not allowed for ID tokens.",

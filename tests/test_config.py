@@ -208,3 +208,15 @@ def test_bad_json_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"auth": {,}}')
     with pytest.raises(ConfigError, match=r"not valid JSON .*line 1"):
         CCSSO(_app(tmp_path, CCSSO_CONFIG_FILE="bad.json"), store=MemoryStore())
+
+
+def test_unknown_algorithm_name_is_a_config_error():
+    raw = {"auth": {"provider": "oidc", "clientId": "c", "issuer": "https://idp.example.com",
+                    "allowedAlgorithms": ["rs256"]}}
+    with pytest.raises(ConfigError, match=r"auth.allowedAlgorithms.*did you mean 'RS256'"):
+        parse_config(raw)
+
+
+def test_missing_config_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.json: does not exist"):
+        CCSSO(_app(tmp_path, CCSSO_CONFIG_FILE="nope.json"), store=MemoryStore())
