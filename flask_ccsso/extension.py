@@ -330,9 +330,9 @@ def _strip_q(path: str) -> str:
 
 def identity_required() -> Identity:
     """The current identity, or raise LoginRequired / SessionExpired."""
-    from .identity import current_identity
+    from .identity import _get_identity  # what current_identity resolves to, without the proxy
 
-    ident = current_identity._get_current_object()  # type: ignore[attr-defined]
+    ident = _get_identity()
     if not ident:
         if getattr(g, "_ccsso_expired", None):
             raise SessionExpired(reason=g._ccsso_expired)
