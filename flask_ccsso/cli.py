@@ -11,7 +11,27 @@ from importlib import import_module
 import click
 from flask.cli import AppGroup
 
-cli = AppGroup("ccsso", help="flask-ccsso: single sign-on, sessions, skills and audit.")
+class _Group(AppGroup):
+    """Start-up errors (a bad config, the dev IdP refusing to start) end the
+    command with their message and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from flask.cli import ScriptInfo
+
+        from .exceptions import ConfigError
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, RuntimeError) as exc:
+            info = ctx.find_object(ScriptInfo)
+            loading = info is None or getattr(info, "_loaded_app", None) is None
+            if isinstance(exc, RuntimeError) and not loading:
+                raise
+            click.echo(f"[{click.style('ERROR', fg='red')}] the app could not start: {exc}", err=True)
+            ctx.exit(2)
+
+
+cli = _Group("ccsso", help="flask-ccsso: single sign-on, sessions, skills and audit.")
 
 #: (module, attribute) of each sub-command or sub-group
 _COMMANDS = (
