@@ -136,7 +136,11 @@ def _finish(provider: str, params_from_form: bool) -> Response:
         err = _unexpected(provider, exc)
         _fail(provider, err)
         raise err from exc
-    state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
+    try:
+        state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
+    except CCSSOError as exc:  # the store went away between the check and the write
+        _fail(provider, exc)
+        raise
     g._ccsso_identity = result.identity
     signals.user_logged_in.send(app, identity=result.identity, provider=provider, method=prov.protocol,
                                 step_up=result.step_up)

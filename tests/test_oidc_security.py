@@ -359,3 +359,27 @@ def test_garbage_callbacks_are_4xx_not_500(make_app, op, failures, params):
 def test_malformed_id_tokens_are_refused(make_app, op, failures, token):
     _, client, resp = _login_with(make_app, op, failures, token=token)
     _assert_refused(resp, client, failures, "invalid_token")
+
+
+def test_store_failure_while_establishing_session_is_503_and_audited(make_app, op, failures, clock):
+    from flask_ccsso.exceptions import StoreUnavailable
+    from flask_ccsso.stores import MemoryStore
+
+    class Flaky(MemoryStore):
+        broken = False
+
+        def set_add(self, *a, **kw):
+            if self.broken:
+                raise StoreUnavailable()
+            return super().set_add(*a, **kw)
+
+    store = Flaky(clock)
+    app = make_app(oidc_config(op), store=store)
+    client = app.test_client()
+    url = start_login(client)
+    params = op.issue_code(url)
+    store.broken = True
+    resp = callback(client, params)
+    assert resp.status_code == 503 and b"Traceback" not in resp.data
+    assert failures[-1]["reason"] == "store_unavailable"
+    assert client.get("/me").status_code == 302
