@@ -139,6 +139,7 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     try:
         state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
     except CCSSOError as exc:  # the store went away between the check and the write
+        session.clear()  # half-written: the 503 must not carry a signed-in session
         _fail(provider, exc)
         raise
     g._ccsso_identity = result.identity
