@@ -9,9 +9,10 @@ decisions and parse no protocol messages themselves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, g, redirect, render_template, request, session, url_for
@@ -71,6 +72,21 @@ def _unexpected(prov_name: str | None, exc: Exception) -> AuthenticationFailed:
     return AuthenticationFailed("The sign-in response could not be processed.", reason=reasons.INVALID_RESPONSE)
 
 
+@contextlib.contextmanager
+def _audited(prov_name: str) -> Iterator[None]:
+    """Run a provider call: every refusal is announced (``login_failed``) and
+    anything unforeseen becomes a 400 through :func:`_unexpected`."""
+    try:
+        yield
+    except CCSSOError as exc:
+        _fail(prov_name, exc)
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        err = _unexpected(prov_name, exc)
+        _fail(prov_name, err)
+        raise err from exc
+
+
 def _fail(prov_name: str | None, exc: CCSSOError) -> None:
     """Every refused sign-in is announced with a machine-readable reason."""
     extra = getattr(exc, "extra", {}) or {}
@@ -96,15 +112,8 @@ def login(provider: str) -> Response:
             req.acr_values = tuple(skill.acr_values)
             req.step_up_skill = step_up_skill
             req.previous_auth_time = _current_auth_time(provider)
-    try:
+    with _audited(provider):
         url = prov.begin_login(req)
-    except CCSSOError as exc:
-        _fail(provider, exc)
-        raise
-    except Exception as exc:  # noqa: BLE001 - see _unexpected
-        err = _unexpected(provider, exc)
-        _fail(provider, err)
-        raise err from exc
     return redirect(url, 302)
 
 
@@ -122,20 +131,13 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     state = _state()
     prov = _provider(provider)
     app = current_app._get_current_object()
-    try:
+    with _audited(provider):
         check_store(session)
         cb = CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
                              url=request.url, redirect_uri=redirect_uri_for(prov),
                              browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
                              content_length=request.content_length)
         result = prov.finish_login(cb)
-    except CCSSOError as exc:
-        _fail(provider, exc)
-        raise
-    except Exception as exc:  # noqa: BLE001 - see _unexpected
-        err = _unexpected(provider, exc)
-        _fail(provider, err)
-        raise err from exc
     try:
         state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
     except CCSSOError as exc:  # the store went away between the check and the write

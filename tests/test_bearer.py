@@ -13,17 +13,7 @@ from joserfc.jwk import RSAKey
 
 from flask_ccsso import reasons, signals
 from tests.local_op import CLIENT_ID
-from tests.test_skills_support import JSON, access_token, add_skill_routes, bearer, listen, sign_in, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_skills_support import JSON, access_token, add_skill_routes, app, bearer, client, listen, sign_in, skills_config  # noqa: F401 (fixtures)
 
 
 def _b64(data: bytes) -> str:

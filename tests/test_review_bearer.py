@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flask_ccsso import reasons, signals
-from tests.test_skills_support import access_token, add_skill_routes, bearer, listen, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_skills_support import access_token, add_skill_routes, app, bearer, client, listen, skills_config  # noqa: F401 (fixtures)
 
 
 def _invalid(resp):

@@ -16,17 +16,7 @@ from werkzeug.wrappers import Response
 from flask_ccsso import reasons, signals
 from tests.conftest import authorize_params, callback, oidc_config, start_login
 from tests.local_op import CLIENT_ID
-from tests.test_skills_support import access_token, add_skill_routes, bearer, listen, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_skills_support import access_token, add_skill_routes, app, bearer, client, listen, skills_config  # noqa: F401 (fixtures)
 
 
 def _patch_token_body(op, monkeypatch, change):

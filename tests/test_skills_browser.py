@@ -6,17 +6,7 @@ import pytest
 from flask import render_template_string
 
 from flask_ccsso import reasons, signals
-from tests.test_skills_support import JSON, add_skill_routes, listen, sign_in, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_skills_support import JSON, add_skill_routes, app, client, listen, sign_in, skills_config  # noqa: F401 (fixtures)
 
 
 def test_not_signed_in_browser_redirects_to_sign_in(client):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+
+import pytest
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -137,3 +139,14 @@ def listen(signal: Any) -> Iterator[list[dict[str, Any]]]:
         yield got
     finally:
         signal.disconnect(receiver)
+
+
+@pytest.fixture
+def app(make_app: Any, op: LocalOP) -> Flask:
+    """A test app with a route per configured skill (imported by the skills tests)."""
+    return add_skill_routes(make_app(skills_config(op)))
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()

@@ -8,17 +8,7 @@ import pytest
 
 from flask_ccsso import reasons, signals
 from tests.conftest import authorize_params, callback
-from tests.test_skills_support import JSON, access_token, add_skill_routes, bearer, listen, sign_in, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_skills_support import JSON, access_token, add_skill_routes, app, bearer, client, listen, sign_in, skills_config  # noqa: F401 (fixtures)
 
 
 def _follow_to_idp(client, location):
