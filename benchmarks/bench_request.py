@@ -247,11 +247,24 @@ def flask_login_app() -> tuple[Flask, dict[str, Any]]:
     def me() -> str:
         return str(current_user.id)
 
-    c = app.test_client()
-    c.get("/login")
-    cookie = c.get_cookie("session")
-    assert cookie is not None
-    return app, environ_for("/me", {"Cookie": f"session={cookie.value}"})
+    # sign in with the environ the timed requests use: Flask-Login's session
+    # protection compares the address / User-Agent hash, and a mismatch would
+    # mark the session non-fresh and rewrite the cookie on every request
+    headers: list[tuple[str, str]] = []
+
+    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        headers.extend(hdrs)
+        return lambda data: None
+
+    for _ in app.wsgi_app(environ_for("/login"), start_response):
+        pass
+    cookie = next(v.split(";", 1)[0] for k, v in headers if k == "Set-Cookie" and v.startswith("session="))
+    env = environ_for("/me", {"Cookie": cookie})
+    headers.clear()
+    for _ in app.wsgi_app(dict(env), start_response):
+        pass
+    assert not any(k == "Set-Cookie" for k, _ in headers), "Flask-Login rewrote its cookie"
+    return app, env
 
 
 def ccsso_app(op: Any, tmp: str, label: str, store: dict[str, Any] | None, audit: dict[str, Any] | None) -> Flask:
