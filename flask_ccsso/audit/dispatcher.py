@@ -157,10 +157,14 @@ class AuditPipeline:
         app = self._app_ref()
         if app is None or sender is not app:
             return
+        record = self.settings.records(name)
+        count = name == "auth.login_failed" and self.failures is not None
+        if not (record or count):
+            return  # the hot path: an unrecorded skill.invoked costs no request introspection
         info = _request_info()
-        if self.settings.records(name):
+        if record:
             self._submit(self._build(name, kwargs, info))
-        if name == "auth.login_failed" and self.failures is not None:
+        if count:
             self._count_failure(app, kwargs, info)  # after: the alert follows the failure that tripped it
 
     def _count_failure(self, app: Flask, kwargs: dict[str, Any], info: RequestInfo | None) -> None:
