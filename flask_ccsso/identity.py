@@ -8,6 +8,7 @@ access decisions read it, nothing edits it in place.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -47,6 +48,14 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
 
     is_authenticated: bool = field(default=True, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # NaN compares false with everything, so a NaN auth_time would pass
+        # every freshness check; whatever built this identity, a non-finite
+        # or non-numeric auth_time means "unknown" (which is never fresh)
+        t = self.auth_time
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            object.__setattr__(self, "auth_time", None)
 
     @property
     def id(self) -> str:

@@ -8,6 +8,8 @@ sign-in and the answer must carry a newer one -- on the IdP's own clock.
 
 from __future__ import annotations
 
+import pytest
+
 from flask_ccsso import reasons, signals
 from tests.test_skills_support import add_skill_routes, listen, sign_in, skills_config
 
@@ -34,3 +36,14 @@ def test_unchanged_auth_time_does_not_satisfy_step_up(make_app, op, clock):
     resp = client.get("/s/quick")
     url = _to_idp(client, resp.headers["Location"])
     sign_in(client, op, clock, url=url, groups=["devops-engineers"], auth_time=t0 + 1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "123", True])
+def test_identity_never_keeps_a_non_finite_auth_time(bad):
+    from flask_ccsso.identity import Identity
+    from flask_ccsso.session import auth_age
+
+    ident = Identity(subject="s", provider="p", auth_time=bad)
+    assert ident.auth_time is None
+    assert Identity.from_dict({"subject": "s", "provider": "p", "auth_time": bad}).auth_time is None
+    assert auth_age(ident, lambda: 1000.0) is None
