@@ -40,6 +40,7 @@ _COMMANDS = (
     ("flask_ccsso.session_cli", "sessions"),
     ("flask_ccsso.skills_cli", "explain"),
     ("flask_ccsso.audit.cli", "audit"),
+    ("flask_ccsso.devidp.cli", "devidp_token"),
 )
 
 for _mod, _attr in _COMMANDS:

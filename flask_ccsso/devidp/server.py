@@ -169,8 +169,13 @@ class _IdP:
         key_path: str | None,
         clock: Callable[[], float],
         access_token_lifetime: int,
+        enabled: bool = False,
+        allow_non_loopback: bool = False,
     ) -> None:
         self.issuer = issuer
+        # kept so ``flask ccsso devidp-token`` can check the same two switches again
+        self.enabled = enabled
+        self.allow_non_loopback = allow_non_loopback
         self.cookie_path = urlsplit(issuer).path or "/"
         self.secure_cookie = issuer.startswith("https:")
         self.users = {u.username: u for u in users}
@@ -247,6 +252,56 @@ class _IdP:
         # RFC 9068 §2.1: JWT access tokens are typed "at+jwt" so an ID token can
         # never be replayed as an access token (or the other way round).
         return self._sign(claims, typ="at+jwt"), claims
+
+    def issue_access_token(
+        self, *, client_id: str, username: str, scope: str | None = None, mfa: bool = False
+    ) -> tuple[str, dict[str, Any], str]:
+        """Mint an access token without the browser flow (``flask ccsso devidp-token``).
+
+        The token is the one ``/token`` would hand out after ``username``
+        signed in just now (``auth_time`` = now) for ``client_id``: same key,
+        same audience, and the scope goes through the same checks (a scope no
+        user has is refused as ``invalid_scope``; a custom scope the user is not
+        allowed is dropped). Its record is stored, so ``/introspect``,
+        ``/userinfo`` and ``/revoke`` know it. No refresh token, no ID token.
+
+        ``scope=None`` asks for every scope the IdP supports but
+        ``offline_access``, so the grant is everything this user may have.
+
+        :returns: ``(token, claims, requested_scope)``.
+        :raises LookupError: unknown client or user.
+        :raises ValueError: a scope this IdP does not know.
+        """
+        client = self.clients.get(client_id)
+        if client is None:
+            raise LookupError(f"unknown client {client_id!r} (known: {', '.join(sorted(self.clients))})")
+        user = self.users.get(username)
+        if user is None:
+            raise LookupError(f"unknown user {username!r} (known: {', '.join(self.users)})")
+        if scope is None:
+            scope = " ".join(s for s in self.scopes_supported if s != "offline_access")
+        unknown = [s for s in scope.split() if s not in self.scopes_supported]
+        if unknown:  # what Authlib's validate_requested_scope answers at /authorize
+            raise ValueError(f"invalid_scope: {' '.join(unknown)} (supported: {' '.join(self.scopes_supported)})")
+        granted = self.filter_scope(scope, user)
+        acr, amr = (ACR_MFA, ["pwd", "otp"]) if mfa else (ACR_LOA1, ["pwd"])
+        # A sign-in of its own (not a row in the sessions table: nothing to log out of).
+        context = AuthContext(user.username, self.now(), acr, amr, secrets.token_urlsafe(24))
+        value, claims = self.access_token(client, _Principal(user, context), granted)
+        self.store.save_token(
+            jti=claims["jti"],
+            refresh_token=None,
+            family=secrets.token_urlsafe(16),
+            origin_code=None,
+            client_id=client.client_id,
+            scope=granted,
+            context=context,
+            issued_at=claims["iat"],
+            access_expires_at=claims["exp"],
+            refresh_expires_at=None,
+        )
+        log.warning("devidp: access token issued outside the browser flow for %s (client %s)", username, client_id)
+        return value, claims, scope
 
     def id_token(
         self, client: _AuthlibClient, principal: _Principal, *, access_token: str | None, nonce: str | None
@@ -685,9 +740,13 @@ def create_devidp_blueprint(
         key_path=key_path,
         clock=clock,
         access_token_lifetime=access_token_lifetime,
+        enabled=enabled,
+        allow_non_loopback=allow_non_loopback,
     )
     server, require_oauth = _build_server(idp)
     bp = Blueprint(name, __name__, template_folder="templates", url_prefix=urlsplit(issuer).path or None)
+    # how ``flask ccsso devidp-token`` finds the runtime among app.blueprints
+    bp.ccsso_devidp = idp  # type: ignore[attr-defined]
     bp.record_once(lambda state: idp.bind(state.app))
 
     @bp.after_request
