@@ -8,7 +8,8 @@ person can act on.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .exceptions import ConfigError
 

@@ -11,6 +11,7 @@ from importlib import import_module
 import click
 from flask.cli import AppGroup
 
+
 class _Group(AppGroup):
     """Start-up errors (a bad config, the dev IdP refusing to start) end the
     command with their message and exit code 2, not a traceback."""

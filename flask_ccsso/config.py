@@ -16,8 +16,9 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._validate import check_keys, expect, expect_positive, expect_str_list, join
@@ -68,7 +69,7 @@ def _literal_secrets(value: Any, path: str) -> None:
         for k, v in value.items():
             if k in _SECRET_KEYS and isinstance(v, str) and v and not _VAR.search(v):
                 raise ConfigError(join(path, k), "holds a literal secret in a config file.",
-                                  f"write \"${{SOME_VAR}}\" and set the secret in the environment.")
+                                  "write \"${SOME_VAR}\" and set the secret in the environment.")
             _literal_secrets(v, join(path, k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -371,9 +372,7 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
         raise ConfigError(join(path, "signAuthnRequests"), "is true but no SP key pair is configured.",
                           "set spCertificate and spPrivateKey, or signAuthnRequests false.")
     sfg = expect(raw, "scopesFromGroups", dict, path, {})
-    scopes_from_groups = {}
-    for g, lst in sfg.items():
-        scopes_from_groups[g] = expect_str_list(sfg, g, join(path, "scopesFromGroups"))
+    scopes_from_groups = {g: expect_str_list(sfg, g, join(path, "scopesFromGroups")) for g in sfg}
     return SAMLSettings(
         name=name, type="saml", path=path,
         display_name=expect(raw, "displayName", str, path, "Google Workspace" if name == "saml" else name),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from importlib import import_module
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from importlib import import_module
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -22,13 +23,13 @@ from werkzeug.wrappers import Response
 
 from . import reasons, signals
 from .config import CCSSOConfig, SkillSettings, load_file, parse_config
-from .exceptions import (CCSSOError, ConfigError, LoginRequired, SessionExpired, StepUpRequired)
-from .identity import ANONYMOUS, AnonymousIdentity, Identity
+from .exceptions import CCSSOError, ConfigError, LoginRequired, SessionExpired, StepUpRequired
+from .identity import AnonymousIdentity, Identity
 from .providers import provider_class
 from .providers.base import Provider
 from .responses import bearer_challenge, error_response, login_url_for, wants_json
 from .session import SessionGate, make_session_interface
-from .stores import MemoryStore, RedisStore, SharedStore, SQLStore
+from .stores import RedisStore, SharedStore, SQLStore
 
 log = logging.getLogger("flask_ccsso")
 
@@ -288,7 +289,7 @@ def _guard_route_clashes(app: Flask, state: CCSSOState) -> None:
         original_add(rule)
         check(rule)
 
-    app.url_map.add = add  # type: ignore[method-assign]
+    app.url_map.add = add  # type: ignore[method-assign,assignment]
 
 
 def _handle_error(exc: CCSSOError) -> Response:
@@ -325,7 +326,7 @@ def _handle_error(exc: CCSSOError) -> Response:
 
 
 def _strip_q(path: str) -> str:
-    return path[:-1] if path.endswith("?") else path
+    return path.removesuffix("?")
 
 
 def identity_required() -> Identity:
@@ -337,4 +338,4 @@ def identity_required() -> Identity:
         if getattr(g, "_ccsso_expired", None):
             raise SessionExpired(reason=g._ccsso_expired)
         raise LoginRequired()
-    return ident  # type: ignore[no-any-return]
+    return ident  # type: ignore[return-value]

@@ -98,7 +98,7 @@ class _LockRenewer:
             except CCSSOError:
                 return
 
-    def __enter__(self) -> _LockRenewer:
+    def __enter__(self) -> _LockRenewer:  # noqa: PYI034 - private helper, never subclassed
         self._thread.start()
         return self
 

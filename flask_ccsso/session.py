@@ -30,8 +30,9 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from flask import Flask, Request, Response, g, has_app_context, session
@@ -332,7 +333,7 @@ def make_session_interface(app: Flask, settings: SessionSettings, clock: Callabl
     """Build the Flask-Session interface for ``session.store``."""
     store = settings.store
     prefix = store.key_prefix + "session:"
-    common = dict(key_prefix=prefix, use_signer=False, permanent=False, sid_length=32)
+    common = {"key_prefix": prefix, "use_signer": False, "permanent": False, "sid_length": 32}
     iface: Any
     if store.type == "redis":
         from flask_session.redis import RedisSessionInterface

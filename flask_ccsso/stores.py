@@ -22,12 +22,14 @@ here, at this one boundary, so the request path fails closed with a 503.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .exceptions import StoreUnavailable
 
@@ -57,7 +59,7 @@ class SharedStore(ABC):
         """Add ``member`` to the set at ``key``; the set lives ``ttl`` more seconds."""
 
     @abstractmethod
-    def set_members(self, key: str) -> set[str]: ...
+    def set_members(self, key: str) -> builtins.set[str]: ...
 
     @abstractmethod
     def set_remove(self, key: str, *members: str) -> None: ...
@@ -157,7 +159,7 @@ class MemoryStore(SharedStore):
             s.add(member)
             self._data[key] = (s, self._clock() + ttl)
 
-    def set_members(self, key: str) -> set[str]:
+    def set_members(self, key: str) -> builtins.set[str]:
         with self._lock:
             s = self._live(key)
             return set(s) if isinstance(s, set) else set()
@@ -193,7 +195,6 @@ class RedisStore(SharedStore):
     @classmethod
     def from_url(cls, url: str, prefix: str = "ccsso:") -> RedisStore:
         import redis
-
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -244,7 +245,7 @@ class RedisStore(SharedStore):
             pipe.pexpire(self.prefix + key, self._ms(ttl))
             pipe.execute()
 
-    def set_members(self, key: str) -> set[str]:
+    def set_members(self, key: str) -> builtins.set[str]:
         with self._guard():
             return {self._s(m) for m in self.client.smembers(self.prefix + key)}  # type: ignore[misc]
 
@@ -387,7 +388,7 @@ class SQLStore(SharedStore):
             conn.execute(self.members.insert().values(key=key, member=member, expires_at=exp))
             conn.execute(self.members.update().where(self.members.c.key == key).values(expires_at=exp))
 
-    def set_members(self, key: str) -> set[str]:
+    def set_members(self, key: str) -> builtins.set[str]:
         key = self.prefix + key
         sa = self.sa
         with self._guard(), self.engine.connect() as conn:

@@ -17,18 +17,26 @@ Closes what the libraries leave open (see docs/security.md):
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import json
 import secrets
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
-from joserfc.errors import (BadSignatureError, ClaimError, DecodeError, ExpiredTokenError, JoseError,
-                            MissingKeyError, UnsupportedAlgorithmError)
+from joserfc.errors import (
+    BadSignatureError,
+    ClaimError,
+    DecodeError,
+    ExpiredTokenError,
+    JoseError,
+    MissingKeyError,
+    UnsupportedAlgorithmError,
+)
 from joserfc.jws import JWSRegistry
 
 from .. import reasons
@@ -337,8 +345,8 @@ class OIDCProvider(Provider):
 
     def _check_time_claims(self, claims: Mapping[str, Any], *, essential: tuple[str, ...]) -> None:
         leeway = int(self.settings.clock_skew)
-        registry = jwt.JWTClaimsRegistry(now=lambda: int(self.clock()), leeway=leeway,
-                                         **{k: {"essential": True} for k in essential})
+        options: dict[str, Any] = {k: {"essential": True} for k in essential}
+        registry = jwt.JWTClaimsRegistry(now=lambda: int(self.clock()), leeway=leeway, **options)
         try:
             registry.validate(dict(claims))
         except ExpiredTokenError as exc:
@@ -366,12 +374,12 @@ class OIDCProvider(Provider):
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise AuthenticationFailed("The ID token has no subject.", reason=reasons.INVALID_TOKEN)
         self._check_time_claims(claims, essential=("exp", "iat"))
-        if nonce is not None:
-            if not isinstance(claims.get("nonce"), str) or not secrets.compare_digest(claims["nonce"], nonce):
-                raise AuthenticationFailed("The ID token does not belong to this sign-in.", reason=reasons.INVALID_NONCE)
-        if access_token and isinstance(claims.get("at_hash"), str):
-            if not secrets.compare_digest(claims["at_hash"], _half_hash(access_token, header["alg"])):
-                raise AuthenticationFailed("The ID token does not match the access token.", reason=reasons.INVALID_TOKEN)
+        if nonce is not None and (not isinstance(claims.get("nonce"), str)
+                                  or not secrets.compare_digest(claims["nonce"], nonce)):
+            raise AuthenticationFailed("The ID token does not belong to this sign-in.", reason=reasons.INVALID_NONCE)
+        if access_token and isinstance(claims.get("at_hash"), str) and not secrets.compare_digest(
+                claims["at_hash"], _half_hash(access_token, header["alg"])):
+            raise AuthenticationFailed("The ID token does not match the access token.", reason=reasons.INVALID_TOKEN)
         self.check_freshness(claims, max_age=max_age, acr_values=acr_values, force=force, started_at=started_at,
                              previous_auth_time=previous_auth_time)
         self.check_claims(claims)

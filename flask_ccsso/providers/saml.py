@@ -33,7 +33,8 @@ import tempfile
 import warnings
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote_plus
 
 from cryptography import x509
@@ -62,13 +63,13 @@ def _import_pysaml2() -> None:
     ``decrepit``; pysaml2 never uses CFB for SAML)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="CFB has been moved", category=UserWarning)
+        import saml2.client
         import saml2.cryptography.symmetric  # noqa: F401
-        import saml2.client  # noqa: F401
 
 
 _import_pysaml2()
 
-from saml2.sigver import CryptoBackendXmlSec1  # noqa: E402
+from saml2.sigver import CryptoBackendXmlSec1
 
 
 class _XmlSec1(CryptoBackendXmlSec1):
@@ -93,7 +94,7 @@ DIGEST_SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
 
 #: redirect-binding signature algorithms accepted on IdP-initiated logout
-_REDIRECT_SIG_ALGS = {
+_REDIRECT_SIG_ALGS: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256": hashes.SHA256,
     "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384": hashes.SHA384,
     "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512": hashes.SHA512,
@@ -159,7 +160,7 @@ class SAMLProvider(Provider):
         else:
             try:
                 self.xmlsec = get_xmlsec_binary()
-            except Exception:
+            except Exception:  # noqa: BLE001 - pysaml2 raises a bare Exception when it is missing
                 raise ConfigError(f"{s.path}.xmlsecBinary", "xmlsec1 was not found on PATH.",
                                   "install xmlsec1 (apt install xmlsec1) or set xmlsecBinary.") from None
         self._tmp = tempfile.mkdtemp(prefix="ccsso-saml-")
@@ -347,8 +348,8 @@ class SAMLProvider(Provider):
 
     # -- sign-in --------------------------------------------------------------------------------
     def begin_login(self, req: LoginRequest) -> str:
-        from saml2.samlp import RequestedAuthnContext
         from saml2.saml import AuthnContextClassRef
+        from saml2.samlp import RequestedAuthnContext
 
         s = self.settings
         idp = self.idp()
@@ -684,10 +685,9 @@ class SAMLProvider(Provider):
             return None
         if not idp.slo_redirect:
             return None
-        from saml2.saml import NameID
-        from saml2.samlp import LogoutRequest, SessionIndex
-        from saml2.saml import Issuer
         from saml2 import time_util
+        from saml2.saml import Issuer, NameID
+        from saml2.samlp import LogoutRequest, SessionIndex
 
         req_id = "id-" + secrets.token_hex(16)
         nid = NameID(text=str(logout_state["name_id"]), format=logout_state.get("name_id_format"),

@@ -19,14 +19,14 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import requests
 
-from .saml_xml import MD, DS, parse_instant, parse_xml, serialize
 from ..exceptions import AuthenticationFailed, IdPUnavailable
 from .keys import ResponseTooLarge, read_capped
+from .saml_xml import DS, MD, parse_instant, parse_xml, serialize
 
 REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"

@@ -286,8 +286,8 @@ def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Respon
             s.assertion_issuer = _issuer_of(a)
             if s.assertion_issuer != expected_issuer:
                 raise refuse("The assertion was issued by another identity provider.", reasons.ISSUER_MISMATCH)
-            nid = a.find(f"{_q(SAML, 'Subject')}/{_q(SAML, 'NameID')}")
-            s.name_id = (nid.text or "").strip() if nid is not None else None
+            name_el = a.find(f"{_q(SAML, 'Subject')}/{_q(SAML, 'NameID')}")
+            s.name_id = (name_el.text or "").strip() if name_el is not None else None
             s.audiences = [[(x.text or "").strip() for x in ar.findall(_q(SAML, "Audience"))]
                            for ar in a.iter(_q(SAML, "AudienceRestriction"))]
         elif direct_enc:
