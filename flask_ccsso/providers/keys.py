@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+import urllib3
 from joserfc.jwk import KeySet
 
 from ..exceptions import IdPUnavailable
@@ -46,13 +47,23 @@ def read_capped(resp: requests.Response, timeout: float, limit: int = MAX_IDP_RE
         raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
     deadline = time.monotonic() + max(timeout, 0.001) * 2
     buf = bytearray()
+    raw = resp.raw
     try:
-        for chunk in resp.iter_content(65536):
+        while True:
+            # read1: whatever one socket read brings (iter_content would block
+            # until a whole chunk arrived, so a one-byte drip never hit the deadline)
+            chunk = raw.read1(65536, decode_content=True) if hasattr(raw, "read1") else raw.read(65536)
+            if not chunk:
+                break
             buf += chunk
             if len(buf) > limit:
                 raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
             if time.monotonic() > deadline:
                 raise ResponseTooLarge("the answer took too long")
+    except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:  # read timeouts / protocol errors
+        if isinstance(exc, ResponseTooLarge):
+            raise
+        raise requests.ConnectionError(str(exc)) from exc
     finally:
         resp.close()
     return bytes(buf)
