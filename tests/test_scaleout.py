@@ -474,11 +474,6 @@ def test_audit_events_land_once_each(cluster: Cluster) -> None:
     assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout + verify.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: flask_ccsso/audit/dispatcher.py + audit/sinks/base.py are not fork-safe: under gunicorn --preload "
-    "the sink threads start in the master at init_app and do not exist in the forked workers, so the "
-    "workers' events sit in memory and Sink.stop() at exit (thread not alive -> no drain) neither writes "
-    "nor spools them: every event of every worker is lost, silently"))
 def test_preload_workers_deliver_audit_events(cluster: Cluster) -> None:
     """``gunicorn --preload`` (the app made once in the master, then forked) must not lose the audit trail."""
     port = free_port()

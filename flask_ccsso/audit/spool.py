@@ -126,6 +126,19 @@ class Spool:
                 raise
             self._count = max(0, self._count - max(cur.rowcount, 0))
 
+    def after_fork(self) -> None:
+        """In a forked child: the inherited SQLite connection and replay lock
+        belong to the parent; drop our references (closing the lock fd copy
+        leaves the parent's lock alone)."""
+        self._lock = threading.Lock()
+        self._conn = None
+        if self._lock_fd is not None:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = None
+
     def try_acquire_replay(self) -> bool:
         """Take the replay lock (non-blocking). Held until :meth:`release_replay`."""
         if self._lock_fd is not None:

@@ -17,9 +17,11 @@ deque (or, for a security event when that deque is full, to the spool).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +33,22 @@ from ..spool import DeadLetter, Spool
 
 log = logging.getLogger("flask_ccsso.audit")
 
+
+
+#: every sink in this process, so a forked child can restart their threads
+_LIVE_SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+def _restart_sinks_in_child() -> None:
+    for sink in list(_LIVE_SINKS):
+        try:
+            sink._restart_in_child()
+        except Exception:
+            log.exception("audit sink %r could not restart after fork", getattr(sink, "name", "?"))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_sinks_in_child)
 
 class SinkError(Exception):
     """Base of the errors a backend raises from :meth:`Sink.write_batch`."""
@@ -95,6 +113,7 @@ class Sink:
         self._down_until = 0.0  # monotonic
         self._last_drop_warning = 0.0
         self._dropped_since_warning = 0
+        _LIVE_SINKS.add(self)
 
     # -- what a backend provides ---------------------------------------------------
 
@@ -107,6 +126,10 @@ class Sink:
 
     def close(self) -> None:
         """Release connections. Called once, in the worker thread, at shutdown."""
+
+    def after_fork(self) -> None:
+        """In a forked child: forget connections inherited from the parent
+        (never close them: they are the parent's)."""
 
     # -- the request side ---------------------------------------------------------------
 
@@ -147,6 +170,20 @@ class Sink:
         return False
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _restart_in_child(self) -> None:
+        """``fork()`` copies no threads: under ``gunicorn --preload`` the
+        pipeline was started in the master, and each worker needs its own
+        writer thread, lock and connections, or its events would sit in
+        memory and be lost at exit."""
+        was_running = self._thread is not None and not self._stopping
+        self._cv = threading.Condition()
+        self._thread = None
+        self._opened = False
+        self.spool.after_fork()
+        self.after_fork()
+        if was_running:
+            self.start()
 
     def start(self) -> None:
         if self._thread is None:

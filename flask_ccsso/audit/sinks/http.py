@@ -56,6 +56,9 @@ def _retry_after(resp: requests.Response) -> float | None:
 class HTTPSink(Sink):
     session: requests.Session | None = None
 
+    def after_fork(self) -> None:
+        self.session = None  # a new connection pool in this process
+
     def open(self) -> None:
         if self.session is None:
             self.session = requests.Session()

@@ -162,6 +162,10 @@ class SQLAlchemySink(Sink):
 
     engine: sa.Engine | None = None
 
+    def after_fork(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose(close=False)  # the pooled connections are the parent's
+
     def open(self) -> None:
         if self.engine is None:
             assert self.settings.url is not None
