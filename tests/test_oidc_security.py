@@ -383,3 +383,13 @@ def test_store_failure_while_establishing_session_is_503_and_audited(make_app, o
     assert resp.status_code == 503 and b"Traceback" not in resp.data
     assert failures[-1]["reason"] == "store_unavailable"
     assert client.get("/me").status_code == 302
+
+
+def test_callback_without_the_session_cookie_explains_the_likely_cause(make_app, op, failures):
+    app = make_app(oidc_config(op))
+    client = app.test_client()
+    url = start_login(client)
+    client.delete_cookie("ccsso_session")  # e.g. a Secure cookie over plain http, or another host name
+    resp = callback(client, op.issue_code(url))
+    assert resp.status_code == 400 and failures[-1]["reason"] == "state_mismatch"
+    assert b"cookieSecure" in resp.data and b"host name" in resp.data

@@ -122,6 +122,14 @@ class Provider(ABC):
         if self.clock() - float(data.get("created", 0)) > ttl:
             raise AuthenticationFailed("The sign-in took too long. Please sign in again.", reason=reasons.STATE_EXPIRED)
         if check_binding and data.get("bind") != binding:
+            if binding is None:
+                # the most common cause by far is configuration, not an attack:
+                # say what to check
+                raise AuthenticationFailed(
+                    "The browser came back without the session cookie it had when the sign-in started. "
+                    "Check that the portal is opened on the same host name as its redirect URI, and that "
+                    "session.cookieSecure is false when it is served over plain http.",
+                    reason=reasons.STATE_MISMATCH)
             raise AuthenticationFailed("The sign-in response belongs to another browser session.",
                                        reason=reasons.STATE_MISMATCH)
         return data
