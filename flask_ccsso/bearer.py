@@ -152,6 +152,18 @@ def _scopes(claims: Mapping[str, Any]) -> list[str]:
     return sorted(set(out))
 
 
+def _check_client(prov: OIDCProvider, claims: Mapping[str, Any]) -> None:
+    """``allowedClients``: only tokens obtained by these OAuth clients
+    (``client_id`` per RFC 9068, ``azp``, Entra's ``appid``) may call the API.
+    Off by default: RFC 9068 lets any client of the audience call it."""
+    allowed = prov.settings.allowed_clients
+    if not allowed:
+        return
+    cid = claims.get("client_id") or claims.get("azp") or claims.get("appid")
+    if not isinstance(cid, str) or cid not in allowed:
+        raise _invalid("The token was obtained by a client that may not call this API.")
+
+
 def _auds(claims: Mapping[str, Any]) -> list[str]:
     aud = claims.get("aud")
     if isinstance(aud, str):
@@ -265,6 +277,7 @@ class BearerAuthenticator:
                 raise _invalid("An ID token is not an access token.")
             if not isinstance(claims.get("sub"), str) or not claims["sub"]:
                 raise _invalid("The token has no subject.")
+            _check_client(prov, claims)
             prov._check_time_claims(claims, essential=("exp",))
             prov.check_claims(claims)
         except AuthenticationFailed as exc:
@@ -333,6 +346,7 @@ class BearerAuthenticator:
             raise _invalid("The token was issued by someone else.")
         if "aud" in data and not any(a in prov.settings.audience for a in _auds(data)):
             raise _invalid("The token is meant for another application (aud).")
+        _check_client(prov, data)
         token_type = data.get("token_type")
         if isinstance(token_type, str) and token_type.lower() not in ("bearer", "access_token", "dpop"):
             raise _invalid("The token is not an access token.")

@@ -151,6 +151,8 @@ class OIDCSettings(ProviderSettings):
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     keep_claims: tuple[str, ...] = ()
     introspection: bool = True
+    #: bearer tokens only from these OAuth clients (empty: any client)
+    allowed_clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ _OIDC_KEYS = _COMMON_KEYS + (
     "clientId", "clientSecret", "issuer", "tenantId", "audience", "scopes", "redirectUri", "discoveryUrl",
     "allowedAlgorithms", "clockSkew", "discoveryTtl", "jwksTtl", "jwksRefreshCooldown", "timeout", "groupsClaim",
     "rolesClaim", "graphUrl", "postLogoutRedirectUri", "idpLogout", "requireIssParameter", "authority",
-    "loginStateTtl", "extraAuthorizeParams", "keepClaims", "introspection",
+    "loginStateTtl", "extraAuthorizeParams", "keepClaims", "introspection", "allowedClients",
 )
 _SAML_KEYS = _COMMON_KEYS + (
     "idpMetadata", "spEntityId", "attributeMapping", "spCertificate", "spPrivateKey", "signAuthnRequests",
@@ -339,6 +341,7 @@ def _parse_oidc(name: str, ptype: str, raw: Mapping[str, Any], path: str) -> OID
         extra_authorize_params=dict(extra),
         keep_claims=expect_str_list(raw, "keepClaims", path),
         introspection=expect(raw, "introspection", bool, path, True),
+        allowed_clients=expect_str_list(raw, "allowedClients", path),
     )
 
 

@@ -289,6 +289,18 @@ def test_access_token_of_another_client_for_our_audience(client, real_op):
     assert resp.status_code == 200 and resp.get_json()["via"] == "bearer"
 
 
+def test_allowed_clients_refuses_another_clients_access_token(make_app, real_op):
+    """``allowedClients`` narrows RFC 9068's rule: only our own client's tokens."""
+    cfg = op_config(real_op)
+    cfg["auth"]["providers"]["op"]["allowedClients"] = [real_op.client_id]
+    client = add_routes(make_app(cfg)).test_client()
+    other = op_tokens(real_op, "alice", client="other")
+    resp = client.get("/whoami", headers=bearer(other["access_token"]))
+    assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_token"
+    ours = op_tokens(real_op, "alice")
+    assert client.get("/whoami", headers=bearer(ours["access_token"])).status_code == 200
+
+
 def test_bearer_token_wins_over_a_session_cookie(client, real_op, op_browser):
     signed_in(client, op_browser, "alice")
     assert client.get("/migrations").status_code == 200
