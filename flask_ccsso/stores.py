@@ -68,6 +68,17 @@ class SharedStore(ABC):
     def keys(self, prefix: str) -> list[str]:
         """Keys (and set keys) starting with ``prefix`` (admin tools only, not the request path)."""
 
+    #: the backend's connection errors, mapped to StoreUnavailable by _guard
+    _errors: tuple[type[BaseException], ...] = ()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The one boundary where backend errors become a 503 (fail closed)."""
+        try:
+            yield
+        except self._errors as exc:
+            raise StoreUnavailable() from exc
+
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` if the backend cannot be reached."""
         self.get("__ping__")
@@ -203,13 +214,6 @@ class RedisStore(SharedStore):
                                       retry=Retry(NoBackoff(), 1))
         return cls(client, prefix)
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except self._errors as exc:
-            raise StoreUnavailable() from exc
-
     @staticmethod
     def _ms(ttl: float) -> int:
         return max(1, int(ttl * 1000))
@@ -319,13 +323,6 @@ class SQLStore(SharedStore):
                 cur.execute("PRAGMA busy_timeout=15000")
                 cur.close()
         return cls(engine, clock, key_prefix=key_prefix)
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except self._errors as exc:
-            raise StoreUnavailable() from exc
 
     def _sweep(self, conn: Any) -> None:
         self._writes += 1
