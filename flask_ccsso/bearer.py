@@ -154,12 +154,12 @@ def _scopes(claims: Mapping[str, Any]) -> list[str]:
 
 def _check_client(prov: OIDCProvider, claims: Mapping[str, Any]) -> None:
     """``allowedClients``: only tokens obtained by these OAuth clients
-    (``client_id`` per RFC 9068, ``azp``, Entra's ``appid``) may call the API.
+    (``client_id`` per RFC 9068, ``azp``, Okta's ``cid``, Entra's ``appid``) may call the API.
     Off by default: RFC 9068 lets any client of the audience call it."""
     allowed = prov.settings.allowed_clients
     if not allowed:
         return
-    cid = claims.get("client_id") or claims.get("azp") or claims.get("appid")
+    cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
     if not isinstance(cid, str) or cid not in allowed:
         raise _invalid("The token was obtained by a client that may not call this API.")
 

@@ -58,3 +58,14 @@ def test_introspection_exp_nan_is_refused(app, op, clock):
     prov = app.extensions["ccsso"].providers["op"]
     with app.app_context(), pytest.raises(AuthenticationFailed):
         auth._from_introspection(prov, {"active": True, "sub": "u-1", "exp": float("nan")}, clock.now)
+
+
+@pytest.mark.parametrize("claim", ["client_id", "azp", "cid", "appid"])
+def test_allowed_clients_reads_each_vendors_client_claim(make_app, op, clock, claim):
+    cfg = skills_config(op)
+    cfg["auth"]["providers"]["op"]["allowedClients"] = ["portal"]
+    client = add_skill_routes(make_app(cfg)).test_client()
+    ok = access_token(op, clock, **{"client_id": None, claim: "portal"})
+    other = access_token(op, clock, **{"client_id": None, claim: "intruder"})
+    assert client.get("/s/database-migration", headers=bearer(ok)).status_code == 200
+    assert client.get("/s/database-migration", headers=bearer(other)).status_code == 401
