@@ -252,3 +252,72 @@ def test_federation_other_idp_cannot_sign_for_ours(portal, idp, failures, tmp_pa
     evil = SAMLIdP(str(tmp_path / "evil"), entity_id=idp.entity_id, cn="evil")
     evil.trust_sp(client.get("/sso/idp/metadata").data.decode())
     refused(client, respond(evil, login(client)), failures)
+
+
+# ------------------------------------------------------------------------------ signatures
+
+def test_google_default_assertion_signed_response_unsigned(portal, idp):
+    app, client = portal("google-metadata.xml")
+    accepted(client, respond(idp, login(client), assertion=True, response=False))
+
+
+def test_adfs_default_both_signed(portal, idp):
+    app, client = portal("adfs-metadata.xml", wantResponseSigned=True)
+    accepted(client, respond(idp, login(client), assertion=True, response=True))
+
+
+def test_okta_response_only_needs_want_response_signed(portal, idp, failures):
+    # default settings (wantAssertionsSigned true): an unsigned assertion is refused
+    app, client = portal()
+    refused(client, respond(idp, login(client), assertion=False, response=True), failures)
+    app, client = portal(wantResponseSigned=True, wantAssertionsSigned=False)
+    accepted(client, respond(idp, login(client), assertion=False, response=True))
+    # ... and with that setting, a response-unsigned message is refused
+    refused(client, respond(idp, login(client), assertion=True, response=False), failures)
+
+
+@pytest.mark.parametrize("c14n", [EXC, INC])
+@pytest.mark.parametrize("where", ["assertion", "response", "both"])
+def test_exclusive_c14n_accepted_inclusive_refused_before_xmlsec1(portal, idp, failures, c14n, where):
+    """Google / ADFS / Okta / Entra / Keycloak sign with exclusive c14n. Inclusive
+    c14n (a few Shibboleth setups) is refused by pysaml2 after xmlsec1 ran; the
+    pre-scan refuses it first, with a message that names the fix."""
+    over = {} if where == "assertion" else {"wantResponseSigned": True}
+    if where == "response":
+        over["wantAssertionsSigned"] = False
+    app, client = portal(**over)
+    data = respond(idp, login(client), assertion=where != "response", response=where != "assertion", c14n=c14n)
+    if c14n == EXC:
+        accepted(client, data)
+    else:
+        resp = client.post("/sso/idp/acs", data=data)
+        assert resp.status_code == 400 and b"exclusive c14n" in resp.data
+        assert failures[-1]["reason"] == "invalid_response"
+
+
+@pytest.mark.parametrize("prefixes", ["xs", "xs xsi", "#default saml ds xs xsi"])
+def test_okta_shibboleth_inclusive_namespaces_prefix_list(portal, idp, prefixes):
+    """Okta and Shibboleth put <ec:InclusiveNamespaces PrefixList="xs"/> in the exc-c14n transform."""
+    app, client = portal(wantResponseSigned=True)
+    accepted(client, respond(idp, login(client), assertion=True, response=True, prefix_list=prefixes))
+
+
+def test_transform_with_other_children_still_refused(portal, idp, failures):
+    app, client = portal()
+    data = respond(idp, login(client), prefix_list="xs")
+    xml = base64.b64decode(data["SAMLResponse"]).decode()
+    bad = xml.replace('PrefixList="xs"/>', 'PrefixList="xs"/><ds:XPath>not(ancestor-or-self::x)</ds:XPath>', 1)
+    assert bad != xml
+    refused(client, {**data, "SAMLResponse": base64.b64encode(bad.encode()).decode()}, failures)
+    # InclusiveNamespaces inside the enveloped-signature transform is not a thing: refused
+    bad2 = re.sub(r'(<ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature")/>',
+                  rf'\1><ec:InclusiveNamespaces xmlns:ec="{EXC}" PrefixList="xs"/></ds:Transform>', xml, count=1)
+    assert bad2 != xml
+    refused(client, {**data, "SAMLResponse": base64.b64encode(bad2.encode()).decode()}, failures)
+
+
+def test_tampered_after_signing_with_prefix_list_still_refused(portal, idp, failures):
+    app, client = portal()
+    data = respond(idp, login(client), prefix_list="xs")
+    xml = base64.b64decode(data["SAMLResponse"]).decode().replace("alice@example.com", "mallory@example.com")
+    refused(client, {**data, "SAMLResponse": base64.b64encode(xml.encode()).decode()}, failures)

@@ -51,11 +51,16 @@ XENC = "http://www.w3.org/2001/04/xmlenc#"
 MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
-C14N_ALGORITHMS = frozenset({
-    "http://www.w3.org/2001/10/xml-exc-c14n#",
-    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+#: Exclusive c14n only: the SAML core spec says SHOULD, and pysaml2 (7.x)
+#: refuses any other canonicalization after xmlsec1 has run; refusing it
+#: here says why, and saves the xmlsec1 process.
+C14N_ALGORITHMS = frozenset({EXC_C14N, EXC_C14N + "WithComments"})
+INCLUSIVE_C14N = frozenset({
     "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
     "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments",
+    "http://www.w3.org/2006/12/xml-c14n11",
+    "http://www.w3.org/2006/12/xml-c14n11#WithComments",
 })
 ALLOWED_TRANSFORMS = C14N_ALGORITHMS | {ENVELOPED}
 #: SHA-1 is refused: collisions are practical, and every current IdP (Google
@@ -172,6 +177,25 @@ class Scan:
     audiences: list[list[str]] | None = None
 
 
+_PREFIX = re.compile(r"^(#default|[A-Za-z_][\w.-]*)$")
+
+
+def _inclusive_namespaces_only(el: ET.Element) -> bool:
+    """``el`` has no children, or exactly one exc-c14n ``InclusiveNamespaces``
+    with a plain PrefixList and nothing else in it."""
+    children = list(el)
+    if not children:
+        return not (el.text or "").strip()
+    if len(children) != 1:
+        return False
+    inc = children[0]
+    if inc.tag != _q(EXC_C14N, "InclusiveNamespaces") or len(inc) or (inc.text or "").strip():
+        return False
+    if set(inc.attrib) != {"PrefixList"} or (el.text or "").strip() or (inc.tail or "").strip():
+        return False
+    return all(_PREFIX.match(p) for p in inc.get("PrefixList", "").split())
+
+
 def _check_signature(sig: ET.Element, parent: ET.Element) -> set[str]:
     """Shape of one ds:Signature (SAML core 5.4, and our algorithm allow-list)."""
     parent_id = parent.get("ID")
@@ -181,7 +205,10 @@ def _check_signature(sig: ET.Element, parent: ET.Element) -> set[str]:
     if si is None:
         raise refuse("A signature has no SignedInfo.")
     c14n = si.find(_q(DS, "CanonicalizationMethod"))
-    if c14n is None or c14n.get("Algorithm") not in C14N_ALGORITHMS:
+    if c14n is not None and c14n.get("Algorithm") in INCLUSIVE_C14N:
+        raise refuse("A signature uses inclusive canonicalization; the identity provider must sign with "
+                     "exclusive c14n (http://www.w3.org/2001/10/xml-exc-c14n#).")
+    if c14n is None or c14n.get("Algorithm") not in C14N_ALGORITHMS or not _inclusive_namespaces_only(c14n):
         raise refuse("A signature uses a canonicalization method that is not allowed.")
     sm = si.find(_q(DS, "SignatureMethod"))
     if sm is None or sm.get("Algorithm") not in SIGNATURE_ALGORITHMS:
@@ -193,8 +220,13 @@ def _check_signature(sig: ET.Element, parent: ET.Element) -> set[str]:
     algs = [t.get("Algorithm") for t in transforms]
     if not 1 <= len(algs) <= 2 or ENVELOPED not in algs or any(a not in ALLOWED_TRANSFORMS for a in algs):
         raise refuse("A signature uses a transform that is not allowed.")
+    if any(a in INCLUSIVE_C14N for a in algs):
+        raise refuse("A signature uses inclusive canonicalization; the identity provider must sign with "
+                     "exclusive c14n (http://www.w3.org/2001/10/xml-exc-c14n#).")
     for t in transforms:
-        if len(t):
+        # Okta and Shibboleth write <ec:InclusiveNamespaces PrefixList="xs"/> in the
+        # exclusive c14n transform (it only adds namespace declarations to what is signed)
+        if len(t) and not (t.get("Algorithm", "").startswith(EXC_C14N) and _inclusive_namespaces_only(t)):
             raise refuse("A signature uses a transform that is not allowed.")
     dm = refs[0].find(_q(DS, "DigestMethod"))
     if dm is None or dm.get("Algorithm") not in DIGEST_ALGORITHMS:
