@@ -1,7 +1,9 @@
 """Single-flight token refresh (``session.refreshWindow``).
 
 When the session's access token expires within ``refreshWindow`` seconds
-(per the extension's clock), it is refreshed once -- once across threads,
+(per the extension's clock; a token is used at least ``MIN_TOKEN_USE`` s,
+or half its lifetime, first -- so tokens that live no longer than the window
+are not refreshed on every request), it is refreshed once -- once across threads,
 processes and hosts:
 
 1. the request takes ``refresh:<sid>`` in the shared store (the lock is
@@ -31,6 +33,7 @@ The hot path costs nothing: outside the window this is one comparison.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,7 +43,7 @@ from flask import Flask, current_app, session
 from . import reasons, signals
 from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, StoreUnavailable
 from .identity import ANONYMOUS, AnonymousIdentity, Identity
-from .session import SESSION_KEY
+from .session import SESSION_KEY, _rev, valid_record
 
 if TYPE_CHECKING:
     from .extension import CCSSOState
@@ -52,18 +55,40 @@ POLL_INTERVAL = 0.05
 #: after the IdP was unreachable, wait this long (store TTL) before trying again
 #: while the access token is still valid
 BACKOFF = 15.0
+#: a new access token is used at least this long (or half its lifetime, if
+#: shorter) before the next refresh, whatever ``refreshWindow`` says
+MIN_TOKEN_USE = 60.0
 
 
 def init_state(app: Flask, state: CCSSOState) -> None:
     state.refresher = refresh_if_needed
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _expires_at(data: dict[str, Any]) -> float | None:
     tokens = data.get("tokens")
     if not isinstance(tokens, dict) or not tokens.get("refresh_token"):
         return None
-    exp = tokens.get("expires_at")
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    return _number(tokens.get("expires_at"))
+
+
+def _window(data: dict[str, Any], expires_at: float, configured: float) -> float:
+    """``refreshWindow``, but a token is used for at least :data:`MIN_TOKEN_USE`
+    seconds (or half its lifetime, when that is shorter) before it is refreshed
+    -- when its lifetime (from ``obtained_at``) is known. An IdP whose access
+    tokens live no longer than the window (Keycloak's default is 300 s, like the
+    default window) would otherwise be asked for new tokens on every request."""
+    tokens = data.get("tokens")
+    obtained = _number(tokens.get("obtained_at")) if isinstance(tokens, dict) else None
+    if obtained is None or expires_at < obtained:
+        return configured
+    lifetime = expires_at - obtained
+    return min(configured, lifetime - min(MIN_TOKEN_USE, lifetime / 2))
 
 
 def refresh_if_needed(state: CCSSOState, identity: Identity) -> Identity | AnonymousIdentity:
@@ -74,7 +99,8 @@ def refresh_if_needed(state: CCSSOState, identity: Identity) -> Identity | Anony
     if data is None:
         return identity
     expires_at = _expires_at(data)
-    if expires_at is None or expires_at - state.clock() > state.config.session.refresh_window:
+    if expires_at is None or expires_at - state.clock() > _window(data, expires_at,
+                                                                   state.config.session.refresh_window):
         return identity  # the hot path
     provider = state.providers.get(identity.provider)
     if provider is None or not hasattr(provider, "refresh"):
@@ -115,7 +141,7 @@ class _SingleFlight:
         self.provider = provider
         self.data = data
         self.expires_at = expires_at
-        self.rev = int(data.get("rev", 0))
+        self.rev = _rev(data)
         self.sid: str = session.sid  # type: ignore[attr-defined]
         self.lock_name = f"refresh:{self.sid}"
         self.backoff_key = f"refresh-backoff:{self.sid}"
@@ -126,12 +152,12 @@ class _SingleFlight:
     def _adopt(self, stored: dict[str, Any] | None) -> Identity | AnonymousIdentity | None:
         """Take over what a peer wrote. ``None``: nothing new yet."""
         theirs = stored.get(SESSION_KEY) if isinstance(stored, dict) else None
-        if not isinstance(theirs, dict) or "identity" not in theirs or theirs.get("ended"):
+        if not isinstance(theirs, dict) or "identity" not in theirs or theirs.get("ended") or not valid_record(theirs):
             # ended by the peer (refresh failed) or revoked meanwhile
             reason = theirs.get("ended") if isinstance(theirs, dict) and theirs.get("ended") else reasons.REFRESH_FAILED
             self.state.gate.expire(self.app, self.identity, str(reason))
             return ANONYMOUS
-        if int(theirs.get("rev", 0)) <= self.rev:
+        if _rev(theirs) <= self.rev:
             return None
         for key in ("identity", "tokens", "rev", "logout"):
             if key in theirs:
@@ -197,6 +223,8 @@ class _SingleFlight:
                 self.state.gate.expire(self.app, self.identity, reasons.REFRESH_FAILED)
                 return ANONYMOUS
         identity = self._merge_identity(new_identity, new_tokens)
+        new_tokens = dict(new_tokens)
+        new_tokens["obtained_at"] = self.state.clock()
         self.data["tokens"] = new_tokens
         self.data["identity"] = identity.to_dict()
         self.data["rev"] = self.rev + 1

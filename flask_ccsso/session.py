@@ -26,11 +26,13 @@ caller is done here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +117,36 @@ def _auth_part(data: Any) -> dict[str, Any] | None:
     return d if isinstance(d, dict) else None
 
 
+#: the session record's schema version (``"v"``)
+SCHEMA_VERSION = 1
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def valid_record(data: dict[str, Any]) -> bool:
+    """Is a signed-in record of the shape this version writes? A record from
+    another schema version (an upgrade, a rollback) or edited by hand must
+    sign the browser out, never turn every request into a 500."""
+    if data.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+        return False
+    if not isinstance(data.get("identity"), dict) or not _finite(data.get("created")):
+        return False
+    if "last_seen" in data and not _finite(data["last_seen"]):
+        return False
+    rev = data.get("rev", 0)
+    if not isinstance(rev, int) or isinstance(rev, bool):
+        return False
+    tokens = data.get("tokens")
+    return tokens is None or isinstance(tokens, dict)
+
+
+def _rev(data: dict[str, Any]) -> int:
+    rev = data.get("rev", 0)
+    return rev if isinstance(rev, int) and not isinstance(rev, bool) else 0
+
+
 def reconcile(session: ServerSideSession, stored: dict[str, Any] | None) -> bool:
     """Decide whether ``session`` may be written over ``stored``; merge in place.
 
@@ -129,13 +161,16 @@ def reconcile(session: ServerSideSession, stored: dict[str, Any] | None) -> bool
     if mine is None or "identity" not in mine or getattr(session, "ccsso_fresh", False):
         return True
     theirs = _auth_part(stored)
-    if theirs is None or "identity" not in theirs or theirs.get("ended"):
+    if theirs is None or not isinstance(theirs.get("identity"), dict) or theirs.get("ended") \
+            or theirs.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
         return False
-    if int(theirs.get("rev", 0)) > int(mine.get("rev", 0)):
+    if _rev(theirs) > _rev(mine):
         for key in ("identity", "tokens", "rev", "logout"):
             if key in theirs:
                 mine[key] = theirs[key]
-    mine["last_seen"] = max(float(mine.get("last_seen", 0)), float(theirs.get("last_seen", 0)))
+    seen = [x for x in (mine.get("last_seen"), theirs.get("last_seen")) if _finite(x)]
+    if seen:
+        mine["last_seen"] = max(seen)
     return True
 
 
@@ -182,7 +217,7 @@ class CCSSOSessionMixin:
         s = self.ccsso_settings
         if isinstance(data, dict) and data.get("ended"):
             return s.idle_timeout + 60.0  # a tombstone: long enough to tell the browser why
-        if isinstance(data, dict) and "identity" in data:
+        if isinstance(data, dict) and "identity" in data and valid_record(data):
             deadline = min(float(data.get("created", now)) + s.absolute_timeout, idle_deadline(data, s))
             return max(1.0, deadline - now + 5)
         return 900.0  # a pre-sign-in session: only a binding value lives here
@@ -318,6 +353,37 @@ class _RedisWatchMixin:
         raise StoreUnavailable("The session store is too busy right now. Try again in a moment.")
 
 
+class _FileLockMixin:
+    """The embedded file store has no transactions: the reconcile-and-write
+    and the tombstone write take one ``flock`` (per store directory, across
+    threads and worker processes), so a revocation cannot land between a
+    save's read and its write and be overwritten."""
+
+    ccsso_lock_path: str
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self.ccsso_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
+        with self._write_lock():
+            return super()._guarded_upsert(session, store_id)  # type: ignore[misc, no-any-return]
+
+    def end_sid(self, sid: str, reason: str) -> bool:
+        try:
+            with self._write_lock():
+                return super().end_sid(sid, reason)  # type: ignore[misc, no-any-return]
+        except OSError as exc:
+            raise StoreUnavailable() from exc
+
+
 def _redis_client(url: str) -> Any:
     import redis
     from redis.backoff import NoBackoff
@@ -350,10 +416,11 @@ def make_session_interface(app: Flask, settings: SessionSettings, clock: Callabl
 
         path = store.path or os.path.join(app.instance_path, "ccsso-sessions")
         os.makedirs(path, mode=0o700, exist_ok=True)
-        cls = type("CCSSOFileSessionInterface", (CCSSOSessionMixin, CacheLibSessionInterface), {})
+        cls = type("CCSSOFileSessionInterface", (_FileLockMixin, CCSSOSessionMixin, CacheLibSessionInterface), {})
         cache = FileSystemCache(path, threshold=0, default_timeout=0, mode=0o600)
         cache.serializer = JSONFileSerializer()  # type: ignore[assignment]
         iface = cls(app, client=cache, **common)
+        iface.ccsso_lock_path = os.path.normpath(path) + ".lock"
     iface._setup_ccsso(settings, clock)
     return iface  # type: ignore[no-any-return]
 
@@ -445,6 +512,10 @@ class SessionGate:
         stored = data.get("identity")
         if stored is None and "identity" not in data:
             return ANONYMOUS
+        if not valid_record(data):
+            log.warning("flask-ccsso: dropped a session record of another shape or schema version")
+            sess.clear()
+            return ANONYMOUS
         now = self.clock()
         s = self.settings
         reason = None
@@ -480,8 +551,11 @@ class SessionGate:
         session.clear()
         if binding:  # other tabs of this browser may still be signing in
             session[BINDING_KEY] = binding
+        if isinstance(tokens, dict) and "obtained_at" not in tokens:
+            # the token's lifetime bounds the refresh window (refresh.py)
+            tokens = {**tokens, "obtained_at": now}
         session[SESSION_KEY] = {
-            "v": 1,
+            "v": SCHEMA_VERSION,
             "rev": 0,
             "identity": identity.to_dict(),
             "tokens": tokens,

@@ -94,6 +94,55 @@ class _SQLContextMixin:
             S._delete_expired_sessions.__wrapped__(self)  # type: ignore[attr-defined]
 
 
+class _SQLGuardMixin:
+    """The reconcile-and-write of a signed-in session as one transaction that
+    holds the row's write lock (PostgreSQL: the row lock; SQLite: the database
+    write lock) from the read to the commit. A revocation (tombstone) or a
+    sign-out another worker writes meanwhile waits for it, then wins; it can
+    never land between our read and our write and be overwritten."""
+
+    ccsso_app: Flask
+
+    def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
+        from datetime import datetime
+
+        from sqlalchemy import update
+
+        from .session import _DECODE_ERRORS, reconcile
+
+        model = self.sql_session_model  # type: ignore[attr-defined]
+        with self.ccsso_app.app_context():
+            dbs = self.client.session  # type: ignore[attr-defined]
+            try:
+                # a no-op UPDATE takes the write lock before we read
+                dbs.execute(update(model).where(model.session_id == store_id).values(session_id=model.session_id))
+                record = dbs.query(model).filter_by(session_id=store_id).populate_existing().first()
+                stored = None
+                if record is not None and record.expiry is not None and record.expiry > datetime.utcnow():
+                    try:
+                        raw = record.data
+                        stored = self.serializer.decode(raw if isinstance(raw, bytes) else bytes(raw))  # type: ignore[attr-defined]
+                    except _DECODE_ERRORS:
+                        stored = None
+                if not isinstance(stored, dict):
+                    stored = None
+                if not reconcile(session, stored):
+                    dbs.rollback()
+                    return False
+                expiry = datetime.utcnow() + timedelta(seconds=self._ttl_for(session))  # type: ignore[attr-defined]
+                data = self.serializer.encode(session)  # type: ignore[attr-defined]
+                if record is not None:
+                    record.data = data
+                    record.expiry = expiry
+                else:
+                    dbs.add(model(session_id=store_id, data=data, expiry=expiry))
+                dbs.commit()
+                return True
+            except Exception:
+                dbs.rollback()
+                raise
+
+
 def make_sqlalchemy_interface(app: Flask, settings: SessionSettings, mixin: type, common: dict[str, Any]) -> Any:
     """Build the SQLAlchemy session interface for ``app`` (see the module doc)."""
     from flask_session.sqlalchemy import SqlAlchemySessionInterface
@@ -104,7 +153,7 @@ def make_sqlalchemy_interface(app: Flask, settings: SessionSettings, mixin: type
     private = Flask(f"{app.import_name}.ccsso_sessions", root_path=app.root_path)
     private.config.update(SQLALCHEMY_BINDS={BIND_KEY: engine_options(url)}, SQLALCHEMY_TRACK_MODIFICATIONS=False)
     db = SQLAlchemy(private)
-    cls = type("CCSSOSQLSessionInterface", (mixin, _SQLContextMixin, SqlAlchemySessionInterface), {})
+    cls = type("CCSSOSQLSessionInterface", (_SQLGuardMixin, mixin, _SQLContextMixin, SqlAlchemySessionInterface), {})
     # Flask-Session's own cleanup (a before_request hook or a CLI command)
     # lands on the private app, which serves no requests: _SQLContextMixin
     # sweeps on writes instead
