@@ -321,3 +321,121 @@ def test_tampered_after_signing_with_prefix_list_still_refused(portal, idp, fail
     data = respond(idp, login(client), prefix_list="xs")
     xml = base64.b64decode(data["SAMLResponse"]).decode().replace("alice@example.com", "mallory@example.com")
     refused(client, {**data, "SAMLResponse": base64.b64encode(xml.encode()).decode()}, failures)
+
+
+# ------------------------------------------------------------------------------ assertion contents
+
+ATTRS = {
+    # Entra / ADFS: claim URIs, NameFormat uri; groups one AttributeValue each
+    "uri": f'''<saml:Attribute Name="{EMAIL_URI}" NameFormat="{URI_FMT}"><saml:AttributeValue>alice@example.com</saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="{NAME_URI}" NameFormat="{URI_FMT}"><saml:AttributeValue>Alice Example</saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="{GROUPS_URI}" NameFormat="{URI_FMT}"><saml:AttributeValue>database-admins</saml:AttributeValue><saml:AttributeValue>engineering</saml:AttributeValue></saml:Attribute>''',
+    # Okta / Keycloak: basic names, xsi:type="xs:string", whitespace and newlines around values
+    "basic": f'''<saml:Attribute Name="email" NameFormat="{BASIC_FMT}"><saml:AttributeValue xsi:type="xs:string">
+        alice@example.com
+      </saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="name" NameFormat="{BASIC_FMT}"><saml:AttributeValue xsi:type="xs:string"> Alice Example </saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="groups" NameFormat="{BASIC_FMT}"><saml:AttributeValue xsi:type="xs:string">database-admins</saml:AttributeValue><saml:AttributeValue xsi:type="xs:string">engineering</saml:AttributeValue></saml:Attribute>''',
+    # Google: no NameFormat on its custom attributes (unspecified), names chosen by the admin
+    "unspecified": f'''<saml:Attribute Name="email" NameFormat="{UNSPEC_FMT}"><saml:AttributeValue>alice@example.com</saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="name"><saml:AttributeValue>Alice Example</saml:AttributeValue></saml:Attribute>
+<saml:Attribute Name="groups"><saml:AttributeValue>database-admins</saml:AttributeValue><saml:AttributeValue>engineering</saml:AttributeValue></saml:Attribute>''',
+    # Shibboleth: urn:oid names with FriendlyName, mapped by FriendlyName
+    "oid": f'''<saml:Attribute FriendlyName="mail" Name="urn:oid:0.9.2342.19200300.100.1.3" NameFormat="{URI_FMT}"><saml:AttributeValue xsi:type="xs:string">alice@example.com</saml:AttributeValue></saml:Attribute>
+<saml:Attribute FriendlyName="displayName" Name="urn:oid:2.16.840.1.113730.3.1.241" NameFormat="{URI_FMT}"><saml:AttributeValue xsi:type="xs:string">Alice Example</saml:AttributeValue></saml:Attribute>
+<saml:Attribute FriendlyName="isMemberOf" Name="urn:oid:1.3.6.1.4.1.5923.1.5.1.1" NameFormat="{URI_FMT}"><saml:AttributeValue xsi:type="xs:string">database-admins</saml:AttributeValue><saml:AttributeValue xsi:type="xs:string">engineering</saml:AttributeValue></saml:Attribute>''',
+}
+MAPS = {
+    "uri": {"email": EMAIL_URI, "name": NAME_URI, "groups": GROUPS_URI},
+    "basic": {"email": "email", "name": "name", "groups": "groups"},
+    "unspecified": {"email": "email", "name": "name", "groups": "groups"},
+    "oid": {"email": "mail", "name": "displayName", "groups": "isMemberOf"},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ATTRS))
+def test_attribute_name_formats_multi_valued_groups_whitespace(portal, idp, shape):
+    app, client = portal(attributeMapping=MAPS[shape], scopesFromGroups={"database-admins": ["migration:write"]})
+    me = accepted(client, respond(idp, login(client), reshape=lambda x: attribute_statement(x, ATTRS[shape]),
+                                  response=True, assertion=True), email="alice@example.com")
+    assert me["groups"] == ["database-admins", "engineering"]
+    assert me["scopes"] == ["migration:write"]
+    assert client.get("/migrations").status_code == 200
+
+
+@pytest.mark.parametrize("fmt,value", [(NID_EMAIL, "alice@example.com"),
+                                       (NID_PERSISTENT, "AAdzZWNyZXQxDWx1qv0WZXz0t3Gi7MpKMw=="),
+                                       (NID_TRANSIENT, "_9c8d7e6f5a4b3c2d1e0f"),
+                                       (NID_UNSPEC, "ALICE\\corp")])
+def test_name_id_formats(portal, idp, fmt, value):
+    app, client = portal()
+
+    def reshape(xml: str) -> str:
+        return re.sub(r'(<(?:\w+:)?NameID\b)[^>]*>[^<]*<', lambda m: f'{m.group(1)} Format="{fmt}">{value}<', xml,
+                      count=1)
+
+    me = accepted(client, respond(idp, login(client), reshape=reshape))
+    assert me["subject"] == value
+    assert me["email"] == "alice@example.com"  # from the mapped attribute, whatever the NameID
+
+
+def test_email_from_name_id_only_when_format_is_email(portal, idp):
+    strip = lambda x: attribute_statement(x, ATTRS["uri"].split("\n", 1)[1])  # noqa: E731 - no email attribute
+    app, client = portal()
+    assert accepted(client, respond(idp, login(client), reshape=strip))["email"] == "alice@example.com"
+    app, client = portal()
+    to_persistent = lambda x: re.sub(r'(<(?:\w+:)?NameID\b)[^>]*>[^<]*<',  # noqa: E731
+                                     rf'\1 Format="{NID_PERSISTENT}">opaque-123<', strip(x), count=1)
+    assert accepted(client, respond(idp, login(client), reshape=to_persistent), email=None)["email"] is None
+
+
+def _times(now: float, *, frac: str = "", z: str = "Z", offset: float = 0.0,
+           drop: tuple[str, ...] = (), session_end: float | None = None) -> Callable[[str], str]:
+    """Rewrite every instant as an IdP with a clock ``offset`` seconds off would."""
+    def reshape(xml: str) -> str:
+        t = now + offset
+        xml = re.sub(r'IssueInstant="[^"]*"', f'IssueInstant="{iso(t, frac, z)}"', xml)
+        xml = set_attr(xml, "Conditions", "NotBefore", None if "cond_nb" in drop else iso(t - 5, frac, z))
+        xml = set_attr(xml, "Conditions", "NotOnOrAfter", iso(t + 300, frac, z))
+        xml = set_attr(xml, "SubjectConfirmationData", "NotOnOrAfter", iso(t + 300, frac, z))
+        xml = set_attr(xml, "AuthnStatement", "AuthnInstant", iso(t - 2, frac, z))
+        if session_end is not None:
+            xml = set_attr(xml, "AuthnStatement", "SessionNotOnOrAfter", iso(session_end, frac, z))
+        return xml
+    return reshape
+
+
+@pytest.mark.parametrize("frac,z", [("", "Z"), (".123", "Z"), (".1234567", "Z"), (".000", "Z")])
+def test_instants_with_and_without_fractional_seconds(portal, idp, clock, frac, z):
+    app, client = portal()
+    accepted(client, respond(idp, login(client), reshape=_times(clock.now, frac=frac, z=z)))
+
+
+def test_conditions_without_not_before_and_session_not_on_or_after(portal, idp, clock):
+    app, client = portal()
+    accepted(client, respond(idp, login(client), reshape=_times(clock.now, drop=("cond_nb",),
+                                                                   session_end=clock.now + 8 * 3600)))
+
+
+def test_session_not_on_or_after_in_the_past_refused(portal, idp, clock, failures):
+    app, client = portal()
+    refused(client, respond(idp, login(client), reshape=_times(clock.now, session_end=clock.now - 120)),
+            failures, "token_expired")
+
+
+@pytest.mark.parametrize("offset", [-45, 45])
+def test_idp_clock_within_clock_skew(portal, idp, clock, offset):
+    app, client = portal(clockSkew=60)
+    accepted(client, respond(idp, login(client), reshape=_times(clock.now, offset=offset)))
+
+
+def test_idp_clock_beyond_clock_skew_refused(portal, idp, clock, failures):
+    app, client = portal(clockSkew=60)
+    # the assertion window starts 10 minutes ahead: not valid yet
+    refused(client, respond(idp, login(client), reshape=_times(clock.now, offset=600)), failures)
+
+
+def test_subject_confirmation_with_not_before_still_refused(portal, idp, clock, failures):
+    app, client = portal()
+    reshape = lambda x: set_attr(x, "SubjectConfirmationData", "NotBefore", iso(clock.now - 5))  # noqa: E731
+    refused(client, respond(idp, login(client), reshape=reshape), failures)
