@@ -229,6 +229,7 @@ class CCSSO:
         app.register_blueprint(bp, url_prefix=prefix)
         register_callback_aliases(app, state)
         app.register_error_handler(CCSSOError, _handle_error)
+        app.after_request(_personal_responses_not_stored)
 
         # the request-gate and audit modules attach themselves to the state
         for modname in _STATE_MODULES:
@@ -323,6 +324,20 @@ def _handle_error(exc: CCSSOError) -> Response:
             return redirect(url_for(login_view, next=nxt))
         return redirect(url_for("ccsso.choose", next=nxt))
     return error_response(exc)
+
+
+def _personal_responses_not_stored(response: Response) -> Response:
+    """A response made for a signed-in caller (the identity was resolved and
+    is someone) is personal: ``Cache-Control: no-store`` unless the view chose
+    its own caching, so neither a shared proxy nor the browser's history keeps
+    it after sign-out; ``Vary: Cookie`` / ``Authorization`` for caches that
+    ignore ``no-store``. Costs no store call."""
+    ident = g.get("_ccsso_identity")
+    if ident:
+        if "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "no-store"
+        response.vary.add("Authorization" if getattr(ident, "via", None) == "bearer" else "Cookie")
+    return response
 
 
 def _strip_q(path: str) -> str:
