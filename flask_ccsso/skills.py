@@ -470,14 +470,36 @@ def _hook_app(app: Flask, state: CCSSOState) -> None:
 
 # --------------------------------------------------------------------------- thin wrappers
 
+def _answers_preflight(view: Any) -> bool:
+    """The view (or a decorator on it, like ``flask_cors.cross_origin``)
+    declared that it answers ``OPTIONS`` itself."""
+    return getattr(view, "provide_automatic_options", None) is False
+
+
+def _preflight(view: Any) -> Any:
+    """``OPTIONS`` passes the skill check (a CORS preflight carries no
+    credentials), but it must not run a protected view's body: a view that
+    merely lists ``OPTIONS`` in ``methods`` gets Flask's default ``OPTIONS``
+    answer (``Allow``; CORS extensions add their headers in ``after_request``).
+    ``None``: the view answers preflights itself -- call it."""
+    if _answers_preflight(view):
+        return None
+    return current_app.make_default_options_response()
+
+
 def _protect(view: F, check: Callable[[], Any], names: tuple[str, ...] | None) -> F:
-    """Run ``check`` before ``view`` (``OPTIONS`` passes); async views work
-    (they go through ``app.ensure_sync``; a plain view is called as is)."""
+    """Run ``check`` before ``view`` (``OPTIONS`` passes, see :func:`_preflight`);
+    async views work (they go through ``app.ensure_sync``; a plain view is
+    called as is)."""
     is_async = inspect.iscoroutinefunction(view)
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.method != "OPTIONS":
+        if request.method == "OPTIONS":
+            answer = _preflight(view)
+            if answer is not None:
+                return answer
+        else:
             check()
         if is_async:
             return current_app.ensure_sync(view)(*args, **kwargs)
@@ -505,9 +527,13 @@ def skill_guard(*names: str, all_of: bool = False) -> Callable[[], None]:
     _check_names_type(names)
     _check_now(names, f"skill_guard{names!r}")
 
-    def guard() -> None:
+    def guard() -> Any:
         if request.method != "OPTIONS":
             enforce(*names, all_of=all_of)
+            return None
+        if request.endpoint is None:  # 404 / 405: Flask answers
+            return None
+        return _preflight(current_app.view_functions.get(request.endpoint))
 
     setattr(guard, SKILLS_ATTR, names)
     guard.__qualname__ = f"skill_guard{names!r}"
