@@ -78,6 +78,10 @@ def _answer(status: int, body: dict[str, Any] | None = None) -> Response:
     return resp
 
 
+def _jti_key(provider: Any, jti: str) -> str:
+    return f"bcl-jti:{provider.name}:{jti}"
+
+
 def validate_logout_token(state: CCSSOState, provider: Any, token: str) -> dict[str, Any]:
     """Section 2.6, steps 1-6 (see the module doc). Returns the claims."""
     try:
@@ -121,7 +125,7 @@ def validate_logout_token(state: CCSSOState, provider: Any, token: str) -> dict[
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise InvalidLogoutToken("The logout token has no jti.")
     keep = max(MAX_AGE + 2 * skew, (float(exp) - now + skew) if exp is not None else 0.0)
-    if not state.store.add(f"bcl-jti:{provider.name}:{jti}", "1", keep):
+    if not state.store.add(_jti_key(provider, jti), "1", keep):
         raise InvalidLogoutToken("The logout token was already used.")
     return claims
 
@@ -135,7 +139,16 @@ def handle(state: CCSSOState, provider: Any, request: Request) -> Response:
     try:
         claims = validate_logout_token(state, provider, token)
         sub, sid = claims.get("sub"), claims.get("sid")
-        count = end_sessions(state, provider.name, sub, sid)
+        try:
+            count = end_sessions(state, provider.name, sub, sid)
+        except (StoreUnavailable, IdPUnavailable):
+            # the 503 asks the IdP to retry: the retry must not be refused as
+            # a replay of the jti recorded a moment ago
+            try:
+                state.store.delete(_jti_key(provider, claims["jti"]))
+            except CCSSOError:
+                log.warning("flask-ccsso: could not forget a back-channel logout jti after a store error")
+            raise
     except InvalidLogoutToken as exc:
         log.warning("flask-ccsso: refused a back-channel logout token from %s: %s", provider.name, exc.description)
         signals.login_failed.send(app, provider=provider.name, reason=reasons.INVALID_TOKEN,
