@@ -544,7 +544,16 @@ class SessionGate:
 
     def establish(self, app: Flask, identity: Identity, *, tokens: dict[str, Any] | None,
                   logout_state: dict[str, Any]) -> None:
-        """Start a signed-in session: rotate the id, store the identity server-side."""
+        """Start a signed-in session: rotate the id, store the identity server-side.
+
+        Every sign-in -- also a step-up round trip, or signing in as someone
+        else while signed in -- gets a new session id; the old record is
+        deleted and nothing of the old session but the browser binding (other
+        tabs may be signing in) is kept. ``created`` is now, so
+        ``absoluteTimeout`` ("this long after sign-in") counts from the
+        newest sign-in: a step-up is a full re-authentication at the IdP
+        (``prompt=login`` / ``ForceAuthn``, and its ``auth_time`` is checked
+        to be new), which is what the absolute deadline asks for."""
         now = self.clock()
         binding = session.get(BINDING_KEY)
         app.session_interface.rotate(session)  # type: ignore[attr-defined]
