@@ -439,3 +439,28 @@ def test_subject_confirmation_with_not_before_still_refused(portal, idp, clock, 
     app, client = portal()
     reshape = lambda x: set_attr(x, "SubjectConfirmationData", "NotBefore", iso(clock.now - 5))  # noqa: E731
     refused(client, respond(idp, login(client), reshape=reshape), failures)
+
+
+def test_entra_group_overage_claim_marks_groups_incomplete(portal, idp, failures):
+    """Entra sends groups.link (a Graph URL) instead of the groups past 150: not "no groups"."""
+    link = "http://schemas.microsoft.com/claims/groups.link"
+    body = ATTRS["uri"].rsplit("\n", 1)[0] + (
+        f'\n<saml:Attribute Name="{link}"><saml:AttributeValue>'
+        'https://graph.windows.net/tenant/users/abc/getMemberObjects</saml:AttributeValue></saml:Attribute>')
+    app, client = portal(groupsTruncatedAttribute=link)
+    data = respond(idp, login(client), reshape=lambda x: attribute_statement(x, body))
+    assert client.post("/sso/idp/acs", data=data).status_code == 303
+    resp = client.get("/migrations")
+    assert resp.status_code == 403
+    # an explicit "false" is not an overage
+    body_false = ATTRS["uri"] + f'\n<saml:Attribute Name="{link}"><saml:AttributeValue>false</saml:AttributeValue></saml:Attribute>'
+    app, client = portal(groupsTruncatedAttribute=link, scopesFromGroups={"database-admins": ["migration:write"]})
+    accepted(client, respond(idp, login(client), reshape=lambda x: attribute_statement(x, body_false)))
+    assert client.get("/migrations").status_code == 200
+
+
+def test_instant_with_zone_offset_refused(portal, idp, clock, failures):
+    """SAML core 1.3.3: UTC with no zone. No IdP sends +00:00; pysaml2 refuses it."""
+    app, client = portal()
+    resp = client.post("/sso/idp/acs", data=respond(idp, login(client), reshape=_times(clock.now, z="+00:00")))
+    assert resp.status_code == 400

@@ -116,7 +116,7 @@ _AMR = {
     "https://refeds.org/profile/mfa": "mfa",
     "http://schemas.microsoft.com/claims/multipleauthn": "mfa",
 }
-_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
 
 
 class _NoUsers:
@@ -640,7 +640,9 @@ class SAMLProvider(Provider):
         complete = True
         if s.groups_truncated_attribute:
             flag = attrs.get(s.groups_truncated_attribute)
-            if flag is not None and (not flag or any(v.lower() in _TRUE for v in flag)):
+            # present and not explicitly false: a flag ("true") or, as Entra's overage claim
+            # http://schemas.microsoft.com/claims/groups.link does, a URL to fetch the rest from
+            if flag is not None and (not flag or not all(v.strip().lower() in _FALSE for v in flag)):
                 complete = False
         scopes: set[str] = set(attrs.get(m["scopes"], [])) if "scopes" in m else set()
         for g in groups:
