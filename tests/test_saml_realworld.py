@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import pytest
 
@@ -175,7 +175,7 @@ def refused(client, data, failures, reason: str = "invalid_response") -> None:
 
 def attribute_statement(xml: str, body: str) -> str:
     """Replace the AttributeStatement with hand-written attributes (the IdP's own shape)."""
-    m = re.search(r"<(\w+:)?AttributeStatement\b.*?</\1?AttributeStatement>", xml, re.S)
+    m = re.search(r"<(\w+:)?AttributeStatement\b.*?</\1?AttributeStatement>", xml, re.DOTALL)
     assert m, xml
     p = m.group(1) or ""
     ns = "" if p else ' xmlns="urn:oasis:names:tc:SAML:2.0:assertion"'
@@ -219,7 +219,7 @@ def test_vendor_metadata_parses(idp, spare, name):
 
 @pytest.mark.parametrize("name", ["adfs-metadata.xml", "entra-metadata.xml", "google-metadata.xml"])
 def test_sign_in_with_vendor_metadata(portal, idp, name):
-    app, client = portal(name)
+    _app, client = portal(name)
     accepted(client, respond(idp, login(client)))
 
 
@@ -232,7 +232,7 @@ def test_federation_metadata_picks_idp_entity_id(portal, idp, spare):
     assert md.cache_duration == 6 * 3600
     other = parse_idp_metadata(raw, entity_id="https://other-idp.example.test/idp/shibboleth", now=time.time())
     assert other.signing_certs == (spare[1],)
-    app, client = portal("federation-metadata.xml", idpEntityId=idp.entity_id)
+    _app, client = portal("federation-metadata.xml", idpEntityId=idp.entity_id)
     accepted(client, respond(idp, login(client)))
 
 
@@ -248,7 +248,7 @@ def test_federation_metadata_without_idp_entity_id_is_a_config_error(make_app, i
 def test_federation_other_idp_cannot_sign_for_ours(portal, idp, failures, tmp_path, spare):
     """Trusting one entity of an aggregate: a response signed by another
     member's key (with our issuer) is refused."""
-    app, client = portal("federation-metadata.xml", idpEntityId=idp.entity_id)
+    _app, client = portal("federation-metadata.xml", idpEntityId=idp.entity_id)
     evil = SAMLIdP(str(tmp_path / "evil"), entity_id=idp.entity_id, cn="evil")
     evil.trust_sp(client.get("/sso/idp/metadata").data.decode())
     refused(client, respond(evil, login(client)), failures)
@@ -257,20 +257,20 @@ def test_federation_other_idp_cannot_sign_for_ours(portal, idp, failures, tmp_pa
 # ------------------------------------------------------------------------------ signatures
 
 def test_google_default_assertion_signed_response_unsigned(portal, idp):
-    app, client = portal("google-metadata.xml")
+    _app, client = portal("google-metadata.xml")
     accepted(client, respond(idp, login(client), assertion=True, response=False))
 
 
 def test_adfs_default_both_signed(portal, idp):
-    app, client = portal("adfs-metadata.xml", wantResponseSigned=True)
+    _app, client = portal("adfs-metadata.xml", wantResponseSigned=True)
     accepted(client, respond(idp, login(client), assertion=True, response=True))
 
 
 def test_okta_response_only_needs_want_response_signed(portal, idp, failures):
     # default settings (wantAssertionsSigned true): an unsigned assertion is refused
-    app, client = portal()
+    _app, client = portal()
     refused(client, respond(idp, login(client), assertion=False, response=True), failures)
-    app, client = portal(wantResponseSigned=True, wantAssertionsSigned=False)
+    _app, client = portal(wantResponseSigned=True, wantAssertionsSigned=False)
     accepted(client, respond(idp, login(client), assertion=False, response=True))
     # ... and with that setting, a response-unsigned message is refused
     refused(client, respond(idp, login(client), assertion=True, response=False), failures)
@@ -285,7 +285,7 @@ def test_exclusive_c14n_accepted_inclusive_refused_before_xmlsec1(portal, idp, f
     over = {} if where == "assertion" else {"wantResponseSigned": True}
     if where == "response":
         over["wantAssertionsSigned"] = False
-    app, client = portal(**over)
+    _app, client = portal(**over)
     data = respond(idp, login(client), assertion=where != "response", response=where != "assertion", c14n=c14n)
     if c14n == EXC:
         accepted(client, data)
@@ -298,12 +298,12 @@ def test_exclusive_c14n_accepted_inclusive_refused_before_xmlsec1(portal, idp, f
 @pytest.mark.parametrize("prefixes", ["xs", "xs xsi", "#default saml ds xs xsi"])
 def test_okta_shibboleth_inclusive_namespaces_prefix_list(portal, idp, prefixes):
     """Okta and Shibboleth put <ec:InclusiveNamespaces PrefixList="xs"/> in the exc-c14n transform."""
-    app, client = portal(wantResponseSigned=True)
+    _app, client = portal(wantResponseSigned=True)
     accepted(client, respond(idp, login(client), assertion=True, response=True, prefix_list=prefixes))
 
 
 def test_transform_with_other_children_still_refused(portal, idp, failures):
-    app, client = portal()
+    _app, client = portal()
     data = respond(idp, login(client), prefix_list="xs")
     xml = base64.b64decode(data["SAMLResponse"]).decode()
     bad = xml.replace('PrefixList="xs"/>', 'PrefixList="xs"/><ds:XPath>not(ancestor-or-self::x)</ds:XPath>', 1)
@@ -317,7 +317,7 @@ def test_transform_with_other_children_still_refused(portal, idp, failures):
 
 
 def test_tampered_after_signing_with_prefix_list_still_refused(portal, idp, failures):
-    app, client = portal()
+    _app, client = portal()
     data = respond(idp, login(client), prefix_list="xs")
     xml = base64.b64decode(data["SAMLResponse"]).decode().replace("alice@example.com", "mallory@example.com")
     refused(client, {**data, "SAMLResponse": base64.b64encode(xml.encode()).decode()}, failures)
@@ -355,7 +355,7 @@ MAPS = {
 
 @pytest.mark.parametrize("shape", sorted(ATTRS))
 def test_attribute_name_formats_multi_valued_groups_whitespace(portal, idp, shape):
-    app, client = portal(attributeMapping=MAPS[shape], scopesFromGroups={"database-admins": ["migration:write"]})
+    _app, client = portal(attributeMapping=MAPS[shape], scopesFromGroups={"database-admins": ["migration:write"]})
     me = accepted(client, respond(idp, login(client), reshape=lambda x: attribute_statement(x, ATTRS[shape]),
                                   response=True, assertion=True), email="alice@example.com")
     assert me["groups"] == ["database-admins", "engineering"]
@@ -368,7 +368,7 @@ def test_attribute_name_formats_multi_valued_groups_whitespace(portal, idp, shap
                                        (NID_TRANSIENT, "_9c8d7e6f5a4b3c2d1e0f"),
                                        (NID_UNSPEC, "ALICE\\corp")])
 def test_name_id_formats(portal, idp, fmt, value):
-    app, client = portal()
+    _app, client = portal()
 
     def reshape(xml: str) -> str:
         return re.sub(r'(<(?:\w+:)?NameID\b)[^>]*>[^<]*<', lambda m: f'{m.group(1)} Format="{fmt}">{value}<', xml,
@@ -380,11 +380,11 @@ def test_name_id_formats(portal, idp, fmt, value):
 
 
 def test_email_from_name_id_only_when_format_is_email(portal, idp):
-    strip = lambda x: attribute_statement(x, ATTRS["uri"].split("\n", 1)[1])  # noqa: E731 - no email attribute
-    app, client = portal()
+    strip = lambda x: attribute_statement(x, ATTRS["uri"].split("\n", 1)[1])
+    _app, client = portal()
     assert accepted(client, respond(idp, login(client), reshape=strip))["email"] == "alice@example.com"
-    app, client = portal()
-    to_persistent = lambda x: re.sub(r'(<(?:\w+:)?NameID\b)[^>]*>[^<]*<',  # noqa: E731
+    _app, client = portal()
+    to_persistent = lambda x: re.sub(r'(<(?:\w+:)?NameID\b)[^>]*>[^<]*<',
                                      rf'\1 Format="{NID_PERSISTENT}">opaque-123<', strip(x), count=1)
     assert accepted(client, respond(idp, login(client), reshape=to_persistent), email=None)["email"] is None
 
@@ -407,37 +407,37 @@ def _times(now: float, *, frac: str = "", z: str = "Z", offset: float = 0.0,
 
 @pytest.mark.parametrize("frac,z", [("", "Z"), (".123", "Z"), (".1234567", "Z"), (".000", "Z")])
 def test_instants_with_and_without_fractional_seconds(portal, idp, clock, frac, z):
-    app, client = portal()
+    _app, client = portal()
     accepted(client, respond(idp, login(client), reshape=_times(clock.now, frac=frac, z=z)))
 
 
 def test_conditions_without_not_before_and_session_not_on_or_after(portal, idp, clock):
-    app, client = portal()
+    _app, client = portal()
     accepted(client, respond(idp, login(client), reshape=_times(clock.now, drop=("cond_nb",),
                                                                    session_end=clock.now + 8 * 3600)))
 
 
 def test_session_not_on_or_after_in_the_past_refused(portal, idp, clock, failures):
-    app, client = portal()
+    _app, client = portal()
     refused(client, respond(idp, login(client), reshape=_times(clock.now, session_end=clock.now - 120)),
             failures, "token_expired")
 
 
 @pytest.mark.parametrize("offset", [-45, 45])
 def test_idp_clock_within_clock_skew(portal, idp, clock, offset):
-    app, client = portal(clockSkew=60)
+    _app, client = portal(clockSkew=60)
     accepted(client, respond(idp, login(client), reshape=_times(clock.now, offset=offset)))
 
 
 def test_idp_clock_beyond_clock_skew_refused(portal, idp, clock, failures):
-    app, client = portal(clockSkew=60)
+    _app, client = portal(clockSkew=60)
     # the assertion window starts 10 minutes ahead: not valid yet
     refused(client, respond(idp, login(client), reshape=_times(clock.now, offset=600)), failures)
 
 
 def test_subject_confirmation_with_not_before_still_refused(portal, idp, clock, failures):
-    app, client = portal()
-    reshape = lambda x: set_attr(x, "SubjectConfirmationData", "NotBefore", iso(clock.now - 5))  # noqa: E731
+    _app, client = portal()
+    reshape = lambda x: set_attr(x, "SubjectConfirmationData", "NotBefore", iso(clock.now - 5))
     refused(client, respond(idp, login(client), reshape=reshape), failures)
 
 
@@ -447,20 +447,20 @@ def test_entra_group_overage_claim_marks_groups_incomplete(portal, idp, failures
     body = ATTRS["uri"].rsplit("\n", 1)[0] + (
         f'\n<saml:Attribute Name="{link}"><saml:AttributeValue>'
         'https://graph.windows.net/tenant/users/abc/getMemberObjects</saml:AttributeValue></saml:Attribute>')
-    app, client = portal(groupsTruncatedAttribute=link)
+    _app, client = portal(groupsTruncatedAttribute=link)
     data = respond(idp, login(client), reshape=lambda x: attribute_statement(x, body))
     assert client.post("/sso/idp/acs", data=data).status_code == 303
     resp = client.get("/migrations")
     assert resp.status_code == 403
     # an explicit "false" is not an overage
     body_false = ATTRS["uri"] + f'\n<saml:Attribute Name="{link}"><saml:AttributeValue>false</saml:AttributeValue></saml:Attribute>'
-    app, client = portal(groupsTruncatedAttribute=link, scopesFromGroups={"database-admins": ["migration:write"]})
+    _app, client = portal(groupsTruncatedAttribute=link, scopesFromGroups={"database-admins": ["migration:write"]})
     accepted(client, respond(idp, login(client), reshape=lambda x: attribute_statement(x, body_false)))
     assert client.get("/migrations").status_code == 200
 
 
 def test_instant_with_zone_offset_refused(portal, idp, clock, failures):
     """SAML core 1.3.3: UTC with no zone. No IdP sends +00:00; pysaml2 refuses it."""
-    app, client = portal()
+    _app, client = portal()
     resp = client.post("/sso/idp/acs", data=respond(idp, login(client), reshape=_times(clock.now, z="+00:00")))
     assert resp.status_code == 400
