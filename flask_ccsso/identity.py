@@ -86,9 +86,9 @@ class Identity:
             provider=str(data["provider"]),
             email=data.get("email"),
             name=data.get("name"),
-            groups=frozenset(data.get("groups") or ()),
-            scopes=frozenset(data.get("scopes") or ()),
-            roles=frozenset(data.get("roles") or ()),
+            groups=_names(data.get("groups")),
+            scopes=_names(data.get("scopes")),
+            roles=_names(data.get("roles")),
             auth_time=data.get("auth_time"),
             amr=tuple(data.get("amr") or ()),
             acr=data.get("acr"),
@@ -126,6 +126,14 @@ def identity_from_stored(data: Mapping[str, Any]) -> Identity:
     except (TypeError, ValueError, msgspec.EncodeError):
         return Identity.from_dict(data)
     return _identity_from_json(raw)
+
+
+def _names(value: Any) -> frozenset[str]:
+    """A stored list of names; anything else (a lone string would become its
+    characters) is read as none."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
 
 
 class AnonymousIdentity:

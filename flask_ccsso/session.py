@@ -170,7 +170,7 @@ def reconcile(session: ServerSideSession, stored: dict[str, Any] | None) -> bool
                 mine[key] = theirs[key]
     seen = [x for x in (mine.get("last_seen"), theirs.get("last_seen")) if _finite(x)]
     if seen:
-        mine["last_seen"] = max(seen)
+        mine["last_seen"] = max(float(x) for x in seen if x is not None)
     return True
 
 

@@ -20,7 +20,7 @@ then) and swept every few hundred writes, so no cron job is needed.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -50,6 +50,11 @@ def engine_options(url: str) -> dict[str, Any]:
         opts["connect_args"] = {"connect_timeout": 3}
     return opts
 
+
+
+def _utcnow_naive() -> datetime:
+    """UTC without tzinfo: Flask-Session's expiry column stores naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 class _SQLContextMixin:
     """Runs each Flask-Session query in the private app's context, without
@@ -104,7 +109,6 @@ class _SQLGuardMixin:
     ccsso_app: Flask
 
     def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
-        from datetime import datetime
 
         from sqlalchemy import update
 
@@ -118,7 +122,7 @@ class _SQLGuardMixin:
                 dbs.execute(update(model).where(model.session_id == store_id).values(session_id=model.session_id))
                 record = dbs.query(model).filter_by(session_id=store_id).populate_existing().first()
                 stored = None
-                if record is not None and record.expiry is not None and record.expiry > datetime.utcnow():
+                if record is not None and record.expiry is not None and record.expiry > _utcnow_naive():
                     try:
                         raw = record.data
                         stored = self.serializer.decode(raw if isinstance(raw, bytes) else bytes(raw))  # type: ignore[attr-defined]
@@ -129,7 +133,7 @@ class _SQLGuardMixin:
                 if not reconcile(session, stored):
                     dbs.rollback()
                     return False
-                expiry = datetime.utcnow() + timedelta(seconds=self._ttl_for(session))  # type: ignore[attr-defined]
+                expiry = _utcnow_naive() + timedelta(seconds=self._ttl_for(session))  # type: ignore[attr-defined]
                 data = self.serializer.encode(session)  # type: ignore[attr-defined]
                 if record is not None:
                     record.data = data

@@ -47,3 +47,10 @@ def test_identity_never_keeps_a_non_finite_auth_time(bad):
     assert ident.auth_time is None
     assert Identity.from_dict({"subject": "s", "provider": "p", "auth_time": bad}).auth_time is None
     assert auth_age(ident, lambda: 1000.0) is None
+
+
+def test_stored_identity_with_a_string_for_groups_is_not_split_into_letters():
+    from flask_ccsso.identity import Identity
+
+    ident = Identity.from_dict({"subject": "s", "provider": "p", "groups": "database-admins", "scopes": ["a", 1]})
+    assert ident.groups == frozenset() and ident.scopes == frozenset({"a"})
