@@ -348,6 +348,11 @@ def _redirect_urls(report: Report, app: Flask, state: Any) -> None:
         report.add(WARN, "CCSSO_TRUSTED_PROXIES is 0, but SERVER_NAME/PREFERRED_URL_SCHEME suggest the app runs "
                          "behind a proxy: behind a TLS-terminating proxy the app sees http and would build http:// "
                          "redirect URLs. Set CCSSO_TRUSTED_PROXIES to the number of proxies in front of the app.")
+    networked = sorted(n for n, sk in state.config.skills.items() if sk.allowed_networks)
+    if trusted == 0 and networked:
+        report.add(WARN, f"skills {', '.join(networked)} use allowedNetworks, and CCSSO_TRUSTED_PROXIES is 0: behind "
+                         "a proxy every request comes from the proxy's address, so a rule that admits the proxy's "
+                         "network admits everyone. Set CCSSO_TRUSTED_PROXIES to the number of proxies in front.")
 
 
 def _cookies(report: Report, app: Flask, state: Any) -> None:

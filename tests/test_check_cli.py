@@ -260,3 +260,22 @@ def test_check_config_warns_about_a_certificate_close_to_expiry(tmp_path: Any) -
     result = run(saml_app(tmp_path, days=5), "check-config")
     assert result.exit_code == 1, result.output
     assert "IdP signing cert #1: certificate expires in" in result.output
+
+
+def test_allowed_networks_without_trusted_proxies_warns(tmp_path):
+    from flask import Flask
+
+    from flask_ccsso import CCSSO
+    from flask_ccsso.stores import MemoryStore
+
+    app = Flask("netcheck", instance_path=str(tmp_path / "i"))
+    app.config.update(SECRET_KEY="k" * 32, CCSSO={
+        "auth": {"provider": "oidc", "clientId": "c", "issuer": "https://idp.example.com"},
+        "skills": {"ops": {"allowedNetworks": ["10.0.0.0/8"]}},
+        "logging": {"level": "off"}})
+    CCSSO(app, store=MemoryStore())
+    from flask_ccsso.cli import cli
+
+    result = app.test_cli_runner().invoke(cli, ["check-config", "--offline"])
+    assert "allowedNetworks" in result.output and "CCSSO_TRUSTED_PROXIES" in result.output
+    assert result.exit_code == 1
