@@ -21,6 +21,7 @@ subclass; ``PIPELINE`` counts as one).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -119,35 +120,18 @@ def flask_session_alone(prefix: str, refresh_each_request: bool = True) -> tuple
 
 
 def flask_login_cookie() -> tuple[Flask, dict[str, Any], None] | None:
+    """Flask-Login with its cookie session, signed in the way bench_request.py
+    does it (same environ as the timed requests, so session protection does
+    not rewrite the cookie on every request)."""
     try:
-        from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
+        import flask_login  # noqa: F401
     except ImportError:
         return None
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_request import flask_login_app
 
-    class User(UserMixin):
-        def __init__(self, uid: str) -> None:
-            self.id = uid
-
-    app = Flask("fl")
-    app.config.update(SECRET_KEY="x")
-    lm = LoginManager(app)
-    lm.user_loader(lambda uid: User(uid))
-
-    @app.get("/login")
-    def login() -> str:
-        login_user(User("alice@example.com"))
-        return "ok"
-
-    @app.get("/me")
-    @login_required
-    def me() -> str:
-        return str(current_user.id)
-
-    c = app.test_client()
-    c.get("/login")
-    cookie = c.get_cookie("session")
-    assert cookie is not None
-    return app, environ_for("/me", f"session={cookie.value}"), None
+    app, env = flask_login_app()
+    return app, env, None
 
 
 def ccsso(prefix: str) -> tuple[Flask, dict[str, Any], CountingRedis, Callable[[], None]]:

@@ -54,6 +54,21 @@ def op(local_op: LocalOP) -> Iterator[LocalOP]:
     yield local_op
 
 
+@pytest.fixture
+def failures() -> Iterator[list[dict[str, Any]]]:
+    """The keyword arguments of every ``login_failed`` signal sent during the test."""
+    from flask_ccsso import signals
+
+    got: list[dict[str, Any]] = []
+
+    def rec(sender: Any, **kw: Any) -> None:
+        got.append(kw)
+
+    signals.login_failed.connect(rec)
+    yield got
+    signals.login_failed.disconnect(rec)
+
+
 _counter = itertools.count()
 
 

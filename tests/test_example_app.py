@@ -13,7 +13,6 @@ import html
 import re
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,17 +25,7 @@ from werkzeug.serving import make_server
 from example_app import create_app
 from flask_ccsso import signals
 from flask_ccsso.testing import listen_to
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import Clock
 
 
 @dataclass

@@ -9,21 +9,8 @@ import time
 import pytest
 from joserfc.jwk import RSAKey
 
-from flask_ccsso import signals
 from tests.conftest import authorize_params, callback, oidc_config, start_login
 from tests.local_op import CLIENT_ID
-
-
-@pytest.fixture
-def failures():
-    seen = []
-
-    def rec(sender, **kw):
-        seen.append(kw)
-
-    signals.login_failed.connect(rec)
-    yield seen
-    signals.login_failed.disconnect(rec)
 
 
 def _b64(data: dict) -> str:

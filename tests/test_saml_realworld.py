@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from flask_ccsso import signals
 from flask_ccsso.exceptions import ConfigError
 from flask_ccsso.providers.saml_metadata import MetadataError, parse_idp_metadata
 from tests.interop.saml_idp import GROUPS_URI, SAMLIdP, User, form, make_keypair
@@ -69,18 +68,6 @@ def spare(tmp_path) -> tuple[str, str]:
     enc = make_keypair(str(tmp_path / "spare"), "enc").cert_b64.replace("\n", "")
     other = make_keypair(str(tmp_path / "spare"), "other").cert_b64.replace("\n", "")
     return enc, other
-
-
-@pytest.fixture
-def failures():
-    got: list[dict[str, Any]] = []
-
-    def rec(sender, **kw):
-        got.append(kw)
-
-    signals.login_failed.connect(rec)
-    yield got
-    signals.login_failed.disconnect(rec)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ explicit checks after pysaml2 must refuse it).
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from typing import Any
@@ -45,18 +44,6 @@ def provider_block(meta: str, **over: Any) -> dict[str, Any]:
 @pytest.fixture
 def idp(tmp_path) -> SAMLIdP:
     return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
-def failures():
-    got: list[dict[str, Any]] = []
-
-    def rec(sender, **kw):
-        got.append(kw)
-
-    signals.login_failed.connect(rec)
-    yield got
-    signals.login_failed.disconnect(rec)
 
 
 @pytest.fixture
