@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.interop.saml_idp import User
-from tests.interop.test_saml_interop import failures, idp, login, portal, post  # noqa: F401 - fixtures
+from tests.interop.test_saml_interop import idp, login, portal, post  # noqa: F401 - fixtures
 
 
 def test_percent_encoded_parameter_name_is_400_not_500(portal, idp):  # noqa: F811
