@@ -55,19 +55,8 @@ def environ_for(path: str, cookie: str | None) -> dict[str, Any]:
     return EnvironBuilder(path=path, headers=headers).get_environ()
 
 
-def call(app: Flask, env: dict[str, Any]) -> str:
-    status: list[str] = []
-
-    def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
-        status.append(s)
-        return lambda data: None
-
-    body = app.wsgi_app(dict(env), start_response)
-    for _ in body:
-        pass
-    if hasattr(body, "close"):
-        body.close()
-    return status[0]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_request import call  # noqa: E402 - one wsgi_app driver for every benchmark
 
 
 def timeit(app: Flask, env: dict[str, Any], n: int, repeats: int = 5) -> float:
@@ -127,7 +116,6 @@ def flask_login_cookie() -> tuple[Flask, dict[str, Any], None] | None:
         import flask_login  # noqa: F401
     except ImportError:
         return None
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_request import flask_login_app
 
     app, env = flask_login_app()

@@ -51,20 +51,6 @@ def idp(tmp_path: Path) -> SAMLIdP:
 
 
 @pytest.fixture
-def failures() -> Iterator[list[dict[str, Any]]]:
-    got: list[dict[str, Any]] = []
-
-    def rec(sender: Any, **kw: Any) -> None:
-        got.append(kw)
-
-    signals.login_failed.connect(rec)
-    try:
-        yield got
-    finally:
-        signals.login_failed.disconnect(rec)
-
-
-@pytest.fixture
 def portal(tmp_path: Path, idp: SAMLIdP, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     """The example app, CCSSO_EXAMPLE_IDP=google, trusting the real IdP's metadata file."""
     meta = idp.write_metadata(str(tmp_path / "google-idp-metadata.xml"))
