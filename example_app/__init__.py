@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from flask import Flask, abort, current_app, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from flask_ccsso import CCSSO, SkillRequired, current_identity, get_state, login_required, requires_skill
+from flask_ccsso import CCSSO, SkillRequired, csrf_protect, current_identity, get_state, login_required, requires_skill
 from flask_ccsso.config import load_file
 
 log = logging.getLogger("example_app")
@@ -138,6 +138,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
         if served and urlsplit(served).hostname in ("127.0.0.1", "localhost", "::1"):
             # ccsso.json reads ${CCSSO_EXAMPLE_BASE_URL}: make it the address flask run serves on
             os.environ["CCSSO_EXAMPLE_BASE_URL"] = served
+    if idp == "dev":
+        # ccsso.json reads the dev client's secret from ${CCSSO_EXAMPLE_DEV_SECRET} (a config file may not
+        # hold a literal secret, not even as a :-default); the in-process dev IdP and the portal share it
+        os.environ.setdefault("CCSSO_EXAMPLE_DEV_SECRET", "dev-secret")
     if app.config.get("CCSSO") is None and not app.config.get("CCSSO_CONFIG_FILE"):
         app.config["CCSSO"] = load_example_config(app.instance_path, idp)
     if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ and isinstance(app.config.get("CCSSO"), dict):
@@ -161,8 +165,42 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
     return app
 
 
+def _under_flask_command() -> bool:
+    """This process is a ``flask`` command (``flask --app example_app run``,
+    ``... ccsso devidp-token``) that is loading the app."""
+    try:
+        import click
+        from flask.cli import ScriptInfo
+    except ImportError:  # pragma: no cover - Flask depends on click
+        return False
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.find_object(ScriptInfo) is not None
+
+
+def dev_idp_switched_on_in_code(app: Flask) -> bool:
+    """The example's *code* switch for the development IdP (``enabled=``).
+
+    The development IdP starts only when the code says so *and*
+    ``CCSSO_DEVIDP_ENABLED=1`` is set; a hard-coded ``enabled=True`` would
+    leave the environment variable as the only guard. This example says so
+    only in a development process: ``CCSSO_EXAMPLE_DEVIDP`` in the app's
+    config when given (``python -m example_app`` sets it), else under the
+    ``flask`` command, with ``--debug``, or in tests (``TESTING``). Served
+    by a production WSGI server (``gunicorn 'example_app:create_app()'``)
+    it stays off even if the environment variable leaked into the deployment.
+    """
+    explicit = app.config.get("CCSSO_EXAMPLE_DEVIDP")
+    if explicit is not None:
+        return bool(explicit)
+    return bool(app.testing or app.debug or _under_flask_command())
+
+
 def _mount_dev_idp(app: Flask, clock: Callable[[], float] | None) -> None:
-    """The development IdP, in this process, at ``<base>/devidp``."""
+    """The development IdP, in this process, at ``<base>/devidp``.
+
+    It answers only this machine (loopback peers) unless
+    ``CCSSO_DEVIDP_ALLOW_REMOTE=1`` is set; see :mod:`flask_ccsso.devidp`.
+    """
     from flask_ccsso.devidp import DevClient, DevIdP
 
     base = base_url()
@@ -175,14 +213,16 @@ def _mount_dev_idp(app: Flask, clock: Callable[[], float] | None) -> None:
         DevIdP(
             app,
             issuer=f"{base}/devidp",
-            enabled=True,
+            enabled=dev_idp_switched_on_in_code(app),
             clients=[DevClient("portal", secret, [f"{base}/sso/dev/callback"],
                                post_logout_redirect_uris=[f"{base}/sso/logged-out", f"{base}/"])],
             **kwargs,
         )
     except RuntimeError as exc:
         raise RuntimeError(
-            f"{exc}\n\nThe example portal signs in through the development IdP by default. Start it with\n"
+            f"{exc}\n\nThe example portal signs in through the development IdP by default, and switches it on "
+            "in code only in a development process (the flask command, python -m example_app, --debug or "
+            "TESTING). Start it with\n"
             "    CCSSO_DEVIDP_ENABLED=1 flask --app example_app run --port 5000\n"
             "or pick a real IdP with CCSSO_EXAMPLE_IDP=okta|azure|google (see docs/)."
         ) from None
@@ -371,6 +411,7 @@ def _add_views(app: Flask) -> None:
         return render_template("audit.html", events=events, problem=problem)
 
     @app.route("/deploy", methods=["GET", "POST"])
+    @csrf_protect  # first: a post another site started is refused before anything else looks at it
     @requires_skill("infrastructure-deploy")
     def deploy() -> str:
         done = None

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import create_app
 
-    app = create_app()
+    # the code-level switch of the development IdP (the environment variable above is the other)
+    app = create_app({"CCSSO_EXAMPLE_DEVIDP": idp == "dev"})
     print(f" * Portal: {os.environ['CCSSO_EXAMPLE_BASE_URL']}/  (sign in as alice, bob, carol, dave or erin)",
           file=sys.stderr, flush=True)
     # threaded: the portal's back-channel calls (discovery, token) go to the dev IdP in this same server

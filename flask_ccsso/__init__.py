@@ -7,11 +7,14 @@ timeouts, skills-based authorization with step-up, and an audit trail.
 
 from __future__ import annotations
 
+from .csrf import csrf_protect, csrf_token
 from .exceptions import (
                          AuthenticationFailed,
                          CCSSOError,
                          ConfigError,
+                         CSRFError,
                          IdPUnavailable,
+                         LoginRateLimited,
                          LoginRequired,
                          SessionExpired,
                          SkillRequired,
@@ -29,14 +32,18 @@ __all__ = [
                          "AnonymousIdentity",
                          "AuthenticationFailed",
                          "CCSSOError",
+                         "CSRFError",
                          "ConfigError",
                          "IdPUnavailable",
                          "Identity",
+                         "LoginRateLimited",
                          "LoginRequired",
                          "SessionExpired",
                          "SkillRequired",
                          "StepUpRequired",
                          "StoreUnavailable",
+                         "csrf_protect",
+                         "csrf_token",
                          "current_identity",
                          "get_state",
                          "has_skill",

@@ -17,7 +17,10 @@ JWT access tokens (RFC 9068 and the Okta / Entra ID formats):
 4. ``iss`` exact, ``aud`` one of the provider's ``audience`` (default: its
    client id), ``exp`` required, ``nbf`` / ``iat`` not in the future, all with
    the provider's ``clockSkew`` leeway; Entra ID: ``tid`` is the tenant;
-5. ``scp`` / ``scope`` (space-separated or a list) → scopes; the provider's
+5. a sender-constrained token (a ``cnf`` claim: DPoP ``jkt``, mTLS
+   ``x5t#S256``, ...) is refused: on the Bearer scheme nobody proves holding
+   its key (RFC 9449 7.2, RFC 8705 3), and this module verifies no such proof;
+6. ``scp`` / ``scope`` (space-separated or a list) → scopes; the provider's
    groups / roles claims → groups / roles; ``auth_time``, ``amr``, ``acr``
    when the token has them (no ``auth_time`` → a sensitive skill answers with
    a step-up challenge).
@@ -25,13 +28,28 @@ JWT access tokens (RFC 9068 and the Okta / Entra ID formats):
 Verified tokens are cached in-process, keyed by the SHA-256 of the token,
 until their ``exp`` (a bounded LRU): repeated calls do not re-verify.
 
-Opaque tokens use RFC 7662 introspection at providers whose discovery
-document has an ``introspection_endpoint`` and whose ``introspection``
-setting is true (the default), authenticating with the client id and secret.
-Providers are asked in config order until one says ``active``. Positive
-answers are cached in-process for ``min(exp - now, 60 s)``, so a busy API
-client costs one introspection call a minute per token and process; a token
-revoked at the IdP can keep working for up to that minute.
+Opaque tokens use RFC 7662 introspection at exactly **one** provider: the one
+whose ``introspectionTokenPrefix`` the token starts with, else the one marked
+``introspectionDefault`` (or the only introspecting provider). A token is
+never posted to every provider with each one's credentials, and one
+provider's outage only affects the callers of that provider. An answer counts
+only when it is ``active``, names an accepted ``aud`` (unless the provider
+opts out with ``introspectionRequireAudience: false`` and the answer's
+``token_type`` says access token), shows no sign of being a refresh, ID or
+sender-constrained token (``token_type``, ``token_use``, ``typ``, ``cnf``),
+and passes ``allowedClients``. Positive answers are cached for
+``min(exp - now, 60 s)``; refusals for ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS``
+(keyed by the token's hash, never the token); and each client address may
+cause at most ``CCSSO_BEARER_INTROSPECTION_LIMIT`` unsuccessful introspection
+calls a minute (then 429), so a stream of made-up tokens costs the IdP a
+bounded number of calls.
+
+Groups: when a skill needs groups and the token carries no group claim
+(opaque tokens, introspection answers, JWTs without ``groupsClaim``), the
+groups come from the provider's userinfo endpoint with that token (as
+oauth2-proxy does), cached per token hash until the token expires. When
+userinfo has no groups either, the identity's groups are marked incomplete
+and a group-gated skill answers 403 ``groups_incomplete``.
 
 A bad token is a ``401`` with ``WWW-Authenticate: Bearer error="invalid_token"``
 and a ``login_failed`` signal (reason ``invalid_token``), never a 500; an
@@ -41,21 +59,24 @@ unreachable IdP is a ``503``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context, request
+from werkzeug.exceptions import TooManyRequests
 
 from . import reasons, signals
-from .exceptions import AuthenticationFailed, IdPUnavailable, LoginRequired
+from .exceptions import AuthenticationFailed, CCSSOError, ConfigError, IdPUnavailable, LoginRequired
 from .identity import Identity
 from .providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
 
@@ -67,6 +88,15 @@ if TYPE_CHECKING:
 DEFAULT_CACHE_SIZE = 2048
 #: the longest an introspection answer is trusted without asking again
 INTROSPECTION_CACHE_SECONDS = 60.0
+#: how long a refused opaque token is refused without asking the IdP again
+REFUSAL_CACHE_SECONDS = 30.0
+#: unsuccessful introspection calls one client address may cause per window
+INTROSPECTION_LIMIT = 20
+INTROSPECTION_LIMIT_WINDOW = 60.0
+#: how many client addresses the limiter remembers
+LIMITER_SIZE = 4096
+#: reason code of a caller over the introspection limit
+RATE_LIMITED = "rate_limited"
 #: RFC 6750 2.1 b64token
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 _ACCEPTED_TYP = {"jwt", "at+jwt"}
@@ -74,19 +104,28 @@ _ACCEPTED_TYP = {"jwt", "at+jwt"}
 _NOT_ACCESS_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
 #: Keycloak's ``typ`` *claim* of ID, refresh and logout tokens
 _NOT_ACCESS_TOKEN_TYP = {"id", "refresh", "offline", "logout"}
+#: introspection ``token_type`` values that mean "an access token usable as Bearer"
+_ACCESS_TOKEN_TYPES = {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+#: ``token_use`` (Cognito, Ory Hydra) of an access token
+_ACCESS_TOKEN_USE = {"access", "access_token"}
+_SENDER_CONSTRAINED = ("The access token is bound to a key (DPoP or mutual TLS, 'cnf') and is not accepted "
+                       "with the Bearer scheme: this API cannot verify the proof of possession.")
 
 log = logging.getLogger("flask_ccsso")
 
+T = TypeVar("T")
 
-class TokenCache:
-    """A small thread-safe LRU of ``token hash -> (identity, valid_until)``."""
+
+class TokenCache(Generic[T]):
+    """A small thread-safe LRU of ``token hash -> (value, valid_until)``
+    (identities, refusals, userinfo groups)."""
 
     def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+        self._data: OrderedDict[bytes, tuple[T, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: bytes, now: float) -> Identity | None:
+    def get(self, key: bytes, now: float) -> T | None:
         with self._lock:
             item = self._data.get(key)
             if item is None:
@@ -97,9 +136,9 @@ class TokenCache:
             self._data.move_to_end(key)
             return item[0]
 
-    def put(self, key: bytes, identity: Identity, valid_until: float) -> None:
+    def put(self, key: bytes, value: T, valid_until: float) -> None:
         with self._lock:
-            self._data[key] = (identity, valid_until)
+            self._data[key] = (value, valid_until)
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
@@ -110,6 +149,59 @@ class TokenCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+class IntrospectionThrottled(CCSSOError, TooManyRequests):
+    """This client address caused too many unsuccessful introspection calls. HTTP 429."""
+
+    reason = RATE_LIMITED
+    description = "Too many unrecognised access tokens from your address. Try again in a minute."
+
+
+class AddressLimiter:
+    """At most ``limit`` unsuccessful introspection calls per client address
+    and ``window``; a bounded LRU of addresses (IPv6 by /64, which one host
+    usually holds whole). A call reserves a unit first (so parallel requests
+    cannot overshoot) and gives it back when the token turned out valid:
+    callers with good tokens never run out."""
+
+    def __init__(self, limit: int, window: float, maxsize: int = LIMITER_SIZE) -> None:
+        self.limit, self.window, self.maxsize = limit, window, maxsize
+        self._data: OrderedDict[str, list[float]] = OrderedDict()  # addr -> [window_start, used, refused]
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def bucket(addr: str | None) -> str:
+        try:
+            ip = ipaddress.ip_address(addr or "")
+        except ValueError:
+            return "unknown"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+
+    def acquire(self, addr: str, now: float) -> bool | None:
+        """``True``: go ahead; ``False``: over the limit; ``None``: over the
+        limit for the first time in this window (log it once, not per call)."""
+        with self._lock:
+            item = self._data.get(addr)
+            if item is None or now - item[0] >= self.window:
+                item = [now, 0.0, 0.0]
+                self._data[addr] = item
+            self._data.move_to_end(addr)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+            if item[1] >= self.limit:
+                item[2] += 1
+                return None if item[2] == 1 else False
+            item[1] += 1
+            return True
+
+    def release(self, addr: str) -> None:
+        with self._lock:
+            item = self._data.get(addr)
+            if item is not None and item[1] > 0:
+                item[1] -= 1
 
 
 def _invalid(description: str) -> AuthenticationFailed:
@@ -173,14 +265,59 @@ def _auds(claims: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _check_token_kind(data: Mapping[str, Any]) -> bool:
+    """Refuse an introspection answer that shows, by *any* field, that the
+    token is not a plain access token: a refresh token (``token_type``
+    ``refresh_token`` (Okta, the dev IdP), Keycloak's ``typ`` ``Refresh`` /
+    ``Offline``, Cognito's / Hydra's ``token_use``), an ID token, or a
+    sender-constrained token (``token_type`` ``DPoP``, a ``cnf`` member).
+    ``token_type_hint`` is advisory (RFC 7662 2.1): the IdP may well answer
+    for a refresh token. Returns whether ``token_type`` affirmatively said
+    "access token"."""
+    if "cnf" in data:
+        raise _invalid(_SENDER_CONSTRAINED)
+    for key in ("token_type", "token_use", "typ"):
+        value = data.get(key)
+        if key in data and not isinstance(value, str):
+            raise _invalid(f"The token's '{key}' is malformed.")
+        if isinstance(value, str) and "refresh" in value.lower():
+            raise _invalid("A refresh token is not an access token.")
+    token_type = data.get("token_type")
+    if isinstance(token_type, str) and token_type.lower() == "dpop":
+        raise _invalid(_SENDER_CONSTRAINED)
+    if isinstance(token_type, str) and token_type.lower() not in _ACCESS_TOKEN_TYPES:
+        raise _invalid("The token is not an access token (token_type).")
+    use = data.get("token_use")
+    if isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE:
+        raise _invalid("The token is not an access token (token_use).")
+    typ = data.get("typ")
+    if isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TOKEN_TYP:
+        raise _invalid("The token is not an access token (typ).")
+    return isinstance(token_type, str)
+
+
+def _client_address() -> str:
+    return AddressLimiter.bucket(request.remote_addr if has_request_context() else None)
+
+
 class BearerAuthenticator:
     """``state.bearer_authenticator``: ``(state, token) -> Identity``."""
 
-    def __init__(self, state: CCSSOState, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, state: CCSSOState, *, cache_size: int = DEFAULT_CACHE_SIZE,
+                 refusal_seconds: float = REFUSAL_CACHE_SECONDS, introspection_limit: int = INTROSPECTION_LIMIT,
+                 limit_window: float = INTROSPECTION_LIMIT_WINDOW) -> None:
         self.state = state
-        self.cache = TokenCache(cache_size)
+        self.cache: TokenCache[Identity] = TokenCache(cache_size)
+        #: refused opaque tokens: hash -> (description, reason, provider)
+        self.refusals: TokenCache[tuple[str, str, str | None]] = TokenCache(cache_size)
+        #: groups read from userinfo: hash -> (groups,) -- (None,): userinfo had none
+        self.userinfo_groups: TokenCache[tuple[frozenset[str] | None]] = TokenCache(cache_size)
+        self.refusal_seconds = refusal_seconds
+        self.limiter = AddressLimiter(introspection_limit, limit_window)
         #: introspection calls made (tests, metrics)
         self.introspections = 0
+        #: userinfo calls made (tests, metrics)
+        self.userinfo_calls = 0
 
     # -- entry point -------------------------------------------------------------------
     def __call__(self, state: CCSSOState, token: str) -> Identity:
@@ -190,27 +327,29 @@ class BearerAuthenticator:
         try:
             try:
                 return self.authenticate(token)
-            except (AuthenticationFailed, IdPUnavailable):
+            except (AuthenticationFailed, IdPUnavailable, IntrospectionThrottled):
                 raise
             except Exception as exc:  # an input nobody foresaw: 401, never a 500
                 log.exception("flask-ccsso: unexpected error while checking a bearer token")
                 raise _invalid("The access token could not be verified.") from exc
         except AuthenticationFailed as exc:
             err = LoginRequired(exc.description or "The access token is not valid.", reason=reasons.INVALID_TOKEN)
-            signals.login_failed.send(current_app._get_current_object(),  # type: ignore[attr-defined]
-                                      provider=exc.extra.get("provider"), reason=reasons.INVALID_TOKEN,
-                                      detail=exc.description, subject=None, email=None)
+            self._failed(exc.extra.get("provider"), reasons.INVALID_TOKEN, exc.description)
             g._ccsso_bearer_failure = err
             raise err from None
-        except IdPUnavailable as exc:
-            signals.login_failed.send(current_app._get_current_object(),  # type: ignore[attr-defined]
-                                      provider=exc.extra.get("provider"), reason=reasons.IDP_UNAVAILABLE,
-                                      detail=exc.description, subject=None, email=None)
+        except (IdPUnavailable, IntrospectionThrottled) as exc:
+            reason = reasons.IDP_UNAVAILABLE if isinstance(exc, IdPUnavailable) else RATE_LIMITED
+            self._failed(exc.extra.get("provider"), reason, exc.description)
             g._ccsso_bearer_failure = exc
             raise
 
+    @staticmethod
+    def _failed(provider: str | None, reason: str, detail: str | None) -> None:
+        signals.login_failed.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                  provider=provider, reason=reason, detail=detail, subject=None, email=None)
+
     def authenticate(self, token: str) -> Identity:
-        """Verify ``token``; raise AuthenticationFailed / IdPUnavailable."""
+        """Verify ``token``; raise AuthenticationFailed / IdPUnavailable / IntrospectionThrottled."""
         if not token or len(token) > 16384 or not _B64TOKEN.match(token):
             raise _invalid("The access token is malformed.")
         key = hashlib.sha256(token.encode("ascii")).digest()
@@ -219,9 +358,13 @@ class BearerAuthenticator:
         if cached is not None:
             return cached
         if token.count(".") == 2:
-            identity, valid_until = self._verify_jwt(token, now)
+            prov, claims, identity, valid_until = self._verify_jwt(token, now)
+            exp = float(claims["exp"])
         else:
-            identity, valid_until = self._introspect(token, now)
+            prov, claims, identity, valid_until = self._introspect(token, key, now)
+            known = finite_number(claims.get("exp"))
+            exp = known if known is not None else now + INTROSPECTION_CACHE_SECONDS
+        identity, valid_until = self._complete_groups(prov, claims, identity, token, key, now, exp, valid_until)
         self.cache.put(key, identity, valid_until)
         return identity
 
@@ -252,7 +395,7 @@ class BearerAuthenticator:
             raise unavailable
         raise _invalid("The token was issued by an identity provider this application does not trust.")
 
-    def _verify_jwt(self, token: str, now: float) -> tuple[Identity, float]:
+    def _verify_jwt(self, token: str, now: float) -> tuple[OIDCProvider, dict[str, Any], Identity, float]:
         header = _peek_header(token)
         typ = header.get("typ")
         if typ is not None:
@@ -275,6 +418,10 @@ class BearerAuthenticator:
             if any(k in claims for k in _NOT_ACCESS_TOKEN_CLAIMS) or (
                     isinstance(claims.get("typ"), str) and claims["typ"].lower() in _NOT_ACCESS_TOKEN_TYP):
                 raise _invalid("An ID token is not an access token.")
+            # RFC 9449 7.2 / RFC 8705 3: a key-bound token without its proof
+            # is a stolen token as far as we can tell
+            if "cnf" in claims:
+                raise _invalid(_SENDER_CONSTRAINED)
             if not isinstance(claims.get("sub"), str) or not claims["sub"]:
                 raise _invalid("The token has no subject.")
             _check_client(prov, claims)
@@ -284,36 +431,59 @@ class BearerAuthenticator:
             exc.extra.setdefault("provider", prov.name)
             raise
         identity = prov.build_identity(claims, {"scope": _scopes(claims)}, via="bearer")
-        return identity, float(claims["exp"]) + prov.settings.clock_skew
+        return prov, claims, identity, float(claims["exp"]) + prov.settings.clock_skew
 
     # -- RFC 7662 ----------------------------------------------------------------------
-    def _introspectors(self) -> list[tuple[OIDCProvider, str]]:
-        out = []
-        for prov in self._oidc_providers():
-            if not prov.settings.introspection or not prov.settings.client_secret:
-                continue
-            try:
-                endpoint = prov.metadata().get("introspection_endpoint")
-            except IdPUnavailable:
-                continue
-            if isinstance(endpoint, str) and endpoint.startswith(("https://", "http://")):
-                out.append((prov, endpoint))
-        return out
-
-    def _introspect(self, token: str, now: float) -> tuple[Identity, float]:
-        candidates = self._introspectors()
-        if not candidates:
+    def _introspector_for(self, token: str) -> OIDCProvider:
+        """The one provider this opaque token may be sent to (see the module
+        docstring); start-up validation (``config._check_introspection_routing``)
+        guarantees that at most one matches."""
+        provs = [p for p in self._oidc_providers() if p.settings.introspection and p.settings.client_secret]
+        if not provs:
             raise _invalid("The access token is not a JWT and no provider offers token introspection.")
-        for prov, endpoint in candidates:
-            data = self._ask(prov, endpoint, token)
+        for prov in provs:
+            prefix = getattr(prov.settings, "introspection_token_prefix", None)
+            if prefix and token.startswith(prefix):
+                return prov
+        for prov in provs:
+            if getattr(prov.settings, "introspection_default", False):
+                return prov
+        if len(provs) == 1 and not getattr(provs[0].settings, "introspection_token_prefix", None):
+            return provs[0]
+        raise _invalid("The access token is not a JWT and belongs to no provider that introspects tokens.")
+
+    def _introspect(self, token: str, key: bytes, now: float) -> tuple[OIDCProvider, dict[str, Any], Identity, float]:
+        refused = self.refusals.get(key, now)
+        if refused is not None:
+            description, reason, provider = refused
+            raise AuthenticationFailed(description, reason=reason, provider=provider)
+        prov = self._introspector_for(token)
+        try:
+            endpoint = prov.metadata().get("introspection_endpoint")
+        except IdPUnavailable as exc:
+            exc.extra.setdefault("provider", prov.name)
+            raise
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            raise _invalid("The access token is not a JWT and its provider offers no token introspection.")
+        addr = _client_address()
+        allowed = self.limiter.acquire(addr, now)
+        if not allowed:
+            if allowed is None:
+                log.warning("flask-ccsso: client address %s sent too many unrecognised bearer tokens; "
+                            "introspection paused for it for up to %g s", addr, self.limiter.window)
+            raise IntrospectionThrottled(provider=prov.name)
+        data = self._ask(prov, endpoint, token)
+        try:
             if data.get("active") is not True:
-                continue
-            try:
-                return self._from_introspection(prov, data, now)
-            except AuthenticationFailed as exc:
-                exc.extra.setdefault("provider", prov.name)
-                raise
-        raise _invalid("The access token is not active.")
+                raise _invalid("The access token is not active.")
+            identity, valid_until = self._from_introspection(prov, data, now)
+        except AuthenticationFailed as exc:
+            exc.extra.setdefault("provider", prov.name)
+            self.refusals.put(key, (exc.description or "The access token is not valid.", exc.reason, prov.name),
+                              now + self.refusal_seconds)
+            raise
+        self.limiter.release(addr)
+        return prov, data, identity, valid_until
 
     def _ask(self, prov: OIDCProvider, endpoint: str, token: str) -> dict[str, Any]:
         s = prov.settings
@@ -342,14 +512,22 @@ class BearerAuthenticator:
         return data
 
     def _from_introspection(self, prov: OIDCProvider, data: dict[str, Any], now: float) -> tuple[Identity, float]:
+        """An ``active`` answer → identity, by the same rules as a JWT: the
+        kind of token, ``iss``, ``aud``, ``allowedClients``, ``exp``, ``sub``."""
+        said_access_token = _check_token_kind(data)
         if "iss" in data and data["iss"] not in self._issuers(prov):
             raise _invalid("The token was issued by someone else.")
-        if "aud" in data and not any(a in prov.settings.audience for a in _auds(data)):
-            raise _invalid("The token is meant for another application (aud).")
+        auds = _auds(data)
+        if "aud" in data and not auds:
+            raise _invalid("The token's 'aud' is malformed.")
+        if auds:
+            if not any(a in prov.settings.audience for a in auds):
+                raise _invalid("The token is meant for another application (aud).")
+        elif getattr(prov.settings, "introspection_require_audience", True) or not said_access_token:
+            # a refresh token (oidc-provider answers one with neither aud nor
+            # token_type) or another client's access token for no API at all
+            raise _invalid("The token names no audience (aud), so it is not meant for this API.")
         _check_client(prov, data)
-        token_type = data.get("token_type")
-        if isinstance(token_type, str) and token_type.lower() not in ("bearer", "access_token", "dpop"):
-            raise _invalid("The token is not an access token.")
         exp = data.get("exp")
         if exp is not None:
             exp = finite_number(exp)
@@ -363,12 +541,92 @@ class BearerAuthenticator:
         limit = now + INTROSPECTION_CACHE_SECONDS
         return identity, min(float(exp), limit) if exp is not None else limit
 
+    # -- groups from userinfo ----------------------------------------------------------
+    def _groups_needed(self) -> bool:
+        return any(getattr(s, "allowed_groups", None) for s in self.state.config.skills.values())
+
+    def _complete_groups(self, prov: OIDCProvider, claims: Mapping[str, Any], identity: Identity, token: str,
+                         key: bytes, now: float, exp: float, valid_until: float) -> tuple[Identity, float]:
+        """A token without the provider's group claim says nothing about
+        groups -- it is not "no groups". Read them from userinfo (with the
+        token itself, from the provider that vouched for it); when that has
+        none either, mark the groups incomplete so that a group-gated skill
+        answers ``groups_incomplete`` and says what the API needs."""
+        if prov.settings.groups_claim in claims or not identity.groups_complete or not self._groups_needed():
+            return identity, valid_until
+        if prov.type == "azure-ad":  # Entra's userinfo never lists groups
+            return dataclasses.replace(identity, groups_complete=False), valid_until
+        cached = self.userinfo_groups.get(key, now)
+        if cached is not None:
+            groups = cached[0]
+        else:
+            try:
+                groups = self._userinfo(prov, token, claims.get("sub"))
+            except _UserinfoFailed:
+                # not remembered: the next call after a short while asks again
+                return (dataclasses.replace(identity, groups_complete=False),
+                        min(valid_until, now + self.refusal_seconds))
+            self.userinfo_groups.put(key, (groups,), exp)
+        if groups is None:
+            return dataclasses.replace(identity, groups_complete=False), valid_until
+        return dataclasses.replace(identity, groups=groups), valid_until
+
+    def _userinfo(self, prov: OIDCProvider, token: str, sub: Any) -> frozenset[str] | None:
+        """The groups claim of the provider's userinfo answer for ``token``;
+        ``None`` when the answer has none. Raises ``_UserinfoFailed`` when
+        there is no usable answer (down, refused, not JSON, another ``sub``)."""
+        s = prov.settings
+        try:
+            endpoint = prov.metadata().get("userinfo_endpoint")
+        except IdPUnavailable as exc:
+            raise _UserinfoFailed from exc
+        if not isinstance(endpoint, str):
+            return None
+        self.userinfo_calls += 1
+        try:
+            resp = prov.http.get(endpoint, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                                 timeout=s.timeout, stream=True)
+            if resp.status_code != 200:
+                resp.close()
+                log.warning("flask-ccsso: %s's userinfo endpoint answered %s", prov.name, resp.status_code)
+                raise _UserinfoFailed
+            data = loads_strict(read_capped(resp, s.timeout))
+        except (requests.RequestException, ResponseTooLarge, ValueError, RecursionError) as exc:
+            log.warning("flask-ccsso: could not read %s's userinfo for a bearer token's groups", prov.name)
+            raise _UserinfoFailed from exc
+        # OIDC Core 5.3.2: the userinfo sub MUST match the token's
+        if not isinstance(data, dict) or data.get("sub") != sub:
+            log.warning("flask-ccsso: %s's userinfo answer is not about the token's subject", prov.name)
+            raise _UserinfoFailed
+        if s.groups_claim not in data:
+            return None
+        return frozenset(prov._str_list(data[s.groups_claim]))
+
+
+class _UserinfoFailed(Exception):
+    """userinfo gave no usable answer (never leaves this module)."""
+
+
+def _app_number(app: Flask, key: str, default: float, low: float, high: float) -> float:
+    value = app.config.setdefault(key, default)
+    number = finite_number(value) if not isinstance(value, bool) else None
+    if number is None or not low <= number <= high:
+        raise ConfigError(key, f"must be a number from {low:g} to {high:g}.", f"set {key} = {default:g} (the default).")
+    return number
+
 
 def init_state(app: Flask, state: CCSSOState) -> None:
     """Called by ``init_app``: accept bearer tokens from the OIDC providers.
-    ``CCSSO_BEARER_CACHE_SIZE`` (default 2048) bounds the token cache."""
+    ``CCSSO_BEARER_CACHE_SIZE`` (default 2048) bounds the token caches;
+    ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS`` (30) is how long a refused opaque
+    token is refused without asking again; ``CCSSO_BEARER_INTROSPECTION_LIMIT``
+    (20) is how many unsuccessful introspection calls one client address may
+    cause per minute."""
     size = int(app.config.setdefault("CCSSO_BEARER_CACHE_SIZE", DEFAULT_CACHE_SIZE))
-    state.bearer_authenticator = BearerAuthenticator(state, cache_size=size)
+    refusal = _app_number(app, "CCSSO_BEARER_REFUSAL_CACHE_SECONDS", REFUSAL_CACHE_SECONDS, 0, 3600)
+    limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000))
+    state.bearer_authenticator = BearerAuthenticator(state, cache_size=size, refusal_seconds=refusal,
+                                                     introspection_limit=limit)
 
 
-__all__ = ["BearerAuthenticator", "TokenCache", "init_state"]
+__all__ = ["AddressLimiter", "BearerAuthenticator", "IntrospectionThrottled", "TokenCache", "init_state"]

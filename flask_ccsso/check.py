@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app, has_app_context, url_for
@@ -96,15 +96,11 @@ def _state(app: Flask) -> Any:
 # --------------------------------------------------------------------------- masking
 
 def mask_url(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (the config
+    errors' masking: secret query values too, and nothing of a URL that does not parse)."""
+    from ._validate import mask_url as _mask
+
+    return _mask(url)
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -373,6 +369,57 @@ def _cookies(report: Report, app: Flask, state: Any) -> None:
                          "production.")
 
 
+def _skills(report: Report, state: Any, offline: bool) -> None:
+    """Skill settings that contradict each other or the providers.
+
+    Warnings where a setting silently does less than it says; errors where
+    nobody could ever have the skill. (``acrValues`` without ``sensitive``
+    is not one of them: the ``acr`` is enforced on every request.)
+    """
+    from .skills import SINGLE_FACTOR_ACR_VALUES
+
+    session = state.config.session
+    found = 0
+    for name, sk in state.config.skills.items():
+        provs = {p: state.providers[p] for p in (sk.providers or state.providers) if p in state.providers}
+        weak = [v for v in sk.acr_values if v in SINGLE_FACTOR_ACR_VALUES]
+        if sk.require_mfa and weak:
+            found += 1
+            report.add(WARN, f"skill {name}: requireMfa is true, but acrValues lists single-factor "
+                             f"class(es) {', '.join(weak)}: a sign-in with that acr meets acrValues and still is "
+                             "not MFA (it passes only if amr shows a second factor). List only MFA classes, or drop "
+                             "requireMfa.")
+        if sk.sensitive and sk.max_auth_age is None and not session.require_reauthentication_for_sensitive:
+            found += 1
+            report.add(WARN, f"skill {name}: sensitive is true, but session.requireReauthenticationForSensitive "
+                             "is false and the skill has no maxAuthAge: it never asks for a recent sign-in. Set "
+                             "maxAuthAge on it, or turn the session switch on.")
+        if sk.required_scopes and provs and all(p.protocol == "saml" for p in provs.values()):
+            granted = {sc for p in provs.values() for scs in p.settings.scopes_from_groups.values() for sc in scs}
+            missing = [sc for sc in sk.required_scopes if sc not in granted]
+            if missing:
+                found += 1
+                report.add(ERROR, f"skill {name}: requiredScopes {', '.join(missing)} can never be met: it accepts "
+                                  f"only SAML provider(s) {', '.join(provs)}, which carry no scopes, and no "
+                                  "scopesFromGroups grants them. Nobody can have this skill.")
+        if sk.acr_values and not offline:
+            for pname, prov in provs.items():
+                if prov.protocol != "oidc":
+                    continue
+                try:
+                    supported = prov.metadata().get("acr_values_supported")
+                except CCSSOError:
+                    continue  # already reported by the provider's own checks
+                if isinstance(supported, list) and supported and not set(sk.acr_values) & set(supported):
+                    found += 1
+                    report.add(WARN, f"skill {name}: none of its acrValues ({', '.join(sk.acr_values)}) is in "
+                                     f"provider {pname}'s acr_values_supported ({', '.join(map(str, supported))}): "
+                                     f"a step-up through {pname} cannot produce them, so its sign-ins never have "
+                                     "this skill.")
+    if not found:
+        report.add(OK, f"skills: no contradictory settings in {len(state.config.skills)} skill(s).")
+
+
 def _store(report: Report, state: Any) -> None:
     st = state.config.session.store
     try:
@@ -418,6 +465,7 @@ def check_config(offline: bool, as_json: bool) -> None:
                 _check_saml(report, name, prov, tls_seen)
             else:
                 _check_oidc(report, name, prov, tls_seen)
+        _skills(report, state, offline)
     c = report.counts
     click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s).")
     click.get_current_context().exit(report.exit_code)

@@ -5,6 +5,7 @@ Sources, in order: ``app.config["CCSSO"]`` (a dict) or
 -- ``auth``, ``skills``, ``logging``, ``session`` -- verbatim. ``${VAR}`` and
 ``${VAR:-default}`` are replaced from the environment once, here, at start-up;
 ``$$`` stands for a literal ``$``. Nothing reads raw config at request time.
+A secret in a config *file* must be exactly one ``${VAR}``.
 
 Every problem raises :class:`~flask_ccsso.exceptions.ConfigError` naming the
 key path (``auth.providers.okta.clientSecret``) and the fix.
@@ -19,9 +20,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from ._validate import check_keys, expect, expect_positive, expect_str_list, join
+from ._validate import check_keys, check_url, expect, expect_int, expect_positive, expect_str_list, join, mask_url
+from ._validate import is_loopback_host as is_loopback_host  # noqa: PLC0414 - re-exported: providers and check-config use it
 from .exceptions import ConfigError
 
 #: provider types and the block keys each one accepts
@@ -36,7 +37,12 @@ DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES2
 _FORBIDDEN_ALGORITHMS = {"none", "HS256", "HS384", "HS512"}
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = {"clientSecret", "spPrivateKey", "token", "password", "clientSecretValue"}
+_SECRET_KEYS = {"clientSecret", "spPrivateKey", "token", "password", "clientSecretValue", "tokenEncryptionKey",
+                "tokenEncryptionKeyFallbacks"}
+#: header names (in an audit sink's ``headers``) that carry credentials
+_SECRET_HEADER = re.compile(r"authorization|token|secret|api-?key|cookie|password", re.IGNORECASE)
+#: the only shape a secret may have in a file: one variable, no default, nothing around it
+_ONE_VAR = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -53,8 +59,9 @@ def interpolate(value: Any, path: str = "", environ: Mapping[str, str] | None = 
                 return env[name]
             if default is not None:
                 return default
+            optional = "" if path.rpartition(".")[2] in _SECRET_KEYS else f", or write ${{{name}:-default}} in the config"
             raise ConfigError(path or "<root>", f"environment variable {name} is not set.",
-                              f"export {name}=... before starting, or write ${{{name}:-default}} in the config.")
+                              f"export {name}=... before starting{optional}.")
         return _VAR.sub(repl, value)
     if isinstance(value, list):
         return [interpolate(v, join(path, i), env) for i, v in enumerate(value)]
@@ -63,58 +70,95 @@ def interpolate(value: Any, path: str = "", environ: Mapping[str, str] | None = 
     return value
 
 
+def _is_secret(key: Any, path: str) -> bool:
+    if key in _SECRET_KEYS:
+        return True
+    return path.endswith(".headers") and isinstance(key, str) and bool(_SECRET_HEADER.search(key))
+
+
+def _one_reference(value: Any, path: str) -> None:
+    if value is None or value == "":
+        return
+    if not isinstance(value, str):
+        raise ConfigError(path, f"must be a string, not {type(value).__name__}.",
+                          "write exactly \"${SOME_VAR}\" and set the secret in the environment.")
+    if not _ONE_VAR.fullmatch(value):
+        raise ConfigError(path, "holds a literal secret (or a literal default) in a config file.",
+                          "write exactly \"${SOME_VAR}\" (no :-default, no text around it) and set the "
+                          "secret in the environment.")
+
+
 def _literal_secrets(value: Any, path: str) -> None:
-    """Secrets never live in files: a secret key in a JSON file must be ``${VAR}``."""
+    """Secrets never live in files: a secret key in a JSON file must be exactly ``${VAR}``.
+
+    Exactly: ``${VAR:-hunter2}`` (a literal default), ``$$hunter2`` (an
+    escaped dollar) or ``hunter2${EMPTY}`` would each put the secret in the
+    file while looking like a reference. A credential header of an audit sink
+    (``Authorization``, ``X-Api-Key`` ...) is a secret too.
+    """
     if isinstance(value, dict):
         for k, v in value.items():
-            if k in _SECRET_KEYS and isinstance(v, str) and v and not _VAR.search(v):
-                raise ConfigError(join(path, k), "holds a literal secret in a config file.",
-                                  "write \"${SOME_VAR}\" and set the secret in the environment.")
+            if _is_secret(k, path):
+                # a list of secrets (key fallbacks) is held to the same rule, item by item
+                items: list[tuple[int | None, Any]] = list(enumerate(v)) if isinstance(v, list) else [(None, v)]
+                for i, item in items:
+                    _one_reference(item, join(path, k) if i is None else join(join(path, k), i))
+                continue
             _literal_secrets(v, join(path, k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _literal_secrets(v, join(path, i))
 
 
+def _no_duplicates(filename: str) -> Any:
+    """A JSON object hook refusing a key written twice (JSON keeps the last
+    silently, so a second ``clientSecret`` or ``wantAssertionsSigned`` would
+    quietly win over the first)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConfigError(filename, f"defines the key {k!r} twice in one object.",
+                                  "keep one of the two (JSON would silently use the last).")
+            out[k] = v
+        return out
+    return hook
+
+
 def load_file(filename: str) -> dict[str, Any]:
+    """Read one JSON config file. Anything wrong with the file itself -- missing,
+    unreadable, not UTF-8, not JSON, nested absurdly deep -- is a ConfigError
+    naming the file, never a raw ``OSError`` / ``UnicodeDecodeError``."""
     try:
-        with open(filename, encoding="utf-8") as fh:
-            data = json.load(fh)
+        # utf-8-sig: a byte-order mark written by some Windows editors is not an error
+        with open(filename, encoding="utf-8-sig") as fh:
+            data = json.load(fh, object_pairs_hook=_no_duplicates(filename))
     except FileNotFoundError:
         raise ConfigError(filename, "does not exist.",
                           "point CCSSO_CONFIG_FILE at your JSON config (relative paths are from the app root).") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(filename, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
                           "fix the JSON syntax.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(filename, f"is not UTF-8 text (byte {exc.start} cannot be decoded).",
+                          "save the file as UTF-8 (for example with iconv -f latin1 -t utf-8).") from None
+    except RecursionError:
+        raise ConfigError(filename, "nests objects or lists too deeply to be a config.",
+                          "fix the JSON structure.") from None
+    except OSError as exc:
+        raise ConfigError(filename, f"cannot be read ({exc.strerror or type(exc).__name__}).",
+                          "check that the path names a readable file.") from None
     if not isinstance(data, dict):
-        raise ConfigError("<root>", "the config file must hold a JSON object.", "wrap the blocks in { }.")
+        raise ConfigError(filename, "must hold a JSON object.", "wrap the blocks in { }.")
     _literal_secrets(data, "")
     return data
 
 
 # --------------------------------------------------------------------------- settings
 
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(value: str, path: str, *, https_unless_loopback: bool = True) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(path, f"{value!r} is not an absolute http(s) URL.", "write the full URL, e.g. https://idp.example.com/...")
-    if https_unless_loopback and parts.scheme != "https" and not is_loopback_host(parts.hostname):
-        raise ConfigError(path, f"{value!r} uses http on a non-loopback host; tokens would travel in clear text.",
-                          "use https:// (plain http is allowed only for localhost / 127.0.0.1 in development).")
-    if parts.fragment:
-        raise ConfigError(path, "must not contain a #fragment.", "remove the fragment.")
-    return value
+    """An absolute http(s) URL (https unless loopback); see :func:`~flask_ccsso._validate.check_url`."""
+    return check_url(value, path, http=True, https_unless_loopback=https_unless_loopback)
 
 
 @dataclass(frozen=True)
@@ -153,6 +197,12 @@ class OIDCSettings(ProviderSettings):
     introspection: bool = True
     #: bearer tokens only from these OAuth clients (empty: any client)
     allowed_clients: tuple[str, ...] = ()
+    #: opaque tokens starting with this go to this provider's introspection
+    introspection_token_prefix: str | None = None
+    #: opaque tokens matching no prefix go to this provider's introspection
+    introspection_default: bool = False
+    #: an introspection answer must name an accepted ``aud`` (opt-out: weaker)
+    introspection_require_audience: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,6 +215,9 @@ class SAMLSettings(ProviderSettings):
     sign_authn_requests: bool = False
     want_assertions_signed: bool = True
     want_response_signed: bool = False
+    #: decrypt EncryptedAssertions (with the SP key pair) -- and then refuse plain ones;
+    #: off: an EncryptedAssertion is refused before anything decrypts it
+    want_assertions_encrypted: bool = False
     allow_unsolicited: bool = False
     clock_skew: float = 60.0
     metadata_refresh: float = 3600.0
@@ -179,6 +232,8 @@ class SAMLSettings(ProviderSettings):
     idp_logout: bool = True
     timeout: float = 5.0
     xmlsec_binary: str | None = None
+    #: PEM text or file path: when set, the metadata must carry a valid signature by this certificate
+    idp_metadata_certificate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,8 +275,14 @@ class SessionSettings:
     cookie_name: str = "ccsso_session"
     cookie_secure: bool = True
     cookie_samesite: str = "Lax"
-    cookie_host_prefix: bool = False
+    #: ``__Host-`` cookie prefix; ``None``: on when the cookie is Secure, on
+    #: ``Path=/`` and host-only (see session.cookie_settings)
+    cookie_host_prefix: bool | None = None
     refresh_lock_timeout: float = 10.0
+    #: seals session records (else SECRET_KEY); never stored with them
+    token_encryption_key: str | None = field(default=None, repr=False)
+    #: old keys that still open records (else SECRET_KEY_FALLBACKS)
+    token_encryption_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -241,12 +302,13 @@ _OIDC_KEYS = _COMMON_KEYS + (
     "allowedAlgorithms", "clockSkew", "discoveryTtl", "jwksTtl", "jwksRefreshCooldown", "timeout", "groupsClaim",
     "rolesClaim", "graphUrl", "postLogoutRedirectUri", "idpLogout", "requireIssParameter", "authority",
     "loginStateTtl", "extraAuthorizeParams", "keepClaims", "introspection", "allowedClients",
+    "introspectionTokenPrefix", "introspectionDefault", "introspectionRequireAudience",
 )
 _SAML_KEYS = _COMMON_KEYS + (
     "idpMetadata", "spEntityId", "attributeMapping", "spCertificate", "spPrivateKey", "signAuthnRequests",
-    "wantAssertionsSigned", "wantResponseSigned", "allowUnsolicited", "clockSkew", "metadataRefresh", "idpEntityId",
+    "wantAssertionsSigned", "wantResponseSigned", "wantAssertionsEncrypted", "allowUnsolicited", "clockSkew", "metadataRefresh", "idpEntityId",
     "requestedAuthnContext", "nameIdFormat", "groupsTruncatedAttribute", "acsUrl", "maxResponseSize",
-    "loginStateTtl", "scopesFromGroups", "idpLogout", "timeout", "xmlsecBinary",
+    "loginStateTtl", "scopesFromGroups", "idpLogout", "timeout", "xmlsecBinary", "idpMetadataCertificate",
 )
 _AZURE_TENANT = re.compile(r"^[0-9a-fA-F-]{36}$|^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
@@ -340,9 +402,57 @@ def _parse_oidc(name: str, ptype: str, raw: Mapping[str, Any], path: str) -> OID
         login_state_ttl=expect_positive(raw, "loginStateTtl", path, 600.0),
         extra_authorize_params=dict(extra),
         keep_claims=expect_str_list(raw, "keepClaims", path),
-        introspection=expect(raw, "introspection", bool, path, True),
+        # Entra ID has no RFC 7662 endpoint: its providers introspect only when asked
+        introspection=expect(raw, "introspection", bool, path, ptype != "azure-ad"),
         allowed_clients=expect_str_list(raw, "allowedClients", path),
+        introspection_token_prefix=expect(raw, "introspectionTokenPrefix", str, path) or None,
+        introspection_default=expect(raw, "introspectionDefault", bool, path, False),
+        introspection_require_audience=expect(raw, "introspectionRequireAudience", bool, path, True),
     )
+
+
+def _introspects(p: ProviderSettings) -> bool:
+    return isinstance(p, OIDCSettings) and p.introspection and bool(p.client_secret)
+
+
+def _check_introspection_routing(providers: Mapping[str, ProviderSettings]) -> None:
+    """Each opaque bearer token goes to exactly one provider's introspection
+    endpoint (never to every provider with its credentials): with several
+    introspecting providers, each needs ``introspectionTokenPrefix`` or must be
+    the one ``introspectionDefault``; prefixes must not overlap."""
+    for p in providers.values():
+        if isinstance(p, OIDCSettings) and not _introspects(p):
+            for key, value in (("introspectionTokenPrefix", p.introspection_token_prefix),
+                               ("introspectionDefault", p.introspection_default)):
+                if value:
+                    raise ConfigError(join(p.path, key), "is set, but this provider does not introspect tokens "
+                                      "(introspection is off or there is no clientSecret).",
+                                      "set 'introspection': true and a 'clientSecret', or remove the key.")
+    active = [p for p in providers.values() if _introspects(p)]
+    defaults = [p for p in active if isinstance(p, OIDCSettings) and p.introspection_default]
+    if len(defaults) > 1:
+        raise ConfigError(join(defaults[1].path, "introspectionDefault"),
+                          f"is true for several providers ({', '.join(p.name for p in defaults)}).",
+                          "set it on one provider only.")
+    prefixed = [(p.introspection_token_prefix, p) for p in active
+                if isinstance(p, OIDCSettings) and p.introspection_token_prefix]
+    for a, pa in prefixed:
+        for b, pb in prefixed:
+            if pa is not pb and b.startswith(a):
+                raise ConfigError(join(pb.path, "introspectionTokenPrefix"),
+                                  f"overlaps the prefix of provider {pa.name!r}: a token could belong to both.",
+                                  "give each provider a prefix that no other prefix starts with.")
+    if len(active) > 1:
+        unrouted = [p for p in active if isinstance(p, OIDCSettings)
+                    and not p.introspection_token_prefix and not p.introspection_default]
+        if unrouted:
+            names = ", ".join(p.name for p in active)
+            raise ConfigError(join(unrouted[0].path, "introspectionTokenPrefix"),
+                              f"several providers introspect opaque bearer tokens ({names}) and nothing says "
+                              "which provider a token belongs to.",
+                              "set 'introspectionTokenPrefix' on the providers whose tokens have one, "
+                              "'introspectionDefault': true on at most one, and 'introspection': false "
+                              "on providers that issue no opaque tokens for this API.")
 
 
 def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
@@ -374,6 +484,10 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
     if expect(raw, "signAuthnRequests", bool, path, False) and not sp_key:
         raise ConfigError(join(path, "signAuthnRequests"), "is true but no SP key pair is configured.",
                           "set spCertificate and spPrivateKey, or signAuthnRequests false.")
+    if expect(raw, "wantAssertionsEncrypted", bool, path, False) and not sp_key:
+        raise ConfigError(join(path, "wantAssertionsEncrypted"), "is true but no SP key pair is configured.",
+                          "set spCertificate and spPrivateKey (the key the IdP encrypts to), "
+                          "or wantAssertionsEncrypted false.")
     sfg = expect(raw, "scopesFromGroups", dict, path, {})
     scopes_from_groups = {g: expect_str_list(sfg, g, join(path, "scopesFromGroups")) for g in sfg}
     return SAMLSettings(
@@ -385,6 +499,7 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
         sign_authn_requests=expect(raw, "signAuthnRequests", bool, path, False),
         want_assertions_signed=expect(raw, "wantAssertionsSigned", bool, path, True),
         want_response_signed=expect(raw, "wantResponseSigned", bool, path, False),
+        want_assertions_encrypted=expect(raw, "wantAssertionsEncrypted", bool, path, False),
         allow_unsolicited=expect(raw, "allowUnsolicited", bool, path, False),
         clock_skew=expect_positive(raw, "clockSkew", path, 60.0, allow_zero=True),
         metadata_refresh=expect_positive(raw, "metadataRefresh", path, 3600.0),
@@ -393,12 +508,13 @@ def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
         name_id_format=expect(raw, "nameIdFormat", str, path),
         groups_truncated_attribute=expect(raw, "groupsTruncatedAttribute", str, path),
         acs_url=acs,
-        max_response_size=int(expect_positive(raw, "maxResponseSize", path, 256 * 1024)),
+        max_response_size=expect_int(raw, "maxResponseSize", path, 256 * 1024, minimum=1024),
         login_state_ttl=expect_positive(raw, "loginStateTtl", path, 600.0),
         scopes_from_groups=scopes_from_groups,
         idp_logout=expect(raw, "idpLogout", bool, path, True),
         timeout=expect_positive(raw, "timeout", path, 5.0),
         xmlsec_binary=expect(raw, "xmlsecBinary", str, path),
+        idp_metadata_certificate=expect(raw, "idpMetadataCertificate", str, path) or None,
     )
 
 
@@ -429,6 +545,7 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
         if not provs:
             raise ConfigError("auth.providers", "is empty.", "configure at least one provider.")
         out = {n: _parse_provider(n, p, f"auth.providers.{n}") for n, p in provs.items()}
+        _check_introspection_routing(out)
         default = expect(raw, "default", str, "auth")
         if default is not None and default not in out:
             raise ConfigError("auth.default", f"names {default!r}, which is not configured.",
@@ -437,6 +554,7 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
     ptype = raw.get("provider")
     name = ptype if isinstance(ptype, str) and re.match(r"^[a-z0-9][a-z0-9_-]*$", ptype or "") else "default"
     prov = _parse_provider(name, raw, "auth")
+    _check_introspection_routing({name: prov})
     return {name: prov}, name
 
 
@@ -466,9 +584,7 @@ def _parse_skills(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[s
             except ValueError:
                 raise ConfigError(join(join(path, "allowedNetworks"), i), f"{cidr!r} is not a CIDR range.",
                                   "write ranges like 10.0.0.0/8 or 2001:db8::/32.") from None
-        max_age = expect(rules, "maxAuthAge", (int, float), path)
-        if max_age is not None and max_age <= 0:
-            raise ConfigError(join(path, "maxAuthAge"), "must be more than zero seconds.", "e.g. 300.")
+        max_age = expect_positive(rules, "maxAuthAge", path, None)
         provs = expect_str_list(rules, "providers", path)
         for i, p in enumerate(provs):
             if p not in providers:
@@ -486,7 +602,32 @@ def _parse_skills(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[s
 
 _SESSION_KEYS = ("absoluteTimeout", "idleTimeout", "refreshWindow", "enableSlidingExpiration",
                  "requireReauthenticationForSensitive", "maxAuthAge", "slidingWriteInterval", "store", "cookieName",
-                 "cookieSecure", "cookieSameSite", "cookieHostPrefix", "refreshLockTimeout")
+                 "cookieSecure", "cookieSameSite", "cookieHostPrefix", "refreshLockTimeout", "tokenEncryptionKey",
+                 "tokenEncryptionKeyFallbacks")
+
+
+def _check_store_url(stype: str, url: str, path: str) -> None:
+    """Let the client library parse the URL now, so a bad one is a ConfigError
+    at start-up; their own messages are not passed on (SQLAlchemy's and
+    redis-py's may quote the URL, password included)."""
+    try:
+        if stype == "sqlalchemy":
+            from sqlalchemy.engine import make_url
+
+            make_url(url).get_dialect()
+        else:
+            try:
+                from redis.connection import parse_url
+            except ImportError:  # the redis extra is not installed: the store says so when it starts
+                return
+            parse_url(url)
+    except ImportError:
+        raise ConfigError(path, "names a database driver that is not installed.",
+                          "install the driver (e.g. pip install 'psycopg[binary]') or fix the URL's scheme.") from None
+    except Exception:  # noqa: BLE001 - the drivers' parsers raise anything; their text may quote the password
+        raise ConfigError(path, f"{mask_url(url)!r} is not a valid {stype} URL.",
+                          "e.g. redis://:${REDIS_PASSWORD}@host:6379/0" if stype == "redis"
+                          else "e.g. postgresql+psycopg://user:password@host/db.") from None
 
 
 def _parse_store(raw: Any, path: str) -> StoreSettings:
@@ -503,7 +644,9 @@ def _parse_store(raw: Any, path: str) -> StoreSettings:
         example = "redis://127.0.0.1:6379/0" if stype == "redis" else "postgresql+psycopg://user@host/db"
         raise ConfigError(join(path, "url"), f"is required for a {stype} store.", f"e.g. \"{example}\" (from ${{VAR}}).")
     if stype == "redis" and url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(join(path, "url"), f"{url!r} is not a redis:// URL.", "e.g. redis://127.0.0.1:6379/0.")
+        raise ConfigError(join(path, "url"), f"{mask_url(url)!r} is not a redis:// URL.", "e.g. redis://127.0.0.1:6379/0.")
+    if url and stype in ("redis", "sqlalchemy"):
+        _check_store_url(stype, url, join(path, "url"))
     return StoreSettings(type=stype, url=url, key_prefix=expect(raw, "keyPrefix", str, path, "ccsso:"),
                          path=expect(raw, "path", str, path))
 
@@ -524,7 +667,7 @@ def _parse_session(raw: Any) -> SessionSettings:
     if samesite not in ("Lax", "Strict", "None"):
         raise ConfigError("session.cookieSameSite", f"{samesite!r} is not Lax, Strict or None.", "use Lax (recommended).")
     secure = expect(raw, "cookieSecure", bool, path, True)
-    host_prefix = expect(raw, "cookieHostPrefix", bool, path, False)
+    host_prefix = expect(raw, "cookieHostPrefix", bool, path, None)
     if host_prefix and not secure:
         raise ConfigError("session.cookieHostPrefix", "needs cookieSecure true (browsers drop __Host- cookies otherwise).",
                           "set cookieSecure true or cookieHostPrefix false.")
@@ -543,7 +686,27 @@ def _parse_session(raw: Any) -> SessionSettings:
         store=_parse_store(raw.get("store"), "session.store"),
         cookie_name=name, cookie_secure=secure, cookie_samesite=samesite, cookie_host_prefix=host_prefix,
         refresh_lock_timeout=expect_positive(raw, "refreshLockTimeout", path, 10.0),
+        **_session_keys(raw, path),
     )
+
+
+#: shortest accepted session key (characters): 256 bits as hex or base64
+MIN_SESSION_KEY = 32
+
+
+def _session_keys(raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """``tokenEncryptionKey`` and its fallbacks (old keys, whitespace- or
+    comma-separated in one ``${VAR}``): long enough, never echoed."""
+    key = expect(raw, "tokenEncryptionKey", str, path) or None
+    olds = tuple(k for k in re.split(r"[\s,]+", expect(raw, "tokenEncryptionKeyFallbacks", str, path, "")) if k)
+    if olds and key is None:
+        raise ConfigError(join(path, "tokenEncryptionKeyFallbacks"), "is set without tokenEncryptionKey.",
+                          "set tokenEncryptionKey too (without it, SECRET_KEY and SECRET_KEY_FALLBACKS are used).")
+    for name, value in [("tokenEncryptionKey", key), *(("tokenEncryptionKeyFallbacks", k) for k in olds)]:
+        if value is not None and len(value) < MIN_SESSION_KEY:
+            raise ConfigError(join(path, name), f"is shorter than {MIN_SESSION_KEY} characters.",
+                              "use a long random value, e.g. python -c 'import secrets; print(secrets.token_hex(32))'.")
+    return {"token_encryption_key": key, "token_encryption_key_fallbacks": olds}
 
 
 _TOP_KEYS = ("auth", "skills", "logging", "session")

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, ServiceUnavailable, Unauthorized
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 
 class CCSSOError(Exception):
@@ -147,12 +155,44 @@ class UnknownProvider(CCSSOError, BadRequest):
     description = "Unknown sign-in provider."
 
 
+class RequestTooLarge(CCSSOError, RequestEntityTooLarge):
+    """A body larger than the route accepts (the SAML ACS and SLO), refused
+    before it is read or parsed. HTTP 413."""
+
+    reason = "request_too_large"
+    description = "The request is too large."
+
+
+class LoginRateLimited(CCSSOError, TooManyRequests):
+    """Too many sign-ins were started from one client address. HTTP 429.
+
+    Starting a sign-in costs the shared store an entry before anyone has
+    authenticated, so the number one address may start per window is capped.
+    """
+
+    reason = "rate_limited"
+    description = "Too many sign-ins were started from your address. Wait a few minutes, then try again."
+
+
+class CSRFError(CCSSOError, BadRequest):
+    """A state-changing request carried no valid CSRF token, or came from
+    another site. HTTP 400 (the name and base match Flask-WTF's)."""
+
+    reason = "csrf_failed"
+    description = "The form was out of date or came from another site. Reload the page and try again."
+    #: the heading of the HTML error page (the 400 default speaks of sign-in)
+    title = "Request refused"
+
+
 __all__ = [
     "AuthenticationFailed",
     "CCSSOError",
+    "CSRFError",
     "ConfigError",
     "IdPUnavailable",
+    "LoginRateLimited",
     "LoginRequired",
+    "RequestTooLarge",
     "SessionExpired",
     "SkillRequired",
     "StepUpRequired",

@@ -22,13 +22,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from . import reasons, signals
+from ._validate import setting_int
 from .config import CCSSOConfig, SkillSettings, load_file, parse_config
 from .exceptions import CCSSOError, ConfigError, LoginRequired, SessionExpired, StepUpRequired
 from .identity import AnonymousIdentity, Identity
 from .providers import provider_class
 from .providers.base import Provider
-from .responses import bearer_challenge, error_response, login_url_for, wants_json
-from .session import SessionGate, make_session_interface
+from .responses import bearer_challenge, error_response, library_security_headers, login_url_for, wants_json
+from .session import SessionGate, cookie_settings, make_session_interface
 from .stores import RedisStore, SharedStore, SQLStore
 
 log = logging.getLogger("flask_ccsso")
@@ -72,17 +73,20 @@ class CCSSOState:
         return skill.max_auth_age if skill.max_auth_age is not None else self.config.session.max_auth_age
 
     def forget_session(self, identity: Identity, sid: str) -> None:
-        """Drop a session id from the per-user indexes (it is being ended)."""
+        """Drop a session (cookie id or store handle) from the per-user
+        indexes, which hold store handles (it is being ended)."""
+        handle = self.session_interface.handle_of(sid)
         try:
-            self.store.set_remove(f"user:{identity.id}", sid)
+            self.store.set_remove(f"user:{identity.id}", handle)
             if identity.session_index:
-                self.store.set_remove(f"idpsid:{identity.provider}:{identity.session_index}", sid)
+                self.store.set_remove(f"idpsid:{identity.provider}:{identity.session_index}", handle)
         except CCSSOError:
             log.warning("flask-ccsso: could not update the session index at logout")
 
     def revoke_sids(self, sids: set[str] | list[str]) -> int:
-        """End these sessions on every worker and host (effective on their next
-        request, which is told ``revoked``). Returns how many were live."""
+        """End these sessions (store handles, as the per-user index holds them,
+        or cookie session ids) on every worker and host (effective on their
+        next request, which is told ``revoked``). Returns how many were live."""
         return sum(1 for sid in sids if self.session_interface.end_sid(sid, reasons.REVOKED))
 
     def revoke_identity(self, identity_id: str, *, reason: str = "api") -> int:
@@ -190,12 +194,7 @@ class CCSSO:
 
         # cookies: only a session id travels in them
         s = cfg.session
-        cookie_name = ("__Host-" + s.cookie_name) if s.cookie_host_prefix else s.cookie_name
-        app.config.update(SESSION_COOKIE_NAME=cookie_name, SESSION_COOKIE_HTTPONLY=True,
-                          SESSION_COOKIE_SECURE=s.cookie_secure, SESSION_COOKIE_SAMESITE=s.cookie_samesite,
-                          SESSION_REFRESH_EACH_REQUEST=False, SESSION_PERMANENT=False)
-        if s.cookie_host_prefix:
-            app.config.update(SESSION_COOKIE_PATH="/", SESSION_COOKIE_DOMAIN=None)
+        app.config.update(cookie_settings(app, s))  # __Host- by default when Secure
         if not s.cookie_secure:
             log.warning("flask-ccsso: session.cookieSecure is false -- the session cookie will travel over plain "
                         "http. Use this only for local development.")
@@ -216,7 +215,7 @@ class CCSSO:
                            gate=SessionGate(s, store, clock), clock=clock, url_prefix=prefix, session_interface=iface)
         app.extensions["ccsso"] = state
 
-        trusted = int(app.config["CCSSO_TRUSTED_PROXIES"] or 0)
+        trusted = setting_int(app.config, "CCSSO_TRUSTED_PROXIES", 0, maximum=32)
         if trusted > 0:
             from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -230,6 +229,7 @@ class CCSSO:
         register_callback_aliases(app, state)
         app.register_error_handler(CCSSOError, _handle_error)
         app.after_request(_personal_responses_not_stored)
+        app.after_request(library_security_headers)
 
         # the request-gate and audit modules attach themselves to the state
         for modname in _STATE_MODULES:

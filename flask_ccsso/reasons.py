@@ -22,6 +22,8 @@ REPLAYED = "replayed"
 UNSOLICITED = "unsolicited"
 STEPUP_NOT_SATISFIED = "stepup_not_satisfied"
 BAD_REQUEST = "bad_request"
+REQUEST_TOO_LARGE = "request_too_large"  # a body over the route's limit, refused unparsed
+RATE_LIMITED = "rate_limited"              # too many sign-ins started from one address
 
 # session
 IDLE_TIMEOUT = "idle_timeout"
@@ -37,4 +39,6 @@ MISSING_SCOPE = "missing_scope"
 NETWORK_NOT_ALLOWED = "network_not_allowed"
 MFA_REQUIRED = "mfa_required"
 STALE_AUTHENTICATION = "stale_authentication"
+INSUFFICIENT_ACR = "insufficient_acr"        # the sign-in's acr is not one of the skill's acrValues
 GROUPS_INCOMPLETE = "groups_incomplete"
+CSRF_FAILED = "csrf_failed"                # a state-changing request without a valid CSRF token

@@ -142,7 +142,8 @@ class _SingleFlight:
         self.data = data
         self.expires_at = expires_at
         self.rev = _rev(data)
-        self.sid: str = session.sid  # type: ignore[attr-defined]
+        # the store handle, not the cookie value: lock names are store keys
+        self.sid: str = state.session_interface.handle_of(session.sid)  # type: ignore[attr-defined]
         self.lock_name = f"refresh:{self.sid}"
         self.backoff_key = f"refresh-backoff:{self.sid}"
         self.ttl = state.config.session.refresh_lock_timeout

@@ -15,7 +15,49 @@ from werkzeug.exceptions import HTTPException
 from .exceptions import CCSSOError, StepUpRequired
 
 _TITLES = {400: "Sign-in failed", 401: "Sign-in required", 403: "Access denied", 404: "Not found",
-           503: "Temporarily unavailable"}
+           429: "Too many requests", 503: "Temporarily unavailable"}
+
+
+#: what every page flask-ccsso itself serves carries (the app's own pages are
+#: the app's business). The pages need nothing but their inline ``<style>``:
+#: no script runs, nothing frames them (clickjacking of the sign-in chooser,
+#: the sign-out confirmation, the dev IdP's login), and no ``Referer`` leaves
+#: them -- the OIDC callback URL holds the authorization ``code`` and
+#: ``state``, and the redirect it answers with would pass them on.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def add_security_headers(response: Response) -> Response:
+    """Add :data:`SECURITY_HEADERS`, keeping any the app already set."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def is_library_request() -> bool:
+    """Is this request for a page of flask-ccsso's own: its blueprint, a
+    callback alias (a ``redirectUri`` outside the prefix), the development
+    IdP mounted on this app, or any path under the prefix (its 404s)."""
+    blueprint = request.blueprint or ""
+    endpoint = request.endpoint or ""
+    if blueprint == "ccsso" or blueprint.startswith("ccsso_devidp") or endpoint.startswith("ccsso_callback_"):
+        return True
+    from .extension import get_state
+
+    return request.path.startswith(get_state().url_prefix + "/")
+
+
+def library_security_headers(response: Response) -> Response:
+    """``after_request``: :data:`SECURITY_HEADERS` on the library's own pages."""
+    if is_library_request():
+        add_security_headers(response)
+    return response
 
 
 def wants_json() -> bool:
@@ -40,11 +82,13 @@ def error_response(exc: HTTPException, *, extra: dict[str, Any] | None = None,
         body.update(extra or {})
         resp = jsonify(body)
     else:
-        html = render_template("ccsso/message.html", title=_TITLES.get(code, "Error"), message=description,
+        title = getattr(exc, "title", None) or _TITLES.get(code, "Error")
+        html = render_template("ccsso/message.html", title=title, message=description,
                                reason=reason, request_id=None, action_url=action_url, action_label=action_label)
         resp = Response(html, mimetype="text/html")
     resp.status_code = code
     resp.headers["Cache-Control"] = "no-store"
+    add_security_headers(resp)  # a page of ours, whichever route it answers
     if code == 503:
         resp.headers["Retry-After"] = "5"
     return resp

@@ -22,6 +22,11 @@ caller is done here:
   -- with rotating refresh tokens an overwrite would log the person out.
 * revocation leaves a small tombstone, so the next request of that browser
   is told *why* it was signed out (``revoked`` / ``refresh_failed``).
+* read access to the store hands out nothing (:mod:`flask_ccsso.session_keys`):
+  records live under a keyed hash of the session id, not the id, and are
+  sealed (AES-GCM, bound to their store key) with a key the store never holds.
+  A record that does not open -- forged, moved, or from before this scheme --
+  reads as absent.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 from . import reasons, signals
 from .exceptions import StoreUnavailable
 from .identity import ANONYMOUS, AnonymousIdentity, Identity, identity_from_stored
+from .session_keys import SessionKeys, is_handle
 
 if TYPE_CHECKING:
     from .config import SessionSettings
@@ -54,6 +60,12 @@ log = logging.getLogger("flask_ccsso")
 SESSION_KEY = "_ccsso"
 #: per-browser value binding pending OIDC sign-ins to this browser
 BINDING_KEY = "_ccsso_bind"
+#: the one member of a stored (sealed) record
+SEALED_KEY = "sealed"
+#: cookie values longer than this are not session ids (not even hashed)
+MAX_SID_LENGTH = 256
+#: the idle deadline is recorded at least this often, as a share of idleTimeout
+SLIDING_SHARE = 0.1
 
 
 class JSONOnlySerializer:
@@ -178,15 +190,78 @@ class CCSSOSessionMixin:
     """Mixed into a Flask-Session interface class (see :func:`make_session_interface`)."""
 
     serializer: Any
+    key_prefix: str
     ccsso_settings: SessionSettings
     ccsso_clock: Callable[[], float]
+    ccsso_keys: SessionKeys
     _errors: tuple[type[BaseException], ...]
+    _unsealed_logged: float = 0.0
 
-    def _setup_ccsso(self, settings: SessionSettings, clock: Callable[[], float]) -> None:
+    def _setup_ccsso(self, settings: SessionSettings, clock: Callable[[], float], keys: SessionKeys) -> None:
         self.serializer = JSONOnlySerializer()
         self.ccsso_settings = settings
         self.ccsso_clock = clock
+        self.ccsso_keys = keys
         self._errors = _store_errors()
+
+    # store ids -------------------------------------------------------------------
+    def _get_store_id(self, sid: str) -> str:
+        """The store key of cookie session id ``sid``: a keyed hash, never the id."""
+        return self.key_prefix + self.ccsso_keys.handle(sid)
+
+    def handle_of(self, ref: str) -> str:
+        """The store handle of ``ref``: a cookie session id, or already a handle
+        (what the per-user index holds). The two cannot be confused: session
+        ids are 43 URL-safe characters, handles 64 hex digits."""
+        return ref if is_handle(ref) else self.ccsso_keys.handle(ref)
+
+    def _store_id_of(self, ref: str) -> str:
+        return self.key_prefix + self.handle_of(ref)
+
+    def _session_store_id(self, session: ServerSideSession) -> str:
+        """Where ``session`` lives: the handle it was found under (an old key's,
+        during a key rotation), else its handle under the current key."""
+        return getattr(session, "ccsso_store_id", None) or self._get_store_id(session.sid)  # type: ignore[no-any-return]
+
+    # sealing ---------------------------------------------------------------------
+    def _seal(self, data: dict[str, Any], store_id: str) -> dict[str, Any]:
+        return {SEALED_KEY: self.ccsso_keys.seal(self.serializer.encode(data), store_id)}
+
+    def _unseal(self, store_id: str, data: Any) -> dict[str, Any] | None:
+        """The record sealed for ``store_id``, or ``None`` (see the module doc)."""
+        if data is None:
+            return None
+        plain = self.ccsso_keys.open(data.get(SEALED_KEY) if isinstance(data, dict) else None, store_id)
+        if plain is None:
+            self._log_unsealed()
+            return None
+        try:
+            record = self.serializer.decode(plain)
+        except _DECODE_ERRORS:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _log_unsealed(self) -> None:
+        # once a minute per process: after an upgrade every old cookie hits this
+        now = time.monotonic()
+        if now - self._unsealed_logged >= 60.0:
+            self._unsealed_logged = now
+            log.warning("flask-ccsso: ignored a session record that is not sealed for its key (written before an "
+                        "upgrade, with another SECRET_KEY / tokenEncryptionKey, or not by flask-ccsso)")
+
+    def _decode_stored(self, store_id: str, raw: Any) -> dict[str, Any] | None:
+        """Raw bytes of a record (Redis, SQL) -> the record, or ``None``."""
+        if not raw:
+            return None
+        try:
+            data = self.serializer.decode(raw if isinstance(raw, bytes) else bytes(raw))
+        except _DECODE_ERRORS:
+            log.warning("flask-ccsso: dropped an undecodable session (not JSON)")
+            return None
+        return self._unseal(store_id, data)
+
+    def _encode_sealed(self, session: ServerSideSession | dict[str, Any], store_id: str) -> bytes:
+        return self.serializer.encode(self._seal(dict(session), store_id))  # type: ignore[no-any-return]
 
     # reading ---------------------------------------------------------------------
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
@@ -195,16 +270,41 @@ class CCSSOSessionMixin:
         except _DECODE_ERRORS:
             log.warning("flask-ccsso: dropped an undecodable session (not JSON)")
             return None
-        return data if isinstance(data, dict) else None
+        return self._unseal(store_id, data)
+
+    def _find(self, sid: str) -> tuple[str, dict[str, Any]] | None:
+        """The record of cookie session id ``sid`` and where it lives. Old keys'
+        handles are tried only when the current one finds nothing."""
+        store_id = self._get_store_id(sid)
+        data = self._retrieve_session_data(store_id)
+        if data is not None:
+            return store_id, data
+        for handle in self.ccsso_keys.old_handles(sid):
+            store_id = self.key_prefix + handle
+            data = self._retrieve_session_data(store_id)
+            if data is not None:
+                return store_id, data
+        return None
+
+    def _new_session(self) -> ServerSideSession:
+        return self.session_class(sid=self._generate_sid(self.sid_length), permanent=False)  # type: ignore[attr-defined, no-any-return]
 
     def open_session(self, app: Flask, request: Request) -> ServerSideSession:
+        sid = request.cookies.get(self.get_cookie_name(app))  # type: ignore[attr-defined]
+        if not sid or len(sid) > MAX_SID_LENGTH:
+            return self._new_session()
         try:
-            return super().open_session(app, request)  # type: ignore[misc, no-any-return]
+            found = self._find(sid)
         except self._errors as exc:
             log.error("flask-ccsso: session store unreachable: %s", exc.__class__.__name__)
-            s = self.session_class(sid=self._generate_sid(self.sid_length), permanent=False)  # type: ignore[attr-defined]
+            s = self._new_session()
             s.ccsso_unavailable = True  # type: ignore[attr-defined]
-            return s  # type: ignore[no-any-return]
+            return s
+        if found is None:
+            return self._new_session()
+        s = self.session_class(found[1], sid=sid)  # type: ignore[attr-defined]
+        s.ccsso_store_id = found[0]
+        return s  # type: ignore[no-any-return]
 
     # writing ---------------------------------------------------------------------
     def should_set_storage(self, app: Flask, session: ServerSideSession) -> bool:
@@ -223,7 +323,9 @@ class CCSSOSessionMixin:
         return 900.0  # a pre-sign-in session: only a binding value lives here
 
     def _raw_upsert(self, session: ServerSideSession, store_id: str) -> None:
-        super()._upsert_session(timedelta(seconds=self._ttl_for(session)), session, store_id)  # type: ignore[misc]
+        ttl = timedelta(seconds=self._ttl_for(session))
+        sealed = self.session_class(self._seal(dict(session), store_id), sid=session.sid)  # type: ignore[attr-defined]
+        super()._upsert_session(ttl, sealed, store_id)  # type: ignore[misc]
 
     def _guarded_upsert(self, session: ServerSideSession, store_id: str) -> bool:
         """Read, reconcile, write. Backends with transactions override this."""
@@ -240,11 +342,34 @@ class CCSSOSessionMixin:
             return
         self._raw_upsert(session, store_id)
 
+    def _save(self, app: Flask, session: ServerSideSession, response: Response) -> None:
+        """Flask-Session's ``save_session``, but at the session's own store id."""
+        name = self.get_cookie_name(app)  # type: ignore[attr-defined]
+        domain = self.get_cookie_domain(app)  # type: ignore[attr-defined]
+        path = self.get_cookie_path(app)  # type: ignore[attr-defined]
+        if session.accessed:
+            response.vary.add("Cookie")
+        if not session:
+            if session.modified:  # emptied: forget it here and in the browser
+                self._delete_session(self._session_store_id(session))  # type: ignore[attr-defined]
+                response.delete_cookie(key=name, domain=domain, path=path)
+                response.vary.add("Cookie")
+            return
+        if not self.should_set_storage(app, session):
+            return
+        self._upsert_session(app.permanent_session_lifetime, session, self._session_store_id(session))
+        if not self.should_set_cookie(app, session):  # type: ignore[attr-defined]
+            return
+        response.set_cookie(name, session.sid, expires=self.get_expiration_time(app, session),  # type: ignore[attr-defined]
+                            httponly=self.get_cookie_httponly(app), domain=domain, path=path,  # type: ignore[attr-defined]
+                            secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app))  # type: ignore[attr-defined]
+        response.vary.add("Cookie")
+
     def save_session(self, app: Flask, session: ServerSideSession, response: Response) -> None:
         if getattr(session, "ccsso_unavailable", False):
             return
         try:
-            super().save_session(app, session, response)  # type: ignore[misc]
+            self._save(app, session, response)
         except self._errors as exc:
             # the response was already made; it must not claim success (a
             # sign-in whose session was not stored) -- turn it into a 503
@@ -261,25 +386,29 @@ class CCSSOSessionMixin:
     # admin --------------------------------------------------------------------------
     def rotate(self, session: ServerSideSession) -> None:
         """New session id, old record deleted: session fixation defence."""
-        old = session.sid
+        old = self._session_store_id(session)
         session.sid = self._generate_sid(self.sid_length)  # type: ignore[attr-defined]
+        session.ccsso_store_id = None  # type: ignore[attr-defined]
         session.modified = True
         session.ccsso_fresh = True  # type: ignore[attr-defined]
         try:
-            self._delete_session(self._get_store_id(old))  # type: ignore[attr-defined]
+            self._delete_session(old)  # type: ignore[attr-defined]
         except self._errors as exc:
             raise StoreUnavailable() from exc
 
+    # The admin methods below take a cookie session id or a store handle (what
+    # the per-user index, revocation and ``flask ccsso sessions`` work with).
+
     def delete_sid(self, sid: str) -> None:
         try:
-            self._delete_session(self._get_store_id(sid))  # type: ignore[attr-defined]
+            self._delete_session(self._store_id_of(sid))  # type: ignore[attr-defined]
         except self._errors as exc:
             raise StoreUnavailable() from exc
 
     def read_sid(self, sid: str) -> dict[str, Any] | None:
         """The stored record of ``sid`` (``None`` if there is none)."""
         try:
-            return self._retrieve_session_data(self._get_store_id(sid))  # type: ignore[attr-defined]
+            return self._retrieve_session_data(self._store_id_of(sid))
         except self._errors as exc:
             raise StoreUnavailable() from exc
 
@@ -287,10 +416,11 @@ class CCSSOSessionMixin:
         """Write ``session`` now (not at the end of the request), reconciling
         with the stored record. ``False`` if the session ended meanwhile."""
         try:
+            store_id = self._session_store_id(session)
             if _auth_part(session) is not None and not getattr(session, "ccsso_fresh", False):
-                ok = self._guarded_upsert(session, self._get_store_id(session.sid))  # type: ignore[attr-defined]
+                ok = self._guarded_upsert(session, store_id)
             else:
-                self._raw_upsert(session, self._get_store_id(session.sid))  # type: ignore[attr-defined]
+                self._raw_upsert(session, store_id)
                 ok = True
         except self._errors as exc:
             raise StoreUnavailable() from exc
@@ -311,7 +441,7 @@ class CCSSOSessionMixin:
         ``reason`` (the next request of that browser learns why). ``False``
         when there was no live session under ``sid``."""
         try:
-            store_id = self._get_store_id(sid)  # type: ignore[attr-defined]
+            store_id = self._store_id_of(sid)
             stored = self._retrieve_session_data(store_id)
             data = _auth_part(stored)
             if data is None or "identity" not in data or data.get("ended"):
@@ -336,16 +466,12 @@ class _RedisWatchMixin:
             with self.client.pipeline() as pipe:
                 try:
                     pipe.watch(store_id)
-                    raw = pipe.get(store_id)
-                    try:
-                        stored = self.serializer.decode(raw) if raw else None  # type: ignore[attr-defined]
-                    except _DECODE_ERRORS:
-                        stored = None
+                    stored = self._decode_stored(store_id, pipe.get(store_id))  # type: ignore[attr-defined]
                     if not reconcile(session, stored):
                         return False
                     ttl = int(self._ttl_for(session))  # type: ignore[attr-defined]
                     pipe.multi()
-                    pipe.set(store_id, self.serializer.encode(session), ex=max(1, ttl))  # type: ignore[attr-defined]
+                    pipe.set(store_id, self._encode_sealed(session, store_id), ex=max(1, ttl))  # type: ignore[attr-defined]
                     pipe.execute()
                     return True
                 except WatchError:
@@ -395,6 +521,44 @@ def _redis_client(url: str) -> Any:
                                 retry=Retry(NoBackoff(), 1), health_check_interval=30)
 
 
+def session_keys(app: Flask, settings: SessionSettings) -> SessionKeys:
+    """``session.tokenEncryptionKey`` (+ its fallbacks), else ``SECRET_KEY``
+    (+ Flask's ``SECRET_KEY_FALLBACKS``): the current key first."""
+    if settings.token_encryption_key:
+        return SessionKeys([settings.token_encryption_key, *settings.token_encryption_key_fallbacks])
+    return SessionKeys([app.secret_key, *(app.config.get("SECRET_KEY_FALLBACKS") or [])])  # type: ignore[list-item]
+
+
+HOST_PREFIX = "__Host-"
+
+
+def cookie_settings(app: Flask, s: SessionSettings) -> dict[str, Any]:
+    """The ``SESSION_COOKIE_*`` settings. Only a session id travels in the cookie.
+
+    ``__Host-`` (the browser then insists on ``Secure``, ``Path=/`` and no
+    ``Domain``, so a sibling subdomain or a plain-http page cannot plant or
+    overwrite the cookie -- session fixation, login CSRF) is used by default
+    whenever the cookie can carry it: Secure, path ``/``, host-only.
+    ``cookieHostPrefix: true`` forces it (and path ``/``, no domain);
+    ``false`` turns it off."""
+    prefix = s.cookie_host_prefix
+    if prefix is None:
+        path = app.config.get("SESSION_COOKIE_PATH") or app.config.get("APPLICATION_ROOT") or "/"
+        prefix = s.cookie_secure and path == "/" and not app.config.get("SESSION_COOKIE_DOMAIN")
+        if s.cookie_secure and not prefix:
+            log.info("flask-ccsso: the session cookie has a Domain or a path other than /, so it is not named "
+                     "__Host-%s (set session.cookieHostPrefix true to force it)", s.cookie_name)
+    name = s.cookie_name
+    if prefix and not name.startswith(HOST_PREFIX):
+        name = HOST_PREFIX + name
+    out: dict[str, Any] = {"SESSION_COOKIE_NAME": name, "SESSION_COOKIE_HTTPONLY": True,
+                           "SESSION_COOKIE_SECURE": s.cookie_secure, "SESSION_COOKIE_SAMESITE": s.cookie_samesite,
+                           "SESSION_REFRESH_EACH_REQUEST": False, "SESSION_PERMANENT": False}
+    if prefix:
+        out.update(SESSION_COOKIE_PATH="/", SESSION_COOKIE_DOMAIN=None)
+    return out
+
+
 def make_session_interface(app: Flask, settings: SessionSettings, clock: Callable[[], float]) -> ServerSideSessionInterface:
     """Build the Flask-Session interface for ``session.store``."""
     store = settings.store
@@ -421,15 +585,25 @@ def make_session_interface(app: Flask, settings: SessionSettings, clock: Callabl
         cache.serializer = JSONFileSerializer()  # type: ignore[assignment]
         iface = cls(app, client=cache, **common)
         iface.ccsso_lock_path = os.path.normpath(path) + ".lock"
-    iface._setup_ccsso(settings, clock)
+    iface._setup_ccsso(settings, clock, session_keys(app, settings))
     return iface  # type: ignore[no-any-return]
+
+
+def sliding_write_interval(s: SessionSettings) -> float:
+    """How stale the recorded activity may get before a request records it:
+    ``slidingWriteInterval``, but at most :data:`SLIDING_SHARE` (10 %) of
+    ``idleTimeout``. An interval at or above ``idleTimeout`` would never record
+    anything -- a session active every second would still end at
+    ``idleTimeout`` -- and one of half of it would end sessions up to 50 %
+    early. So a session idles out at most 10 % of ``idleTimeout`` early."""
+    return min(s.sliding_write_interval, s.idle_timeout * SLIDING_SHARE)
 
 
 def idle_deadline(data: dict[str, Any], s: SessionSettings) -> float:
     """When the session idles out. With sliding expiration it follows the last
-    *recorded* activity (recorded at most once per ``slidingWriteInterval``,
-    so a session may end up to that much early); without, it is fixed at
-    sign-in + ``idleTimeout`` and never moves."""
+    *recorded* activity (recorded at most once per
+    :func:`sliding_write_interval`, so a session may end up to that much
+    early); without, it is fixed at sign-in + ``idleTimeout`` and never moves."""
     if s.enable_sliding_expiration:
         return float(data.get("last_seen", data.get("created", 0))) + s.idle_timeout
     return float(data.get("created", 0)) + s.idle_timeout
@@ -486,7 +660,7 @@ class SessionGate:
 
     The hot path: no store I/O beyond the one read Flask-Session already did,
     and no write unless the idle deadline needs recording (at most once per
-    ``slidingWriteInterval``).
+    :func:`sliding_write_interval`).
     """
 
     def __init__(self, settings: SessionSettings, store: SharedStore, clock: Callable[[], float]) -> None:
@@ -531,7 +705,7 @@ class SessionGate:
         if reason is not None:
             self.expire(app, identity, reason)
             return ANONYMOUS
-        if s.enable_sliding_expiration and now - float(data.get("last_seen", 0)) >= s.sliding_write_interval:
+        if s.enable_sliding_expiration and now - float(data.get("last_seen", 0)) >= sliding_write_interval(s):
             data["last_seen"] = now
             sess.modified = True
         return identity
@@ -573,12 +747,13 @@ class SessionGate:
             "last_seen": now,
         }
         ttl = self.settings.absolute_timeout + 60
-        self.store.set_add(f"user:{identity.id}", session.sid, ttl)  # type: ignore[attr-defined]
+        # the indexes hold store handles: nothing in the store is a cookie value
+        handle = app.session_interface.handle_of(session.sid)  # type: ignore[attr-defined]
+        self.store.set_add(f"user:{identity.id}", handle, ttl)
         if identity.email:
             self.store.set_add(f"email:{identity.email.lower()}", identity.id, ttl)
         if identity.session_index:
-            self.store.set_add(f"idpsid:{identity.provider}:{identity.session_index}", session.sid,  # type: ignore[attr-defined]
-                               ttl)
+            self.store.set_add(f"idpsid:{identity.provider}:{identity.session_index}", handle, ttl)
 
     def data(self) -> dict[str, Any] | None:
         d = session.get(SESSION_KEY)

@@ -1,8 +1,10 @@
 """``flask ccsso sessions list|revoke``: operators' view of live sessions.
 
-Session ids are bearer credentials, so they are never printed: a session is
-shown by a short, one-way fingerprint (the first 12 hex digits of the
-SHA-256 of its id), enough to tell two sessions of one person apart.
+Session ids are bearer credentials, so they are never printed -- and never
+stored: the per-user index holds store handles (a keyed hash of the id, see
+:mod:`flask_ccsso.session_keys`). A session is shown by a short fingerprint
+(the first 12 hex digits of the SHA-256 of its handle), enough to tell two
+sessions of one person apart.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class _SQLGuardMixin:
 
         from sqlalchemy import update
 
-        from .session import _DECODE_ERRORS, reconcile
+        from .session import reconcile
 
         model = self.sql_session_model  # type: ignore[attr-defined]
         with self.ccsso_app.app_context():
@@ -123,18 +123,12 @@ class _SQLGuardMixin:
                 record = dbs.query(model).filter_by(session_id=store_id).populate_existing().first()
                 stored = None
                 if record is not None and record.expiry is not None and record.expiry > _utcnow_naive():
-                    try:
-                        raw = record.data
-                        stored = self.serializer.decode(raw if isinstance(raw, bytes) else bytes(raw))  # type: ignore[attr-defined]
-                    except _DECODE_ERRORS:
-                        stored = None
-                if not isinstance(stored, dict):
-                    stored = None
+                    stored = self._decode_stored(store_id, record.data)  # type: ignore[attr-defined]
                 if not reconcile(session, stored):
                     dbs.rollback()
                     return False
                 expiry = _utcnow_naive() + timedelta(seconds=self._ttl_for(session))  # type: ignore[attr-defined]
-                data = self.serializer.encode(session)  # type: ignore[attr-defined]
+                data = self._encode_sealed(session, store_id)  # type: ignore[attr-defined]
                 if record is not None:
                     record.data = data
                     record.expiry = expiry

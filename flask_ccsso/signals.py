@@ -36,7 +36,9 @@ login_failed = _signals.signal("auth.login_failed")
 
 #: ``auth.failure_threshold`` -- too many failed sign-ins for one user or one
 #: address within the configured window. kwargs: ``key_type``
-#: (``"user"``/``"address"``), ``key``, ``count``, ``window``.
+#: (``"user"``/``"address"``), ``key``, ``count``, ``window``. Also sent with
+#: ``key_type="audit_sink"`` (``key`` the sink name, ``count`` events lost)
+#: when an audit sink lost events (see docs/audit.md).
 failure_threshold = _signals.signal("auth.failure_threshold")
 
 #: ``session.expired`` -- a session was found past a deadline and cleared.

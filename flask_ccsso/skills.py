@@ -34,9 +34,13 @@ Decision order for one skill (the first failure decides):
    -- stale → step-up, not 403: re-authenticating can fix it, and asking for
    it only after 1-4 pass means nobody re-authenticates for a skill they can
    never have;
-6. ``requireMfa`` -- an MFA ``amr`` value, or an ``acr`` from the skill's
-   ``acrValues`` or :data:`MFA_ACR_VALUES`. Checked after freshness so that
-   the step-up (which carries ``acr_values``) gets the chance to satisfy it.
+6. ``acrValues`` -- whenever set, the identity's ``acr`` must be one of them;
+   too weak → step-up (with ``acr_values`` / ``RequestedAuthnContext``), never
+   a silent pass;
+7. ``requireMfa`` -- an MFA ``amr`` value, or an ``acr`` from the skill's
+   ``acrValues`` (unless it names a single-factor class, see
+   :data:`SINGLE_FACTOR_ACR_VALUES`) or :data:`MFA_ACR_VALUES`. Checked after
+   the step-up conditions so that the step-up gets the chance to satisfy it.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ MFA_ACR_VALUES: frozenset[str] = frozenset({
     "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken",
 })
 
+#: ``acr`` / AuthnContextClassRef values that name a single-factor (or no)
+#: authentication. Listed in a skill's ``acrValues`` they still never count as
+#: MFA for ``requireMfa`` (``flask ccsso check-config`` flags the contradiction).
+SINGLE_FACTOR_ACR_VALUES: frozenset[str] = frozenset({
+    "0", "1", "pwd", "urn:ccsso:loa1",
+    "urn:okta:loa:1fa:any", "urn:okta:loa:1fa:pwd",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:Password",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:InternetProtocol",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:InternetProtocolPassword",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:PreviousSession",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:Kerberos",
+    "urn:federation:authentication:windows",
+    "http://schemas.microsoft.com/ws/2008/06/identity/authenticationmethod/password",
+    "http://schemas.microsoft.com/ws/2008/06/identity/authenticationmethod/windows",
+})
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 #: attribute carrying the skill names on decorated views and guards
@@ -100,6 +122,7 @@ _CONDITION_TEXT = {
     "allowedGroups": "you are not in one of its allowed groups",
     "requiredScopes": "your sign-in does not carry its required scopes",
     "requireMfa": "it needs a multi-factor sign-in",
+    "acrValues": "it needs a stronger sign-in",
 }
 
 
@@ -110,7 +133,7 @@ class Check:
     """One condition of one skill, as evaluated."""
 
     #: the config key: ``providers``, ``allowedNetworks``, ``allowedGroups``,
-    #: ``requiredScopes``, ``maxAuthAge``, ``requireMfa``
+    #: ``requiredScopes``, ``maxAuthAge``, ``acrValues``, ``requireMfa``
     condition: str
     passed: bool
     #: reason code when it failed
@@ -183,12 +206,37 @@ def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 def has_mfa(identity: Any, skill: SkillSettings | None = None) -> bool:
-    """An MFA ``amr`` value, or an ``acr`` in the skill's ``acrValues`` or
-    :data:`MFA_ACR_VALUES`."""
+    """An MFA ``amr`` value, or an ``acr`` in :data:`MFA_ACR_VALUES` or in the
+    skill's ``acrValues`` (but not in :data:`SINGLE_FACTOR_ACR_VALUES`)."""
     if any(a in MFA_AMR_VALUES for a in getattr(identity, "amr", ()) or ()):
         return True
     acr = getattr(identity, "acr", None)
-    return bool(acr) and (acr in MFA_ACR_VALUES or (skill is not None and acr in skill.acr_values))
+    if not isinstance(acr, str) or not acr:
+        return False
+    if acr in MFA_ACR_VALUES:
+        return True
+    # a skill's own acrValues count as MFA -- but a known single-factor class
+    # listed there is still single-factor (it would turn requireMfa off)
+    return skill is not None and acr in skill.acr_values and acr not in SINGLE_FACTOR_ACR_VALUES
+
+
+#: conditions a new sign-in at the IdP can satisfy: failing one is a step-up, not a 403
+_STEP_UP_CONDITIONS = ("maxAuthAge", "acrValues")
+
+
+def _step_up_checks(identity: Any, skill: SkillSettings, fresh: Freshness) -> list[Check]:
+    """The ``maxAuthAge`` and ``acrValues`` rows of an explained decision."""
+    out = []
+    if fresh.max_age is not None:  # checked for age
+        ok = fresh.failed != "maxAuthAge"
+        detail = fresh.detail if not ok else (
+            f"signed in {max(0, int(fresh.age or 0))}s ago (limit {fresh.max_age}s)")
+        out.append(Check("maxAuthAge", ok, None if ok else reasons.STALE_AUTHENTICATION, detail))
+    if fresh.acr_ok is not None:
+        acr = getattr(identity, "acr", None)
+        out.append(Check("acrValues", fresh.acr_ok, None if fresh.acr_ok else reasons.INSUFFICIENT_ACR,
+                         f"acr {acr!r} {'is' if fresh.acr_ok else 'is not'} one of {', '.join(skill.acr_values)}"))
+    return out
 
 
 class SkillPolicy:
@@ -258,12 +306,10 @@ class SkillPolicy:
             checks.append(Check("requiredScopes", not missing, reasons.MISSING_SCOPE if missing else None,
                                 f"missing {', '.join(missing)}" if missing
                                 else f"has {', '.join(skill.required_scopes)}"))
-        fresh: Freshness | None = None
-        if freshness:
-            fresh = check_freshness(identity, skill, self.state, now=now)
-            if fresh.applies:
-                checks.append(Check("maxAuthAge", fresh.fresh, None if fresh.fresh else reasons.STALE_AUTHENTICATION,
-                                    fresh.detail))
+        # age only when asked (``freshness``); the acr whenever the skill lists acrValues
+        fresh = check_freshness(identity, skill, self.state, now=now, age=freshness)
+        if fresh.applies:
+            checks.extend(_step_up_checks(identity, skill, fresh))
         if skill.require_mfa:
             ok = has_mfa(identity, skill)
             checks.append(Check("requireMfa", ok, None if ok else reasons.MFA_REQUIRED,
@@ -272,7 +318,7 @@ class SkillPolicy:
         failed = next((c for c in checks if not c.passed), None)
         if failed is None:
             return Decision(skill.name, "allowed", tuple(checks), freshness=fresh)
-        outcome = "step_up" if failed.condition == "maxAuthAge" else "denied"
+        outcome = "step_up" if failed.condition in _STEP_UP_CONDITIONS else "denied"
         return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, fresh)
 
     def _quick(self, skill: SkillSettings, identity: Identity | AnonymousIdentity, remote_addr: str | None,
@@ -295,11 +341,10 @@ class SkillPolicy:
             scopes = self.effective_scopes(identity)
             if any(sc not in scopes for sc in skill.required_scopes):
                 return Decision(name, "denied", (), reasons.MISSING_SCOPE, "requiredScopes")
-        fresh: Freshness | None = None
-        if freshness:
-            fresh = check_freshness(identity, skill, self.state, now=now)
-            if fresh.applies and not fresh.fresh:
-                return Decision(name, "step_up", (), reasons.STALE_AUTHENTICATION, "maxAuthAge", fresh)
+        fresh = check_freshness(identity, skill, self.state, now=now, age=freshness)
+        if fresh.applies and not fresh.fresh:
+            reason = reasons.INSUFFICIENT_ACR if fresh.failed == "acrValues" else reasons.STALE_AUTHENTICATION
+            return Decision(name, "step_up", (), reason, fresh.failed or "maxAuthAge", fresh)
         if skill.require_mfa and not has_mfa(identity, skill):
             return Decision(name, "denied", (), reasons.MFA_REQUIRED, "requireMfa", fresh)
         return Decision(name, "allowed", (), freshness=fresh)
@@ -397,6 +442,10 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
     if reason == reasons.GROUPS_INCOMPLETE:
         why = ("your identity provider sent an incomplete group list, so membership could not be checked; "
                "ask an administrator")
+        if identity.via == "bearer":  # bearer.py: no group claim in the token, none from userinfo
+            why = ("the access token carries no (complete) group claim and the identity provider's userinfo "
+                   "gave none, so membership could not be checked; this API needs an access token with group "
+                   "claims (add a groups claim to the access tokens at the identity provider)")
     raise SkillRequired(f"You need the '{d.skill}' skill: {why}." if why else f"You need the '{d.skill}' skill.",
                         skill=d.skill, condition=d.condition, reason=reason)
 
@@ -625,6 +674,7 @@ def init_state(app: Flask, state: CCSSOState) -> None:
 __all__ = [
     "MFA_ACR_VALUES",
     "MFA_AMR_VALUES",
+    "SINGLE_FACTOR_ACR_VALUES",
     "Check",
     "Decision",
     "SkillPolicy",

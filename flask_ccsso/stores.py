@@ -68,6 +68,19 @@ class SharedStore(ABC):
     def keys(self, prefix: str) -> list[str]:
         """Keys (and set keys) starting with ``prefix`` (admin tools only, not the request path)."""
 
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter at ``key`` and return the new count.
+
+        The first increment starts the counter's life of ``ttl`` seconds;
+        later ones do not extend it (a fixed window, so a steady trickle
+        cannot keep a counter alive forever). Backends override this with an
+        atomic version; this fallback is only as atomic as get-then-set.
+        """
+        value = self.get(key)
+        count = (int(value) if value and value.isdigit() else 0) + 1
+        self.set(key, str(count), ttl)
+        return count
+
     #: the backend's connection errors, mapped to StoreUnavailable by _guard
     _errors: tuple[type[BaseException], ...] = ()
 
@@ -185,6 +198,16 @@ class MemoryStore(SharedStore):
         with self._lock:
             return [k for k in list(self._data) if k.startswith(prefix) and self._live(k) is not None]
 
+    def incr(self, key: str, ttl: float) -> int:
+        with self._lock:
+            v = self._live(key)
+            if isinstance(v, str) and v.isdigit():
+                count = int(v) + 1
+                self._data[key] = (str(count), self._data[key][1])
+                return count
+            self._data[key] = ("1", self._clock() + ttl)
+            return 1
+
 
 # --------------------------------------------------------------------------- redis
 
@@ -202,6 +225,11 @@ class RedisStore(SharedStore):
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end")
         self._extend = client.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+        # INCR, and PEXPIRE only when this call created the key: one atomic step
+        self._incr = client.register_script(
+            "local n = redis.call('incr', KEYS[1]) "
+            "if n == 1 or redis.call('pttl', KEYS[1]) < 0 then redis.call('pexpire', KEYS[1], ARGV[1]) end "
+            "return n")
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ccsso:") -> RedisStore:
@@ -262,6 +290,10 @@ class RedisStore(SharedStore):
         with self._guard():
             n = len(self.prefix)
             return [self._s(k)[n:] for k in self.client.scan_iter(match=self.prefix + prefix + "*", count=500)]  # type: ignore[index]
+
+    def incr(self, key: str, ttl: float) -> int:
+        with self._guard():
+            return int(self._incr(keys=[self.prefix + key], args=[self._ms(ttl)]))
 
     def release_lock(self, name: str, token: str) -> None:
         with self._guard():
@@ -412,6 +444,28 @@ class SQLStore(SharedStore):
             b = [r[0] for r in conn.execute(sa.select(self.members.c.key).distinct().where(
                 self.members.c.key.like(like, escape="\\"), self.members.c.expires_at > now))]
         return sorted({k[n:] for k in set(a) | set(b)})
+
+    def incr(self, key: str, ttl: float) -> int:
+        key = self.prefix + key
+        sa = self.sa
+        now = self._clock()
+        bumped = self.kv.update().where(self.kv.c.key == key, self.kv.c.expires_at > now).values(
+            value=sa.cast(sa.cast(self.kv.c.value, sa.Integer) + 1, sa.Text))
+        with self._guard():
+            for _ in range(3):  # a concurrent first increment wins the INSERT: count on top of it
+                try:
+                    with self.engine.begin() as conn:
+                        # the UPDATE takes the row (PostgreSQL) or database (SQLite) write lock first
+                        if conn.execute(bumped).rowcount:
+                            row = conn.execute(sa.select(self.kv.c.value).where(self.kv.c.key == key)).first()
+                            return int(row[0]) if row else 1
+                        conn.execute(self.kv.delete().where(self.kv.c.key == key, self.kv.c.expires_at <= now))
+                        conn.execute(self.kv.insert().values(key=key, value="1", expires_at=now + ttl))
+                        self._sweep(conn)
+                        return 1
+                except sa.exc.IntegrityError:
+                    continue
+        raise StoreUnavailable()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -24,6 +24,7 @@ production. Like Flask-Login's ``FlaskLoginClient``.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,30 @@ from flask.testing import FlaskClient
 
 from .identity import Identity
 
-__all__ = ["CCSSOTestClient", "Record", "listen_to", "make_identity"]
+__all__ = ["CCSSOTestClient", "Record", "csrf_token_in", "listen_to", "log_out", "make_identity"]
+
+_HIDDEN_TOKEN = re.compile(r'<input[^>]*name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_token_in(page: Any) -> str | None:
+    """The CSRF token of the first ``csrf_token`` hidden field of a page
+    (a response or its HTML), as a browser would post it back."""
+    html = page if isinstance(page, str) else page.get_data(as_text=True)
+    m = _HIDDEN_TOKEN.search(html)
+    return m.group(1) if m else None
+
+
+def log_out(client: FlaskClient, **kwargs: Any) -> Any:
+    """Sign out as a browser does: open ``/sso/logout`` (the confirm page),
+    then post its form with the CSRF token. Returns the POST's response
+    (a 303 to the IdP's logout or to ``/sso/logged-out``). ``kwargs`` go to
+    both requests (``headers=...``)."""
+    from .extension import get_state
+
+    url = f"{get_state(client.application).url_prefix}/logout"
+    page = client.get(url, **kwargs)
+    token = csrf_token_in(page) if page.status_code == 200 else None
+    return client.post(url, data={"csrf_token": token} if token else {}, **kwargs)
 
 
 def make_identity(**kw: Any) -> Identity:
@@ -104,6 +128,10 @@ class CCSSOTestClient(FlaskClient):
             app.session_interface.save_session(app, session._get_current_object(), response)  # type: ignore[attr-defined]
         self._take_cookies(app, response, base)
         return identity
+
+    def log_out(self, **kwargs: Any) -> Any:
+        """Sign out through ``/sso/logout`` as a browser does (see :func:`log_out`)."""
+        return log_out(self, **kwargs)
 
     def sign_out(self) -> None:
         """Forget the session cookie (the server-side record expires on its own)."""

@@ -10,18 +10,30 @@ decisions and parse no protocol messages themselves.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, g, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from . import reasons, signals
-from .exceptions import AuthenticationFailed, CCSSOError, UnknownProvider
-from .providers.base import CallbackRequest, LoginRequest
+from . import csrf, reasons, signals
+from .exceptions import (
+    AuthenticationFailed,
+    CCSSOError,
+    ConfigError,
+    CSRFError,
+    LoginRateLimited,
+    RequestTooLarge,
+    UnknownProvider,
+)
+from .providers.base import CallbackRequest, LoginRequest, limit_per_browser, saved_pending
+from .responses import error_response, wants_json
 from .session import SESSION_KEY, browser_binding, check_store
 
 log = logging.getLogger("flask_ccsso")
@@ -30,11 +42,22 @@ bp = Blueprint("ccsso", __name__, template_folder="templates")
 
 _BAD_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
 
+#: the longest ``next`` kept: it is stored with every pending sign-in, which
+#: anyone may start without signing in (a longer one falls back to ``/``)
+MAX_NEXT_LENGTH = 1024
+#: default of ``CCSSO_LOGIN_RATE_LIMIT``: sign-ins one client address may start per window (count, seconds)
+LOGIN_RATE_LIMIT = (600, 60.0)
+#: default of ``CCSSO_MAX_PENDING_LOGINS``: pending sign-ins one browser keeps (the oldest is dropped)
+MAX_PENDING_LOGINS = 8
+#: session key listing this browser's pending sign-ins, oldest first
+PENDING_KEY = "_ccsso_pending"
+
 
 def safe_next(value: str | None, default: str = "/") -> str:
     """Only same-origin relative paths: ``/x?y``, never ``//host``, ``/\\host``,
-    ``https://host`` or anything with control characters."""
-    if not value or not isinstance(value, str) or len(value) > 2048:
+    ``https://host`` or anything with control characters; at most
+    :data:`MAX_NEXT_LENGTH` characters."""
+    if not value or not isinstance(value, str) or len(value) > MAX_NEXT_LENGTH:
         return default
     if _BAD_NEXT.search(value) or not value.startswith("/") or value.startswith("//"):
         return default
@@ -101,6 +124,9 @@ def login(provider: str) -> Response:
     state = _state()
     prov = _provider(provider)
     check_store(session)
+    refused = _over_login_rate(state, provider)
+    if refused is not None:
+        return refused
     next_url = safe_next(request.args.get("next"))
     step_up_skill = request.args.get("stepup")
     req = LoginRequest(redirect_uri=redirect_uri_for(prov), next_url=next_url,
@@ -116,7 +142,87 @@ def login(provider: str) -> Response:
             req.previous_auth_time = _current_auth_time(provider)
     with _audited(provider):
         url = prov.begin_login(req)
+        _bound_per_browser(state)
     return redirect(url, 302)
+
+
+def _client_key(addr: str | None) -> str:
+    """The address a sign-in is counted against: the IPv4 address, or the
+    IPv6 /64 (one subscriber usually holds a whole /64 and can rotate inside it)."""
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address) + "/64"
+    return str(ip)
+
+
+def _over_login_rate(state: Any, provider: str) -> Response | None:
+    """At most ``CCSSO_LOGIN_RATE_LIMIT`` sign-ins started per client address
+    and window (a counter in the shared store, so every worker counts the
+    same). Beyond it: 429 before anything is stored, and the first refusal of
+    each window is audited (``auth.login_failed``, reason ``rate_limited``) --
+    one event, not one per request, so the flood does not move to the audit
+    trail."""
+    limit = login_rate_limit(current_app.config)
+    if limit is None:
+        return None
+    count_max, window = limit
+    count = state.store.incr(f"login-rate:{_client_key(request.remote_addr)}", window)
+    if count <= count_max:
+        return None
+    exc = LoginRateLimited()
+    if count == count_max + 1:
+        _fail(provider, exc)
+    resp = error_response(exc)
+    resp.headers["Retry-After"] = str(int(window))
+    return resp
+
+
+def _bound_per_browser(state: Any) -> None:
+    """Keep at most ``CCSSO_MAX_PENDING_LOGINS`` pending sign-ins per browser
+    (those with a binding; SAML sign-ins from a browser without a session are
+    bounded by the address limit alone)."""
+    saved = saved_pending()
+    if saved is None or browser_binding(create=False) is None:
+        return
+    session[PENDING_KEY] = limit_per_browser(state.store, session.get(PENDING_KEY), saved[0],
+                                             max_pending_logins(current_app.config))
+
+
+def login_rate_limit(config: Any) -> tuple[int, float] | None:
+    """``CCSSO_LOGIN_RATE_LIMIT`` as ``(count, seconds)``; ``None`` when switched off (``0``/``False``)."""
+    value = config.get("CCSSO_LOGIN_RATE_LIMIT", LOGIN_RATE_LIMIT)
+    if value is None or value is False or value == 0:
+        return None
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and int(value[0]) == value[0] and value[0] >= 1 and math.isfinite(value[1]) and 1 <= value[1] <= 86400):
+        return int(value[0]), float(value[1])
+    raise ConfigError("CCSSO_LOGIN_RATE_LIMIT", "must be (count, seconds): a whole count of at least 1 and a "
+                      "window of 1 to 86400 seconds, or 0 to switch the limit off.", "e.g. (600, 60).")
+
+
+def max_pending_logins(config: Any) -> int:
+    """``CCSSO_MAX_PENDING_LOGINS``: pending sign-ins one browser keeps (1 to 100)."""
+    value = config.get("CCSSO_MAX_PENDING_LOGINS", MAX_PENDING_LOGINS)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+        return value
+    raise ConfigError("CCSSO_MAX_PENDING_LOGINS", "must be a whole number from 1 to 100.", "e.g. 8.")
+
+
+@bp.record_once
+def _check_settings(setup: Any) -> None:
+    """Refuse bad limits when the app starts, not at the first sign-in; offer
+    ``csrf_token()`` to templates (``ccsso_csrf_token()`` always, the short
+    name unless another extension such as Flask-WTF took it)."""
+    login_rate_limit(setup.app.config)
+    max_pending_logins(setup.app.config)
+    setup.app.jinja_env.globals["ccsso_csrf_token"] = csrf.csrf_token
+    setup.app.jinja_env.globals.setdefault("csrf_token", csrf.csrf_token)
 
 
 def _current_auth_time(provider: str) -> float | None:
@@ -161,7 +267,78 @@ def callback(provider: str) -> Response:
 
 @bp.route("/<provider>/acs", methods=["POST"])
 def acs(provider: str) -> Response:
+    return _acs(provider)
+
+
+def _acs(provider: str) -> Response:
+    """The SAML ACS: the body is bounded (and read within the bound) before
+    the form is handed on, so a huge post is a 413, not a parsed form."""
+    prov = _provider(provider)
+    with _audited(provider):
+        _bound_body(prov, form=True)
     return _finish(provider, params_from_form=True)
+
+
+def _body_limit(prov: Any) -> int | None:
+    size = getattr(prov, "max_post_size", None)
+    return int(size()) if callable(size) else None
+
+
+def _set_body_limit(prov: Any) -> int | None:
+    """Flask's per-request limits (3.1+): every later read of the body --
+    ``request.form``, ``get_data``, an app's own hook -- stops at this many
+    bytes with a 413 instead of buffering whatever was sent."""
+    limit = _body_limit(prov)
+    if limit is not None:
+        request.max_content_length = limit
+        request.max_form_memory_size = limit
+    return limit
+
+
+def _bound_body(prov: Any, *, form: bool) -> None:
+    """Refuse a body over the route's limit (by its Content-Length, unread;
+    a chunked one as soon as the read passes the limit), then read it:
+    the form (ACS) or the raw bytes (SLO, which splits them itself)."""
+    limit = _set_body_limit(prov)
+    if limit is None:
+        return
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestTooLarge(f"The SAML message is too large (this endpoint accepts at most {limit} bytes).")
+    try:
+        if form:
+            request.form  # noqa: B018 - parse now, inside the limit
+        else:
+            request.get_data(cache=True)
+        too_large = length is None and _stream_goes_on()
+    except RequestEntityTooLarge:
+        too_large = True
+    if too_large:
+        raise RequestTooLarge(f"The SAML message is too large (this endpoint accepts at most {limit} bytes).")
+
+
+def _stream_goes_on() -> bool:
+    """A streamed (chunked) body read whole stops silently at the limit;
+    one more byte from the server's own stream tells whether it went on.
+    Only where the server terminates the stream (``wsgi.input_terminated``),
+    so the probe cannot wait for bytes that never come."""
+    if "wsgi.input_terminated" not in request.environ:
+        return False
+    try:
+        return bool(request.environ["wsgi.input"].read(1))
+    except (OSError, ValueError):
+        return False
+
+
+@bp.url_value_preprocessor
+def _early_body_limit(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """URL value preprocessors run before every ``before_request`` hook (the
+    app's included): the SAML endpoints' body limit is in force before any
+    code of ours or the app's could parse the body."""
+    if endpoint in ("ccsso.acs", "ccsso.slo") and request.method == "POST" and values:
+        prov = _state().providers.get(values.get("provider"))
+        if prov is not None:
+            _set_body_limit(prov)
 
 
 @bp.route("/<provider>/metadata", methods=["GET"])
@@ -181,12 +358,26 @@ def slo(provider: str) -> Response:
     if not hasattr(prov, "handle_slo"):
         raise UnknownProvider("This provider has no SAML single logout.")
     try:
+        if request.method == "POST":
+            _bound_body(prov, form=False)
         return prov.handle_slo(request, _state())  # type: ignore[no-any-return]
-    except CCSSOError:
+    except CCSSOError as exc:
+        _fail_logout(provider, exc)
         raise
     except Exception as exc:
         log.exception("flask-ccsso: unexpected error while handling a SAML logout message for provider %r", provider)
-        raise AuthenticationFailed("The logout message could not be processed.", reason=reasons.INVALID_RESPONSE) from exc
+        err = AuthenticationFailed("The logout message could not be processed.", reason=reasons.INVALID_RESPONSE)
+        _fail_logout(provider, err)
+        raise err from exc
+
+
+def _fail_logout(prov_name: str, exc: CCSSOError) -> None:
+    """Every refused logout message is announced like a refused sign-in (the
+    audit trail's ``auth.login_failed``), its detail saying it was a logout,
+    as the OIDC back-channel logout does."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    signals.login_failed.send(app, provider=prov_name, reason=exc.reason,
+                              detail=f"SAML logout: {exc.description}", subject=None, email=None)
 
 
 @bp.route("/<provider>/backchannel-logout", methods=["POST"])
@@ -198,40 +389,81 @@ def backchannel_logout(provider: str) -> Response:
     return handler(prov, request)  # type: ignore[no-any-return]
 
 
-def _cross_site() -> bool:
-    """A request another site started (logout CSRF): ``Sec-Fetch-Site`` says
-    so in every current browser; ``Origin`` is the fallback for older ones."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        return site not in ("same-origin", "none")
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != "null":
-        return origin.rstrip("/") != request.host_url.rstrip("/")
-    return origin == "null"
+#: headers of the library's own confirm page: never framed (a sign-out button
+#: under someone else's page is clickjacking), never cached, no referrer out
+def _signed_in_record() -> dict[str, Any] | None:
+    data = session.get(SESSION_KEY)
+    return data if isinstance(data, dict) and "identity" in data and not data.get("ended") else None
+
+
+def _confirm_logout(status: int, message: str) -> Response:
+    """The page that asks before signing out: a form posting back with the token."""
+    html = render_template("ccsso/logout.html", title="Sign out?", message=message,
+                           action_url=url_for("ccsso.logout"), field=csrf.FORM_FIELD, token=csrf.csrf_token())
+    resp = Response(html, status=status, mimetype="text/html")
+    # the library's security headers come from responses.library_security_headers;
+    # no CSP form-action here: Chrome applies it to the POST's redirect to the IdP
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Any:
+    """Sign out: only a POST carrying this session's CSRF token ends the session.
+
+    A GET -- a link, a typed URL, an ``<img>`` or a top-level navigation
+    another site started (SameSite=Lax cookies ride along on those) --
+    changes nothing: browsers get a small confirm page whose form posts back
+    with the token, API clients a 405. A POST without the token, with another
+    one, or marked cross-site is refused (400, the confirm page again for
+    browsers) and audited as ``permission.denied`` with reason ``csrf_failed``.
+    """
+    check_store(session)
+    record = _signed_in_record()
+    if request.method != "POST":
+        if wants_json():
+            resp = error_response(_LogoutNeedsPost())
+            resp.headers["Allow"] = "POST"
+            return resp
+        if record is None:
+            return redirect(url_for("ccsso.logged_out"), 302)
+        return _confirm_logout(200, "Do you want to sign out?")
+    try:
+        csrf.check_csrf()
+    except CSRFError as exc:
+        if record is None:  # nothing to protect: nobody is signed in
+            return redirect(url_for("ccsso.logged_out"), 303)
+        csrf.announce(exc)
+        if wants_json():
+            return error_response(exc)
+        return _confirm_logout(400, "The sign-out request did not come from this portal's own page (or the page "
+                                    "was out of date), so you are still signed in. Sign out now?")
+    return _end_session(record)
+
+
+class _LogoutNeedsPost(CCSSOError, MethodNotAllowed):
+    reason = "method_not_allowed"
+    description = f"Sign out with a POST carrying the CSRF token (form field {csrf.FORM_FIELD!r} or header {csrf.HEADER})."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.valid_methods = ["POST"]
+
+
+def _end_session(record: dict[str, Any] | None) -> Response:
+    """End this browser's session here (and at the IdP, when it supports that)."""
     state = _state()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    check_store(session)
-    if _cross_site() and isinstance(session.get(SESSION_KEY), dict):
-        # another site cannot sign people out (SameSite=Lax still sends the
-        # cookie on a top-level GET): ask, with a same-origin link
-        return render_template("ccsso/message.html", title="Sign out?",
-                               message="Another site asked to sign you out. Sign out now?", reason=None,
-                               action_url=url_for("ccsso.logout"), action_label="Sign out"), 200
-    data = session.get(SESSION_KEY)
     target = url_for("ccsso.logged_out")
-    if isinstance(data, dict) and "identity" in data:
+    if record is not None:
         from .identity import Identity
 
-        identity = Identity.from_dict(data["identity"])
+        identity = Identity.from_dict(record["identity"])
         prov = state.providers.get(identity.provider)
         idp_url = None
         if prov is not None:
             try:
-                idp_url = prov.logout_url(data.get("logout") or {}, url_for("ccsso.logged_out", _external=True))
+                idp_url = prov.logout_url(record.get("logout") or {}, url_for("ccsso.logged_out", _external=True))
             except CCSSOError:
                 idp_url = None
         state.forget_session(identity, session.sid)  # type: ignore[attr-defined]
@@ -241,7 +473,7 @@ def logout() -> Any:
             target = idp_url
     else:
         session.clear()
-    return redirect(target, 303 if request.method == "POST" else 302)
+    return redirect(target, 303)
 
 
 @bp.route("/logged-out", methods=["GET"])
@@ -262,9 +494,19 @@ def register_callback_aliases(app: Flask, state: Any) -> None:
         default = f"{prefix}/{name}/{'acs' if is_saml else 'callback'}"
         if path == default:
             continue
-        view = (lambda _n=name: _finish(_n, True)) if is_saml else (lambda _n=name: _finish(_n, False))
+        view = (lambda _n=name: _acs(_n)) if is_saml else (lambda _n=name: _finish(_n, False))
         app.add_url_rule(path, endpoint=f"ccsso_callback_{name}", view_func=view,
                          methods=["POST"] if is_saml else ["GET"])
+        if is_saml and _alias_body_limit not in app.url_value_preprocessors[None]:
+            app.url_value_preprocessor(_alias_body_limit)
+
+
+def _alias_body_limit(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """:func:`_early_body_limit` for an ACS served at its ``acsUrl`` path."""
+    if endpoint and endpoint.startswith("ccsso_callback_") and request.method == "POST":
+        prov = _state().providers.get(endpoint[len("ccsso_callback_"):])
+        if prov is not None and prov.protocol == "saml":
+            _set_body_limit(prov)
 
 
 @bp.route("/login", methods=["GET"])

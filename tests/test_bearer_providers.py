@@ -140,7 +140,8 @@ def test_opaque_token_introspected_and_cached(make_app, op, clock, introspector)
 def test_opaque_token_cached_no_longer_than_exp(make_app, op, clock, introspector):
     app = _opaque_app(make_app, op)
     client = app.test_client()
-    introspector.answers["short"] = {"active": True, "sub": "u-svc", "scope": "migration:write",
+    # an introspection answer must name our audience (issue 10 #3; audience-less answers are refused)
+    introspector.answers["short"] = {"active": True, "sub": "u-svc", "scope": "migration:write", "aud": CLIENT_ID,
                                      "exp": int(clock.now) + 10, "groups": ["database-admins"]}
     assert client.get("/s/database-migration", headers=bearer("short")).status_code == 200
     clock.advance(11)

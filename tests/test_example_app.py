@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from example_app import create_app
 from flask_ccsso import signals
-from flask_ccsso.testing import listen_to
+from flask_ccsso.testing import csrf_token_in, listen_to
 from tests.conftest import Clock
 
 
@@ -162,7 +162,8 @@ def test_carol_deploys_after_step_up(portal: Portal) -> None:
         landing = follow_sign_in(client, login, "carol")
     assert urlsplit(landing.location).path == "/deploy"
     assert satisfied and satisfied[0].kwargs["skill"] == "infrastructure-deploy"
-    done = client.post("/deploy", data={"environment": "staging"})
+    token = csrf_token_in(client.get("/deploy"))
+    done = client.post("/deploy", data={"environment": "staging", "csrf_token": token})
     assert done.status_code == 200 and "Deployment to staging started" in done.get_data(as_text=True)
 
 
@@ -178,8 +179,9 @@ def test_dave_sees_nothing(portal: Portal) -> None:
 
 def test_sign_out_ends_both_sessions(portal: Portal) -> None:
     client = sign_in(portal, "alice")
+    token = csrf_token_in(client.get("/"))  # the header's Sign out form
     with listen_to(signals.user_logged_out) as out:
-        resp = client.post("/sso/logout")
+        resp = client.post("/sso/logout", data={"csrf_token": token})
     assert resp.status_code == 303 and "/devidp/end_session" in resp.location
     assert out and out[0].kwargs["idp_logout"] is True
     back = client.get(resp.location)

@@ -9,6 +9,7 @@ import time
 import pytest
 from joserfc.jwk import RSAKey
 
+from flask_ccsso.testing import log_out
 from tests.conftest import authorize_params, callback, oidc_config, start_login
 from tests.local_op import CLIENT_ID
 
@@ -316,7 +317,7 @@ def test_logout_goes_to_end_session_with_hint(make_app, op, failures):
     client = app.test_client()
     url = start_login(client)
     callback(client, op.issue_code(url))
-    resp = client.get("/sso/logout")
+    resp = log_out(client)  # the confirm page, then its form (POST with the CSRF token)
     loc = resp.headers["Location"]
     assert loc.startswith(op.issuer + "/logout?")
     q = authorize_params(loc)

@@ -57,7 +57,9 @@ def test_introspection_exp_nan_is_refused(app, op, clock):
     auth = app.extensions["ccsso"].bearer_authenticator
     prov = app.extensions["ccsso"].providers["op"]
     with app.app_context(), pytest.raises(AuthenticationFailed):
-        auth._from_introspection(prov, {"active": True, "sub": "u-1", "exp": float("nan")}, clock.now)
+        # with an accepted aud (issue 10 #3), so that the NaN exp is what is refused
+        auth._from_introspection(prov, {"active": True, "sub": "u-1", "aud": "portal", "exp": float("nan")},
+                                 clock.now)
 
 
 @pytest.mark.parametrize("claim", ["client_id", "azp", "cid", "appid"])

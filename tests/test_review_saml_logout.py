@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flask_ccsso.testing import csrf_token_in, log_out
 from tests.interop.saml_idp import User
 from tests.interop.test_saml_interop import idp, login, portal, post  # noqa: F401 - fixtures
 
@@ -30,11 +31,12 @@ def test_cross_site_get_logout_asks_first(portal, idp):  # noqa: F811
     assert client.get("/me").status_code == 200
     # a POST from another origin (SameSite=None deployments) is asked too
     resp = client.post("/sso/logout", headers={"Origin": "https://evil.example"})
-    assert resp.status_code == 200
+    assert resp.status_code == 400 and b"Sign out" in resp.data
     assert client.get("/me").status_code == 200
-    # the same-origin link on that page signs out
-    resp = client.get("/sso/logout", headers={"Sec-Fetch-Site": "same-origin"})
-    assert resp.status_code == 302
+    # the form on that page (a POST with the CSRF token) signs out
+    resp = client.post("/sso/logout", data={"csrf_token": csrf_token_in(resp)},
+                       headers={"Sec-Fetch-Site": "same-origin"})
+    assert resp.status_code == 303
     assert client.get("/me", headers={"Accept": "application/json"}).status_code == 401
 
 
@@ -42,5 +44,5 @@ def test_cross_site_get_logout_asks_first(portal, idp):  # noqa: F811
 def test_same_origin_or_typed_logout_still_works(portal, idp, headers):  # noqa: F811
     app, client = portal(idpLogout=False)
     post(client, idp.respond(login(client), User()))
-    assert client.get("/sso/logout", headers=headers).status_code == 302
+    assert log_out(client, headers=headers).status_code == 303  # the confirm page, then its form
     assert client.get("/me", headers={"Accept": "application/json"}).status_code == 401

@@ -62,6 +62,10 @@ def test_a_clean_response_passes():
     (response(assertion_body='<saml:Advice><saml:Assertion ID="a2" Version="2.0"/></saml:Advice>'), "nested"),
     (response(extra_in_response='<samlp:Extensions><saml:Assertion ID="a3"/></samlp:Extensions>'), "nested"),
     (response(name_id="a<b>c</b>"), "markup"),
+    (response(extra_in_response='<samlp:Extensions xml:id="a1"/>'), "duplicate IDs"),
+    (response(assertion_body='<saml:EncryptedID><xenc:EncryptedData xmlns:xenc="http://www.w3.org/2001/04/xmlenc#"/>'
+                             '</saml:EncryptedID>'), "encrypted content"),
+    (response(sig='<xenc:EncryptedData xmlns:xenc="http://www.w3.org/2001/04/xmlenc#"/>'), "encrypted content"),
     (b"<not-saml/>", "expected type"),
     (b"<unclosed", "well-formed"),
 ])

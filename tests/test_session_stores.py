@@ -130,7 +130,9 @@ def test_embedded_store_writes_json_files(store_app: Any, op: Any) -> None:
     cache = app.session_interface.cache
     with open(cache._get_filename(app.session_interface._get_store_id(sid)), "rb") as fh:
         raw = fh.read()[4:]
-    assert raw.startswith(b"{") and b"u-alice" in raw
+    # JSON (never a pickle), holding one sealed record: nothing readable in the file
+    assert raw.startswith(b'{"sealed":"v1.') and b"u-alice" not in raw
+    assert app.session_interface.read_sid(sid)[SESSION_KEY]["identity"]["subject"] == "u-alice"
 
 
 def test_cookie_flags_default(store_app: Any, op: Any) -> None:

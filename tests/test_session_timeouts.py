@@ -191,7 +191,9 @@ def test_cli_list_and_revoke(redis_app: Any, op: Any, clock: Any) -> None:
     runner = app.test_cli_runner()
     out = runner.invoke(sessions, ["list", "--user", "alice@example.com"])
     assert out.exit_code == 0, out.output
-    assert fingerprint(sid1) in out.output and fingerprint(sid2) in out.output
+    # the index holds store handles (never cookie values); SESSION is a fingerprint of the handle
+    handle_of = app.session_interface.handle_of
+    assert fingerprint(handle_of(sid1)) in out.output and fingerprint(handle_of(sid2)) in out.output
     assert sid1 not in out.output  # ids are credentials: never printed
     out = runner.invoke(sessions, ["list"])
     assert "alice@example.com" in out.output

@@ -6,6 +6,7 @@ import pytest
 from flask import render_template_string
 
 from flask_ccsso import reasons, signals
+from flask_ccsso.testing import log_out
 from tests.test_skills_support import JSON, add_skill_routes, app, client, listen, sign_in, skills_config  # noqa: F401 (fixtures)
 
 
@@ -127,7 +128,7 @@ def test_group_removed_loses_skill_at_next_sign_in(make_app, op, clock):
     client = app.test_client()
     sign_in(client, op, clock, groups=["security-team"], scope="openid security:read")
     assert client.get("/s/security-audit").status_code == 200
-    client.post("/sso/logout")
+    assert log_out(client).status_code == 303
     assert client.get("/s/security-audit").status_code == 302
     sign_in(client, op, clock, groups=["staff"], scope="openid security:read")
     assert client.get("/s/security-audit").status_code == 403
@@ -187,7 +188,9 @@ def test_require_mfa_with_skill_acr(make_app, op, clock):
     weak, strong = app.test_client(), app.test_client()
     sign_in(weak, op, clock, amr=["pwd"], acr="urn:ccsso:loa1")
     sign_in(strong, op, clock, amr=["pwd"], acr="urn:ccsso:loa2")
-    assert weak.get("/s/mfa-acr").status_code == 403
+    # acrValues are enforced whenever set: a weak acr is a step-up (the IdP can fix it), not a 403
+    assert weak.get("/s/mfa-acr").status_code == 302
+    assert weak.get("/s/mfa-acr", headers=JSON).get_json()["error"] == reasons.INSUFFICIENT_ACR
     assert strong.get("/s/mfa-acr").status_code == 200
     # the skill's acr counts only for that skill
     assert strong.get("/s/mfa-needed").status_code == 403

@@ -122,6 +122,8 @@ class AuditPipeline:
             self.sinks = sinks if sinks is not None else [
                 make_sink(s, settings, spool_dir=self.spool_dir) for s in settings.destinations
             ]
+        for sink in self.sinks:
+            sink.on_alert = self._sink_lost_events
         ft = settings.failure_threshold
         self.failures = FailureCounter(ft.count, ft.window, clock) if ft is not None and settings.enabled else None
         self._closed = False
@@ -181,6 +183,19 @@ class AuditPipeline:
                 _signals_module.failure_threshold.send(app, key_type=key_type, key=key, count=count,
                                                        window=self.failures.window)
 
+    def _sink_lost_events(self, sink_name: str, count: int, window: float) -> None:
+        """A sink lost ``count`` events: raise the alert signal (from the sink's worker thread).
+
+        The same signal as a sign-in failure threshold, with ``key_type="audit_sink"``
+        and the sink's name as ``key``, so one alert hook covers both. It is sent
+        whether or not ``failureThreshold`` is on: losing audit events is always worth
+        an alert.
+        """
+        app = self._app_ref()
+        if app is not None:
+            _signals_module.failure_threshold.send(app, key_type="audit_sink", key=sink_name, count=count,
+                                                   window=window)
+
     def _build(self, event_type: str, fields: dict[str, Any], info: RequestInfo | None) -> AuditEvent:
         return build_event(event_type, fields, request=info, include_claims=self.settings.include_user_claims,
                            include_groups=self.settings.include_group_memberships,
@@ -226,8 +241,27 @@ class AuditPipeline:
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per sink: written, spooled, replayed, dead_lettered, dropped, overflow_spooled, failures, lost."""
+        """Per sink: written, spooled, replayed, dead_lettered, dropped, overflow_spooled, failures, lost,
+        quarantined, backlogged, spool_errors (see :class:`~flask_ccsso.audit.sinks.base.SinkStats`)."""
         return {sink.name: sink.stats.as_dict() for sink in self.sinks}
+
+    def health(self) -> dict[str, Any]:
+        """The pipeline's state for a health check or monitoring job.
+
+        ``status`` is ``"ok"`` (every sink up, every spool usable, nothing lost),
+        ``"degraded"`` (a sink is down, a spool failing or events wait in memory,
+        but nothing was lost) or ``"losing"`` (this process lost events since it
+        started: see each sink's ``lost``). ``sinks`` holds each sink's state and
+        counters (:meth:`~flask_ccsso.audit.sinks.base.Sink.health`).
+        """
+        sinks = {sink.name: sink.health() for sink in self.sinks}
+        if any(s["lost"] for s in sinks.values()):
+            status = "losing"
+        elif any(not s["up"] or not s["spool_ok"] or s["backlog"] for s in sinks.values()):
+            status = "degraded"
+        else:
+            status = "ok"
+        return {"status": status, "enabled": self.settings.enabled, "sinks": sinks}
 
     def __repr__(self) -> str:
         return f"<AuditPipeline level={self.settings.level!r} sinks={[s.name for s in self.sinks]}>"

@@ -38,7 +38,7 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TOP_KEYS = (
     "level", "destination", "events", "includeUserClaims", "includeGroupMemberships",
     "destinations", "azureMonitor", "spoolDir", "queueSize", "batchSize", "flushInterval",
-    "failureThreshold", "retryAttempts", "retryBackoff", "maxBackoff", "maxFieldLength",
+    "failureThreshold", "retryAttempts", "retryBackoff", "maxBackoff", "maxFieldLength", "backlogSize",
 )
 _AZURE_KEYS = ("endpoint", "dcrImmutableId", "streamName", "tenantId", "clientId", "clientSecret", "tokenUrl",
                "scope")
@@ -121,6 +121,8 @@ class AuditSettings:
     retry_backoff: float = 0.5
     max_backoff: float = 60.0
     max_field_length: int = 1024
+    #: events kept in memory per sink while the sink is down *and* its spool cannot be written
+    backlog_size: int = 10_000
     #: things worth one warning at start-up (e.g. the seed's fallback)
     notices: tuple[str, ...] = ()
 
@@ -341,6 +343,7 @@ def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") ->
         retry_backoff=expect_positive(raw, "retryBackoff", path, 0.5, allow_zero=True),
         max_backoff=expect_positive(raw, "maxBackoff", path, 60.0),
         max_field_length=_int(raw, "maxFieldLength", path, 1024, 64),
+        backlog_size=_int(raw, "backlogSize", path, 10_000, 0),
         notices=tuple(notices),
     )
 

@@ -12,22 +12,64 @@ The file uses SQLite's write-ahead log with ``synchronous=NORMAL``: an append
 survives the process being killed; a power cut may lose the last few appends.
 Several processes may share one spool file; an advisory lock file lets only
 one of them replay at a time.
+
+Every failure of the spool itself (directory not creatable, read-only or full
+file system, permissions, a corrupt file) is raised as :class:`SpoolError`
+carrying the *original* cause (``ENOSPC``, ``SQLITE_FULL``...), never a
+secondary error from cleaning up. A row whose content is not a well-formed
+event comes back from :meth:`Spool.read` as a :class:`BadRow`, so the sink
+can quarantine it instead of stalling on it.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
 import fcntl
 import json
 import logging
+import math
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from ..exceptions import ConfigError
 from .events import AuditEvent
 
 log = logging.getLogger("flask_ccsso.audit")
+
+
+class SpoolError(Exception):
+    """The spool could not be read or written. ``reason`` names the real cause, e.g.
+    ``ENOSPC (No space left on device)`` or ``SQLITE_FULL (database or disk is full)``;
+    it holds no path and no event content."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe_io_error(exc: BaseException) -> str:
+    """A short name for a local I/O failure: the errno or SQLite code plus its text."""
+    if isinstance(exc, SpoolError):
+        return exc.reason
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror or os.strerror(exc.errno)})"
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        return f"{name} ({exc})"
+    return type(exc).__name__
+
+
+def _spool_error(exc: BaseException) -> SpoolError:
+    err = SpoolError(describe_io_error(exc))
+    err.__cause__ = exc
+    return err
 
 
 def _private_file(path: str) -> None:
@@ -39,6 +81,122 @@ def _private_file(path: str) -> None:
 def ensure_dir(path: str) -> str:
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def _finish(db: sqlite3.Connection, exc: BaseException) -> None:
+    """Roll back after ``exc`` without letting a failing ROLLBACK replace it.
+
+    SQLite rolls a transaction back by itself on ``SQLITE_FULL``, ``SQLITE_IOERR``
+    and friends; a second ``ROLLBACK`` then fails with "no transaction is
+    active", and that error used to be the one logged instead of the full disk.
+    """
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as rollback_exc:
+        exc.add_note(f"(the rollback failed too: {describe_io_error(rollback_exc)})")
+
+
+# -- reading rows back ---------------------------------------------------------
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_REQUIRED_STR = ("id", "time", "type", "outcome")
+_OPTIONAL_STR = ("reason", "provider", "skill", "via", "request_id", "client_ip", "user_agent", "detail")
+_KNOWN_KEYS = frozenset(("schema_version", "data", "actor", "claims", "groups") + _REQUIRED_STR + _OPTIONAL_STR)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A spool row that is not a well-formed event (see :func:`decode_row`)."""
+
+    seq: int
+    #: the row's event id when it is a plain token (safe to log), else ``None``
+    event_id: str | None
+    raw: bytes
+    problem: str
+
+    def to_dead_letter(self) -> dict[str, Any]:
+        return {"spool_seq": self.seq, "event_id": self.event_id,
+                "raw_b64": base64.b64encode(self.raw).decode("ascii")}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_json_value(value: Any, depth: int = 0) -> bool:
+    """Plain JSON that serialises back (finite numbers, string keys, bounded depth)."""
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_json_value(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json_value(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _check_event_dict(data: Any) -> str | None:
+    """Why ``data`` is not an event as :meth:`AuditEvent.to_dict` writes it, or ``None``."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        return "unknown keys"
+    for key in _REQUIRED_STR:
+        if not isinstance(data.get(key), str) or not data[key]:
+            return f"'{key}' is missing or not a string"
+    for key in _OPTIONAL_STR:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"'{key}' is not a string"
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        return "'schema_version' is not an integer"
+    for key in ("actor", "claims"):
+        if data.get(key) is not None and not (isinstance(data[key], dict) and _is_json_value(data[key])):
+            return f"'{key}' is not an object"
+    if data.get("data") is not None and not (isinstance(data["data"], dict) and _is_json_value(data["data"])):
+        return "'data' is not an object"
+    groups = data.get("groups")
+    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        return "'groups' is not a list of strings"
+    return None
+
+
+def decode_row(seq: int, event_id: bytes | None, body: bytes | None) -> AuditEvent | BadRow:
+    """The event a spool row holds, or a :class:`BadRow` saying why it holds none.
+
+    Validated as a *class*: anything that is not UTF-8 JSON of exactly the
+    shape :meth:`AuditEvent.to_dict` writes (types included, no NaN/Infinity)
+    is bad, so a sink never sees input that could make it raise on content.
+    """
+    raw = body if isinstance(body, bytes) else b""
+    try:
+        rid = event_id.decode("ascii") if isinstance(event_id, bytes) else None
+    except UnicodeDecodeError:
+        rid = None
+    safe_id = rid if rid is not None and _SAFE_ID.fullmatch(rid) else None
+    if not isinstance(body, bytes):
+        return BadRow(seq, safe_id, raw, "empty body")
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return BadRow(seq, safe_id, raw, "not UTF-8 JSON")
+    problem = _check_event_dict(data)
+    if problem is not None:
+        return BadRow(seq, safe_id, raw, problem)
+    if rid is not None and data["id"] != rid:
+        return BadRow(seq, safe_id, raw, "event id does not match its row")
+    try:
+        event = AuditEvent.from_dict(data)
+        event.to_json()
+    except (TypeError, ValueError, KeyError) as exc:  # pragma: no cover - the checks above should catch it
+        return BadRow(seq, safe_id, raw, f"cannot rebuild the event ({type(exc).__name__})")
+    return event
 
 
 class Spool:
@@ -54,31 +212,64 @@ class Spool:
         self._closed = False
         # Nothing is created until the first append: a healthy sink leaves no files behind.
         # A spool left by an earlier process is opened (and then replayed) straight away.
-        self._count = self._count_rows() if os.path.exists(self.path) else 0
+        self._count = self._open_existing() if os.path.exists(self.path) else 0
+
+    def _open_existing(self) -> int:
+        """Count an existing spool's rows; a file that is not a readable spool stops start-up."""
+        try:
+            return self._count_rows()
+        except SpoolError as exc:
+            raise ConfigError(self.path, f"is not a readable audit spool: {exc.reason}.",
+                              "move the file aside (keep it: it may hold undelivered audit events), "
+                              "fix the directory's permissions or free disk space, then start again.") from None
 
     def _db(self) -> sqlite3.Connection:
-        """The connection, creating the file on first use. Call with ``self._lock`` held."""
+        """The connection, creating the file on first use. Call with ``self._lock`` held.
+
+        Raises :class:`SpoolError` when the directory or file cannot be made or opened.
+        """
         if self._conn is None:
             if self._closed:
                 raise RuntimeError("the audit spool is closed")
-            ensure_dir(self.directory)
-            _private_file(self.path)
-            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # AUTOINCREMENT: sequence numbers are never reused, so order survives deletes and restarts
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "event_id TEXT NOT NULL, body TEXT NOT NULL)"
-            )
+            conn: sqlite3.Connection | None = None
+            try:
+                ensure_dir(self.directory)
+                _private_file(self.path)
+                conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # AUTOINCREMENT: sequence numbers are never reused, so order survives deletes and restarts
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "event_id TEXT NOT NULL, body TEXT NOT NULL)"
+                )
+            except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    conn.close()
+                raise _spool_error(exc) from exc
             self._conn = conn
         return self._conn
+
+    def _drop_connection(self) -> None:
+        """Forget a connection after a failure, so the next call reopens the file
+        (the disk may have been freed, the file replaced). Call with ``self._lock`` held."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
 
     def _count_rows(self) -> int:
         with self._lock:
             if self._conn is None and not os.path.exists(self.path):
                 return 0
-            return int(self._db().execute("SELECT count(*) FROM spool").fetchone()[0])
+            db = self._db()
+            try:
+                return int(db.execute("SELECT count(*) FROM spool").fetchone()[0])
+            except sqlite3.Error as exc:
+                self._drop_connection()
+                raise _spool_error(exc) from exc
 
     def __len__(self) -> int:
         """Rows this process knows of (cheap; refreshed from disk by :meth:`refresh`)."""
@@ -88,43 +279,65 @@ class Spool:
         self._count = self._count_rows()
         return self._count
 
+    def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Run ``sql`` for every row in one transaction; :class:`SpoolError` on failure.
+
+        Call with ``self._lock`` held. The *first* error is the one raised.
+        """
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException as exc:
+                _finish(db, exc)
+                raise
+        except sqlite3.Error as exc:
+            self._drop_connection()
+            raise _spool_error(exc) from exc
+        return max(cur.rowcount, 0)
+
     def append(self, events: Iterable[AuditEvent]) -> int:
+        """Append ``events`` in order, all or none. :class:`SpoolError` when the spool cannot take them."""
         rows = [(e.id, e.to_json()) for e in events]
         if not rows:
             return 0
         with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT INTO spool (event_id, body) VALUES (?, ?)", rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._write("INSERT INTO spool (event_id, body) VALUES (?, ?)", rows)
             self._count += len(rows)
         return len(rows)
 
-    def peek(self, limit: int) -> list[tuple[int, AuditEvent]]:
-        """The oldest ``limit`` events, in order, with their sequence numbers."""
+    def read(self, limit: int, after: int = 0) -> list[tuple[int, AuditEvent | BadRow]]:
+        """The oldest ``limit`` rows with a sequence number above ``after``, in order:
+        ``(seq, event)``, or ``(seq, BadRow)`` for a row that holds no well-formed event.
+        Raw bytes are read, so not even invalid UTF-8 in a row can make the query fail."""
         with self._lock:
             if self._conn is None and not os.path.exists(self.path):
                 return []
-            rows = self._db().execute("SELECT seq, body FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [(seq, AuditEvent.from_dict(json.loads(body))) for seq, body in rows]
+            db = self._db()
+            try:
+                rows = db.execute(
+                    "SELECT seq, CAST(event_id AS BLOB), CAST(body AS BLOB) FROM spool WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._drop_connection()
+                raise _spool_error(exc) from exc
+        return [(seq, decode_row(seq, eid, body)) for seq, eid, body in rows]
+
+    def peek(self, limit: int) -> list[tuple[int, AuditEvent]]:
+        """The oldest ``limit`` well-formed events, in order, with their sequence numbers
+        (bad rows are skipped here; :meth:`read` returns them)."""
+        return [(seq, e) for seq, e in self.read(limit) if isinstance(e, AuditEvent)]
 
     def delete(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
         with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._count = max(0, self._count - max(cur.rowcount, 0))
+            deleted = self._write("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+            self._count = max(0, self._count - deleted)
 
     def after_fork(self) -> None:
         """In a forked child: the inherited SQLite connection and replay lock
@@ -143,8 +356,11 @@ class Spool:
         """Take the replay lock (non-blocking). Held until :meth:`release_replay`."""
         if self._lock_fd is not None:
             return True
-        ensure_dir(self.directory)
-        fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            ensure_dir(self.directory)
+            fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise _spool_error(exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -171,7 +387,14 @@ class Spool:
 
 
 class DeadLetter:
-    """Events a sink refused as malformed (HTTP 4xx), kept as JSON lines for a person to look at."""
+    """Events that will never be delivered, kept as JSON lines for a person to look at.
+
+    Two kinds of line, both with ``dead_at`` (epoch seconds) and ``problem``:
+    events a sink refused as malformed (HTTP 4xx, a database data error) carry
+    ``event``; spool rows that hold no well-formed event carry ``spool_seq``,
+    ``event_id`` (or ``null``) and ``raw_b64`` (the row's bytes, base64). The
+    file is append-only and ``0600``, next to the spool.
+    """
 
     def __init__(self, directory: str, name: str) -> None:
         self.directory = directory
@@ -180,17 +403,36 @@ class DeadLetter:
 
     def write(self, events: Sequence[AuditEvent], problem: str) -> None:
         now = time.time()
-        lines = "".join(
-            json.dumps({"dead_at": now, "problem": problem, "event": e.to_dict()}, sort_keys=True) + "\n"
-            for e in events
-        )
+        self._append({"dead_at": now, "problem": problem, "event": e.to_dict()} for e in events)
+
+    def write_rows(self, rows: Sequence[BadRow]) -> None:
+        """Quarantine undecodable spool rows. :class:`SpoolError` if the file cannot be written."""
+        now = time.time()
+        self._append({"dead_at": now, "problem": r.problem, **r.to_dead_letter()} for r in rows)
+
+    def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
         with self._lock:
-            ensure_dir(self.directory)
-            _private_file(self.path)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(lines)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                ensure_dir(self.directory)
+                fd = os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        os.fsync(fd)
+                    except OSError:
+                        try:
+                            os.ftruncate(fd, size)  # no half line for the next append to run into
+                        except OSError:
+                            pass
+                        raise
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _spool_error(exc) from exc
 
 
-__all__ = ["DeadLetter", "Spool"]
+__all__ = ["BadRow", "DeadLetter", "Spool", "SpoolError", "decode_row", "describe_io_error"]

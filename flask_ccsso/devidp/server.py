@@ -7,7 +7,11 @@ grants, refresh tokens rotated), ``/jwks``, ``/userinfo``, ``/introspect``
 
 It refuses to start unless it is switched on twice (``enabled=True`` in code
 and ``CCSSO_DEVIDP_ENABLED=1`` in the environment) and, by default, unless
-its issuer is a loopback address. See ``docs/devidp.md``.
+its issuer is a loopback address. At request time it answers only peers on
+this machine: the TCP peer address (``REMOTE_ADDR`` as the WSGI server saw
+it, never the ``Host`` header) must be loopback, unless
+``CCSSO_DEVIDP_ALLOW_REMOTE=1`` (or ``allow_remote=True``) says otherwise and
+a WARNING says so at start-up. See ``docs/devidp.md``.
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ from .models import (
 )
 from .store import AuthContext, CodeRecord, DevStore, TokenRecord
 
-__all__ = ["COOKIE_NAME", "ENABLE_ENV_VAR", "DevIdP", "create_devidp_blueprint"]
+__all__ = ["ALLOW_REMOTE_ENV_VAR", "COOKIE_NAME", "ENABLE_ENV_VAR", "DevIdP", "create_devidp_blueprint"]
 
 log = logging.getLogger("flask_ccsso.devidp")
 
 #: The environment variable that must be ``1`` for the IdP to start.
 ENABLE_ENV_VAR = "CCSSO_DEVIDP_ENABLED"
+#: The environment variable that, set to ``1``, lets peers other than loopback in.
+ALLOW_REMOTE_ENV_VAR = "CCSSO_DEVIDP_ALLOW_REMOTE"
 #: The IdP's own sign-in cookie (signed, scoped to the IdP's path).
 COOKIE_NAME = "ccsso_devidp"
 WARNING_TEXT = "DEVELOPMENT IDENTITY PROVIDER — never use in production"
@@ -129,8 +135,67 @@ def _check_switches(enabled: bool, issuer: str, allow_non_loopback: bool) -> Non
         raise RuntimeError(
             f"The development IdP refuses issuer {issuer!r}: its host is not localhost, 127.0.0.1 or [::1]. "
             "Pass allow_non_loopback=True if you really mean to expose it (for example inside a container "
-            "network), and never on a production host."
+            f"network; requests from other machines also need {ALLOW_REMOTE_ENV_VAR}=1), and never on a "
+            "production host."
         )
+
+
+def _loopback_address(value: str | None) -> bool:
+    """``value`` is a literal loopback IP address (127.0.0.0/8, ``::1``, or
+    ``::ffff:127.x.x.x``). Names are not resolved: ``REMOTE_ADDR`` is an
+    address, and anything else (empty, a UNIX socket path, garbage) is not
+    proof that the caller sits on this machine."""
+    if not value:
+        return False
+    try:
+        addr = ipaddress.ip_address(value.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _forwarded_for(environ: dict[str, Any]) -> list[str]:
+    """Every client address a proxy header names (``X-Forwarded-For``,
+    ``X-Real-IP``, ``Forwarded: for=``). Used only to *refuse*: a request a
+    local proxy relays for someone on the network is not from this machine."""
+    out: list[str] = []
+    for key in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP"):
+        out.extend(part.strip() for part in str(environ.get(key) or "").split(",") if part.strip())
+    for element in str(environ.get("HTTP_FORWARDED") or "").replace(",", ";").split(";"):
+        name, _, value = element.strip().partition("=")
+        if name.strip().lower() == "for":
+            value = value.strip().strip('"')
+            if value.startswith("["):
+                value = value[1:].split("]", 1)[0]
+            elif value.count(":") == 1:
+                value = value.split(":", 1)[0]  # "192.0.2.1:4711"
+            out.append(value)
+    return out
+
+
+def peer_is_local(environ: dict[str, Any]) -> bool:
+    """Did this request come from this machine?
+
+    The TCP peer as the WSGI server reported it decides: ``REMOTE_ADDR``
+    before any ``ProxyFix`` rewrote it (``werkzeug.proxy_fix.orig``) *and*
+    after, so neither a forged ``X-Forwarded-For`` nor a trusted proxy can
+    turn a remote caller into a local one. The ``Host`` header plays no
+    part (anyone can send ``Host: 127.0.0.1``). A request relayed by a local
+    proxy on behalf of a non-loopback client is refused too.
+    """
+    orig = environ.get("werkzeug.proxy_fix.orig")
+    peers = [environ.get("REMOTE_ADDR")]
+    if isinstance(orig, dict):
+        peers.append(orig.get("REMOTE_ADDR"))
+    peers.extend(_forwarded_for(environ))
+    return all(_loopback_address(p) for p in peers)
+
+
+def remote_allowed(allow_remote: bool) -> bool:
+    """The explicit switch: ``allow_remote=True`` in code or ``CCSSO_DEVIDP_ALLOW_REMOTE=1``."""
+    return allow_remote or os.environ.get(ALLOW_REMOTE_ENV_VAR) == "1"
 
 
 def _b64(data: bytes) -> str:
@@ -708,6 +773,7 @@ def create_devidp_blueprint(
     allow_non_loopback: bool = False,
     access_token_lifetime: int = 3600,
     name: str = "ccsso_devidp",
+    allow_remote: bool = False,
 ) -> Blueprint:
     """Build the development IdP as a blueprint whose URL prefix is the issuer's path.
 
@@ -724,10 +790,20 @@ def create_devidp_blueprint(
     :param allow_non_loopback: allow an issuer host other than localhost /
         127.0.0.1 / [::1].
     :param access_token_lifetime: seconds an access token lives.
+    :param allow_remote: answer requests whose TCP peer is not a loopback
+        address (by default they get a plain ``403``). ``CCSSO_DEVIDP_ALLOW_REMOTE=1``
+        does the same; either way a WARNING is logged at start-up.
     :raises RuntimeError: if either switch is off, or the issuer is not
         acceptable.
     """
     _check_switches(enabled, issuer, allow_non_loopback)
+    open_to_network = remote_allowed(allow_remote)
+    if open_to_network:
+        log.warning(
+            "\n%s\n  %s\n  %s: the development IdP answers requests from ANY address, not only this\n"
+            "  machine. Anyone who can reach this port can sign in as anyone. Never in production.\n%s",
+            "!" * 72, WARNING_TEXT, "allow_remote=True" if allow_remote else f"{ALLOW_REMOTE_ENV_VAR}=1", "!" * 72,
+        )
     if not clients:
         raise RuntimeError("The development IdP needs at least one DevClient.")
     for c in clients:
@@ -748,6 +824,21 @@ def create_devidp_blueprint(
     # how ``flask ccsso devidp-token`` finds the runtime among app.blueprints
     bp.ccsso_devidp = idp  # type: ignore[attr-defined]
     bp.record_once(lambda state: idp.bind(state.app))
+
+    @bp.before_request
+    def _local_peers_only() -> Response | None:
+        # every endpoint, discovery included: the decision is the TCP peer's
+        # address, which a client cannot choose (the Host header it can)
+        if open_to_network or peer_is_local(request.environ):
+            return None
+        log.warning("devidp: refused a request from %s to %s (peer is not loopback; set %s=1 to allow)",
+                    request.environ.get("REMOTE_ADDR") or "an unknown address", request.path, ALLOW_REMOTE_ENV_VAR)
+        return Response(
+            "403 Forbidden: the development identity provider only answers requests from this machine "
+            f"(a loopback peer address). Set {ALLOW_REMOTE_ENV_VAR}=1 to open it to the network -- never in "
+            "production.\n",
+            status=403, mimetype="text/plain", headers={"Cache-Control": "no-store"},
+        )
 
     @bp.after_request
     def _no_framing(response: Response) -> Response:
@@ -994,6 +1085,7 @@ class DevIdP:
         clock: Callable[[], float] = time.time,
         allow_non_loopback: bool = False,
         access_token_lifetime: int = 3600,
+        allow_remote: bool = False,
     ) -> None:
         url_prefix = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
         path = urlsplit(issuer).path
@@ -1013,6 +1105,7 @@ class DevIdP:
             clock=clock,
             allow_non_loopback=allow_non_loopback,
             access_token_lifetime=access_token_lifetime,
+            allow_remote=allow_remote,
         )
         if app is not None:
             self.init_app(app)

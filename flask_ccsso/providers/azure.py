@@ -12,6 +12,11 @@
   person's access token, following ``@odata.nextLink`` pages. If that fails
   the identity is marked ``groups_complete=False`` -- never "no groups" --
   and group-based skills are refused with ``groups_incomplete``.
+* From Graph only the groups' **object ids** are kept. A display name is
+  chosen by whoever creates the group (by default any member of the tenant
+  can create one), so a group named ``database-admins`` -- or named after
+  the admins group's object id -- would otherwise grant that skill. Names are
+  not even requested (``$select=id``), so no later change can match them.
 """
 
 from __future__ import annotations
@@ -98,9 +103,11 @@ class AzureADProvider(OIDCProvider):
             return frozenset(), False
 
     def _graph_groups(self, access_token: str) -> set[str]:
+        """Object ids of the person's groups (transitively), never their names."""
         base = self.settings.graph_url or "https://graph.microsoft.com/v1.0"
         host = urlsplit(base).netloc
-        url: str | None = f"{base}/me/transitiveMemberOf/microsoft.graph.group?$select=id,displayName&$top=999"
+        # ids only: see the module docstring (display names are chosen by group creators)
+        url: str | None = f"{base}/me/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999"
         out: set[str] = set()
         pages = 0
         while url:
@@ -120,12 +127,27 @@ class AzureADProvider(OIDCProvider):
             data = loads_strict(read_capped(resp, self.settings.timeout, 4 * MAX_IDP_RESPONSE_BYTES))
             if not isinstance(data, dict) or not isinstance(data.get("value", []), list):
                 raise ValueError("Graph answered something other than a page of groups")  # noqa: TRY004
-            for item in data.get("value", []):
-                if isinstance(item, dict):
-                    for key in ("id", "displayName"):
-                        if isinstance(item.get(key), str):
-                            out.add(item[key])
+            out.update(_group_ids(data.get("value", [])))
             url = data.get("@odata.nextLink")
             if url is not None and not isinstance(url, str):
                 raise ValueError("nextLink is not a URL")
         return out
+
+
+def _group_ids(items: list[Any]) -> set[str]:
+    """The ``id`` of each group on a Graph page -- and nothing else.
+
+    ``displayName`` (and any other field) is ignored even when Graph sends
+    it: the set returned is matched against ``allowedGroups`` and app-role
+    names, and a name is whatever the group's creator typed. Graph's object
+    ids are GUIDs; an entry without one means the answer is not what we asked
+    for, so the whole list is refused (``groups_complete=False``) rather than
+    partly read.
+    """
+    out: set[str] = set()
+    for item in items:
+        gid = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(gid, str) or not _GUID.match(gid):
+            raise ValueError("Graph listed a group without an object id")
+        out.add(gid)
+    return out

@@ -9,6 +9,13 @@ Pending sign-ins live in the shared store under a random key (OIDC ``state``,
 SAML request id), never in the cookie: several tabs can sign in at once, any
 worker can finish a sign-in another started, and a SAML POST that arrives
 without the SameSite=Lax cookie still finds its request.
+
+Because anyone can start a sign-in without being anyone, what a pending
+sign-in costs the store is bounded: the entry holds only what the callback
+needs (defaults are left out, ``next`` is capped by the views), it lives
+``loginStateTtl`` seconds, one browser keeps at most a few of them
+(:func:`limit_per_browser`, the oldest is dropped) and the views cap the
+sign-ins one client address may start per window.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
+from flask import g, has_request_context
 
 from .. import reasons
 from ..exceptions import AuthenticationFailed, CCSSOError
@@ -103,8 +111,18 @@ class Provider(ABC):
 
     # -- pending sign-ins -----------------------------------------------------
     def _save_pending(self, key: str, data: dict[str, Any], ttl: float) -> None:
-        data = dict(data, provider=self.name, created=self.clock())
+        """Store a pending sign-in under ``login:<key>`` for ``ttl`` seconds.
+
+        Fields holding their default (``None``, ``False``, empty, ``next``
+        ``/``) are left out: readers use ``.get()`` with the same defaults, and
+        an unauthenticated request should cost the store as little as
+        possible. The key is noted on ``g`` so the view that started the
+        sign-in can bound how many one browser keeps (:func:`limit_per_browser`).
+        """
+        data = compact_pending(dict(data, provider=self.name, created=self.clock()))
         self.store.set(f"login:{key}", json.dumps(data, separators=(",", ":")), ttl)
+        if has_request_context():
+            g._ccsso_pending_saved = (key, ttl)
 
     def _take_pending(self, key: str | None, ttl: float, binding: str | None, *, check_binding: bool = True) -> dict[str, Any]:
         """Consume a pending sign-in exactly once (atomic pop in the store)."""
@@ -158,3 +176,37 @@ class Provider(ABC):
     def describe(self) -> dict[str, Any]:
         """A secret-free summary for ``flask ccsso check-config``."""
         return {"name": self.name, "type": self.type}
+
+
+# -- bounds on pending sign-ins ---------------------------------------------------
+
+def compact_pending(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the fields that hold their default value."""
+    return {k: v for k, v in data.items()
+            if v is not None and v is not False and v != [] and v != () and v != ""
+            and not (k == "next" and v == "/")}
+
+
+def saved_pending() -> tuple[str, float] | None:
+    """``(key, ttl)`` of the pending sign-in this request saved, if any."""
+    value = g.get("_ccsso_pending_saved") if has_request_context() else None
+    return value if isinstance(value, tuple) else None
+
+
+def limit_per_browser(store: SharedStore, known: Any, key: str, max_per_browser: int) -> list[str]:
+    """The list of a browser's pending sign-in keys after it started ``key``:
+    at most ``max_per_browser``, newest last; the entries of the keys that
+    fall off are deleted from the store.
+
+    Several tabs may sign in at once, so a browser keeps a few; a script that
+    keeps its cookie and asks again and again only ever holds the newest
+    ``max_per_browser``. The views keep the list in the browser's session
+    (written anyway: it holds the browser binding), so it costs no store key
+    of its own; a sign-in rotates the session and starts a new list.
+    """
+    keys = [k for k in known if isinstance(k, str) and k != key] if isinstance(known, list) else []
+    keys.append(key)
+    cut = max(0, len(keys) - max(1, max_per_browser))
+    if cut:
+        store.delete(*(f"login:{k}" for k in keys[:cut]))
+    return keys[cut:]

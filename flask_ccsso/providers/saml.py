@@ -1,25 +1,29 @@
 """SAML 2.0 Web Browser SSO through pysaml2 and xmlsec1.
 
-pysaml2 builds the AuthnRequest, verifies XML signatures (xmlsec1),
-decrypts encrypted assertions and checks schema and conditions. What it
-leaves to its caller is done here (docs/saml.md explains each point):
+pysaml2 builds the AuthnRequest and the SP metadata, and parses verified
+documents into its schema classes. It does *not* decide whether a response is
+authentic: its second decryption pass takes a decrypted assertion as verified
+without verifying it, and it runs ``xmlsec1 --decrypt`` unrestricted. So the
+ACS does, in order (docs/saml.md "What is verified, step by step"):
 
 * a cheap pre-scan (:mod:`.saml_xml`) refuses oversized messages, DTDs and
-  entities, comments, signature wrapping shapes and disallowed transforms
-  *before* xmlsec1 runs;
-* signatures are required (``wantAssertionsSigned`` / ``wantResponseSigned``)
-  and checked only against the certificates in *this* provider's metadata --
-  the Issuer is compared with the metadata's entity id first, and pysaml2's
-  metadata store holds no other entity, so its key lookup by issuer can find
-  nothing else;
-* pysaml2 may answer ``None`` instead of raising: ``None`` is a refusal;
+  entities, comments, signature wrapping shapes, disallowed transforms and
+  any EncryptedAssertion outside its allow-listed shape *before* xmlsec1 runs;
+* nothing is decrypted unless ``wantAssertionsEncrypted`` (then a plain
+  assertion is refused);
+* signatures are verified by our own hardened xmlsec1 runs
+  (:mod:`.saml_xmlsec`) against the certificates in *this* provider's
+  metadata only, the Response's on the bytes received, the Assertion's on the
+  (decrypted) document; a decrypted assertion goes through the same pre-scan
+  and may hold no encrypted content; ``wantAssertionsSigned`` /
+  ``wantResponseSigned`` are checked against what was *verified*;
 * InResponseTo (an outstanding request, consumed once from the shared store),
   Destination, Recipient, Audience, Issuer, NotBefore / NotOnOrAfter (with
   ``clockSkew`` against the provider's clock) are compared explicitly;
 * seen assertion ids are kept in the shared store until they expire, so a
   replay is refused on every worker;
-* every pysaml2 exception is mapped to an :class:`AuthenticationFailed` with
-  a reason at this one boundary (:meth:`SAMLProvider._verify`).
+* every failure is an :class:`AuthenticationFailed` with a reason;
+  pysaml2's loggers never write a document (:func:`quiet_pysaml2_logging`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -34,6 +39,7 @@ import warnings
 import weakref
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote_plus
 
@@ -48,7 +54,9 @@ from ..exceptions import AuthenticationFailed, ConfigError, IdPUnavailable
 from ..identity import Identity
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider
 from .saml_metadata import IdPMetadata, MetadataSource
-from .saml_xml import SAML, decode_b64, parse_instant, refuse, scan
+from .saml_verify import refuse_unless_verified
+from .saml_xml import SAML, SAMLP, Scan, decode_b64, parse_instant, refuse, scan
+from .saml_xmlsec import ASSERTION_SIGNATURE, DECRYPTED_ASSERTION_SIGNATURE, RESPONSE_SIGNATURE, Xmlsec
 
 if TYPE_CHECKING:
     from flask import Request
@@ -136,6 +144,58 @@ def _text(el: Any) -> str | None:
     return t.strip() if isinstance(t, str) else None
 
 
+_ZONE_OFFSET = re.compile(r"[+-]\d\d:?\d\d$")
+
+
+def _instant(value: str | None) -> float | None:
+    """A SAML xs:dateTime: UTC, written with ``Z`` or no zone (SAML core 1.3.3);
+    an explicit offset is refused, as pysaml2 refuses it."""
+    if value is not None and "T" in value and _ZONE_OFFSET.search(value.strip().partition("T")[2]):
+        raise refuse("The SAML message has a timestamp with a zone offset (SAML requires UTC).")
+    return parse_instant(value)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A response whose signatures *we* verified (and whose assertion we decrypted)."""
+
+    response: Any
+    assertion: Any
+    #: the Response's own signature was verified by our xmlsec1 run
+    response_signed: bool
+    #: the assertion's own signature was verified by our xmlsec1 run
+    assertion_signed: bool
+    #: the pre-scan of the document holding the assertion (the decrypted one, if encrypted)
+    scan: Scan
+    idp: IdPMetadata
+
+
+class _WithheldPysaml2Records(logging.Handler):
+    """pysaml2 logs whole SAML documents -- decrypted assertions included, at
+    ERROR -- plus tokens and attributes. Its records stop here: at WARNING and
+    above one line says *that* it logged (module, line, level), never *what*."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            log.log(record.levelno, "flask-ccsso: pysaml2 logged a %s record at %s:%d (text withheld: it may "
+                    "quote SAML documents)", record.levelname, record.name, record.lineno)
+
+
+def quiet_pysaml2_logging() -> None:
+    """Keep the ``saml2`` logger hierarchy from writing documents anywhere.
+
+    Child loggers (``saml2.response``, ``saml2.sigver`` ...) propagate to
+    ``saml2``; there our handler replaces each record with a content-free
+    line and propagation stops, so no handler of the application (root,
+    caplog, a file) ever receives pysaml2's text, whatever its level."""
+    lg = logging.getLogger("saml2")
+    if not any(isinstance(h, _WithheldPysaml2Records) for h in lg.handlers):
+        lg.addHandler(_WithheldPysaml2Records())
+    lg.propagate = False
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.WARNING)
+
+
 def _b64_der(pem_or_der: x509.Certificate) -> str:
     return base64.b64encode(pem_or_der.public_bytes(serialization.Encoding.DER)).decode("ascii")
 
@@ -166,6 +226,13 @@ class SAMLProvider(Provider):
         self._tmp = tempfile.mkdtemp(prefix="ccsso-saml-")
         os.chmod(self._tmp, 0o700)
         weakref.finalize(self, _cleanup, self._tmp)
+        #: the xmlsec1 runs that decide sign-in: ours, hardened (see saml_xmlsec)
+        self.xmlsec_runner = Xmlsec(self.xmlsec, self._tmp, max_input=s.max_response_size)
+        quiet_pysaml2_logging()
+        if s.want_assertions_encrypted and not (s.sp_private_key and s.sp_certificate):
+            raise ConfigError(f"{s.path}.wantAssertionsEncrypted", "is true but no SP key pair is configured.",
+                              "set spCertificate and spPrivateKey (the key the IdP encrypts to), "
+                              "or wantAssertionsEncrypted false.")
         self._key_pair: tuple[str, str] | None | bool = False  # False: not loaded yet
         if s.sp_private_key or s.sp_certificate:
             if not (s.sp_private_key and s.sp_certificate):
@@ -178,7 +245,8 @@ class SAMLProvider(Provider):
             raise ConfigError(f"{s.path}.signAuthnRequests", "is true but no SP key pair is configured.",
                               "set spCertificate and spPrivateKey, or signAuthnRequests false.")
         self.metadata = MetadataSource(s.idp_metadata, entity_id=s.idp_entity_id, refresh=s.metadata_refresh,
-                                       timeout=s.timeout, http=self.http, clock=self.clock, root_path=self._root_path)
+                                       timeout=s.timeout, http=self.http, clock=self.clock, root_path=self._root_path,
+                                       signing_cert=s.idp_metadata_certificate, xmlsec=self.xmlsec)
         if not self.metadata.is_url and os.path.isabs(s.idp_metadata):
             self._startup_metadata()
         self._clients: dict[tuple[int, str], Any] = {}
@@ -305,8 +373,10 @@ class SAMLProvider(Provider):
             conf["metadata"] = {"inline": [idp.xml]}
         pair = self.keys()
         if pair:
-            conf.update(key_file=pair[0], cert_file=pair[1],
-                        encryption_keypairs=[{"key_file": pair[0], "cert_file": pair[1]}])
+            conf.update(key_file=pair[0], cert_file=pair[1])
+            if s.want_assertions_encrypted:
+                # only then does the SP metadata offer an encryption key to the IdP
+                conf["encryption_keypairs"] = [{"key_file": pair[0], "cert_file": pair[1]}]
         cfg = SPConfig()
         cfg.load(conf)
         return cfg
@@ -395,10 +465,23 @@ class SAMLProvider(Provider):
         if sc.response_signed and sc.destination is None:
             # SAML bindings 3.5.5.2: a signed message MUST carry Destination
             raise refuse("The signed SAML response has no Destination.")
+        if not sc.has_assertion:
+            if sc.status is not None and sc.status != STATUS_SUCCESS:
+                raise AuthenticationFailed("The identity provider refused the sign-in.", reason=reasons.IDP_ERROR)
+            raise refuse("The SAML response carries no assertion.")
+        if sc.encrypted and not s.want_assertions_encrypted:
+            # nothing is decrypted unless the operator asked for encrypted assertions
+            raise refuse("The SAML assertion is encrypted, but this provider does not accept encrypted "
+                         "assertions (wantAssertionsEncrypted is false).")
+        if s.want_assertions_encrypted and not sc.encrypted:
+            raise refuse("The SAML assertion is not encrypted, but this provider requires encrypted "
+                         "assertions (wantAssertionsEncrypted).")
         if s.want_response_signed and not sc.response_signed:
             raise refuse("The SAML response is not signed.")
         if not sc.encrypted and not sc.assertion_signed and (s.want_assertions_signed or not sc.response_signed):
             raise refuse("The SAML assertion is not signed.")
+        if sc.encrypted and not sc.response_signed and not s.want_assertions_signed:
+            raise refuse("The SAML response is not signed.")
         if sc.audiences is not None and any(self.settings.sp_entity_id not in auds for auds in sc.audiences):
             raise refuse("The SAML assertion is meant for another service.", reasons.INVALID_AUDIENCE)
         for key in self._seen_keys(sc.id, sc.assertion_id):
@@ -412,20 +495,14 @@ class SAMLProvider(Provider):
         elif len(irt) > 512 or self.store.get(f"login:{irt}") is None:
             raise refuse("The SAML response answers a sign-in that was not started here, or was already used.",
                          reasons.STATE_MISSING)
-        if sc.key_info_certs and not sc.key_info_certs & set(idp.signing_certs):
-            # maybe the IdP rolled its key over: refetch (URL metadata, cooldown-limited)
-            if self.metadata.refresh_for_unknown_cert():
-                idp = self.idp()
-            if not sc.key_info_certs & set(idp.signing_certs):
-                raise refuse("The SAML response is signed with a key this identity provider does not publish.")
 
-        resp = self._verify(encoded or "", acs, irt)
-        facts = self._check_assertion(resp, idp, acs, irt, sc)
+        verified = self._verify(data, sc, idp)
+        facts = self._check_assertion(verified, verified.idp, acs, irt, verified.scan)
 
         # --- replay: assertion (and response) ids, atomically, on every worker ----------------
         now = self.clock()
         ttl = max(1.0, facts["expires"] + s.clock_skew - now)
-        for key in self._seen_keys(resp.response.id, facts["assertion_id"]):
+        for key in self._seen_keys(verified.response.id, facts["assertion_id"]):
             if not self.store.add(key, "1", ttl):
                 raise refuse("This SAML response was already used.", reasons.REPLAYED)
 
@@ -457,64 +534,133 @@ class SAMLProvider(Provider):
             out.append(f"saml-response:{self.name}:{response_id}")
         return out
 
-    def _verify(self, encoded: str, acs: str, irt: str | None) -> Any:
-        """pysaml2 (xmlsec1) verification: the one boundary where its errors are mapped."""
-        from saml2 import response as sr
-        from saml2 import sigver
-        from saml2.validate import ResponseLifetimeExceed, ToEarly
+    def _signer_certs(self, idp: IdPMetadata, named: set[str]) -> tuple[IdPMetadata, list[str]]:
+        """The metadata certificates to verify with, the one the signature's
+        KeyInfo names first. KeyInfo only orders the list: a certificate the
+        metadata does not publish is never used (an unknown one triggers one
+        cooldown-limited metadata refetch, for an IdP key rollover)."""
+        if named and not named & set(idp.signing_certs):
+            if self.metadata.refresh_for_unknown_cert():
+                idp = self.idp()
+            if not named & set(idp.signing_certs):
+                raise refuse("The SAML response is signed with a key this identity provider does not publish.")
+        certs = list(idp.signing_certs)
+        return idp, sorted(certs, key=lambda c: c not in named)
 
-        client = self._client(acs)
-        outstanding = {irt: "pending"} if irt else {}
+    def _verify(self, data: bytes, sc: Scan, idp: IdPMetadata) -> _Verified:
+        """Signatures and decryption, by our own xmlsec1 runs, in this order:
+
+        1. the Response signature (when present), on the bytes as received --
+           it covers the EncryptedAssertion too;
+        2. when the assertion is encrypted (and only when ``wantAssertionsEncrypted``
+           let it get here): hardened decryption, then the *same* pre-scan on the
+           decrypted document, plus "no encrypted content anywhere";
+        3. the assertion's own signature (when present), on the document that
+           holds the plaintext assertion;
+        4. the signing policy, on what was verified -- never on what is present;
+        5. pysaml2 only parses the verified document into its schema objects.
+        """
+        s = self.settings
+        xmlsec = self.xmlsec_runner
+        response_verified = False
+        if sc.response_signed:
+            idp, certs = self._signer_certs(idp, sc.key_info_certs)
+            if not xmlsec.verify(data, RESPONSE_SIGNATURE, certs):
+                raise refuse("The SAML response signature is not valid.")
+            response_verified = True
+        doc, asc = data, sc
+        if sc.encrypted:
+            pair = self.keys()
+            if pair is None:  # pragma: no cover - wantAssertionsEncrypted requires the key pair
+                raise IdPUnavailable("The SAML key pair is missing.")
+            doc = xmlsec.decrypt(data, pair[0])
+            if len(doc) > 2 * s.max_response_size + 65536:
+                raise refuse("The decrypted SAML assertion is too large.")
+            asc = scan(doc, expected_issuer=idp.entity_id, decrypted=True)
+            if (asc.id, asc.in_response_to, asc.destination, asc.issuer, asc.response_signed) != (
+                    sc.id, sc.in_response_to, sc.destination, sc.issuer, sc.response_signed):
+                raise refuse("The decrypted SAML response differs from the one received.")
+            if asc.audiences is not None and any(s.sp_entity_id not in auds for auds in asc.audiences):
+                raise refuse("The SAML assertion is meant for another service.", reasons.INVALID_AUDIENCE)
+        assertion_verified = False
+        if asc.assertion_signed:
+            idp, certs = self._signer_certs(idp, asc.key_info_certs - sc.key_info_certs if sc.encrypted
+                                            else asc.key_info_certs)
+            where = DECRYPTED_ASSERTION_SIGNATURE if sc.encrypted else ASSERTION_SIGNATURE
+            if not xmlsec.verify(doc, where, certs):
+                raise refuse("The SAML assertion signature is not valid.")
+            assertion_verified = True
+        if s.want_assertions_signed and not assertion_verified:
+            raise refuse("The SAML assertion is not signed.")
+        if s.want_response_signed and not response_verified:
+            raise refuse("The SAML response is not signed.")
+        if not (assertion_verified or response_verified):
+            raise refuse("The SAML response is not signed.")
+        response, assertion = self._parse_verified(doc, encrypted=sc.encrypted)
+        return _Verified(response=response, assertion=assertion, response_signed=response_verified,
+                         assertion_signed=assertion_verified, scan=asc, idp=idp)
+
+    @staticmethod
+    def _parse_verified(doc: bytes, *, encrypted: bool) -> tuple[Any, Any]:
+        """pysaml2's schema classes for the verified document (parse and
+        schema validation only: pysaml2 verifies and decrypts nothing here)."""
+        from saml2 import extension_elements_to_elements, saml, samlp
+        from saml2.validate import valid_instance
+
         try:
-            resp = client.parse_authn_request_response("".join(encoded.split()), BINDING_POST, outstanding=outstanding)
+            r = samlp.response_from_string(doc.decode("utf-8"))
+            if encrypted:
+                if len(r.encrypted_assertion) != 1 or r.assertion:
+                    raise refuse("The decrypted assertion is not a single Assertion.")
+                found = extension_elements_to_elements(r.encrypted_assertion[0].extension_elements, [saml])
+                if len(found) != 1 or not isinstance(found[0], saml.Assertion):
+                    raise refuse("The decrypted assertion is not a single Assertion.")
+                a = found[0]
+            else:
+                if len(r.assertion) != 1:
+                    raise refuse("The SAML response must carry exactly one assertion.")
+                a = r.assertion[0]
+            valid_instance(r)
+            valid_instance(a)
         except AuthenticationFailed:
             raise
-        except sr.UnsolicitedResponse as exc:
-            raise refuse("The SAML response does not answer a sign-in started here.", reasons.UNSOLICITED) from exc
-        except sr.StatusError as exc:
-            raise AuthenticationFailed("The identity provider refused the sign-in.", reason=reasons.IDP_ERROR) from exc
-        except ResponseLifetimeExceed as exc:
-            raise refuse("The SAML assertion has expired.", reasons.TOKEN_EXPIRED) from exc
-        except ToEarly as exc:
-            raise refuse("The SAML assertion is not valid yet.") from exc
-        except (sigver.SignatureError, sigver.MissingKey, sigver.CertificateError, sr.IncorrectlySigned) as exc:
-            raise refuse("The SAML response signature is not valid.") from exc
-        except (sigver.DecryptError, sr.DecryptionFailed) as exc:
-            raise refuse("The SAML assertion could not be decrypted.") from exc
-        except Exception as exc:  # pysaml2 raises bare Exception for audience, parse errors ...
-            log.info("flask-ccsso: SAML response refused by pysaml2: %s", type(exc).__name__)
-            raise refuse("The SAML response is not valid.") from exc
-        if resp is None or getattr(resp, "assertion", None) is None or getattr(resp, "response", None) is None:
-            raise refuse("The SAML response is not valid.")
-        return resp
+        except Exception as exc:  # noqa: BLE001 - pysaml2 raises bare exceptions for schema errors
+            log.info("flask-ccsso: SAML response refused by the schema check: %s", type(exc).__name__)
+            raise refuse("The SAML response does not follow the SAML schema.") from None
+        return r, a
 
-    def _check_assertion(self, resp: Any, idp: IdPMetadata, acs: str, irt: str | None, sc: Any) -> dict[str, Any]:
-        """Everything compared explicitly after pysaml2, on the objects it verified."""
+    def _check_assertion(self, resp: _Verified, idp: IdPMetadata, acs: str, irt: str | None,
+                         sc: Scan) -> dict[str, Any]:
+        """Everything compared explicitly on the objects parsed from the verified document."""
         s = self.settings
         now, skew = self.clock(), s.clock_skew
         r = resp.response
         a = resp.assertion
-        if len(getattr(resp, "assertions", []) or [a]) != 1:
-            raise refuse("The SAML response must carry exactly one assertion.")
         status = getattr(getattr(getattr(r, "status", None), "status_code", None), "value", None)
         if status != STATUS_SUCCESS:
             raise AuthenticationFailed("The identity provider refused the sign-in.", reason=reasons.IDP_ERROR)
+        if r.version != "2.0" or a.version != "2.0":
+            raise refuse("The SAML response is not SAML 2.0.")
+        for instant in (r.issue_instant, a.issue_instant):
+            issued = _instant(instant)
+            if issued is None or abs(now - issued) > 86400 + skew:
+                raise refuse("The SAML response has no plausible IssueInstant.")
         if r.issuer is not None and _text(r.issuer) != idp.entity_id:
             raise refuse("The SAML response was issued by another identity provider.", reasons.ISSUER_MISMATCH)
         if _text(a.issuer) != idp.entity_id:
             raise refuse("The assertion was issued by another identity provider.", reasons.ISSUER_MISMATCH)
-        # signatures: what pysaml2 verified must be what we required
-        if s.want_assertions_signed and a.signature is None:
+        # signatures: what *we* verified must be what the settings require
+        if s.want_assertions_signed and not resp.assertion_signed:
             raise refuse("The SAML assertion is not signed.")
-        if s.want_response_signed and r.signature is None:
+        if s.want_response_signed and not resp.response_signed:
             raise refuse("The SAML response is not signed.")
-        if a.signature is None and r.signature is None:
+        if not (resp.assertion_signed or resp.response_signed):
             raise refuse("The SAML response is not signed.")
         if (r.in_response_to or None) != irt:
             raise refuse("The SAML response does not answer this sign-in.", reasons.STATE_MISMATCH)
         if r.destination is not None and r.destination != acs:
             raise refuse("The SAML response was sent to another address (Destination).")
-        if sc.assertion_id is not None and a.id != sc.assertion_id:
+        if not a.id or a.id != sc.assertion_id:
             raise refuse("The verified assertion is not the one in the message.")
 
         # Conditions: audience and validity window (SAML core 2.5.1)
@@ -524,8 +670,8 @@ class SAMLProvider(Provider):
         for ar in cond.audience_restriction:
             if s.sp_entity_id not in [_text(x) for x in ar.audience]:
                 raise refuse("The SAML assertion is meant for another service.", reasons.INVALID_AUDIENCE)
-        not_before = parse_instant(cond.not_before)
-        not_after = parse_instant(cond.not_on_or_after)
+        not_before = _instant(cond.not_before)
+        not_after = _instant(cond.not_on_or_after)
         if not_before is not None and now + skew < not_before:
             raise refuse("The SAML assertion is not valid yet.")
         if not_after is not None and now - skew >= not_after:
@@ -554,7 +700,7 @@ class SAMLProvider(Provider):
             if (d.in_response_to or None) != irt:
                 failure = refuse("The SAML assertion does not answer this sign-in.", reasons.STATE_MISMATCH)
                 continue
-            until = parse_instant(d.not_on_or_after)
+            until = _instant(d.not_on_or_after)
             if until is None:
                 failure = refuse("The SAML bearer confirmation has no NotOnOrAfter.")
                 continue
@@ -572,12 +718,12 @@ class SAMLProvider(Provider):
         if not a.authn_statement:
             raise refuse("The SAML assertion has no authentication statement.")
         st = a.authn_statement[0]
-        auth_instant = parse_instant(st.authn_instant)
+        auth_instant = _instant(st.authn_instant)
         if auth_instant is None:
             raise refuse("The SAML assertion does not say when you signed in.")
         if auth_instant > now + skew:
             raise refuse("The sign-in time is in the future.")
-        session_end = parse_instant(st.session_not_on_or_after)
+        session_end = _instant(st.session_not_on_or_after)
         if session_end is not None and now - skew >= session_end:
             raise refuse("The identity provider session has already ended.", reasons.TOKEN_EXPIRED)
         class_ref = None
@@ -705,32 +851,69 @@ class SAMLProvider(Provider):
         self.store.set(f"slo:{self.name}:{req_id}", relay, self.settings.login_state_ttl)
         return self._redirect(idp.slo_redirect, "SAMLRequest", str(req), relay)
 
-    def _verify_redirect_signature(self, raw_query: bytes, param: str, idp: IdPMetadata) -> None:
-        """SAML bindings 3.4.4.1: the signature covers the query string as sent."""
-        parts = {}
-        for piece in raw_query.decode("ascii", "replace").split("&"):
-            k, _, v = piece.partition("=")
-            if k in parts:
-                raise refuse("The logout message repeats a parameter.")
-            parts[k] = v
-        if "Signature" not in parts or "SigAlg" not in parts:
-            raise refuse("The logout request is not signed.")
-        if param not in parts:
-            # the parameter name was percent-encoded (SAML%52equest): the
-            # signed octets cannot be rebuilt, so the message is refused
-            raise refuse("The logout request is malformed.", reasons.BAD_REQUEST)
-        alg = unquote_plus(parts["SigAlg"])
-        hash_cls = _REDIRECT_SIG_ALGS.get(alg)
-        if hash_cls is None:
-            raise refuse("The logout request uses a signature algorithm that is not allowed.")
-        signed = f"{param}={parts[param]}"
-        if "RelayState" in parts:
-            signed += f"&RelayState={parts['RelayState']}"
-        signed += f"&SigAlg={parts['SigAlg']}"
+    # -- single logout: messages from the IdP --------------------------------------------------
+    def max_post_size(self) -> int:
+        """The most a SAML POST (ACS or SLO) may carry: two encoded
+        ``maxResponseSize`` messages plus room for RelayState. The views set it
+        as the request's body limit *before* the form is parsed."""
+        return 2 * self.settings.max_response_size + 8192
+
+    @staticmethod
+    def _raw_params(raw: bytes) -> dict[str, str]:
+        """Split an urlencoded query or body ourselves: name -> raw value.
+
+        The redirect binding signs the octets as sent (SAML bindings
+        3.4.4.1), so the message processed must come from the very octets the
+        signature covers. ``request.args`` decodes names (``SAML%52equest``
+        becomes ``SAMLRequest``) and keeps repeats: a forged message could
+        travel beside a genuinely signed one. Here a name must be what it
+        says, once; values stay encoded until the one place that decodes them."""
         try:
-            sig = base64.b64decode(unquote_plus(parts["Signature"]), validate=True)
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise refuse("The logout message is not URL-encoded ASCII.", reasons.BAD_REQUEST) from None
+        params: dict[str, str] = {}
+        for piece in text.split("&"):
+            if not piece:
+                continue
+            name, _, value = piece.partition("=")
+            if unquote_plus(name) != name:
+                raise refuse("The logout message has a percent-encoded parameter name.", reasons.BAD_REQUEST)
+            if name in params:
+                raise refuse("The logout message repeats a parameter.", reasons.BAD_REQUEST)
+            params[name] = value
+        if "SAMLRequest" in params and "SAMLResponse" in params:
+            raise refuse("The logout message carries both a SAMLRequest and a SAMLResponse.", reasons.BAD_REQUEST)
+        return params
+
+    def _slo_params(self, request: Request) -> dict[str, str]:
+        if request.method == "GET":
+            return self._raw_params(request.query_string)
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise refuse("The logout message must be posted as a form.", reasons.BAD_REQUEST)
+        # the view bounded the body (max_post_size) before anything read it
+        return self._raw_params(request.get_data(cache=True))
+
+    def _verify_redirect_signature(self, params: Mapping[str, str], param: str, idp: IdPMetadata) -> None:
+        """SAML bindings 3.4.4.1: the signature covers the raw
+        ``param=...&RelayState=...&SigAlg=...`` octets, checked against the
+        signing certificates in the IdP's metadata."""
+        what = "logout request" if param == "SAMLRequest" else "logout response"
+        if "Signature" not in params or "SigAlg" not in params:
+            raise refuse(f"The {what} is not signed.")
+        if param not in params:
+            raise refuse(f"The {what} is malformed.", reasons.BAD_REQUEST)
+        hash_cls = _REDIRECT_SIG_ALGS.get(unquote_plus(params["SigAlg"]))
+        if hash_cls is None:
+            raise refuse(f"The {what} uses a signature algorithm that is not allowed.")
+        signed = f"{param}={params[param]}"
+        if "RelayState" in params:
+            signed += f"&RelayState={params['RelayState']}"
+        signed += f"&SigAlg={params['SigAlg']}"
+        try:
+            sig = base64.b64decode(unquote_plus(params["Signature"]), validate=True)
         except ValueError:
-            raise refuse("The logout request signature is malformed.") from None
+            raise refuse(f"The {what} signature is malformed.") from None
         for b64 in idp.signing_certs:
             try:
                 pub = x509.load_der_x509_certificate(base64.b64decode(b64)).public_key()
@@ -743,34 +926,42 @@ class SAMLProvider(Provider):
                 return
             except (InvalidSignature, ValueError):
                 continue
-        raise refuse("The logout request signature is not valid.")
+        raise refuse(f"The {what} signature is not valid.")
+
+    @staticmethod
+    def _check_destination(sc: Any, request: Request, what: str) -> None:
+        """A signed message MUST name where it was sent (SAML bindings
+        3.4.5.2 / 3.5.5.2), and that must be this endpoint."""
+        if sc.issuer is None:
+            raise refuse(f"The {what} names no issuer.", reasons.ISSUER_MISMATCH)
+        if sc.destination is None:
+            raise refuse(f"The signed {what} has no Destination.")
+        if sc.destination != request.base_url:
+            raise refuse(f"The {what} was sent to another address (Destination).")
 
     def handle_slo(self, request: Request, state: Any) -> Response:
-        """The SLO endpoint: IdP-initiated LogoutRequests and answers to ours."""
-        from flask import current_app, redirect, url_for
+        """The SLO endpoint: IdP-initiated LogoutRequests and answers to ours.
 
-        s = self.settings
+        Nothing is inflated or parsed before its signature has been verified
+        over the exact octets it is decoded from."""
         idp = self.idp()
-        values = request.args if request.method == "GET" else request.form
-        if "SAMLResponse" in values:
-            xml = self._inflate(values["SAMLResponse"], request.method)
-            sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutResponse",))
-            if not sc.in_response_to or self.store.pop(f"slo:{self.name}:{sc.in_response_to}") is None:
-                raise refuse("This logout response does not answer a logout started here.", reasons.STATE_MISSING)
-            # the local session was already ended at /sso/logout; nothing else to trust here
-            return redirect(url_for("ccsso.logged_out"))
-        if "SAMLRequest" not in values:
+        params = self._slo_params(request)
+        if "SAMLResponse" in params:
+            return self._finish_logout(request, params, idp)
+        if "SAMLRequest" not in params:
             raise refuse("The logout endpoint needs a SAMLRequest or SAMLResponse.", reasons.BAD_REQUEST)
         if request.method != "GET":
             raise refuse("IdP-initiated logout is accepted over the HTTP-Redirect binding only.", reasons.BAD_REQUEST)
-        xml = self._inflate(values["SAMLRequest"], "GET")
+        return self._idp_logout(request, params, idp, state)
+
+    def _idp_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata, state: Any) -> Response:
+        from flask import current_app, redirect
+
+        s = self.settings
+        self._verify_redirect_signature(params, "SAMLRequest", idp)
+        xml = self._inflate(unquote_plus(params["SAMLRequest"]), "GET")
         sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutRequest",))
-        if sc.issuer is None:
-            raise refuse("The logout request names no issuer.", reasons.ISSUER_MISMATCH)
-        self._verify_redirect_signature(request.query_string, "SAMLRequest", idp)
-        slo_url = request.base_url
-        if sc.destination is not None and sc.destination != slo_url:
-            raise refuse("The logout request was sent to another address (Destination).")
+        self._check_destination(sc, request, "logout request")
         root = sc.root
         now, skew = self.clock(), s.clock_skew
         until = parse_instant(root.get("NotOnOrAfter"))
@@ -779,24 +970,72 @@ class SAMLProvider(Provider):
         issued = parse_instant(root.get("IssueInstant"))
         if issued is None or abs(now - issued) > s.login_state_ttl + skew:
             raise refuse("The logout request is too old.", reasons.TOKEN_EXPIRED)
-        if not sc.id or not self.store.add(f"saml-logout:{self.name}:{sc.id}", "1", s.login_state_ttl + 2 * skew):
-            raise refuse("This logout request was already used.", reasons.REPLAYED)
         nid = root.find(f"{{{SAML}}}NameID")
         name_id = (nid.text or "").strip() if nid is not None else ""
-        indexes = [(e.text or "").strip() for e in root.findall("{urn:oasis:names:tc:SAML:2.0:protocol}SessionIndex")]
+        if not name_id:
+            # BaseID / EncryptedID, or an empty NameID: nobody we can match
+            raise refuse("The logout request names nobody (NameID).", reasons.BAD_REQUEST)
+        if not sc.id or not self.store.add(f"saml-logout:{self.name}:{sc.id}", "1", s.login_state_ttl + 2 * skew):
+            raise refuse("This logout request was already used.", reasons.REPLAYED)
+        indexes = [(e.text or "").strip() for e in root.findall(f"{{{SAMLP}}}SessionIndex")]
+        count = self._end_sessions(state, name_id, [i for i in indexes if i])
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        count = 0
+        signals.session_revoked.send(app, subject=name_id, provider=self.name, count=count, reason="saml_slo")
+        relay = unquote_plus(params["RelayState"]) if "RelayState" in params else None
+        return redirect(self._logout_response(idp, sc.id, relay))
+
+    def _end_sessions(self, state: Any, name_id: str, indexes: list[str]) -> int:
+        """End this provider's sessions of ``name_id``; with SessionIndexes,
+        only those of them that carry one of the indexes (SAML core 3.7.3.2).
+
+        A session index is the IdP's word, not a secret: a LogoutRequest
+        naming one person never ends another person's session, and only the
+        matched sessions leave the index (the others stay reachable by the
+        next LogoutRequest that names them)."""
+        store = state.store
+        user_key = f"user:{self.name}:{name_id}"
+        mine = set(store.set_members(user_key))
         if indexes:
+            ended: set[str] = set()
             for si in indexes:
                 key = f"idpsid:{self.name}:{si}"
-                sids = state.store.set_members(key)
-                count += state.revoke_sids(sids)
-                state.store.delete(key)
-            signals.session_revoked.send(app, subject=name_id or None, provider=self.name, count=count,
-                                         reason="saml_slo")
-        elif name_id:
-            count = state.revoke_identity(f"{self.name}:{name_id}", reason="saml_slo")
-        return redirect(self._logout_response(idp, sc.id, request.args.get("RelayState")))
+                matched = set(store.set_members(key)) & mine
+                if matched:
+                    ended |= matched
+                    store.set_remove(key, *matched)
+        else:
+            ended = mine
+        count = state.revoke_sids(ended)
+        if ended:
+            store.set_remove(user_key, *ended)
+        return int(count)
+
+    def _finish_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata) -> Response:
+        """A LogoutResponse to a LogoutRequest we sent: signed by the IdP
+        (redirect: the query signature; POST: the XML signature, verified by
+        xmlsec1 with the metadata certificates), from the IdP, to this
+        endpoint, answering an outstanding request once, with a status."""
+        from flask import redirect, url_for
+
+        encoded = unquote_plus(params["SAMLResponse"])
+        if request.method == "GET":
+            self._verify_redirect_signature(params, "SAMLResponse", idp)
+            xml = self._inflate(encoded, "GET")
+            sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutResponse",))
+        else:
+            xml = self._inflate(encoded, request.method)
+            sc = scan(xml, expected_issuer=idp.entity_id, kinds=("LogoutResponse",))
+            if not sc.response_signed:
+                raise refuse("The logout response is not signed.")
+            refuse_unless_verified(self.xmlsec, xml, sc.root, idp.signing_certs, "logout response")
+        self._check_destination(sc, request, "logout response")
+        if not sc.in_response_to or self.store.pop(f"slo:{self.name}:{sc.in_response_to}") is None:
+            raise refuse("This logout response does not answer a logout started here.", reasons.STATE_MISSING)
+        code = sc.root.find(f"{{{SAMLP}}}Status/{{{SAMLP}}}StatusCode")
+        if code is None or code.get("Value") != STATUS_SUCCESS:
+            # the local session ended at /sso/logout already; the IdP's may not have
+            raise refuse("The identity provider could not end its session; sign out there too.", reasons.IDP_ERROR)
+        return redirect(url_for("ccsso.logged_out"))
 
     def _logout_response(self, idp: IdPMetadata, in_response_to: str, relay: str | None) -> str:
         from saml2 import time_util

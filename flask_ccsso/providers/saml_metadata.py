@@ -11,25 +11,51 @@ cached copy does not know (at most once per ``cooldown``), without a restart.
 Only the one ``EntityDescriptor`` this provider trusts (``idpEntityId``, or
 the only IdP in the document) is ever handed to pysaml2, so its key lookup
 by issuer can find no other entity's keys.
+
+The metadata decides which keys sign in anyone, so how it is fetched and
+what is accepted are strict:
+
+* a URL is fetched without following redirects blindly: each hop (at most
+  :data:`MAX_REDIRECTS`) must stay on the configured host and on https (plain
+  http only where the configured URL itself is http, which the config allows
+  for loopback hosts only);
+* with ``idpMetadataCertificate`` set, the document's root
+  (``EntityDescriptor`` or ``EntitiesDescriptor``) must carry an enveloped
+  signature that xmlsec1 verifies with that certificate;
+* ``validUntil`` (on the EntitiesDescriptor, the EntityDescriptor or its
+  IDPSSODescriptor, the earliest wins) is honoured: expired metadata is
+  refused, a malformed date too.
+
+A refused refresh (unreachable, unsigned, expired ...) is logged and keeps
+the last good copy until that copy's own ``validUntil``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from ..exceptions import AuthenticationFailed, IdPUnavailable
 from .keys import ResponseTooLarge, read_capped
+from .saml_verify import SignatureInvalid, check_root_signature, verify_enveloped
 from .saml_xml import DS, MD, parse_instant, parse_xml, serialize
+
+log = logging.getLogger("flask_ccsso")
 
 REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+#: redirects followed when fetching metadata (each hop re-checked)
+MAX_REDIRECTS = 3
+#: the most a metadata document may be (file or URL)
+MAX_METADATA_BYTES = 4 * 1024 * 1024
 _DURATION = re.compile(r"^(-)?P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 
@@ -72,6 +98,34 @@ def _q(tag: str, ns: str = MD) -> str:
     return f"{{{ns}}}{tag}"
 
 
+def _valid_until(el: ET.Element | None) -> float | None:
+    """``validUntil`` of a metadata element; malformed is unusable, not absent."""
+    value = el.get("validUntil") if el is not None else None
+    if not value:
+        return None
+    try:
+        return parse_instant(value)
+    except AuthenticationFailed:
+        raise MetadataError(f"validUntil {value[:40]!r} is not an xs:dateTime") from None
+
+
+def verify_metadata_signature(data: bytes, certificate: str | bytes, xmlsec: str) -> None:
+    """The root ``EntityDescriptor`` / ``EntitiesDescriptor`` carries an
+    enveloped signature that xmlsec1 verifies with ``certificate`` (PEM, or
+    base64 DER); anything else raises :class:`MetadataError`."""
+    try:
+        root = parse_xml(data)
+    except AuthenticationFailed as exc:
+        raise MetadataError(f"not usable XML ({exc.description})") from None
+    if root.tag not in (_q("EntityDescriptor"), _q("EntitiesDescriptor")):
+        raise MetadataError("the document is not SAML metadata (no EntityDescriptor)")
+    try:
+        check_root_signature(root)
+        verify_enveloped(xmlsec, data, [certificate], node=str(root.tag))
+    except SignatureInvalid as exc:
+        raise MetadataError(f"its signature is not valid ({exc})") from None
+
+
 def parse_idp_metadata(data: bytes, *, entity_id: str | None, now: float, version: int = 0) -> IdPMetadata:
     try:
         root = parse_xml(data)
@@ -80,7 +134,7 @@ def parse_idp_metadata(data: bytes, *, entity_id: str | None, now: float, versio
     candidates: list[ET.Element]
     valid_until = cache = None
     if root.tag == _q("EntitiesDescriptor"):
-        valid_until = parse_instant(root.get("validUntil")) if root.get("validUntil") else None
+        valid_until = _valid_until(root)
         cache = parse_duration(root.get("cacheDuration"))
         candidates = list(root.iter(_q("EntityDescriptor")))
     elif root.tag == _q("EntityDescriptor"):
@@ -96,9 +150,10 @@ def parse_idp_metadata(data: bytes, *, entity_id: str | None, now: float, versio
         raise MetadataError("it describes several identity providers; set idpEntityId to choose one"
                             if idps else "it describes no identity provider (IDPSSODescriptor)")
     ed = idps[0]
-    if ed.get("validUntil"):
-        vu = parse_instant(ed.get("validUntil"))
-        valid_until = vu if valid_until is None or (vu is not None and vu < valid_until) else valid_until
+    for el in (ed, ed.find(_q("IDPSSODescriptor"))):
+        vu = _valid_until(el)
+        if vu is not None and (valid_until is None or vu < valid_until):
+            valid_until = vu
     if ed.get("cacheDuration"):
         cd = parse_duration(ed.get("cacheDuration"))
         cache = cd if cache is None or (cd is not None and cd < cache) else cache
@@ -139,8 +194,12 @@ class MetadataSource:
 
     def __init__(self, location: str, *, entity_id: str | None, refresh: float, timeout: float,
                  http: requests.Session, clock: Callable[[], float], root_path: Callable[[], str | None],
-                 retry_after: float = 30.0, cooldown: float = 60.0) -> None:
+                 retry_after: float = 30.0, cooldown: float = 60.0, signing_cert: str | None = None,
+                 xmlsec: str | None = None) -> None:
         self.location = location
+        #: PEM text or a file path (relative to the app root): the metadata must be signed by it
+        self.signing_cert = signing_cert
+        self.xmlsec = xmlsec
         self.is_url = location.startswith(("https://", "http://"))
         self.entity_id = entity_id
         self.refresh = refresh
@@ -170,22 +229,59 @@ class MetadataSource:
         if not self.is_url:
             try:
                 with open(self.path(), "rb") as fh:
-                    return fh.read(4 * 1024 * 1024)
+                    return fh.read(MAX_METADATA_BYTES)
             except OSError as exc:
                 raise MetadataError(f"cannot read {self.path()!r} ({exc.strerror})") from None
         self.fetches += 1
+        url = self.location
         try:
-            resp = self.http.get(self.location, timeout=self.timeout, stream=True,
-                                 headers={"Accept": "application/samlmetadata+xml, application/xml"})
-            if resp.status_code != 200:
-                resp.close()
-                raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its SAML metadata.")
-            # the same 4 MiB bound as a metadata file
-            return read_capped(resp, self.timeout, 4 * 1024 * 1024)
+            for _hop in range(MAX_REDIRECTS + 1):
+                resp = self.http.get(url, timeout=self.timeout, stream=True, allow_redirects=False,
+                                     headers={"Accept": "application/samlmetadata+xml, application/xml"})
+                if resp.is_redirect:
+                    resp.close()
+                    url = self._next_hop(url, resp.headers.get("Location", ""))
+                    continue
+                if resp.status_code != 200:
+                    resp.close()
+                    raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its SAML metadata.")
+                # the same 4 MiB bound as a metadata file
+                return read_capped(resp, self.timeout, MAX_METADATA_BYTES)
+            raise IdPUnavailable("The identity provider's SAML metadata URL redirects too often.")
         except ResponseTooLarge as exc:
             raise IdPUnavailable(f"The identity provider's SAML metadata is unusable ({exc}).") from exc
         except requests.RequestException as exc:
             raise IdPUnavailable("Could not reach the identity provider's SAML metadata.") from exc
+
+    def _next_hop(self, current: str, location: str) -> str:
+        """A redirect is followed only to the configured host, over https
+        (http only when the configured URL is itself http: a loopback host,
+        as the config allows). Anything else is refused, not fetched: a
+        redirect must not lead the metadata -- the trust anchor of every
+        sign-in -- to another server or off TLS."""
+        target = urljoin(current, location)
+        want, got = urlsplit(self.location), urlsplit(target)
+        allowed_schemes = ("https",) if want.scheme == "https" else ("https", "http")
+        if not location or got.scheme not in allowed_schemes or (got.hostname or "") != (want.hostname or ""):
+            log.warning("flask-ccsso: refused a redirect of the SAML metadata URL %s to another host or scheme",
+                        self.location)
+            raise IdPUnavailable("The identity provider's SAML metadata URL redirects to another host or scheme.")
+        if got.port != want.port and not (got.scheme == "https" and got.port in (None, 443)):
+            log.warning("flask-ccsso: refused a redirect of the SAML metadata URL %s to another port", self.location)
+            raise IdPUnavailable("The identity provider's SAML metadata URL redirects to another port.")
+        return target
+
+    def _certificate(self) -> bytes:
+        """``idpMetadataCertificate``: PEM text, or a file (relative to the app root)."""
+        value = self.signing_cert or ""
+        if "-----BEGIN" in value:
+            return value.replace("\\n", "\n").encode("ascii")
+        path = value if os.path.isabs(value) else os.path.join(self._root_path() or os.getcwd(), value)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(1024 * 1024)
+        except OSError as exc:
+            raise MetadataError(f"cannot read idpMetadataCertificate {value!r} ({exc.strerror})") from None
 
     def _load(self) -> None:
         raw = self._read()
@@ -195,6 +291,8 @@ class MetadataSource:
             if value.valid_until is not None and value.valid_until <= now:
                 raise MetadataError("it has expired (validUntil is in the past)")
         else:
+            if self.signing_cert:
+                verify_metadata_signature(raw, self._certificate(), self.xmlsec or "xmlsec1")
             self._version += 1
             value = parse_idp_metadata(raw, entity_id=self.entity_id, now=now, version=self._version)
             if self._value is not None and value.entity_id != self._value.entity_id and not self.entity_id:
@@ -218,11 +316,15 @@ class MetadataSource:
                 self._load()
             except (IdPUnavailable, MetadataError) as exc:
                 old = self._value
+                problem = exc.description if isinstance(exc, IdPUnavailable) else str(exc)
                 if old is None or (old.valid_until is not None and old.valid_until <= now):
+                    log.warning("flask-ccsso: the SAML metadata %s was refused: %s", self.location, problem)
                     if isinstance(exc, IdPUnavailable):
                         raise
                     raise IdPUnavailable(f"The identity provider's SAML metadata is not usable: {exc}") from None
-                # keep the last good copy while the IdP is unreachable
+                log.warning("flask-ccsso: the SAML metadata %s was refused (%s); keeping the last good copy",
+                            self.location, problem)
+                # keep the last good copy while the IdP is unreachable (or serves something unusable)
                 self._fresh_until = now + self.retry_after
                 if old.valid_until is not None:
                     self._fresh_until = min(self._fresh_until, old.valid_until)

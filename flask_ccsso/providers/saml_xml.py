@@ -48,6 +48,9 @@ SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XENC = "http://www.w3.org/2001/04/xmlenc#"
+XENC11 = "http://www.w3.org/2009/xmlenc11#"
+#: libxml2 (so xmlsec1) treats ``xml:id`` as an ID: it counts as one here too
+XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
 MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
@@ -78,6 +81,22 @@ DIGEST_ALGORITHMS = frozenset({
     "http://www.w3.org/2001/04/xmldsig-more#sha384",
     "http://www.w3.org/2001/04/xmlenc#sha512",
 })
+
+#: EncryptedData algorithms (XML Encryption 1.1). AES-GCM is preferred; the CBC
+#: modes are what ADFS, Okta and pysaml2 still send.
+DATA_ENCRYPTION_ALGORITHMS = frozenset({
+    XENC11 + "aes128-gcm", XENC11 + "aes192-gcm", XENC11 + "aes256-gcm",
+    XENC + "aes128-cbc", XENC + "aes192-cbc", XENC + "aes256-cbc", XENC + "tripledes-cbc",
+})
+#: EncryptedKey algorithms: RSA-OAEP only (RSA PKCS#1 v1.5 is Bleichenbacher-prone)
+KEY_TRANSPORT_ALGORITHMS = frozenset({XENC + "rsa-oaep-mgf1p", XENC11 + "rsa-oaep"})
+OAEP_DIGESTS = frozenset({DS + "sha1"}) | DIGEST_ALGORITHMS
+OAEP_MGFS = frozenset(XENC11 + f"mgf1sha{n}" for n in (1, 224, 256, 384, 512))
+#: elements that carry encrypted content; outside the one allow-listed
+#: EncryptedAssertion none of them is accepted (nothing else is ever decrypted)
+ENCRYPTED_TAGS = frozenset({f"{{{SAML}}}EncryptedID", f"{{{SAML}}}EncryptedAttribute",
+                            f"{{{SAML}}}EncryptedAssertion", f"{{{SAMLP}}}NewEncryptedID"})
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
 
 _DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _XML_DECL_ENCODING = re.compile(rb"^<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
@@ -175,6 +194,10 @@ class Scan:
     name_id: str | None = None
     #: audiences of each AudienceRestriction (plaintext assertion only)
     audiences: list[list[str]] | None = None
+    #: the Response carries an Assertion or EncryptedAssertion
+    has_assertion: bool = False
+    #: the top-level StatusCode value (untrusted until a signature covers it)
+    status: str | None = None
 
 
 _PREFIX = re.compile(r"^(#default|[A-Za-z_][\w.-]*)$")
@@ -250,7 +273,120 @@ def _issuer_of(el: ET.Element) -> str | None:
     return (iss.text or "").strip()
 
 
-def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Response",)) -> Scan:
+def _bad_encryption(what: str) -> AuthenticationFailed:
+    return refuse(f"The encrypted assertion is not of an allowed shape ({what}).")
+
+
+def _only(el: ET.Element, attrs: frozenset[str], what: str) -> list[ET.Element]:
+    """``el``'s element children, after refusing unknown attributes and text."""
+    if set(el.attrib) - attrs:
+        raise _bad_encryption(f"unexpected attribute on {what}")
+    if (el.text or "").strip() or any((c.tail or "").strip() for c in el):
+        raise _bad_encryption(f"text in {what}")
+    return list(el)
+
+
+def _leaf(el: ET.Element, attrs: frozenset[str], what: str) -> None:
+    if set(el.attrib) - attrs or len(el):
+        raise _bad_encryption(what)
+
+
+def _cipher_data(el: ET.Element, what: str) -> None:
+    """CipherData holds one CipherValue (base64) -- never a CipherReference."""
+    children = _only(el, frozenset(), what)
+    if len(children) != 1 or children[0].tag != _q(XENC, "CipherValue"):
+        raise _bad_encryption(f"{what} must hold a CipherValue")
+    cv = children[0]
+    if cv.attrib or len(cv) or not _BASE64.match(cv.text or ""):
+        raise _bad_encryption(f"{what} CipherValue must be base64")
+
+
+def _key_method(el: ET.Element) -> None:
+    if el.get("Algorithm") not in KEY_TRANSPORT_ALGORITHMS:
+        raise _bad_encryption("key transport algorithm")
+    for c in _only(el, frozenset({"Algorithm"}), "EncryptedKey EncryptionMethod"):
+        if c.tag == _q(DS, "DigestMethod") and c.get("Algorithm") in OAEP_DIGESTS:
+            _leaf(c, frozenset({"Algorithm"}), "OAEP DigestMethod")
+        elif c.tag == _q(XENC11, "MGF") and c.get("Algorithm") in OAEP_MGFS:
+            _leaf(c, frozenset({"Algorithm"}), "OAEP MGF")
+        else:
+            raise _bad_encryption("EncryptedKey EncryptionMethod parameters")
+
+
+_X509_CHILDREN = frozenset({_q(DS, "X509Certificate"), _q(DS, "X509IssuerSerial"), _q(DS, "X509SubjectName"),
+                            _q(DS, "X509SKI")})
+
+
+def _recipient_key_info(el: ET.Element) -> None:
+    """The EncryptedKey's own KeyInfo may name the SP key (X509Data, KeyName);
+    xmlsec1 reads none of it (``--enabled-key-data enc-key``)."""
+    for c in _only(el, frozenset({"Id"}), "EncryptedKey KeyInfo"):
+        if c.tag == _q(DS, "KeyName"):
+            _leaf(c, frozenset(), "KeyName")
+        elif c.tag == _q(DS, "X509Data"):
+            for x in _only(c, frozenset(), "X509Data"):
+                if x.tag not in _X509_CHILDREN:
+                    raise _bad_encryption("X509Data content")
+                if x.tag == _q(DS, "X509IssuerSerial"):
+                    if any(y.tag not in (_q(DS, "X509IssuerName"), _q(DS, "X509SerialNumber")) or len(y)
+                           for y in _only(x, frozenset(), "X509IssuerSerial")):
+                        raise _bad_encryption("X509IssuerSerial content")
+                elif x.attrib or len(x):
+                    raise _bad_encryption("X509Data content")
+        else:
+            raise _bad_encryption("EncryptedKey KeyInfo may hold only X509Data or KeyName")
+
+
+def _encrypted_key(el: ET.Element) -> None:
+    children = _only(el, frozenset({"Id", "Recipient"}), "EncryptedKey")
+    tags = [c.tag for c in children]
+    if tags not in ([_q(XENC, "EncryptionMethod"), _q(XENC, "CipherData")],
+                    [_q(XENC, "EncryptionMethod"), _q(DS, "KeyInfo"), _q(XENC, "CipherData")]):
+        raise _bad_encryption("EncryptedKey must hold EncryptionMethod, KeyInfo and CipherData only")
+    _key_method(children[0])
+    if len(children) == 3:
+        _recipient_key_info(children[1])
+    _cipher_data(children[-1], "EncryptedKey CipherData")
+
+
+def check_encrypted_assertion(ea: ET.Element) -> None:
+    """Allow-list the shape of an EncryptedAssertion before xmlsec1 sees it.
+
+    Exactly: ``EncryptedAssertion/EncryptedData(Type=Element)`` with an
+    allowed ``EncryptionMethod``, a ``KeyInfo`` holding one inline
+    ``EncryptedKey`` (RSA-OAEP, ``CipherValue``), and a ``CipherValue``.
+    Refused by construction: CipherReference (a URL or file xmlsec1 would
+    read), RetrievalMethod, Transforms (XPath/XSLT CPU bombs), EncryptedKey
+    outside KeyInfo, nested EncryptedData/EncryptedKey, EncryptionProperties,
+    RSA PKCS#1 v1.5.
+    """
+    children = _only(ea, frozenset(), "EncryptedAssertion")
+    if [c.tag for c in children] != [_q(XENC, "EncryptedData")]:
+        raise _bad_encryption("EncryptedAssertion must hold one EncryptedData and nothing else")
+    ed = children[0]
+    if ed.get("Type") != XENC + "Element":
+        raise _bad_encryption("EncryptedData Type must be Element")
+    parts = _only(ed, frozenset({"Id", "Type"}), "EncryptedData")
+    if [c.tag for c in parts] != [_q(XENC, "EncryptionMethod"), _q(DS, "KeyInfo"), _q(XENC, "CipherData")]:
+        raise _bad_encryption("EncryptedData must hold EncryptionMethod, KeyInfo and CipherData only")
+    method, key_info, cipher = parts
+    if method.get("Algorithm") not in DATA_ENCRYPTION_ALGORITHMS:
+        raise _bad_encryption("data encryption algorithm")
+    _leaf(method, frozenset({"Algorithm"}), "EncryptedData EncryptionMethod")
+    keys = _only(key_info, frozenset({"Id"}), "EncryptedData KeyInfo")
+    if [c.tag for c in keys] != [_q(XENC, "EncryptedKey")]:
+        raise _bad_encryption("KeyInfo must hold one EncryptedKey and nothing else")
+    _encrypted_key(keys[0])
+    _cipher_data(cipher, "EncryptedData CipherData")
+
+
+def _is_encrypted(el: ET.Element) -> bool:
+    tag = el.tag if isinstance(el.tag, str) else ""
+    return tag in ENCRYPTED_TAGS or tag.startswith((f"{{{XENC}}}", f"{{{XENC11}}}"))
+
+
+def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Response",),
+         decrypted: bool = False) -> Scan:
     """Check the shape of a SAML protocol message before any crypto runs."""
     root = parse_xml(data)
     kind = root.tag.rpartition("}")[2] if isinstance(root.tag, str) else ""
@@ -264,7 +400,7 @@ def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Respon
             continue
         for child in el:
             parents[child] = el
-        for attr in ("ID", "AssertionID", "Id"):
+        for attr in ("ID", "AssertionID", "Id", XML_ID):
             v = el.get(attr)
             if v is not None:
                 if v in ids:
@@ -296,7 +432,10 @@ def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Respon
             if s.response_signed:
                 raise refuse("The SAML message carries two signatures.")
             s.response_signed = True
-        elif parent.tag == _q(SAML, "Assertion") and parents.get(parent) is root:
+        elif parent.tag == _q(SAML, "Assertion") and (
+                parents.get(parent) is root if not decrypted else
+                (parents.get(parent) is not None and parents[parent].tag == _q(SAML, "EncryptedAssertion")
+                 and parents.get(parents[parent]) is root)):
             if s.assertion_signed:
                 raise refuse("The assertion carries two signatures.")
             s.assertion_signed = True
@@ -308,10 +447,33 @@ def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Respon
         all_encrypted = list(root.iter(_q(SAML, "EncryptedAssertion")))
         direct = root.findall(_q(SAML, "Assertion"))
         direct_enc = root.findall(_q(SAML, "EncryptedAssertion"))
-        if len(all_assertions) != len(direct) or len(all_encrypted) != len(direct_enc):
+        if len(all_encrypted) != len(direct_enc):
             raise refuse("The SAML response contains a nested assertion.")
         if len(direct) + len(direct_enc) > 1:
             raise refuse("The SAML response contains more than one assertion.")
+        if decrypted:
+            # what xmlsec1 gave back: EncryptedAssertion now holds exactly the plaintext Assertion
+            if direct or len(direct_enc) != 1 or [c.tag for c in direct_enc[0]] != [_q(SAML, "Assertion")]:
+                raise refuse("The decrypted assertion is not a single Assertion.")
+            direct = list(direct_enc[0])
+            direct_enc = []
+        if len(all_assertions) != len(direct):
+            raise refuse("The SAML response contains a nested assertion.")
+        # encrypted content is accepted in one place only: the allow-listed
+        # EncryptedAssertion (and, once decrypted, nowhere -- not in Advice, not as
+        # EncryptedID / EncryptedAttribute, not as a ds:Signature's stand-in)
+        allowed: set[ET.Element] = set()
+        if direct_enc:
+            check_encrypted_assertion(direct_enc[0])
+            allowed = set(direct_enc[0].iter())
+        elif decrypted:
+            allowed = set(root.findall(_q(SAML, "EncryptedAssertion")))
+        for el in root.iter():
+            if el not in allowed and _is_encrypted(el):
+                raise refuse("The SAML response carries encrypted content where none is accepted.")
+        s.has_assertion = bool(direct or direct_enc)
+        code = root.find(f"{_q(SAMLP, 'Status')}/{_q(SAMLP, 'StatusCode')}")
+        s.status = code.get("Value") if code is not None else None
         if direct:
             a = direct[0]
             s.assertion_id = a.get("ID")

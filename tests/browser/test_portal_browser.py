@@ -162,7 +162,15 @@ def test_alice_permitted_and_forbidden_pages(portal: str, browser: Any) -> None:
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-skill="database-migration"] td.yes')
     assert row.text == "yes"
     shot(browser, "06-my-access-alice")
-    sign_out(browser, portal)
+    # a link to /sso/logout (typed, or on another site) only asks: one click on the confirm page signs out
+    browser.get(f"{portal}/sso/logout")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sign out?"
+    browser.get(f"{portal}/access")
+    assert browser.current_url == f"{portal}/access", "opening /sso/logout must not sign out"
+    browser.get(f"{portal}/sso/logout")
+    browser.find_element(By.ID, "confirm-sign-out").click()
+    wait_until(browser, lambda d: d.current_url.endswith("/sso/logged-out"))
+    assert "signed out" in browser.page_source
     shot(browser, "07-signed-out")
     browser.get(f"{portal}/")
     assert browser.find_elements(By.ID, "sign-in")

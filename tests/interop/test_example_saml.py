@@ -28,6 +28,7 @@ from flask import Flask
 from example_app import HERE as EXAMPLE_DIR
 from example_app import create_app
 from flask_ccsso import signals
+from flask_ccsso.testing import csrf_token_in
 from tests.interop.saml_idp import EMAIL_URI, GROUPS_URI, NAME_URI, SAMLIdP, User, decode_form, form
 
 BASE = "http://localhost"   # the test client's host; acsUrl is built from CCSSO_EXAMPLE_BASE_URL
@@ -116,8 +117,11 @@ def page_text(resp: Any) -> str:
 
 
 def sign_out(client: Any, idp: SAMLIdP) -> None:
-    """The header's Sign out button (POST /sso/logout), then the IdP's single logout round trip."""
-    resp = client.post("/sso/logout", headers={"Origin": BASE, "Sec-Fetch-Site": "same-origin"})
+    """The header's Sign out button (POST /sso/logout with the page's CSRF token), then the IdP's
+    single logout round trip."""
+    token = csrf_token_in(client.get("/"))
+    resp = client.post("/sso/logout", data={"csrf_token": token},
+                       headers={"Origin": BASE, "Sec-Fetch-Site": "same-origin"})
     assert resp.status_code == 303, resp.data
     location = resp.headers["Location"]
     if location.startswith(f"{idp.base}/slo/redirect?"):

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from flask_ccsso import signals
+from flask_ccsso.testing import log_out
 from tests.conftest import SKILLS
 
 from .op_harness import Browser, RealOP
@@ -115,7 +116,7 @@ def test_logout_ends_idp_session(make_app, real_op, op_browser):
     app = make_app(op_config(real_op))
     client = app.test_client()
     sign_in(client, op_browser, "alice")
-    resp = client.get("/sso/logout")
+    resp = log_out(client)  # the confirm page, then its form (POST with the CSRF token)
     end_session = resp.headers["Location"]
     assert end_session.startswith(real_op.issuer) and "id_token_hint=" in end_session
     assert client.get("/me").status_code == 302

@@ -25,7 +25,7 @@ from joserfc.jwk import KeySet
 
 from flask_ccsso import reasons, requires_skill, signals
 from flask_ccsso.session import SESSION_KEY
-from flask_ccsso.testing import listen_to
+from flask_ccsso.testing import listen_to, log_out
 from tests.conftest import SKILLS
 
 from .conftest import POST_LOGOUT_REDIRECT_URIS
@@ -352,7 +352,7 @@ def test_portal_logout_then_backchannel_token_is_harmless(app, client, real_op, 
     logout token; the portal answers 200 although nothing is left to end."""
     signed_in(client, op_browser, "alice")
     real_op.clear_backchannel_logouts()
-    resp = client.get("/sso/logout")
+    resp = log_out(client)  # the confirm page, then its form (POST with the CSRF token)
     end_session = resp.headers["Location"]
     assert end_session.startswith(real_op.issuer) and "id_token_hint=" in end_session
     assert op_browser.logout(end_session).startswith("http://localhost/sso/logged-out")

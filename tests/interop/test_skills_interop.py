@@ -449,15 +449,18 @@ def mfa_app(make_app: Any, real_op: RealOP) -> Flask:
     return app
 
 
-@pytest.mark.parametrize("mfa,expected", [(False, 403), (True, 200)])
+@pytest.mark.parametrize("mfa,expected", [(False, 401), (True, 200)])
 def test_require_mfa_with_the_real_ops_acr_and_amr(make_app, real_op, op_browser, mfa, expected):
+    """A single-factor sign-in never passes a skill with acrValues: the
+    client is challenged to step up with the skill's acr_values."""
     client = mfa_app(make_app, real_op).test_client()
     who = signed_in(client, op_browser, "bob", mfa=mfa)
     assert who["acr"] == (MFA_ACR if mfa else "urn:ccsso:loa1")
     resp = client.get("/mfa-audit", headers={"Accept": "application/json"})
     assert resp.status_code == expected, resp.data
-    if expected == 403:
-        assert_denied_json(resp, "mfa-audit", "requireMfa", reasons.MFA_REQUIRED)
+    if expected == 401:
+        body = resp.get_json()
+        assert body["error"] == reasons.INSUFFICIENT_ACR and body["acr_values"] == [MFA_ACR]
     assert client.get("/audit").status_code == 200  # the plain skill does not care
 
 
@@ -499,7 +502,10 @@ def test_require_mfa_for_bearer_tokens_without_acr(client, real_op, make_app):
     mclient = mfa_app(make_app, real_op).test_client()
     tokens = op_tokens(real_op, "bob", mfa=True)
     resp = mclient.get("/mfa-audit", headers=bearer(tokens["access_token"]))
-    assert_denied_json(resp, "mfa-audit", "requireMfa", reasons.MFA_REQUIRED)
+    # the skill's acrValues are checked first: an RFC 9470 challenge naming them
+    assert resp.status_code == 401, resp.data
+    challenge = resp.headers["WWW-Authenticate"]
+    assert 'error="insufficient_user_authentication"' in challenge and MFA_ACR in challenge
 
 
 def test_step_up_round_trip_without_reauthentication_when_max_auth_age_is_below_clock_skew(make_app, real_op,

@@ -9,13 +9,28 @@ A backend implements :meth:`Sink.write_batch` (and, if it holds a connection,
   batch is split to find the refused events, which go to the dead-letter file;
   they are never retried, so a bad event cannot block the others for ever.
 
+A spool row that holds no well-formed event (see
+:func:`~flask_ccsso.audit.spool.decode_row`) is quarantined the same way:
+copied to the dead-letter file as raw bytes, deleted from the spool, and the
+replay goes on with the next row.
+
+When the sink is down *and* its spool cannot be written (read-only or full
+file system, permissions, a corrupt file), events wait in a bounded in-memory
+backlog, in order, and go to the spool or the sink as soon as either takes
+them. An event that finds the backlog full is lost: counted in
+``stats.lost``, reported by one log line and the ``auth.failure_threshold``
+signal (``key_type="audit_sink"``) at most once a minute, never one traceback
+per event.
+
 Each sink runs one daemon thread fed by its own bounded queue, so a slow sink
 never holds back another one, and a request thread only ever appends to a
-deque (or, for a security event when that deque is full, to the spool).
+deque (or, for a security event when that deque is full, to the spool or the
+backlog).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -23,13 +38,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..events import AuditEvent
 from ..settings import AuditSettings, SinkSettings
-from ..spool import DeadLetter, Spool
+from ..spool import BadRow, DeadLetter, Spool, SpoolError, describe_io_error
 
 log = logging.getLogger("flask_ccsso.audit")
 
@@ -72,7 +87,16 @@ class PoisonBatchError(SinkError):
 
 @dataclass
 class SinkStats:
-    """Counters for one sink (per process)."""
+    """Counters for one sink (per process, since start).
+
+    ``spooled``: events written to the spool; ``backlogged``: events kept in
+    memory because the spool failed; ``dead_lettered``: events the backend
+    refused; ``quarantined``: spool rows holding no well-formed event, moved
+    to the dead-letter file; ``dropped``: low-value events dropped on a full
+    queue (policy); ``lost``: events that should have been kept and were not
+    (backlog full, or still in memory at shutdown); ``spool_errors``: failed
+    spool operations.
+    """
 
     written: int = 0
     spooled: int = 0
@@ -82,9 +106,19 @@ class SinkStats:
     overflow_spooled: int = 0
     failures: int = 0
     lost: int = 0
+    quarantined: int = 0
+    backlogged: int = 0
+    spool_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+#: how often (seconds) the loss summary and alert, and an unexpected worker error, may be logged
+REPORT_INTERVAL = 60.0
+
+#: ``on_alert(sink_name, lost_count, window)``: events were lost (wired to a signal by the pipeline)
+AlertHook = Callable[[str, int, float], None]
 
 
 class Sink:
@@ -100,6 +134,8 @@ class Sink:
         self.spool = Spool(spool_dir, settings.name)
         self.dead_letter = DeadLetter(spool_dir, settings.name)
         self.stats = SinkStats()
+        #: called (from the worker thread) when events were lost; see :class:`AuditPipeline`
+        self.on_alert: AlertHook | None = None
         self._queue: deque[AuditEvent] = deque()
         self._cv = threading.Condition()
         self._offered = 0
@@ -113,6 +149,22 @@ class Sink:
         self._down_until = 0.0  # monotonic
         self._last_drop_warning = 0.0
         self._dropped_since_warning = 0
+        # the spool's own health, and the in-memory backlog used while it fails
+        self._backlog: deque[AuditEvent] = deque()
+        self._backlog_lock = threading.RLock()
+        self._spool_error: str | None = None
+        self._spool_failures = 0
+        self._spool_retry_at = 0.0  # monotonic
+        #: spool rows already delivered (or quarantined) whose delete failed: deleted before the next
+        #: replay instead of being sent again while the disk is full
+        self._undeleted: set[int] = set()
+        #: the spool could not be read (or locked) for replay: only then may the backlog overtake it
+        self._spool_unreadable = False
+        # losses not yet reported, and when they last were
+        self._unreported_lost = 0
+        self._loss_reason = ""
+        self._last_loss_report = 0.0
+        self._last_worker_error = 0.0
         _LIVE_SINKS.add(self)
 
     # -- what a backend provides ---------------------------------------------------
@@ -136,9 +188,9 @@ class Sink:
     def offer(self, event: AuditEvent) -> bool:
         """Queue an event without blocking. Returns ``False`` when it was dropped.
 
-        Queue full: a security event is appended to the durable spool instead
-        (never silently lost); any other event is dropped, counted, and a
-        warning is logged at most once a minute.
+        Queue full: a security event is kept in the durable spool instead (or,
+        while the spool fails, in the bounded backlog); any other event is
+        dropped, counted, and a warning is logged at most once a minute.
         """
         with self._cv:
             if len(self._queue) < self.audit.queue_size and not self._stopping:
@@ -149,15 +201,9 @@ class Sink:
                     self._cv.notify()
                 return True
         if event.security or self._stopping:
-            try:
-                self.spool.append([event])
-                self.stats.overflow_spooled += 1
-                return True
-            except Exception:  # disk full, permissions: say so loudly, never fail the request
-                self.stats.lost += 1
-                log.exception("audit sink %r: queue full and the spool refused a %s event; it is lost",
-                              self.name, event.type)
-                return False
+            kept = self._stash([event])
+            self.stats.overflow_spooled += kept
+            return bool(kept)
         self.stats.dropped += 1
         self._dropped_since_warning += 1
         now = time.monotonic()
@@ -178,6 +224,9 @@ class Sink:
         memory and be lost at exit."""
         was_running = self._thread is not None and not self._stopping
         self._cv = threading.Condition()
+        self._backlog_lock = threading.RLock()
+        self._backlog = deque()  # the parent's to deliver; a copy here would arrive twice
+        self._undeleted = set()
         self._thread = None
         self._opened = False
         self.spool.after_fork()
@@ -196,11 +245,40 @@ class Sink:
 
     @property
     def pending(self) -> int:
-        """Events queued in memory plus events waiting in the spool."""
-        return len(self._queue) + len(self.spool)
+        """Events queued in memory, waiting in the spool, or in the backlog."""
+        return len(self._queue) + self._spooled() + len(self._backlog)
+
+    def _spooled(self) -> int:
+        """Spool rows still to deliver (not counting delivered rows whose delete failed)."""
+        return max(len(self.spool) - len(self._undeleted), 0)
+
+    @property
+    def backlog(self) -> int:
+        """Events held in memory because the spool could not take them."""
+        return len(self._backlog)
+
+    @property
+    def spool_error(self) -> str | None:
+        """Why the spool last failed (``ENOSPC (...)``, ``SQLITE_FULL (...)``), ``None`` while it works."""
+        return self._spool_error
+
+    def health(self) -> dict[str, Any]:
+        """State and counters, for a health endpoint or a monitoring job."""
+        return {
+            "up": not self.is_down,
+            "spool_ok": self._spool_error is None,
+            "spool_error": self._spool_error,
+            "queued": len(self._queue),
+            "in_spool": self._spooled(),
+            "backlog": len(self._backlog),
+            "backlog_limit": self.audit.backlog_size,
+            "spool_path": self.spool.path,
+            "dead_letter_path": self.dead_letter.path,
+            **self.stats.as_dict(),
+        }
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything offered so far is delivered (or, if the sink is down, spooled)."""
+        """Wait until everything offered so far is delivered (or, if the sink is down, kept for later)."""
         deadline = time.monotonic() + timeout
         with self._cv:
             target = self._offered
@@ -208,7 +286,8 @@ class Sink:
             self._cv.notify_all()
             try:
                 while True:
-                    done = self._handled >= target and (self.is_down or len(self.spool) == 0)
+                    done = self._handled >= target and (
+                        self.is_down or (self._spooled() == 0 and not self._backlog))
                     if done or self._thread is None or not self._thread.is_alive():
                         return done
                     remaining = deadline - time.monotonic()
@@ -241,9 +320,10 @@ class Sink:
         size = self.audit.batch_size
         with self._cv:
             wait = self.audit.flush_interval
-            if self.spool and not self._queue:
-                # something to replay: come back soon, at the latest when the sink is due again
-                wait = min(wait, max(0.01, self._down_until - time.monotonic()))
+            due = self._next_due()
+            if due is not None and not self._queue:
+                # something to replay: come back when the sink (or the spool) is due again
+                wait = min(wait, max(0.01, due - time.monotonic()))
             if not self._queue and not self._stopping:
                 self._cv.wait(wait)
             if not self._queue:
@@ -256,6 +336,19 @@ class Sink:
                 self._cv.wait(remaining)
             n = min(size, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
+
+    def _next_due(self) -> float | None:
+        """When kept events can next make progress (monotonic), or ``None`` if none wait."""
+        candidates = []
+        if self._spooled():
+            # an unreadable spool is retried on its own backoff, not in a tight loop
+            candidates.append(max(self._down_until, self._spool_retry_at) if self._spool_unreadable
+                              else self._down_until)
+        if self._backlog:
+            candidates.append(self._down_until)
+            if self._spool_error is not None:
+                candidates.append(self._spool_retry_at)
+        return min(candidates) if candidates else None
 
     def _mark_handled(self, n: int) -> None:
         with self._cv:
@@ -272,15 +365,26 @@ class Sink:
                     finally:
                         self._mark_handled(len(batch))
                 self._replay()
+                self._report_losses()
                 with self._cv:
                     if self._stopping:
                         break
                     if self._flush_wanted:
                         self._cv.notify_all()
-            except Exception:  # the worker must never die
-                log.exception("audit sink %r: unexpected error in the worker", self.name)
+            except Exception:  # noqa: BLE001 - the worker must never die
+                self._worker_error()
                 time.sleep(0.1)
         self._drain_on_stop()
+
+    def _worker_error(self) -> None:
+        """Log an unexpected worker error with its traceback at most once a minute."""
+        now = time.monotonic()
+        if self._last_worker_error == 0.0 or now - self._last_worker_error >= REPORT_INTERVAL:
+            self._last_worker_error = now
+            log.exception("audit sink %r: unexpected error in the worker (repeats are not logged for %ds)",
+                          self.name, int(REPORT_INTERVAL))
+        else:
+            log.debug("audit sink %r: unexpected error in the worker again", self.name, exc_info=True)  # noqa: LOG014 - called from the handler
 
     def _drain_on_stop(self) -> None:
         try:
@@ -294,9 +398,12 @@ class Sink:
                     self._deliver(batch, attempts=1)
                 finally:
                     self._mark_handled(len(batch))
-            if not self.is_down and self.spool:
+            if not self.is_down and (self._spooled() or self._backlog):
+                self._down_until = 0.0
                 self._replay(deadline=self._stop_deadline or time.monotonic() + 1.0)
+            self._abandon_backlog()
         finally:
+            self._report_losses(final=True)
             if self._opened:
                 try:
                     self.close()
@@ -322,16 +429,15 @@ class Sink:
                 self._write(events[:mid])
                 self._write(events[mid:])
                 return
-            self.stats.dead_lettered += len(events)
             self.dead_letter.write(events, str(exc))
+            self.stats.dead_lettered += len(events)
             log.error("audit sink %r refused %d event(s) (%s); moved to %s", self.name, len(events), exc,
                       self.dead_letter.path)
 
     def _deliver(self, batch: list[AuditEvent], attempts: int | None = None) -> None:
-        if self.spool or time.monotonic() < self._down_until:
-            # keep order: while anything waits in the spool, new events queue up behind it
-            self.spool.append(batch)
-            self.stats.spooled += len(batch)
+        if self._spooled() or self._backlog or time.monotonic() < self._down_until:
+            # keep order: while anything waits in the spool or backlog, new events queue up behind it
+            self._stash(batch)
             return
         attempts = attempts if attempts is not None else self.audit.retry_attempts
         for attempt in range(1, attempts + 1):
@@ -343,8 +449,7 @@ class Sink:
                 retry_after = getattr(exc, "retry_after", None)
                 if attempt == attempts or self._stopping:
                     self._failed(exc, retry_after)
-                    self.spool.append(batch)
-                    self.stats.spooled += len(batch)
+                    self._stash(batch)
                     return
                 delay = max(self._backoff(attempt), retry_after or 0.0)
                 with self._cv:
@@ -357,52 +462,250 @@ class Sink:
         delay = max(self._backoff(self._failures), retry_after or 0.0)
         self._down_until = time.monotonic() + delay
         if self._failures == 1:
-            log.warning("audit sink %r is not accepting events (%s); spooling to %s and retrying",
+            log.warning("audit sink %r is not accepting events (%s); keeping them in %s and retrying",
                         self.name, _describe(exc), self.spool.path)
         else:
             log.debug("audit sink %r still down (%s); next try in %.1fs", self.name, _describe(exc), delay)
 
-    def _replay(self, deadline: float | None = None) -> None:
-        if not self.spool or time.monotonic() < self._down_until:
-            return
-        if not self.spool.try_acquire_replay():
-            self._down_until = time.monotonic() + self.audit.flush_interval
-            return
-        try:
-            turns = 0
-            while True:
-                rows = self.spool.peek(self.audit.batch_size)
-                if not rows:
-                    break
-                events = [e for _, e in rows]
+    # -- spool, backlog and losses ---------------------------------------------------------
+
+    def _spool_usable(self) -> bool:
+        return self._spool_error is None or time.monotonic() >= self._spool_retry_at
+
+    def _spool_failed(self, exc: SpoolError) -> None:
+        """Note a spool failure; the first of a run is logged with its real cause, the rest only counted."""
+        self.stats.spool_errors += 1
+        self._spool_failures += 1
+        self._spool_retry_at = time.monotonic() + self._backoff(self._spool_failures)
+        if self._spool_error is None:
+            log.error("audit sink %r: its spool %s cannot be used (%s); keeping up to %d events in memory "
+                      "until the spool or the sink takes them", self.name, self.spool.path, exc.reason,
+                      self.audit.backlog_size)
+        else:
+            log.debug("audit sink %r: spool still failing (%s)", self.name, exc.reason)
+        self._spool_error = exc.reason
+
+    def _spool_ok(self) -> None:
+        if self._spool_error is not None:
+            log.warning("audit sink %r: its spool works again (after %d failed operations)", self.name,
+                        self._spool_failures)
+        self._spool_error = None
+        self._spool_failures = 0
+
+    def _stash(self, events: Sequence[AuditEvent]) -> int:
+        """Keep events the sink did not take, in order: in the spool, or while it fails, in the
+        backlog. Returns how many were kept (the rest were lost and counted)."""
+        with self._backlog_lock:
+            if self._backlog:
+                self._backlog_to_spool()
+            if not self._backlog and self._spool_usable():
                 try:
-                    self._write(events)
-                except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then spooled
-                    self._failed(exc, getattr(exc, "retry_after", None))
-                    return
-                self.spool.delete([seq for seq, _ in rows])
-                self.stats.replayed += len(rows)
-                turns += 1
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        break
-                elif turns >= self.replay_batches_per_turn or (self._queue and not self._flush_wanted):
-                    break
-            if self.is_down:
-                log.info("audit sink %r is back; spooled events replayed", self.name)
-            self._failures = 0
-            self._down_until = 0.0
-            if not self.spool.refresh():
-                self.spool.release_replay()
+                    self.spool.append(events)
+                except SpoolError as exc:
+                    self._spool_failed(exc)
+                else:
+                    self._spool_ok()
+                    self.stats.spooled += len(events)
+                    return len(events)
+            return self._keep_in_memory(events)
+
+    def _keep_in_memory(self, events: Sequence[AuditEvent]) -> int:
+        """Append to the bounded backlog; what does not fit is lost. Call with the backlog lock held."""
+        room = max(self.audit.backlog_size - len(self._backlog), 0)
+        kept = list(events[:room])
+        self._backlog.extend(kept)
+        self.stats.backlogged += len(kept)
+        if len(events) > len(kept):
+            self._lose(len(events) - len(kept), "the sink is down, the spool cannot be written "
+                       f"({self._spool_error or 'unknown'}) and the in-memory backlog is full")
+        return len(kept)
+
+    def _backlog_to_spool(self, force: bool = False) -> None:
+        """Move the backlog into the spool once the spool works again (keeps order)."""
+        with self._backlog_lock:
+            if not self._backlog or not (force or self._spool_usable()):
+                return
+            events = list(self._backlog)
+            try:
+                self.spool.append(events)
+            except SpoolError as exc:
+                self._spool_failed(exc)
+                return
+            self._spool_ok()
+            self._backlog.clear()
+            self.stats.spooled += len(events)
+            log.info("audit sink %r: moved %d event(s) from memory to the spool", self.name, len(events))
+
+    def _abandon_backlog(self) -> None:
+        """At shutdown: a backlog the spool still cannot take is lost, and counted."""
+        with self._backlog_lock:
+            self._backlog_to_spool(force=True)
+            if self._backlog:
+                n = len(self._backlog)
+                self._backlog.clear()
+                self._lose(n, f"shutting down while the sink is down and the spool cannot be written "
+                           f"({self._spool_error or 'unknown'})")
+
+    def _lose(self, n: int, reason: str) -> None:
+        self.stats.lost += n
+        self._unreported_lost += n
+        self._loss_reason = reason
+
+    def _report_losses(self, final: bool = False) -> None:
+        """One log line and one alert for the losses since the last report: the first loss
+        straight away, then a summary at most once a minute (and at shutdown)."""
+        with self._backlog_lock:
+            n = self._unreported_lost
+            if not n:
+                return
+            now = time.monotonic()
+            first = self._last_loss_report == 0.0
+            if not (first or final or now - self._last_loss_report >= REPORT_INTERVAL):
+                return
+            window = REPORT_INTERVAL if first else now - self._last_loss_report
+            self._unreported_lost = 0
+            self._last_loss_report = now
+            reason = self._loss_reason
+        log.error("audit sink %r: LOST %d audit event(s) (%d since start): %s", self.name, n, self.stats.lost,
+                  reason)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(self.name, n, round(window, 3))
+            except Exception:  # an alert receiver must not stop the worker
+                log.exception("audit sink %r: the loss alert failed", self.name)
+
+    def _quarantine(self, rows: Sequence[BadRow]) -> None:
+        """Copy undecodable spool rows to the dead-letter file, then delete them from the spool.
+
+        Raises :class:`SpoolError` when the dead-letter file cannot be written: the rows
+        then stay where they are (never deleted without a copy)."""
+        self.dead_letter.write_rows(rows)
+        self.stats.quarantined += len(rows)
+        for r in rows:
+            log.error("audit sink %r: spool row %d (event %s) holds no valid event (%s); moved to %s",
+                      self.name, r.seq, r.event_id or "<unreadable id>", r.problem, self.dead_letter.path)
+        self._delete_spooled([r.seq for r in rows])
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def _replay(self, deadline: float | None = None) -> None:
+        """Spool first (oldest), then the backlog; while the sink is down, move the backlog to the spool.
+
+        The backlog overtakes spooled rows only when the spool cannot be read at all.
+        """
+        try:
+            if time.monotonic() < self._down_until:
+                self._backlog_to_spool()
+                return
+            if self._spooled() and not (self._spool_unreadable and not self._spool_usable()):
+                try:
+                    if not self._replay_spool(deadline):
+                        return
+                except SpoolError as exc:
+                    self._spool_unreadable = True
+                    self._spool_failed(exc)
+            if self._backlog:
+                self._replay_backlog(deadline)
         finally:
             with self._cv:
                 self._cv.notify_all()
+
+    def _next_turn(self, turns: int, deadline: float | None) -> bool:
+        if deadline is not None:
+            return time.monotonic() < deadline
+        return turns < self.replay_batches_per_turn and not (self._queue and not self._flush_wanted)
+
+    def _replay_spool(self, deadline: float | None) -> bool:
+        """Replay the spool in order. ``True`` when nothing is left to deliver from it.
+
+        :class:`SpoolError` when the spool cannot be locked or read (or the dead-letter
+        file written); a failed delete does not stop the replay (see :meth:`_delete_spooled`).
+        """
+        if not self.spool.try_acquire_replay():
+            self._down_until = time.monotonic() + self.audit.flush_interval
+            return False
+        if self._undeleted:
+            self._delete_spooled(sorted(self._undeleted), retry=True)
+        turns = 0
+        while True:
+            rows = self.spool.read(self.audit.batch_size, after=max(self._undeleted, default=0))
+            self._spool_unreadable = False
+            if not rows:
+                break
+            bad = [r for _, r in rows if isinstance(r, BadRow)]
+            if bad:
+                self._quarantine(bad)
+            good = [(seq, e) for seq, e in rows if isinstance(e, AuditEvent)]
+            if good:
+                try:
+                    self._write([e for _, e in good])
+                except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then spooled
+                    self._failed(exc, getattr(exc, "retry_after", None))
+                    return False
+                self.stats.replayed += len(good)
+                self._delete_spooled([seq for seq, _ in good])
+            turns += 1
+            if not self._next_turn(turns, deadline):
+                break
+        self._back_up()
+        try:
+            left = self.spool.refresh()
+        except SpoolError:
+            left = len(self.spool)
+        if left - len(self._undeleted) <= 0:
+            if not self._undeleted:
+                self.spool.release_replay()
+            return True
+        return False
+
+    def _delete_spooled(self, seqs: list[int], retry: bool = False) -> None:
+        """Delete delivered (or quarantined) rows. If the spool refuses (a full disk), remember
+        them: the replay reads past them, and they are never sent twice."""
+        try:
+            self.spool.delete(seqs)
+        except SpoolError as exc:
+            self._undeleted.update(seqs)
+            if not retry:
+                self._spool_failed(exc)
+            return
+        self._undeleted.difference_update(seqs)
+        self._spool_ok()
+
+    def _replay_backlog(self, deadline: float | None) -> None:
+        """Deliver the backlog straight to the sink, oldest first (the spool is empty or unreadable)."""
+        turns = 0
+        while True:
+            with self._backlog_lock:
+                batch = list(itertools.islice(self._backlog, self.audit.batch_size))
+            if not batch:
+                break
+            try:
+                self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - any backend failure is retried later
+                self._failed(exc, getattr(exc, "retry_after", None))
+                return
+            with self._backlog_lock:
+                for _ in batch:
+                    self._backlog.popleft()
+            self.stats.replayed += len(batch)
+            turns += 1
+            if not self._next_turn(turns, deadline):
+                break
+        self._back_up()
+
+    def _back_up(self) -> None:
+        if self.is_down:
+            log.info("audit sink %r is back; kept events replayed", self.name)
+        self._failures = 0
+        self._down_until = 0.0
 
 
 def _describe(exc: BaseException) -> str:
     """A short, secret-free description (no URLs, no bodies)."""
     if isinstance(exc, SinkError):
         return str(exc)
+    if isinstance(exc, SpoolError):
+        return f"the dead-letter file failed: {describe_io_error(exc)}"
     return type(exc).__name__
 
 
@@ -410,4 +713,4 @@ def sink_options(settings: SinkSettings) -> dict[str, Any]:  # pragma: no cover 
     return {"type": settings.type, "name": settings.name}
 
 
-__all__ = ["PoisonBatchError", "Sink", "SinkError", "TransientSinkError"]
+__all__ = ["PoisonBatchError", "Sink", "SinkError", "SinkStats", "TransientSinkError"]
