@@ -309,17 +309,34 @@ def expect_int(raw: Mapping[str, Any], key: str, path: str, default: int, *, min
     return int(value)
 
 
-def setting_int(config: Mapping[str, Any], key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
-    """A whole-number Flask setting (``CCSSO_TRUSTED_PROXIES``): an int or a
-    string of digits (from the environment), else a ConfigError naming it."""
+def setting_number(config: Mapping[str, Any], key: str, default: float, *, minimum: float, maximum: float,
+                   whole: bool = False) -> float:
+    """A number among the Flask settings (``app.config["CCSSO_..."]``): an int,
+    a float or a string of digits (from the environment), finite and from
+    ``minimum`` to ``maximum`` -- else a ConfigError naming the setting.
+
+    The one rule for every ``CCSSO_*`` number, as :func:`check_number` is for
+    the config blocks: ``int(value)`` on ``"abc"``, ``NaN`` or ``Infinity``
+    would escape as a raw ``ValueError`` / ``OverflowError``.
+    """
     value = config.get(key)
-    if value is None or value == "" or value is False:
+    if value is None or value == "":
         return default
-    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,9}\s*", value):
-        value = int(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        raise ConfigError(key, f"must be a whole number from {minimum} to {maximum}, not {show(key, value)}.",
-                          f"set app.config[{key!r}] to a number such as {default}.")
-    return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,9}(\.[0-9]{1,9})?\s*", value):
+        value = float(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and (not whole or value.is_integer())
+    if not ok or not minimum <= value <= maximum:
+        kind = "whole number" if whole else "number"
+        raise ConfigError(key, f"must be a {kind} from {minimum:g} to {maximum:g}, not {show(key, value)}.",
+                          f"set app.config[{key!r}] to a number such as {default:g}.")
+    return int(value) if whole else float(value)
+
+
+def setting_int(config: Mapping[str, Any], key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
+    """A whole-number Flask setting (``CCSSO_TRUSTED_PROXIES``); see :func:`setting_number`.
+    ``False`` stands for ``0``/off here, as it always has."""
+    if config.get(key) is False:
+        return default
+    return int(setting_number(config, key, default, minimum=minimum, maximum=maximum, whole=True))

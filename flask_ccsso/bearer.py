@@ -41,8 +41,9 @@ and passes ``allowedClients``. Positive answers are cached for
 ``min(exp - now, 60 s)``; refusals for ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS``
 (keyed by the token's hash, never the token); and each client address may
 cause at most ``CCSSO_BEARER_INTROSPECTION_LIMIT`` unsuccessful introspection
-calls a minute (then 429), so a stream of made-up tokens costs the IdP a
-bounded number of calls.
+calls a minute at each provider (then 429), so a stream of made-up tokens
+costs each IdP a bounded number of calls, and one IdP's outage does not use
+up the limit of the same address's callers of another.
 
 Groups: when a skill needs groups and the token carries no group claim
 (opaque tokens, introspection answers, JWTs without ``groupsClaim``), the
@@ -76,7 +77,8 @@ from flask import Flask, current_app, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
 
 from . import reasons, signals
-from .exceptions import AuthenticationFailed, CCSSOError, ConfigError, IdPUnavailable, LoginRequired
+from ._validate import setting_number
+from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
 from .identity import Identity
 from .providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
 
@@ -159,15 +161,16 @@ class IntrospectionThrottled(CCSSOError, TooManyRequests):
 
 
 class AddressLimiter:
-    """At most ``limit`` unsuccessful introspection calls per client address
-    and ``window``; a bounded LRU of addresses (IPv6 by /64, which one host
-    usually holds whole). A call reserves a unit first (so parallel requests
-    cannot overshoot) and gives it back when the token turned out valid:
-    callers with good tokens never run out."""
+    """At most ``limit`` unsuccessful introspection calls per key and
+    ``window`` (the bearer authenticator's key: provider and client address,
+    IPv6 by /64, which one host usually holds whole); a bounded LRU of keys.
+    A call reserves a unit first (so parallel requests cannot overshoot) and
+    gives it back when the token turned out valid: callers with good tokens
+    never run out."""
 
     def __init__(self, limit: int, window: float, maxsize: int = LIMITER_SIZE) -> None:
         self.limit, self.window, self.maxsize = limit, window, maxsize
-        self._data: OrderedDict[str, list[float]] = OrderedDict()  # addr -> [window_start, used, refused]
+        self._data: OrderedDict[str, list[float]] = OrderedDict()  # key -> [window_start, used, refused]
         self._lock = threading.Lock()
 
     @staticmethod
@@ -208,29 +211,30 @@ def _invalid(description: str) -> AuthenticationFailed:
     return AuthenticationFailed(description, reason=reasons.INVALID_TOKEN)
 
 
-def _peek_claims(token: str) -> dict[str, Any]:
-    """The payload, unverified: only to pick the provider."""
+def _peek_part(token: str, index: int) -> dict[str, Any]:
+    """Part ``index`` of a JWS (0: header, 1: payload) as a JSON object,
+    unverified: only to choose the provider and refuse what is not an access
+    token. Anything attacker input can make the decoding raise -- bad
+    base64, not UTF-8, not JSON, nesting deep enough for ``RecursionError``
+    -- is "malformed" (a 401), never the catch-all's logged traceback."""
     try:
-        part = token.split(".")[1]
+        part = token.split(".")[index]
         part += "=" * (-len(part) % 4)
         data = json.loads(base64.urlsafe_b64decode(part.encode("ascii")))
-    except (ValueError, IndexError, UnicodeError):
+    except (ValueError, IndexError, UnicodeError, RecursionError):
         raise _invalid("The token is malformed.") from None
     if not isinstance(data, dict):
         raise _invalid("The token is malformed.")
     return data
+
+
+def _peek_claims(token: str) -> dict[str, Any]:
+    """The payload, unverified: only to pick the provider."""
+    return _peek_part(token, 1)
 
 
 def _peek_header(token: str) -> dict[str, Any]:
-    try:
-        part = token.split(".")[0]
-        part += "=" * (-len(part) % 4)
-        data = json.loads(base64.urlsafe_b64decode(part.encode("ascii")))
-    except (ValueError, UnicodeError):
-        raise _invalid("The token is malformed.") from None
-    if not isinstance(data, dict):
-        raise _invalid("The token is malformed.")
-    return data
+    return _peek_part(token, 0)
 
 
 def _scopes(claims: Mapping[str, Any]) -> list[str]:
@@ -466,11 +470,15 @@ class BearerAuthenticator:
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise _invalid("The access token is not a JWT and its provider offers no token introspection.")
         addr = _client_address()
-        allowed = self.limiter.acquire(addr, now)
+        # per provider *and* address: the limit protects each IdP from made-up
+        # tokens, and one IdP's outage (every call to it fails) must not use up
+        # the limit of the same address's callers of another IdP
+        bucket = f"{prov.name} {addr}"
+        allowed = self.limiter.acquire(bucket, now)
         if not allowed:
             if allowed is None:
-                log.warning("flask-ccsso: client address %s sent too many unrecognised bearer tokens; "
-                            "introspection paused for it for up to %g s", addr, self.limiter.window)
+                log.warning("flask-ccsso: client address %s sent too many unrecognised bearer tokens for provider "
+                            "%r; introspection paused for it for up to %g s", addr, prov.name, self.limiter.window)
             raise IntrospectionThrottled(provider=prov.name)
         data = self._ask(prov, endpoint, token)
         try:
@@ -482,7 +490,7 @@ class BearerAuthenticator:
             self.refusals.put(key, (exc.description or "The access token is not valid.", exc.reason, prov.name),
                               now + self.refusal_seconds)
             raise
-        self.limiter.release(addr)
+        self.limiter.release(bucket)
         return prov, data, identity, valid_until
 
     def _ask(self, prov: OIDCProvider, endpoint: str, token: str) -> dict[str, Any]:
@@ -607,12 +615,9 @@ class _UserinfoFailed(Exception):
     """userinfo gave no usable answer (never leaves this module)."""
 
 
-def _app_number(app: Flask, key: str, default: float, low: float, high: float) -> float:
-    value = app.config.setdefault(key, default)
-    number = finite_number(value) if not isinstance(value, bool) else None
-    if number is None or not low <= number <= high:
-        raise ConfigError(key, f"must be a number from {low:g} to {high:g}.", f"set {key} = {default:g} (the default).")
-    return number
+def _app_number(app: Flask, key: str, default: float, low: float, high: float, *, whole: bool = False) -> float:
+    app.config.setdefault(key, default)
+    return setting_number(app.config, key, default, minimum=low, maximum=high, whole=whole)
 
 
 def init_state(app: Flask, state: CCSSOState) -> None:
@@ -622,9 +627,9 @@ def init_state(app: Flask, state: CCSSOState) -> None:
     token is refused without asking again; ``CCSSO_BEARER_INTROSPECTION_LIMIT``
     (20) is how many unsuccessful introspection calls one client address may
     cause per minute."""
-    size = int(app.config.setdefault("CCSSO_BEARER_CACHE_SIZE", DEFAULT_CACHE_SIZE))
+    size = int(_app_number(app, "CCSSO_BEARER_CACHE_SIZE", DEFAULT_CACHE_SIZE, 1, 10_000_000, whole=True))
     refusal = _app_number(app, "CCSSO_BEARER_REFUSAL_CACHE_SECONDS", REFUSAL_CACHE_SECONDS, 0, 3600)
-    limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000))
+    limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000, whole=True))
     state.bearer_authenticator = BearerAuthenticator(state, cache_size=size, refusal_seconds=refusal,
                                                      introspection_limit=limit)
 

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import click
 from flask import Flask, current_app, has_app_context, url_for
 
-from .config import is_loopback_host
+from .config import is_loopback_host, unrouted_introspection
 from .exceptions import CCSSOError, ConfigError
 
 #: keys whose values never get printed
@@ -466,6 +466,9 @@ def check_config(offline: bool, as_json: bool) -> None:
             else:
                 _check_oidc(report, name, prov, tls_seen)
         _skills(report, state, offline)
+        unrouted = unrouted_introspection({n: p.settings for n, p in state.providers.items()})
+        if unrouted:
+            report.add(WARN, unrouted)
     c = report.counts
     click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s).")
     click.get_current_context().exit(report.exit_code)

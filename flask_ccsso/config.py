@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -416,10 +417,11 @@ def _introspects(p: ProviderSettings) -> bool:
 
 
 def _check_introspection_routing(providers: Mapping[str, ProviderSettings]) -> None:
-    """Each opaque bearer token goes to exactly one provider's introspection
-    endpoint (never to every provider with its credentials): with several
-    introspecting providers, each needs ``introspectionTokenPrefix`` or must be
-    the one ``introspectionDefault``; prefixes must not overlap."""
+    """Each opaque bearer token goes to at most one provider's introspection
+    endpoint (never to every provider with its credentials): routing keys on
+    providers that do not introspect, several ``introspectionDefault`` and
+    overlapping prefixes are errors; introspecting providers that nothing
+    routes to are a warning (their opaque tokens are refused)."""
     for p in providers.values():
         if isinstance(p, OIDCSettings) and not _introspects(p):
             for key, value in (("introspectionTokenPrefix", p.introspection_token_prefix),
@@ -442,17 +444,28 @@ def _check_introspection_routing(providers: Mapping[str, ProviderSettings]) -> N
                 raise ConfigError(join(pb.path, "introspectionTokenPrefix"),
                                   f"overlaps the prefix of provider {pa.name!r}: a token could belong to both.",
                                   "give each provider a prefix that no other prefix starts with.")
-    if len(active) > 1:
-        unrouted = [p for p in active if isinstance(p, OIDCSettings)
-                    and not p.introspection_token_prefix and not p.introspection_default]
-        if unrouted:
-            names = ", ".join(p.name for p in active)
-            raise ConfigError(join(unrouted[0].path, "introspectionTokenPrefix"),
-                              f"several providers introspect opaque bearer tokens ({names}) and nothing says "
-                              "which provider a token belongs to.",
-                              "set 'introspectionTokenPrefix' on the providers whose tokens have one, "
-                              "'introspectionDefault': true on at most one, and 'introspection': false "
-                              "on providers that issue no opaque tokens for this API.")
+    message = unrouted_introspection(providers)
+    if message:
+        # not an error: a portal with several providers that takes no opaque
+        # tokens must still start. Such tokens are refused (bearer.py) until
+        # a rule says where they go.
+        logging.getLogger("flask_ccsso").warning("flask-ccsso: %s", message)
+
+
+def unrouted_introspection(providers: Mapping[str, ProviderSettings]) -> str | None:
+    """The warning for introspecting providers that no rule routes opaque
+    tokens to (``None`` when every opaque token has exactly one provider)."""
+    active = [p for p in providers.values() if isinstance(p, OIDCSettings) and _introspects(p)]
+    if len(active) < 2:
+        return None
+    unrouted = [p for p in active if not p.introspection_token_prefix and not p.introspection_default]
+    if not unrouted:
+        return None
+    return (f"several providers introspect opaque bearer tokens ({', '.join(p.name for p in active)}) and "
+            f"nothing routes a token to {', '.join(p.name for p in unrouted)}: opaque tokens matching no "
+            "introspectionTokenPrefix are refused. Set 'introspectionTokenPrefix' on the providers whose tokens "
+            "have one, 'introspectionDefault': true on at most one, or 'introspection': false on providers that "
+            "issue no opaque tokens for this API.")
 
 
 def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:

@@ -19,7 +19,10 @@ this origin can read, and it changes nothing on a GET:
   refused with :class:`~flask_ccsso.exceptions.CSRFError` (400) and a
   ``permission.denied`` audit event with reason ``csrf_failed``. Requests
   authenticated by a bearer token pass: a browser never adds that header on
-  its own, and the cookie is then ignored.
+  its own, and the request's identity is then the token's. Only a token
+  that verifies counts: a request whose ``Authorization: Bearer`` header
+  does not authenticate is refused (401) before the view runs, so the
+  header cannot be added to a forged post to skip the check.
 
 ``/sso/logout`` uses the same check. No new crypto: the token is
 ``secrets.token_urlsafe`` and the comparison ``hmac.compare_digest``.
@@ -85,11 +88,29 @@ def cross_site() -> bool:
 
 
 def _bearer_request() -> bool:
-    """Authenticated by a bearer token (then the session cookie is not used)."""
+    """The request carries ``Authorization: Bearer`` and the app accepts bearer tokens."""
     from .extension import get_state
 
     auth = request.environ.get("HTTP_AUTHORIZATION", "")
     return auth[:7].lower() == "bearer " and get_state().bearer_authenticator is not None
+
+
+def _bearer_authenticated() -> bool:
+    """The request is an API caller's: its bearer token was verified.
+
+    The *header* alone proves nothing: ``Authorization: Bearer x`` next to the
+    session cookie would otherwise switch the check off for a view that then
+    works on the cookie's session. So the token is verified first (the
+    identity every ccsso check of this request will use); one that does not
+    verify raises :class:`~flask_ccsso.exceptions.LoginRequired` (401, a
+    ``login_failed`` signal) before the view runs.
+    """
+    if not _bearer_request():
+        return False
+    from .identity import _get_identity
+
+    identity = _get_identity()
+    return bool(identity) and getattr(identity, "via", None) == "bearer"
 
 
 def check_csrf() -> None:
@@ -131,12 +152,13 @@ def csrf_protect(view: F) -> F:
 
     Put it on every view that changes state on a POST (or PUT, PATCH,
     DELETE) and render ``csrf_token()`` into its forms. Safe methods and
-    bearer-token requests pass unchecked.
+    requests whose bearer token verifies pass unchecked; a bearer header
+    that does not verify is a 401.
     """
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.method not in SAFE_METHODS and not _bearer_request():
+        if request.method not in SAFE_METHODS and not _bearer_authenticated():
             try:
                 check_csrf()
             except CSRFError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, reasons, signals
+from ._validate import MAX_COUNT, setting_int, setting_number
 from .exceptions import (
     AuthenticationFailed,
     CCSSOError,
@@ -198,20 +198,20 @@ def login_rate_limit(config: Any) -> tuple[int, float] | None:
     value = config.get("CCSSO_LOGIN_RATE_LIMIT", LOGIN_RATE_LIMIT)
     if value is None or value is False or value == 0:
         return None
-    if (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            and int(value[0]) == value[0] and value[0] >= 1 and math.isfinite(value[1]) and 1 <= value[1] <= 86400):
-        return int(value[0]), float(value[1])
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        try:
+            pair = {"count": value[0], "window": value[1]}
+            return (int(setting_number(pair, "count", 0, minimum=1, maximum=MAX_COUNT, whole=True)),
+                    setting_number(pair, "window", 0, minimum=1, maximum=86400))
+        except ConfigError:
+            pass  # the message below names the setting and both parts
     raise ConfigError("CCSSO_LOGIN_RATE_LIMIT", "must be (count, seconds): a whole count of at least 1 and a "
                       "window of 1 to 86400 seconds, or 0 to switch the limit off.", "e.g. (600, 60).")
 
 
 def max_pending_logins(config: Any) -> int:
     """``CCSSO_MAX_PENDING_LOGINS``: pending sign-ins one browser keeps (1 to 100)."""
-    value = config.get("CCSSO_MAX_PENDING_LOGINS", MAX_PENDING_LOGINS)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
-        return value
-    raise ConfigError("CCSSO_MAX_PENDING_LOGINS", "must be a whole number from 1 to 100.", "e.g. 8.")
+    return setting_int(config, "CCSSO_MAX_PENDING_LOGINS", MAX_PENDING_LOGINS, minimum=1, maximum=100)
 
 
 @bp.record_once

@@ -249,15 +249,17 @@ class AuditPipeline:
         """The pipeline's state for a health check or monitoring job.
 
         ``status`` is ``"ok"`` (every sink up, every spool usable, nothing lost),
-        ``"degraded"`` (a sink is down, a spool failing or events wait in memory,
-        but nothing was lost) or ``"losing"`` (this process lost events since it
+        ``"degraded"`` (a sink is down, a spool or dead-letter file failing, events
+        wait in memory or bad spool rows wait for the dead-letter file, but nothing
+        was lost) or ``"losing"`` (this process lost events since it
         started: see each sink's ``lost``). ``sinks`` holds each sink's state and
         counters (:meth:`~flask_ccsso.audit.sinks.base.Sink.health`).
         """
         sinks = {sink.name: sink.health() for sink in self.sinks}
         if any(s["lost"] for s in sinks.values()):
             status = "losing"
-        elif any(not s["up"] or not s["spool_ok"] or s["backlog"] for s in sinks.values()):
+        elif any(not s["up"] or not s["spool_ok"] or not s["dead_letter_ok"] or s["backlog"]
+                 or s["quarantine_pending"] for s in sinks.values()):
             status = "degraded"
         else:
             status = "ok"

@@ -312,15 +312,23 @@ class Spool:
         """The oldest ``limit`` rows with a sequence number above ``after``, in order:
         ``(seq, event)``, or ``(seq, BadRow)`` for a row that holds no well-formed event.
         Raw bytes are read, so not even invalid UTF-8 in a row can make the query fail."""
+        return self._select("seq > ? ORDER BY seq LIMIT ?", (after, limit))
+
+    def read_seqs(self, seqs: Sequence[int]) -> list[tuple[int, AuditEvent | BadRow]]:
+        """The rows with these sequence numbers that still exist, in order (as :meth:`read`)."""
+        wanted = sorted(set(seqs))[:500]
+        if not wanted:
+            return []
+        return self._select(f"seq IN ({','.join('?' * len(wanted))}) ORDER BY seq", tuple(wanted))
+
+    def _select(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, AuditEvent | BadRow]]:
         with self._lock:
             if self._conn is None and not os.path.exists(self.path):
                 return []
             db = self._db()
             try:
                 rows = db.execute(
-                    "SELECT seq, CAST(event_id AS BLOB), CAST(body AS BLOB) FROM spool WHERE seq > ? "
-                    "ORDER BY seq LIMIT ?",
-                    (after, limit),
+                    f"SELECT seq, CAST(event_id AS BLOB), CAST(body AS BLOB) FROM spool WHERE {where}", params
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._drop_connection()

@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..exceptions import AuthenticationFailed
-from .saml_xml import DS, _check_signature, refuse
+from .saml_xml import DS, _check_signature, check_ids, refuse
 from .saml_xmlsec import MEMORY_BASE, MEMORY_PER_BYTE, XmlsecTimeout, run
 
 #: xmlsec1 may take this long for one verification (the documents are small
@@ -48,6 +48,12 @@ def check_root_signature(root: ET.Element) -> str:
     (depth first), so a signature placed earlier -- inside an embedded,
     genuinely signed element -- could otherwise be the one verified while the
     root we read is unsigned."""
+    try:
+        # IDs unique, none in a foreign namespace: ``#ID`` names the root for
+        # xmlsec1 exactly as it does here (metadata is not otherwise pre-scanned)
+        check_ids(root)
+    except AuthenticationFailed as exc:
+        raise SignatureInvalid(str(exc.description).rstrip(".").lower()) from None
     first = next(root.iter(f"{{{DS}}}Signature"), None)
     if first is None:
         raise SignatureInvalid("the document is not signed")

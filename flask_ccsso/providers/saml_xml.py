@@ -13,7 +13,9 @@ at too late (see docs/saml.md, "What pysaml2 leaves to the caller"):
   non-UTF-8 encodings (which could hide them from the byte search) are
   refused too; and the parse itself is defusedxml's with ``forbid_dtd``.
 * **Signature wrapping (XSW)**: exactly one assertion, as a direct child of
-  the Response, nowhere else; every ``ID`` unique in the document; every
+  the Response, nowhere else; every ``ID`` unique in the document, and no
+  ID-named attribute in another namespace (xmlsec1 would take ``x:ID`` as
+  the element's ID, :func:`check_ids`); every
   ``ds:Signature`` enveloped in the element it signs (single Reference whose
   URI is ``#`` + the parent's ID), at most one per element, no
   ``ds:Object``; only the enveloped-signature and (exclusive) c14n
@@ -380,6 +382,37 @@ def check_encrypted_assertion(ea: ET.Element) -> None:
     _cipher_data(cipher, "EncryptedData CipherData")
 
 
+#: attribute names xmlsec1 takes as an element's ID: ``--id-attr:ID`` (and
+#: ``AssertionID``, SAML 1.1) and the ``Id`` it registers itself inside
+#: ds:Signature / xenc:EncryptedData. It matches them by *local* name, in any
+#: namespace, and takes the first on the element.
+ID_ATTRIBUTES = ("ID", "AssertionID", "Id")
+
+
+def check_ids(root: ET.Element) -> None:
+    """Every ID in the document unique, and no ID-named attribute in a foreign namespace.
+
+    xmlsec1 registers an element's ID from the *first* attribute whose local
+    name is ``ID`` -- ``x:ID`` as well as ``ID`` -- while the Reference check
+    here (and every reader) uses the plain ``ID``. An element carrying
+    ``x:ID="decoy" ID="A"`` is therefore not what ``#A`` points at for
+    xmlsec1: another element with ``ID="A"`` (a genuinely signed one, wrapped
+    inside) is, and no duplicate is noticed. No SAML message or metadata needs
+    such an attribute (``xml:id`` aside, which libxml2 treats as an ID, so it
+    counts in the uniqueness check), so it is refused outright."""
+    ids: set[str] = set()
+    for el in root.iter():
+        if _is_comment_or_pi(el):
+            continue
+        for name, value in el.attrib.items():
+            if name.startswith("{") and name != XML_ID and name.rpartition("}")[2] in ID_ATTRIBUTES:
+                raise refuse("The SAML message carries an ID attribute in a foreign namespace.")
+            if name in ID_ATTRIBUTES or name == XML_ID:
+                if value in ids:
+                    raise refuse("The SAML message contains duplicate IDs.")
+                ids.add(value)
+
+
 def _is_encrypted(el: ET.Element) -> bool:
     tag = el.tag if isinstance(el.tag, str) else ""
     return tag in ENCRYPTED_TAGS or tag.startswith((f"{{{XENC}}}", f"{{{XENC11}}}"))
@@ -393,19 +426,13 @@ def scan(data: bytes, *, expected_issuer: str, kinds: tuple[str, ...] = ("Respon
     if root.tag != _q(SAMLP, kind) or kind not in kinds:
         raise refuse("The SAML message is not of the expected type.")
 
+    check_ids(root)
     parents: dict[ET.Element, ET.Element] = {}
-    ids: set[str] = set()
     for el in root.iter():
         if _is_comment_or_pi(el):
             continue
         for child in el:
             parents[child] = el
-        for attr in ("ID", "AssertionID", "Id", XML_ID):
-            v = el.get(attr)
-            if v is not None:
-                if v in ids:
-                    raise refuse("The SAML message contains duplicate IDs.")
-                ids.add(v)
 
     # the comment-truncation attack, named where it bites: the NameID
     for nid in root.iter(_q(SAML, "NameID")):

@@ -318,3 +318,118 @@ def test_corrupt_spool_file_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError) as info:
         init_audit(app, parse_logging_block(fast_block(spoolDir=str(spool_dir))))
     assert str(path) in str(info.value) and "SQLITE_NOTADB" in str(info.value)
+
+
+# -- class 4: the dead-letter file cannot be written -----------------------------------------
+
+def test_an_unwritable_dead_letter_file_holds_bad_rows_and_delivers_the_rest(tmp_path, collector, caplog):
+    """Poisoned rows while the dead-letter file cannot be written (it is a directory: EISDIR,
+    which root cannot bypass). The bad rows stay in the spool (never deleted without a copy),
+    the good rows around them are delivered, the spool is *not* reported as failing, and the
+    log says so once -- not one "cannot be used" / "works again" pair per retry."""
+    caplog.set_level(logging.DEBUG, AUDIT_LOGGER)
+    spool_dir = str(tmp_path / "spool")
+    good_ids, poison = _poisoned_spool(spool_dir, "dest")
+    dead_path = Path(spool_dir) / "ccsso-audit-dest.deadletter.jsonl"
+    dead_path.mkdir()
+    app = make_app(tmp_path)
+    pipeline = init_audit(app, parse_logging_block(fast_block(
+        destinations=[{"type": "http", "name": "dest", "url": collector.url + "/in"}], spoolDir=spool_dir,
+        batchSize=4)))
+    sink = pipeline.sinks[0]
+    try:
+        wait_for(lambda: [e["id"] for e in collector.events()] == good_ids, timeout=10)
+        wait_for(lambda: sink.stats.dead_letter_errors >= 3, timeout=10)  # retried, on a backoff
+        health = pipeline.health()
+        dest = health["sinks"]["dest"]
+        assert "EISDIR" in (dest["dead_letter_error"] or "") and not dest["dead_letter_ok"]
+        assert dest["spool_ok"] and dest["spool_error"] is None and dest["up"]
+        assert dest["quarantine_pending"] == len(poison) and dest["quarantined"] == 0 and dest["lost"] == 0
+        assert health["status"] == "degraded"
+        assert len(sink.spool.refresh() and sink.spool) == len(poison)  # still on disk, nothing deleted
+
+        # the file becomes writable: the held rows are quarantined, the spool empties
+        dead_path.rmdir()
+        wait_for(lambda: sink.stats.quarantined == len(poison) and sink.spool.refresh() == 0, timeout=10)
+        assert pipeline.health()["status"] == "ok"
+    finally:
+        pipeline.close()
+    assert len(collector.events()) == len(good_ids)  # none twice
+    messages = [r.getMessage() for r in _audit_records(caplog) if r.levelno >= logging.WARNING]
+    assert len([m for m in messages if "dead-letter file" in m and "cannot be written" in m]) == 1
+    assert not [m for m in messages if "spool" in m and ("cannot be used" in m or "works again" in m)]
+    _assert_quiet_log(caplog, max_lines=len(poison) + 3)
+
+
+def test_refused_events_with_an_unwritable_dead_letter_file_are_counted_lost(tmp_path, collector, caplog, alerts):
+    """The collector refuses an event (HTTP 400) and the dead-letter file cannot take it: the
+    event is lost and counted (with the alert), the sink is not reported down, and the events
+    around it are delivered once each."""
+    caplog.set_level(logging.DEBUG, AUDIT_LOGGER)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "ccsso-audit-dest.deadletter.jsonl").mkdir()
+    collector.mode = "poison"
+    app = make_app(tmp_path)
+    pipeline = init_audit(app, parse_logging_block(fast_block(
+        destinations=[{"type": "http", "name": "dest", "url": collector.url + "/in"}], spoolDir=str(spool_dir),
+        batchSize=8, flushInterval=0.2)))
+    sink = pipeline.sinks[0]
+    try:
+        _send_logins(app, 3)
+        app.test_client().post("/send/user_logged_in", json={"provider": "POISON", "method": "oidc",
+                                                             "step_up": False})
+        _send_logins(app, 3)
+        wait_for(lambda: sink.stats.lost == 1 and len(_logins(collector)) == 6, timeout=10)
+        wait_for(lambda: alerts, timeout=10)
+        assert alerts[0]["key"] == "dest" and alerts[0]["count"] == 1
+        health = pipeline.health()["sinks"]["dest"]
+        assert health["up"] and health["spool_ok"] and "EISDIR" in health["dead_letter_error"]
+        assert health["dead_lettered"] == 0 and health["in_spool"] == 0
+    finally:
+        pipeline.close()
+    logins = _logins(collector)  # the loss alert is recorded too (auth.failure_threshold)
+    assert len({e["id"] for e in logins}) == len(logins) == 6
+    assert not [e for e in collector.events() if "POISON" in json.dumps(e)]
+    _assert_quiet_log(caplog, max_lines=4)
+
+
+def _logins(collector: Collector) -> list[dict[str, Any]]:
+    return [e for e in collector.events() if e["type"] == "auth.login"]
+
+
+# -- class 5: events offered after close -----------------------------------------------------
+
+@pytest.mark.parametrize("spool_works", [True, False], ids=["spool-works", "spool-unwritable"])
+def test_an_event_offered_after_close_is_spooled_or_counted(tmp_path, collector, caplog, spool_works):
+    """A request thread still running while the pipeline closes (atexit, a worker recycling)
+    offers its event after the sink's thread has finished. The old code raised
+    ``RuntimeError: the audit spool is closed`` into that request, or, while the spool could
+    not be written, parked the event in a backlog nobody would ever drain (uncounted)."""
+    caplog.set_level(logging.DEBUG, AUDIT_LOGGER)
+    if spool_works:
+        spool_dir = str(tmp_path / "spool")
+    else:
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("x\n")
+        spool_dir = str(blocker / "spool")
+    collector.stop()
+    app = make_app(tmp_path)
+    pipeline = init_audit(app, _settings(collector, spool_dir, 10))
+    sink = pipeline.sinks[0]
+    assert pipeline.close(5)
+    lost_before = sink.stats.lost
+    late = _event(1)
+    assert sink.offer(late) is spool_works  # must not raise into the request
+    if spool_works:
+        spool = Spool(spool_dir, "siem")
+        try:
+            assert [e.id for _, e in spool.peek(10)] == [late.id]  # kept for the next process
+        finally:
+            spool.close()
+        assert sink.stats.lost == lost_before
+    else:
+        assert sink.stats.lost == lost_before + 1 and sink.backlog == 0
+        assert pipeline.health()["status"] == "losing"
+        assert any("LOST" in r.getMessage() for r in _audit_records(caplog))
+    _assert_quiet_log(caplog, max_lines=4)

@@ -78,12 +78,18 @@ def answer(clock: Any, aud: str, sub: str = "u-bob") -> dict[str, Any]:
 ROUTED = ({"introspectionDefault": True}, {"introspectionTokenPrefix": "bt_"})
 
 
-def test_several_introspecting_providers_without_a_rule_fail_at_start_up(make_app, two):
-    op_a, op_b, *_ = two
-    with pytest.raises(ConfigError) as err:
-        make_app(config(op_a, op_b))
-    assert "introspectionTokenPrefix" in err.value.path and err.value.path.startswith("auth.providers.")
-    assert "introspectionDefault" in (err.value.fix or "")
+def test_several_introspecting_providers_without_a_rule_send_opaque_tokens_nowhere(make_app, two, clock, caplog):
+    """Without a rule nothing says which provider an opaque token belongs to:
+    the portal starts (it may take no opaque tokens at all), says so once, and
+    refuses opaque tokens without sending them to any provider."""
+    op_a, op_b, idp_a, idp_b = two
+    with caplog.at_level("WARNING", logger="flask_ccsso"):
+        client = add_skill_routes(make_app(config(op_a, op_b))).test_client()
+    assert any("introspectionTokenPrefix" in r.getMessage() for r in caplog.records)
+    idp_a.answers["a-token"] = answer(clock, CLIENT_ID, "u-of-a")
+    resp = client.get("/me", headers=bearer("a-token"))
+    assert resp.status_code == 401
+    assert idp_a.calls == [] and idp_b.calls == []
 
 
 @pytest.mark.parametrize(("a", "b", "key"), [
@@ -133,6 +139,30 @@ def test_one_providers_outage_does_not_touch_anothers_callers(make_app, two, clo
     idp_a.answers["a-token-2"] = answer(clock, CLIENT_ID)
     assert client.get("/s/database-migration", headers=bearer("a-token-2")).status_code == 200
     assert [c["token"] for c in idp_b.calls] == ["bt_token"]
+
+
+def test_one_providers_outage_does_not_use_up_another_providers_limit(make_app, two, clock):
+    """One address (an API gateway, a backend calling for many users) sends
+    tokens of both providers. B is down: its calls fail, and each counted
+    against the address's introspection limit -- so after B's outage had used
+    the limit up, A's valid tokens from the same address were 429 too. The
+    limit is kept per provider and address: it protects each IdP from made-up
+    tokens, and one IdP's trouble stays with its own callers."""
+    op_a, op_b, idp_a, idp_b = two
+    client = add_skill_routes(make_app(config(op_a, op_b, *ROUTED),
+                                       CCSSO_BEARER_INTROSPECTION_LIMIT=INTROSPECTION_LIMIT)).test_client()
+    gateway = {"REMOTE_ADDR": "192.0.2.50"}
+    idp_b.status = 500
+    for i in range(INTROSPECTION_LIMIT + 3):
+        assert client.get("/me", headers=bearer(f"bt_user-{i}"), environ_base=gateway).status_code in (503, 429)
+    assert len(idp_b.calls) == INTROSPECTION_LIMIT  # B is still spared a flood
+    idp_a.answers["a-user-token"] = answer(clock, CLIENT_ID)
+    resp = client.get("/s/database-migration", headers=bearer("a-user-token"), environ_base=gateway)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    # and made-up A tokens from that address are limited on their own count
+    for i in range(INTROSPECTION_LIMIT):
+        client.get("/me", headers=bearer(f"made-up-{i}"), environ_base=gateway)
+    assert client.get("/me", headers=bearer("made-up-x"), environ_base=gateway).status_code == 429
 
 
 def test_refusals_are_cached_by_token_hash(make_app, op, clock, _idps):

@@ -18,6 +18,7 @@ import pytest
 from flask_ccsso import signals
 from flask_ccsso.testing import listen_to
 from tests.conftest import authorize_params, callback, oidc_config, start_login
+from tests.local_op import CLIENT_ID
 from tests.test_example_app import Portal, portal, sign_in  # noqa: F401 - fixture
 
 ME_JSON = {"Accept": "application/json"}
@@ -179,3 +180,52 @@ def test_example_deploy_with_the_token_deploys(portal: Portal) -> None:  # noqa:
     resp = client.post("/deploy", data={"environment": "staging", "csrf_token": _deploy_token(client)},
                        headers={"Origin": portal.base, "Sec-Fetch-Site": "same-origin"})
     assert resp.status_code == 200 and "Deployment to staging started" in resp.get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- @csrf_protect's bearer exemption
+
+def _prefs_app(make_app: Any, op: Any) -> tuple[Any, Any, list[str]]:
+    """A signed-in browser and an app view that changes the *cookie session's*
+    state (no skill on it: ``@csrf_protect`` alone guards it)."""
+    from flask import request, session
+
+    from flask_ccsso import csrf_protect
+
+    app = make_app(oidc_config(op))
+    changed: list[str] = []
+
+    @app.post("/prefs")
+    @csrf_protect
+    def prefs() -> str:
+        changed.append(request.form.get("theme", ""))
+        session["theme"] = request.form.get("theme", "")
+        return "saved"
+
+    client = app.test_client()
+    assert callback(client, op.issue_code(start_login(client))).status_code == 302
+    assert still_signed_in(client)
+    return app, client, changed
+
+
+@pytest.mark.parametrize("authorization", ["Bearer x", "bearer  ", "Bearer not-a-real-token", "BEARER a.b.c"],
+                         ids=["junk", "empty", "unknown", "fake-jwt"])
+def test_a_bearer_header_that_does_not_authenticate_does_not_switch_csrf_off(make_app: Any, op: Any,
+                                                                             authorization: str) -> None:
+    """Before: any ``Authorization: Bearer ...`` header skipped the check, and the
+    view then ran on the cookie's session -- a forged post needed only to add
+    the header. The exemption holds only for a token that authenticates."""
+    _, client, changed = _prefs_app(make_app, op)
+    resp = client.post("/prefs", data={"theme": "evil"}, headers={"Authorization": authorization})
+    assert resp.status_code in (302, 400, 401) and resp.get_data(as_text=True) != "saved"
+    assert changed == []
+    assert still_signed_in(client)
+
+
+def test_a_valid_bearer_token_still_needs_no_csrf_token(make_app: Any, op: Any, clock: Any) -> None:
+    """An API caller with a real access token (no cookie) is not a browser: no CSRF token needed."""
+    app, _, changed = _prefs_app(make_app, op)
+    now = int(clock.now)
+    token = op.sign({"iss": op.issuer, "sub": "u-api", "aud": CLIENT_ID,
+                     "exp": now + 600, "iat": now}, header={"typ": "at+jwt"})
+    resp = app.test_client().post("/prefs", data={"theme": "api"}, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200 and changed == ["api"]

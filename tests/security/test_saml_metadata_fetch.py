@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -246,6 +247,51 @@ def test_bad_metadata_signature_is_refused(servers, build, idp, federation, tmp_
     resp = client.get("/sso/google/login", headers=JSON)
     assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
     assert srv.hits == 1
+
+
+def _wrap_by_namespaced_id(genuine: str, evil: str) -> str:
+    """The attacker's metadata (``evil``, an unsigned EntityDescriptor for the
+    trusted IdP's entityID with the attacker's key) as the root, carrying
+    ``x:ID="decoy"`` before ``ID=<the genuine document's ID>``, the genuine
+    signature as its first child and -- in its Extensions -- the genuinely
+    signed document (any entity the publisher signs, here another IdP), with
+    its signature moved out. xmlsec1 takes the first ID-named attribute, so for
+    it ``#ID`` is the inner, genuinely signed element; the root is what is read."""
+    body = genuine.split("?>", 1)[-1]
+    sig = re.search(r"<(\w+):Signature\b.*?</\1:Signature>", body, re.S)
+    assert sig is not None
+    prefix = sig.group(1)
+    ds_ns = re.search(rf'xmlns:{prefix}="([^"]*)"', body).group(1)  # type: ignore[union-attr]
+    moved = sig.group(0).replace(f"<{prefix}:Signature", f'<{prefix}:Signature xmlns:{prefix}="{ds_ns}"', 1)
+    inner = body.replace(sig.group(0), "")
+    ident = re.search(r'\bID="([^"]+)"', inner).group(1)  # type: ignore[union-attr]
+    evil_body = evil.split("?>", 1)[-1]
+    start = re.match(r"<(\w+):EntityDescriptor\b([^>]*)>", evil_body)
+    assert start is not None
+    md = start.group(1)
+    return (f'<{md}:EntityDescriptor xmlns:x="urn:example:decoy" x:ID="decoy" ID="{ident}"{start.group(2)}>'
+            f"{moved}<{md}:Extensions>{inner}</{md}:Extensions>{evil_body[start.end():]}")
+
+
+def test_signature_wrapping_through_a_namespaced_id_is_refused(servers, build, idp, federation, tmp_path):
+    """xmlsec1 resolves ``#ID`` through the first attribute *named* ID, in any
+    namespace: with ``x:ID`` first on the root, the Reference lands on a
+    wrapped, genuinely signed document and the attacker's root (their signing
+    certificate for the trusted entityID) was accepted."""
+    other = SAMLIdP(str(tmp_path / "other"), entity_id="https://other.example.test/saml", cn="other")
+    evil = SAMLIdP(str(tmp_path / "evil"), entity_id="https://idp.example.test/saml", cn="evil")
+    doc = _wrap_by_namespaced_id(signed_metadata(other, federation), evil.metadata_xml())
+    srv = Server()
+    servers.append(srv)
+    srv.body = doc.encode()
+    app, client, prov = build(srv.url, idpMetadataCertificate=federation.cert_pem)
+    resp = client.get("/sso/google/login", headers=JSON)
+    assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
+    # refused by the ID check, before xmlsec1 runs, naming the class
+    from flask_ccsso.providers.saml_metadata import MetadataError, verify_metadata_signature
+
+    with pytest.raises(MetadataError, match="foreign namespace"):
+        verify_metadata_signature(doc.encode(), federation.cert_pem, prov.xmlsec)
 
 
 def test_certificate_from_a_file_and_file_metadata_are_verified_too(build, idp, federation, tmp_path):

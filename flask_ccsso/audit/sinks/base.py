@@ -14,6 +14,11 @@ A spool row that holds no well-formed event (see
 copied to the dead-letter file as raw bytes, deleted from the spool, and the
 replay goes on with the next row.
 
+The dead-letter file failing is its own condition, never taken for the sink
+or the spool failing: bad rows then stay in the spool, skipped, until the file
+can be written (retried on a backoff); events the sink refuses are lost and
+counted; the failure is logged once.
+
 When the sink is down *and* its spool cannot be written (read-only or full
 file system, permissions, a corrupt file), events wait in a bounded in-memory
 backlog, in order, and go to the spool or the sink as soon as either takes
@@ -42,9 +47,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ...exceptions import ConfigError
 from ..events import AuditEvent
 from ..settings import AuditSettings, SinkSettings
-from ..spool import BadRow, DeadLetter, Spool, SpoolError, describe_io_error
+from ..spool import BadRow, DeadLetter, Spool, SpoolError
 
 log = logging.getLogger("flask_ccsso.audit")
 
@@ -94,8 +100,10 @@ class SinkStats:
     refused; ``quarantined``: spool rows holding no well-formed event, moved
     to the dead-letter file; ``dropped``: low-value events dropped on a full
     queue (policy); ``lost``: events that should have been kept and were not
-    (backlog full, or still in memory at shutdown); ``spool_errors``: failed
-    spool operations.
+    (backlog full, still in memory at shutdown, offered after shutdown while
+    the spool failed, or refused by the sink while the dead-letter file
+    failed); ``spool_errors``: failed spool operations; ``dead_letter_errors``:
+    failed dead-letter writes.
     """
 
     written: int = 0
@@ -109,6 +117,7 @@ class SinkStats:
     quarantined: int = 0
     backlogged: int = 0
     spool_errors: int = 0
+    dead_letter_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -160,6 +169,14 @@ class Sink:
         self._undeleted: set[int] = set()
         #: the spool could not be read (or locked) for replay: only then may the backlog overtake it
         self._spool_unreadable = False
+        # the dead-letter file's health: its failures are not the spool's, nor the sink's
+        self._dead_letter_error: str | None = None
+        self._dead_letter_failures = 0
+        self._dead_letter_retry_at = 0.0  # monotonic
+        #: bad spool rows not quarantined yet (the dead-letter file failed): left in the spool, skipped
+        self._held: set[int] = set()
+        #: the worker has finished: an event offered now goes straight to the spool, or is lost and counted
+        self._finished = False
         # losses not yet reported, and when they last were
         self._unreported_lost = 0
         self._loss_reason = ""
@@ -227,6 +244,7 @@ class Sink:
         self._backlog_lock = threading.RLock()
         self._backlog = deque()  # the parent's to deliver; a copy here would arrive twice
         self._undeleted = set()
+        self._held = set()
         self._thread = None
         self._opened = False
         self.spool.after_fork()
@@ -250,7 +268,7 @@ class Sink:
 
     def _spooled(self) -> int:
         """Spool rows still to deliver (not counting delivered rows whose delete failed)."""
-        return max(len(self.spool) - len(self._undeleted), 0)
+        return max(len(self.spool) - len(self._undeleted) - len(self._held), 0)
 
     @property
     def backlog(self) -> int:
@@ -272,6 +290,9 @@ class Sink:
             "in_spool": self._spooled(),
             "backlog": len(self._backlog),
             "backlog_limit": self.audit.backlog_size,
+            "dead_letter_ok": self._dead_letter_error is None,
+            "dead_letter_error": self._dead_letter_error,
+            "quarantine_pending": len(self._held),
             "spool_path": self.spool.path,
             "dead_letter_path": self.dead_letter.path,
             **self.stats.as_dict(),
@@ -344,6 +365,8 @@ class Sink:
             # an unreadable spool is retried on its own backoff, not in a tight loop
             candidates.append(max(self._down_until, self._spool_retry_at) if self._spool_unreadable
                               else self._down_until)
+        if self._held:
+            candidates.append(self._dead_letter_retry_at)
         if self._backlog:
             candidates.append(self._down_until)
             if self._spool_error is not None:
@@ -429,7 +452,15 @@ class Sink:
                 self._write(events[:mid])
                 self._write(events[mid:])
                 return
-            self.dead_letter.write(events, str(exc))
+            try:
+                self.dead_letter.write(events, str(exc))
+            except SpoolError as dl_exc:
+                # refused for good and no copy possible: a counted loss, not a sink outage to retry
+                self._dead_letter_failed(dl_exc)
+                self._lose(len(events), f"the sink refused them ({exc}) and the dead-letter file cannot be "
+                           f"written ({dl_exc.reason})")
+                return
+            self._dead_letter_ok()
             self.stats.dead_lettered += len(events)
             log.error("audit sink %r refused %d event(s) (%s); moved to %s", self.name, len(events), exc,
                       self.dead_letter.path)
@@ -496,6 +527,8 @@ class Sink:
         """Keep events the sink did not take, in order: in the spool, or while it fails, in the
         backlog. Returns how many were kept (the rest were lost and counted)."""
         with self._backlog_lock:
+            if self._finished:
+                return self._keep_after_stop(events)
             if self._backlog:
                 self._backlog_to_spool()
             if not self._backlog and self._spool_usable():
@@ -508,6 +541,24 @@ class Sink:
                     self.stats.spooled += len(events)
                     return len(events)
             return self._keep_in_memory(events)
+
+    def _keep_after_stop(self, events: Sequence[AuditEvent]) -> int:
+        """The worker has finished, yet a request still running at exit offers an event: append it
+        to the spool for the next process to replay (a connection of its own: the sink's spool is
+        closed), or count it as lost. Call with the backlog lock held."""
+        try:
+            spool = Spool(self.spool.directory, self.name)
+            try:
+                spool.append(events)
+            finally:
+                spool.close()
+        except (SpoolError, ConfigError) as exc:
+            self._lose(len(events), "offered after the pipeline closed, and the spool cannot be written "
+                       f"({getattr(exc, 'reason', None) or type(exc).__name__})")
+            self._report_losses()
+            return 0
+        self.stats.spooled += len(events)
+        return len(events)
 
     def _keep_in_memory(self, events: Sequence[AuditEvent]) -> int:
         """Append to the bounded backlog; what does not fit is lost. Call with the backlog lock held."""
@@ -537,7 +588,8 @@ class Sink:
             log.info("audit sink %r: moved %d event(s) from memory to the spool", self.name, len(events))
 
     def _abandon_backlog(self) -> None:
-        """At shutdown: a backlog the spool still cannot take is lost, and counted."""
+        """At shutdown: a backlog the spool still cannot take is lost, and counted. From here
+        on nothing is kept in memory (see :meth:`_keep_after_stop`)."""
         with self._backlog_lock:
             self._backlog_to_spool(force=True)
             if self._backlog:
@@ -545,11 +597,13 @@ class Sink:
                 self._backlog.clear()
                 self._lose(n, f"shutting down while the sink is down and the spool cannot be written "
                            f"({self._spool_error or 'unknown'})")
+            self._finished = True
 
     def _lose(self, n: int, reason: str) -> None:
-        self.stats.lost += n
-        self._unreported_lost += n
-        self._loss_reason = reason
+        with self._backlog_lock:
+            self.stats.lost += n
+            self._unreported_lost += n
+            self._loss_reason = reason
 
     def _report_losses(self, final: bool = False) -> None:
         """One log line and one alert for the losses since the last report: the first loss
@@ -577,14 +631,61 @@ class Sink:
     def _quarantine(self, rows: Sequence[BadRow]) -> None:
         """Copy undecodable spool rows to the dead-letter file, then delete them from the spool.
 
-        Raises :class:`SpoolError` when the dead-letter file cannot be written: the rows
-        then stay where they are (never deleted without a copy)."""
-        self.dead_letter.write_rows(rows)
+        While the dead-letter file cannot be written the rows are *held*: they stay in the
+        spool (never deleted without a copy), the replay reads past them, and they are tried
+        again after a backoff."""
+        if not rows:
+            return
+        seqs = [r.seq for r in rows]
+        if not self._dead_letter_usable():
+            self._held.update(seqs)
+            return
+        try:
+            self.dead_letter.write_rows(rows)
+        except SpoolError as exc:
+            self._dead_letter_failed(exc)
+            self._held.update(seqs)
+            return
+        self._dead_letter_ok()
+        self._held.difference_update(seqs)
         self.stats.quarantined += len(rows)
         for r in rows:
             log.error("audit sink %r: spool row %d (event %s) holds no valid event (%s); moved to %s",
                       self.name, r.seq, r.event_id or "<unreadable id>", r.problem, self.dead_letter.path)
-        self._delete_spooled([r.seq for r in rows])
+        self._delete_spooled(seqs)
+
+    def _retry_held(self) -> None:
+        """Quarantine held rows again once the dead-letter file may work (rows another
+        process removed meanwhile are forgotten)."""
+        if not self._held or not self._dead_letter_usable():
+            return
+        asked = sorted(self._held)[:500]
+        rows = self.spool.read_seqs(asked)
+        self._held.difference_update(set(asked) - {seq for seq, _ in rows})
+        self._quarantine([r for _, r in rows if isinstance(r, BadRow)])
+
+    def _dead_letter_usable(self) -> bool:
+        return self._dead_letter_error is None or time.monotonic() >= self._dead_letter_retry_at
+
+    def _dead_letter_failed(self, exc: SpoolError) -> None:
+        """Note a dead-letter failure: the first of a run is logged with its real cause, the rest counted."""
+        self.stats.dead_letter_errors += 1
+        self._dead_letter_failures += 1
+        self._dead_letter_retry_at = time.monotonic() + self._backoff(self._dead_letter_failures)
+        if self._dead_letter_error is None:
+            log.error("audit sink %r: its dead-letter file %s cannot be written (%s); spool rows holding no "
+                      "valid event stay in the spool, skipped, and events the sink refuses are lost (counted) "
+                      "until it can", self.name, self.dead_letter.path, exc.reason)
+        else:
+            log.debug("audit sink %r: dead-letter file still failing (%s)", self.name, exc.reason)
+        self._dead_letter_error = exc.reason
+
+    def _dead_letter_ok(self) -> None:
+        if self._dead_letter_error is not None:
+            log.warning("audit sink %r: its dead-letter file can be written again (after %d failed writes)",
+                        self.name, self._dead_letter_failures)
+        self._dead_letter_error = None
+        self._dead_letter_failures = 0
 
     # -- replay ------------------------------------------------------------------------------
 
@@ -597,7 +698,8 @@ class Sink:
             if time.monotonic() < self._down_until:
                 self._backlog_to_spool()
                 return
-            if self._spooled() and not (self._spool_unreadable and not self._spool_usable()):
+            held_due = bool(self._held) and self._dead_letter_usable()
+            if (self._spooled() or held_due) and not (self._spool_unreadable and not self._spool_usable()):
                 try:
                     if not self._replay_spool(deadline):
                         return
@@ -618,17 +720,20 @@ class Sink:
     def _replay_spool(self, deadline: float | None) -> bool:
         """Replay the spool in order. ``True`` when nothing is left to deliver from it.
 
-        :class:`SpoolError` when the spool cannot be locked or read (or the dead-letter
-        file written); a failed delete does not stop the replay (see :meth:`_delete_spooled`).
+        :class:`SpoolError` when the spool cannot be locked or read; a failed delete
+        does not stop the replay (see :meth:`_delete_spooled`), nor does a dead-letter
+        file that cannot be written (see :meth:`_quarantine`).
         """
         if not self.spool.try_acquire_replay():
             self._down_until = time.monotonic() + self.audit.flush_interval
             return False
         if self._undeleted:
             self._delete_spooled(sorted(self._undeleted), retry=True)
+        self._retry_held()
         turns = 0
+        delivered = False
         while True:
-            rows = self.spool.read(self.audit.batch_size, after=max(self._undeleted, default=0))
+            rows = self.spool.read(self.audit.batch_size, after=max(self._undeleted | self._held, default=0))
             self._spool_unreadable = False
             if not rows:
                 break
@@ -642,18 +747,20 @@ class Sink:
                 except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then spooled
                     self._failed(exc, getattr(exc, "retry_after", None))
                     return False
+                delivered = True
                 self.stats.replayed += len(good)
                 self._delete_spooled([seq for seq, _ in good])
             turns += 1
             if not self._next_turn(turns, deadline):
                 break
-        self._back_up()
+        if delivered:
+            self._back_up()  # only an answer from the sink says it is back
         try:
             left = self.spool.refresh()
         except SpoolError:
             left = len(self.spool)
-        if left - len(self._undeleted) <= 0:
-            if not self._undeleted:
+        if left - len(self._undeleted) - len(self._held) <= 0:
+            if not self._undeleted and not self._held:
                 self.spool.release_replay()
             return True
         return False
@@ -704,8 +811,6 @@ def _describe(exc: BaseException) -> str:
     """A short, secret-free description (no URLs, no bodies)."""
     if isinstance(exc, SinkError):
         return str(exc)
-    if isinstance(exc, SpoolError):
-        return f"the dead-letter file failed: {describe_io_error(exc)}"
     return type(exc).__name__
 
 
