@@ -25,7 +25,16 @@ from .extension import CCSSO, get_state
 from .identity import AnonymousIdentity, Identity, current_identity
 from .skills import has_skill, login_required, requires_skill, skill_guard
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed distribution's metadata (as Flask
+    reads its own), so ``pyproject.toml`` is the one place the version is written."""
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("flask-ccsso")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
                          "CCSSO",

@@ -29,6 +29,8 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -102,6 +104,26 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 # --------------------------------------------------------------------------- secret-free echoes
+
+#: the metadata mark of a secret settings field (see :func:`secret_field`); a
+#: field without a default spells ``field(repr=False, metadata=SECRET)``
+#: itself, since type checkers only see a default-less ``field(...)`` call
+SECRET: Mapping[str, bool] = MappingProxyType({"secret": True})
+
+
+def secret_field(**kwargs: Any) -> Any:
+    """A settings field that holds a secret: left out of ``repr()`` (tracebacks,
+    debuggers, log lines) and shown as ``***`` by ``flask ccsso check-config``
+    (which reads the ``secret`` mark). One mark, so a secret added later is
+    hidden everywhere at once."""
+    return field(repr=False, metadata=SECRET, **kwargs)
+
+
+def url_field(**kwargs: Any) -> Any:
+    """A settings field holding a URL that may embed a password: left out of
+    ``repr()``; check-config shows it with the password masked."""
+    return field(repr=False, **kwargs)
+
 
 def mask_url(url: str) -> str:
     """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (and secret query values -> ``***``).
@@ -188,6 +210,8 @@ def check_url(value: str, path: str, *, http: bool = False, https_unless_loopbac
     try:
         parts = urlsplit(value)
         host = parts.hostname
+        if host and "[" in parts.netloc and not _is_ipv6(host):  # urlsplit checks this only from 3.11.4 on
+            raise ValueError("the host in [brackets] is not an IPv6 address")
         if parts.port == 0:  # .port itself raises on 99999 or "abc"
             raise ValueError("Port out of range 1-65535")
     except ValueError as exc:
@@ -213,6 +237,14 @@ def check_url(value: str, path: str, *, http: bool = False, https_unless_loopbac
     elif scheme in ("http", "https") and not host:
         raise ConfigError(path, f"{shown!r} names no host.", "write the full URL, e.g. https://host/...")
     return value
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _url_problem(exc: ValueError) -> str:

@@ -92,7 +92,7 @@ DEFAULT_CACHE_SIZE = 2048
 INTROSPECTION_CACHE_SECONDS = 60.0
 #: how long a refused opaque token is refused without asking the IdP again
 REFUSAL_CACHE_SECONDS = 30.0
-#: unsuccessful introspection calls one client address may cause per window
+#: unsuccessful introspection calls one client address may cause at one provider per window
 INTROSPECTION_LIMIT = 20
 INTROSPECTION_LIMIT_WINDOW = 60.0
 #: how many client addresses the limiter remembers
@@ -626,7 +626,7 @@ def init_state(app: Flask, state: CCSSOState) -> None:
     ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS`` (30) is how long a refused opaque
     token is refused without asking again; ``CCSSO_BEARER_INTROSPECTION_LIMIT``
     (20) is how many unsuccessful introspection calls one client address may
-    cause per minute."""
+    cause at each provider per minute."""
     size = int(_app_number(app, "CCSSO_BEARER_CACHE_SIZE", DEFAULT_CACHE_SIZE, 1, 10_000_000, whole=True))
     refusal = _app_number(app, "CCSSO_BEARER_REFUSAL_CACHE_SECONDS", REFUSAL_CACHE_SECONDS, 0, 3600)
     limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000, whole=True))

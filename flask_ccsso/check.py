@@ -34,12 +34,13 @@ from urllib.parse import urlsplit
 import click
 from flask import Flask, current_app, has_app_context, url_for
 
-from .config import is_loopback_host, unrouted_introspection
+from .config import _SECRET_KEYS, is_loopback_host, unrouted_introspection
 from .exceptions import CCSSOError, ConfigError
 
-#: keys whose values never get printed
-SECRET_FIELDS = {"client_secret", "clientSecret", "sp_private_key", "spPrivateKey", "token", "password",
-                 "secret", "headers"}
+#: keys of raw config blocks (``logging``) whose values never get printed: the
+#: keys that must be ``${VAR}`` in a file, plus sink headers; settings structs
+#: mark their secret fields instead (``secret_field``)
+SECRET_FIELDS = frozenset(_SECRET_KEYS | {"secret", "headers"})
 #: certificates closer than this to their end are a warning
 CERT_WARN_DAYS = 14
 #: a clock this far off (seconds) is worth a warning even inside the skew
@@ -106,7 +107,9 @@ def mask_url(url: str) -> str:
 def masked(value: Any, key: str = "") -> Any:
     """A JSON-safe copy of ``value`` with every secret replaced by ``***``."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        # a field marked secret (config.secret_field) is masked whatever its name
+        return {f.name: ("***" if getattr(value, f.name) else getattr(value, f.name)) if f.metadata.get("secret")
+                else masked(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
     if key in SECRET_FIELDS:
         return "***" if value else value
     if isinstance(value, dict):

@@ -22,7 +22,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._validate import check_keys, check_url, expect, expect_int, expect_positive, expect_str_list, join, mask_url
+from ._validate import (
+    SECRET,
+    check_keys,
+    check_number,
+    check_url,
+    expect,
+    expect_int,
+    expect_positive,
+    expect_str_list,
+    join,
+    mask_url,
+    secret_field,
+    url_field,
+)
 from ._validate import is_loopback_host as is_loopback_host  # noqa: PLC0414 - re-exported: providers and check-config use it
 from .exceptions import ConfigError
 
@@ -126,14 +139,27 @@ def _no_duplicates(filename: str) -> Any:
     return hook
 
 
+def _bounded_int(filename: str) -> Any:
+    """A JSON integer hook refusing more than 300 digits: Python's own limit
+    (4,300) raises a bare ``ValueError`` out of ``json.load``, and no setting
+    needs a number beyond ``float`` anyway (the range checks come later)."""
+    def hook(text: str) -> int:
+        if len(text) > 300:
+            raise ConfigError(filename, "holds a number with more than 300 digits.",
+                              "fix the number (every setting has a far smaller limit).")
+        return int(text)
+    return hook
+
+
 def load_file(filename: str) -> dict[str, Any]:
     """Read one JSON config file. Anything wrong with the file itself -- missing,
-    unreadable, not UTF-8, not JSON, nested absurdly deep -- is a ConfigError
-    naming the file, never a raw ``OSError`` / ``UnicodeDecodeError``."""
+    unreadable, not UTF-8, not JSON, nested absurdly deep, a number with
+    thousands of digits -- is a ConfigError naming the file, never a raw
+    ``OSError`` / ``UnicodeDecodeError`` / ``ValueError``."""
     try:
         # utf-8-sig: a byte-order mark written by some Windows editors is not an error
         with open(filename, encoding="utf-8-sig") as fh:
-            data = json.load(fh, object_pairs_hook=_no_duplicates(filename))
+            data = json.load(fh, object_pairs_hook=_no_duplicates(filename), parse_int=_bounded_int(filename))
     except FileNotFoundError:
         raise ConfigError(filename, "does not exist.",
                           "point CCSSO_CONFIG_FILE at your JSON config (relative paths are from the app root).") from None
@@ -173,7 +199,7 @@ class ProviderSettings:
 @dataclass(frozen=True)
 class OIDCSettings(ProviderSettings):
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False, metadata=SECRET)
     issuer: str
     discovery_url: str
     scopes: tuple[str, ...]
@@ -212,7 +238,7 @@ class SAMLSettings(ProviderSettings):
     sp_entity_id: str
     attribute_mapping: Mapping[str, str]
     sp_certificate: str | None = None
-    sp_private_key: str | None = None
+    sp_private_key: str | None = secret_field(default=None)
     sign_authn_requests: bool = False
     want_assertions_signed: bool = True
     want_response_signed: bool = False
@@ -256,7 +282,7 @@ class StoreSettings:
     #: ``"redis"``, ``"sqlalchemy"`` or ``"embedded"`` (a SQLite file + file
     #: cache in the instance folder: one machine, any number of processes)
     type: str = "embedded"
-    url: str | None = None
+    url: str | None = url_field(default=None)
     key_prefix: str = "ccsso:"
     path: str | None = None
 
@@ -281,9 +307,9 @@ class SessionSettings:
     cookie_host_prefix: bool | None = None
     refresh_lock_timeout: float = 10.0
     #: seals session records (else SECRET_KEY); never stored with them
-    token_encryption_key: str | None = field(default=None, repr=False)
+    token_encryption_key: str | None = secret_field(default=None)
     #: old keys that still open records (else SECRET_KEY_FALLBACKS)
-    token_encryption_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
+    token_encryption_key_fallbacks: tuple[str, ...] = secret_field(default=())
 
 
 @dataclass(frozen=True)
@@ -291,8 +317,9 @@ class CCSSOConfig:
     providers: Mapping[str, ProviderSettings]
     skills: Mapping[str, SkillSettings]
     session: SessionSettings
-    logging: Mapping[str, Any]
-    default_provider: str | None
+    #: the raw ``logging`` block (parsed by the audit package): it may hold sink tokens and headers
+    logging: Mapping[str, Any] = field(repr=False)
+    default_provider: str | None = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -633,7 +660,7 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
                 from redis.connection import parse_url
             except ImportError:  # the redis extra is not installed: the store says so when it starts
                 return
-            parse_url(url)
+            options = parse_url(url)
     except ImportError:
         raise ConfigError(path, "names a database driver that is not installed.",
                           "install the driver (e.g. pip install 'psycopg[binary]') or fix the URL's scheme.") from None
@@ -641,6 +668,12 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
         raise ConfigError(path, f"{mask_url(url)!r} is not a valid {stype} URL.",
                           "e.g. redis://:${REDIS_PASSWORD}@host:6379/0" if stype == "redis"
                           else "e.g. postgresql+psycopg://user:password@host/db.") from None
+    if stype == "redis":
+        # redis-py reads ?socket_timeout=nan as a float and fails on every command
+        # later; its numeric options obey the same rule as every other number
+        for option, value in options.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                check_number(value, option, path)
 
 
 def _parse_store(raw: Any, path: str) -> StoreSettings:

@@ -29,6 +29,7 @@ session's writes, not among every write the deployment ever makes.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hmac
 import os
@@ -107,7 +108,9 @@ class SessionKeys:
         if not isinstance(sealed, str) or not sealed.startswith(_V1):
             return None
         try:
-            blob = binascii.a2b_base64(sealed[len(_V1):], strict_mode=True)
+            # validate=True: only the base64 alphabet, padding only at the end (binascii's
+            # strict_mode says the same but is Python 3.11+; 3.10 is supported).
+            blob = base64.b64decode(sealed[len(_V1):], validate=True)
         except (ValueError, binascii.Error):  # also: not ASCII
             return None
         if len(blob) < _NONCE + _TAG:

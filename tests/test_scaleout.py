@@ -49,7 +49,7 @@ sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 pytest.importorskip("gunicorn")
 
-pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.scale, pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
 
 TESTS_DIR = Path(__file__).resolve().parent
 REDIS_URL = "redis://127.0.0.1:6379/0"

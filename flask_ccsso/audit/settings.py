@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._validate import check_keys, expect, expect_positive, expect_str_list, join
+from .._validate import SECRET, check_keys, expect, expect_positive, expect_str_list, join, secret_field, url_field
 from ..exceptions import ConfigError
 from .events import OUTCOMES
 
@@ -60,7 +60,7 @@ class AzureMonitorSettings:
     dcr_immutable_id: str
     stream_name: str
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str = field(repr=False, metadata=SECRET)
     token_url: str
     scope: str = AZURE_SCOPE
 
@@ -76,14 +76,14 @@ class SinkSettings:
 
     type: str
     name: str
-    url: str | None = field(default=None, repr=False)  # may embed a password
+    url: str | None = url_field(default=None)  # may embed a password
     # sqlalchemy
     table: str = DEFAULT_TABLE
     create_table: bool = True
     # http
     format: str = "json"
-    token: str | None = field(default=None, repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    token: str | None = secret_field(default=None)
+    headers: Mapping[str, str] = secret_field(default_factory=dict)  # credentials, often
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
     verify: bool | str = True

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,9 +62,26 @@ def describe_io_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror or os.strerror(exc.errno)})"
     if isinstance(exc, sqlite3.Error):
-        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        name = getattr(exc, "sqlite_errorname", None) or _SQLITE_NAMES.get(str(exc)) or type(exc).__name__
         return f"{name} ({exc})"
     return type(exc).__name__
+
+
+# Python 3.10's sqlite3 errors carry no result code (``sqlite_errorname`` is 3.11+), but
+# SQLite's own text for each code (``sqlite3_errstr``) is fixed: it names the codes a
+# spool meets there, so operators read the same ``SQLITE_...`` on every Python.
+_SQLITE_NAMES = {
+    "database or disk is full": "SQLITE_FULL",
+    "file is not a database": "SQLITE_NOTADB",
+    "database disk image is malformed": "SQLITE_CORRUPT",
+    "disk I/O error": "SQLITE_IOERR",
+    "attempt to write a readonly database": "SQLITE_READONLY",
+    "unable to open database file": "SQLITE_CANTOPEN",
+    "access permission denied": "SQLITE_PERM",
+    "database is locked": "SQLITE_BUSY",
+    "database table is locked": "SQLITE_LOCKED",
+    "interrupted": "SQLITE_INTERRUPT",
+}
 
 
 def _spool_error(exc: BaseException) -> SpoolError:
@@ -95,7 +113,9 @@ def _finish(db: sqlite3.Connection, exc: BaseException) -> None:
     try:
         db.execute("ROLLBACK")
     except sqlite3.Error as rollback_exc:
-        exc.add_note(f"(the rollback failed too: {describe_io_error(rollback_exc)})")
+        note = f"(the rollback failed too: {describe_io_error(rollback_exc)})"
+        if sys.version_info >= (3, 11):  # exception notes are 3.11+; on 3.10 ``exc`` stays as it is
+            exc.add_note(note)
 
 
 # -- reading rows back ---------------------------------------------------------

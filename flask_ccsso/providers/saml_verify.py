@@ -47,7 +47,9 @@ def check_root_signature(root: ET.Element) -> str:
     xmlsec1 verifies the first signature it finds below its start node
     (depth first), so a signature placed earlier -- inside an embedded,
     genuinely signed element -- could otherwise be the one verified while the
-    root we read is unsigned."""
+    root we read is unsigned. IDs must be unique and none may sit in a foreign
+    namespace (:func:`.saml_xml.check_ids`), so ``#ID`` is the root for
+    xmlsec1 too."""
     try:
         # IDs unique, none in a foreign namespace: ``#ID`` names the root for
         # xmlsec1 exactly as it does here (metadata is not otherwise pre-scanned)

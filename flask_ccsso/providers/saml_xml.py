@@ -20,6 +20,11 @@ at too late (see docs/saml.md, "What pysaml2 leaves to the caller"):
   URI is ``#`` + the parent's ID), at most one per element, no
   ``ds:Object``; only the enveloped-signature and (exclusive) c14n
   transforms, so XSLT / XPath transforms never reach xmlsec1.
+* **Canonicalization cost**: at most :data:`MAX_DEPTH` levels,
+  :data:`MAX_NAMESPACES_IN_SCOPE` namespace declarations in scope and
+  :data:`MAX_INCLUSIVE_PREFIXES` PrefixList prefixes, enforced while parsing,
+  so no document makes xmlsec1's c14n burn seconds before it can tell a
+  forged signature from a real one.
 * **Comment truncation** (CVE-2017-11427 family): a NameID such as
   ``admin@corp.example<!---->.evil.example`` canonicalises (without comments)
   to the signed value while some parsers read only the first text node. The
@@ -38,7 +43,7 @@ import binascii
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
@@ -129,8 +134,59 @@ def decode_b64(value: str, max_size: int, what: str = "SAML message") -> bytes:
     return data
 
 
+#: Structural bounds on every SAML message and metadata document. xmlsec1
+#: canonicalizes before it can tell a forged signature from a real one, and
+#: libxml2's exclusive c14n looks up each inclusive prefix (and each element's
+#: own) through every ancestor's namespace declarations: a 130 KiB response
+#: with 10,000 ``PrefixList`` prefixes and 200-deep nesting -- or 5,000
+#: declarations on one element above 15,000 empty ones -- kept one xmlsec1
+#: run busy past its 5 s kill, for every metadata certificate, on every post
+#: that named one outstanding InResponseTo. Real messages stay far inside these
+#: (depth under 12, a handful of declarations in scope, PrefixList of 1-5).
+MAX_DEPTH = 32
+#: namespace declarations in scope at any element (its own and its ancestors')
+MAX_NAMESPACES_IN_SCOPE = 48
+#: prefixes in one exclusive-c14n ``InclusiveNamespaces/@PrefixList``
+MAX_INCLUSIVE_PREFIXES = 16
+
+
+class _TooComplex(ValueError):
+    """The document is outside the structural bounds (message says which)."""
+
+
+class _BoundedTreeBuilder(ET.TreeBuilder):
+    """An ElementTree builder that refuses documents nested deeper than
+    :data:`MAX_DEPTH` or with more than :data:`MAX_NAMESPACES_IN_SCOPE`
+    namespace declarations in scope, while they are parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(insert_comments=True, insert_pis=True)
+        self._pending_ns = 0
+        #: declarations in scope, one entry per open element
+        self._scopes: list[int] = []
+
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self._pending_ns += 1
+
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:  # type: ignore[override]
+        in_scope = (self._scopes[-1] if self._scopes else 0) + self._pending_ns
+        self._pending_ns = 0
+        self._scopes.append(in_scope)
+        if len(self._scopes) > MAX_DEPTH:
+            raise _TooComplex(f"is nested more than {MAX_DEPTH} levels deep")
+        if in_scope > MAX_NAMESPACES_IN_SCOPE:
+            raise _TooComplex(f"has more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations in scope")
+        return super().start(tag, attrs)
+
+    def end(self, tag: str) -> ET.Element:
+        self._scopes.pop()
+        return super().end(tag)
+
+
 def parse_xml(data: bytes) -> ET.Element:
-    """Parse untrusted XML: UTF-8 only, no DTD, comments kept (to be refused)."""
+    """Parse untrusted XML: UTF-8 only, no DTD, comments kept (to be refused),
+    at most :data:`MAX_DEPTH` deep and :data:`MAX_NAMESPACES_IN_SCOPE`
+    namespace declarations in scope."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00", b"\xef\xbb\xbf\x00")) or b"\x00" in data[:64]:
         raise refuse("The SAML message uses an unsupported encoding.")
     m = _XML_DECL_ENCODING.match(data.lstrip())
@@ -142,25 +198,52 @@ def parse_xml(data: bytes) -> ET.Element:
         data.decode("utf-8")
     except UnicodeDecodeError:
         raise refuse("The SAML message is not UTF-8.") from None
-    parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True),
-                              forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    builder = _BoundedTreeBuilder()
+    parser = DefusedXMLParser(target=builder, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     try:
         parser.feed(data)
         return parser.close()  # type: ignore[no-any-return]
-    except (DefusedXmlException, ET.ParseError, ValueError):
+    except (DefusedXmlException, ET.ParseError):
+        raise refuse("The SAML message is not well-formed XML.") from None
+    except _TooComplex as exc:
+        raise refuse(f"The SAML message {exc}.") from None
+    except ValueError:
         raise refuse("The SAML message is not well-formed XML.") from None
 
 
+# xs:dateTime (XML Schema part 2, 3.2.7.1) with a four-digit year: the only form SAML and metadata use.
+_XS_DATETIME = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?"
+    r"(?:(?P<utc>Z)|(?P<sign>[+-])(?P<zone_hour>[0-9]{2}):(?P<zone_minute>[0-9]{2}))?"
+)
+
+
 def parse_instant(value: str | None) -> float | None:
-    """xs:dateTime (UTC, as SAML requires) → epoch seconds."""
+    """xs:dateTime → epoch seconds; no zone means UTC (SAML core 1.3.3).
+
+    Read against the XML Schema lexical form, not with ``datetime.fromisoformat``:
+    that refuses ``Z`` and fractions other than 3 or 6 digits on Python 3.10 (every
+    SAML sign-in failed there), and from 3.11 accepts other ISO 8601 forms (a date
+    alone, week dates, a space for ``T``), so the same message was read differently
+    by each Python. Fractions beyond microseconds are truncated.
+    """
     if not value:
         return None
+    m = _XS_DATETIME.fullmatch(value.strip())
+    if m is None:
+        raise refuse("The SAML message has a malformed timestamp.")
+    zone = timezone.utc
+    if m["sign"]:
+        offset = timedelta(hours=int(m["zone_hour"]), minutes=int(m["zone_minute"]))
+        if int(m["zone_minute"]) > 59 or offset > timedelta(hours=14):
+            raise refuse("The SAML message has a malformed timestamp.")
+        zone = timezone(-offset if m["sign"] == "-" else offset)
     try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
+        dt = datetime(int(m["year"]), int(m["month"]), int(m["day"]), int(m["hour"]), int(m["minute"]),
+                      int(m["second"]), int((m["fraction"] or "")[:6].ljust(6, "0")), tzinfo=zone)
+    except ValueError:  # month 13, February 30th, hour 24, second 60 ...
         raise refuse("The SAML message has a malformed timestamp.") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
 
 
@@ -218,7 +301,9 @@ def _inclusive_namespaces_only(el: ET.Element) -> bool:
         return False
     if set(inc.attrib) != {"PrefixList"} or (el.text or "").strip() or (inc.tail or "").strip():
         return False
-    return all(_PREFIX.match(p) for p in inc.get("PrefixList", "").split())
+    prefixes = inc.get("PrefixList", "").split()
+    # every listed prefix is looked up through each element's ancestors (MAX_INCLUSIVE_PREFIXES)
+    return len(prefixes) <= MAX_INCLUSIVE_PREFIXES and all(_PREFIX.match(p) for p in prefixes)
 
 
 def _check_signature(sig: ET.Element, parent: ET.Element) -> set[str]:

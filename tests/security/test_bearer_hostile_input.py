@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 
 from flask_ccsso import reasons, signals
-from tests.security.idp_endpoints import bearer
 from tests.test_skills_support import add_skill_routes, listen, skills_config
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
 
 def _part(raw: bytes) -> str:

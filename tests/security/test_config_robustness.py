@@ -353,3 +353,100 @@ def test_exactly_one_reference_is_the_allowed_shape(tmp_path, monkeypatch):
     app = _app(tmp_path, CCSSO_CONFIG_FILE="c.json")
     CCSSO(app, store=MemoryStore())
     assert app.extensions["ccsso"].config.providers["oidc"].client_secret == SECRET
+
+
+# --------------------------------------------------------------------------- secrets in repr and check-config
+
+def _every_secret_config() -> dict[str, Any]:
+    return {
+        "auth": {"providers": {
+            "op": {**OIDC, "clientSecret": SECRET + "-client"},
+            "idp": {**SAML, "spCertificate": "sp.crt", "spPrivateKey": SECRET + "-spkey"},
+        }},
+        "session": {"store": {"type": "redis", "url": f"redis://:{SECRET}-redis@127.0.0.1:6379/0"},
+                    "tokenEncryptionKey": SECRET + "-sealing-key-0123456789",
+                    "tokenEncryptionKeyFallbacks": SECRET + "-old-sealing-key-0123456789"},
+        "logging": {"destinations": [{**HTTP_SINK, "name": "h", "token": SECRET + "-sink",
+                                      "headers": {"X-Api-Key": SECRET + "-header"}}]},
+    }
+
+
+def test_no_settings_object_shows_a_secret_in_its_repr():
+    """A settings object ends up in a traceback's locals, a debugger or a log line
+    (``log.debug("%r", config)``): its repr must hold no secret."""
+    config = parse_config(_every_secret_config())
+    audit = parse_logging_block(_every_secret_config()["logging"])
+    text = repr(config) + repr(audit) + "".join(repr(p) for p in config.providers.values())
+    assert SECRET not in text, re.findall(rf"\w+='?[^,]*{SECRET}[^,]*", text)
+
+
+def test_check_config_json_masks_every_secret(tmp_path):
+    """``flask ccsso check-config --json`` printed ``tokenEncryptionKey`` and its
+    fallbacks in clear: every field a settings struct marks as secret is masked."""
+    from flask_ccsso.cli import cli
+
+    (tmp_path / "sp.crt").write_text("not read at start-up\n")
+    app = _app(tmp_path, CCSSO=_every_secret_config())
+    app.config["CCSSO"]["auth"]["providers"]["idp"]["spCertificate"] = str(tmp_path / "sp.crt")
+    app.config["CCSSO"]["auth"]["providers"] = {"op": app.config["CCSSO"]["auth"]["providers"]["op"]}
+    CCSSO(app, store=MemoryStore())
+    result = app.test_cli_runner().invoke(cli, ["check-config", "--json"])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    data = json.loads(result.output)
+    assert data["session"]["token_encryption_key"] == "***"
+    assert data["session"]["token_encryption_key_fallbacks"] == "***"
+    assert data["session"]["store"]["url"] == "redis://:***@127.0.0.1:6379/0"  # masked, still useful
+
+
+# --------------------------------------------------------------------------- numbers reached another way
+
+APP_NUMBER_SETTINGS = ["CCSSO_BEARER_CACHE_SIZE", "CCSSO_BEARER_REFUSAL_CACHE_SECONDS",
+                       "CCSSO_BEARER_INTROSPECTION_LIMIT", "CCSSO_MAX_PENDING_LOGINS", "CCSSO_TRUSTED_PROXIES"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, "abc", 10**30, True, [3]],
+                         ids=["nan", "inf", "negative", "text", "huge", "bool", "list"])
+@pytest.mark.parametrize("key", APP_NUMBER_SETTINGS)
+def test_every_ccsso_number_setting_is_a_config_error(tmp_path, key, value):
+    """``int(app.config[...])`` raised a raw ValueError/OverflowError (or took -1 and 10**30)."""
+    with pytest.raises(ConfigError) as e:
+        CCSSO(_app(tmp_path, CCSSO={"auth": OIDC}, **{key: value}), store=MemoryStore())
+    assert e.value.path == key
+
+
+@pytest.mark.parametrize("key", APP_NUMBER_SETTINGS)
+def test_ccsso_number_settings_from_the_environment_are_accepted(tmp_path, key):
+    """``app.config.from_prefixed_env()`` / ``os.environ`` give strings of digits."""
+    CCSSO(_app(tmp_path, CCSSO={"auth": OIDC}, **{key: "3"}), store=MemoryStore())
+
+
+@pytest.mark.parametrize("value", [(float("inf"), 60), (float("nan"), 60), (10, float("nan")), (10, float("inf")),
+                                   (10**30, 60), (600,), (600, 60, 1), "600/60"])
+def test_login_rate_limit_is_a_config_error(tmp_path, value):
+    with pytest.raises(ConfigError) as e:
+        CCSSO(_app(tmp_path, CCSSO={"auth": OIDC}, CCSSO_LOGIN_RATE_LIMIT=value), store=MemoryStore())
+    assert e.value.path == "CCSSO_LOGIN_RATE_LIMIT"
+
+
+@pytest.mark.parametrize("number", [b"1" * 5000, b"-" + b"9" * 4400, b"1e999999", b"-1e400"],
+                         ids=["5000-digits", "minus-4400-digits", "exponent-overflow", "minus-overflow"])
+def test_a_number_json_cannot_hold_names_the_file_or_the_key(tmp_path, number):
+    """5,000 digits: Python's int() limit raised a raw ValueError out of json.load."""
+    (tmp_path / "c.json").write_bytes(b'{"auth": %s, "session": {"idleTimeout": %s}}'
+                                      % (json.dumps(OIDC).encode(), number))
+    with pytest.raises(ConfigError) as e:
+        CCSSO(_app(tmp_path, CCSSO_CONFIG_FILE="c.json"), store=MemoryStore())
+    assert e.value.path in (str(tmp_path / "c.json"), "session.idleTimeout")
+
+
+@pytest.mark.parametrize("query", ["socket_timeout=nan", "socket_timeout=inf", "socket_timeout=-1",
+                                   "socket_connect_timeout=1e300", "health_check_interval=-5"])
+def test_redis_url_options_obey_the_number_rule(query):
+    """redis-py parses ``?socket_timeout=nan`` into a float, and every command then
+    raised ``ValueError: Invalid value NaN`` (a 500 per request, not a start-up error)."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"auth": OIDC, "session": {"store": {
+            "type": "redis", "url": f"redis://:{SECRET}@127.0.0.1:6379/0?{query}"}}})
+    assert e.value.path.startswith("session.store.url")
+    assert SECRET not in str(e.value)

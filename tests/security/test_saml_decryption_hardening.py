@@ -232,3 +232,99 @@ def test_run_limits_cpu():
     proc = subprocess.run([sys.executable, "-c", "while True: pass"], preexec_fn=_limits(1, 512 << 20),
                           timeout=30, capture_output=True, check=False)
     assert proc.returncode < 0
+
+
+# ------------------------------------------------------------------ canonicalization cost, before xmlsec1
+
+_EXC_C14N_TRANSFORM = re.compile(r'<(\w+):Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"\s*/>')
+
+
+def c14n_bomb(kind: str, xml: str) -> str:
+    """A genuine response turned into one whose assertion costs libxml2's
+    exclusive c14n seconds of CPU. No valid signature is needed: xmlsec1
+    canonicalizes and digests the referenced assertion before it can tell."""
+    prefixes, nested = 8, ""
+    if kind == "prefix-list":
+        # 10,000 inclusive prefixes, each looked up through 30 ancestors, 90 times over
+        prefixes = 10_000
+        nested = ('<x:e xmlns:x="urn:example:x">' * 30 + "</x:e>" * 30) * 90
+    elif kind == "namespaces-in-scope":
+        # 5,000 declarations on one element above 15,000 empty ones (a legal 8-prefix list)
+        decls = " ".join(f'xmlns:q{i}="urn:example:q{i}"' for i in range(5_000))
+        nested = f"<x:e xmlns:x=\"urn:example:x\" {decls}>" + "<x:e/>" * 15_000 + "</x:e>"
+    elif kind == "depth":
+        # 16 inclusive prefixes (a legal list) looked up through 250 ancestors, 35,000 times
+        prefixes = 16
+        nested = '<x:e xmlns:x="urn:example:x">' * 250 + "<x:e/>" * 35_000 + "</x:e>" * 250
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    # the assertion's exc-c14n transform, with an InclusiveNamespaces PrefixList
+    matches = list(_EXC_C14N_TRANSFORM.finditer(xml))
+    assert matches, "the genuine response has an exc-c14n transform"
+    m = matches[-1]
+    plist = " ".join(f"p{i}" for i in range(prefixes))
+    transform = (f'<{m.group(1)}:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#">'
+                 f'<ec:InclusiveNamespaces xmlns:ec="http://www.w3.org/2001/10/xml-exc-c14n#" PrefixList="{plist}"/>'
+                 f"</{m.group(1)}:Transform>")
+    out = xml[:m.start()] + transform + xml[m.end():]
+    out = re.sub(r"(</\w+:Assertion>)", lambda a: nested + a.group(1), out, count=1)
+    assert len(out.encode()) < 256 * 1024, len(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["prefix-list", "namespaces-in-scope", "depth"])
+def test_canonicalization_cost_bombs_are_refused_before_xmlsec1(portal, idp, failures, monkeypatch, kind):
+    """An unauthenticated post (one outstanding InResponseTo suffices, and it is
+    not consumed by a refusal) made every metadata certificate's xmlsec1 run
+    burn CPU until its 5 s kill. The pre-scan bounds what c14n work a document
+    can ask for -- PrefixList length, nesting depth, namespace declarations in
+    scope -- so such a post is a 400 before any xmlsec1 starts."""
+    _app, client = portal()
+    location = login(client)
+    data = idp.respond(location, User())
+    bad = c14n_bomb(kind, decode_form(data))
+    calls = count_xmlsec(monkeypatch)
+    t = time.perf_counter()
+    resp = post(client, bad, data["RelayState"], headers={"Accept": "application/json"})
+    elapsed = time.perf_counter() - t
+    assert resp.status_code == 400, resp.data
+    assert failures and failures[-1]["reason"] == "invalid_response"
+    assert calls == []
+    assert elapsed < 2.0
+    assert client.get("/me", headers={"Accept": "application/json"}).status_code == 401
+
+
+# ------------------------------------------------------------------ no decryption oracle
+
+def _unsigned(xml: str) -> str:
+    """The response with its assertion's signature removed (still well-formed)."""
+    out = re.sub(r"<(\w+):Signature\b.*?</\1:Signature>", "", xml, count=1, flags=re.DOTALL)
+    assert out != xml
+    return out
+
+
+def test_unauthenticated_ciphertext_failures_all_answer_alike(portal, idp, sp_keys, failures):
+    """When no Response signature covers the ciphertext (only the assertion
+    inside is signed), a post whose ciphertext does not decrypt, one that
+    decrypts to a well-formed but unsigned assertion, and one whose decrypted
+    assertion was altered all get the same answer: the answers must not tell
+    "decrypts to well-formed XML" from "does not" (the Jager-Somorovsky oracle
+    on CBC). Before, each said which step failed."""
+    _app, client = portal(wantAssertionsEncrypted=True)
+    answers = []
+    for variant in ("garbled-ciphertext", "unsigned-plaintext", "altered-plaintext"):
+        location = login(client)
+        data = idp.respond(location, User())
+        xml = decode_form(data)
+        if variant == "unsigned-plaintext":
+            xml = _unsigned(xml)
+        elif variant == "altered-plaintext":
+            xml = xml.replace(User().email, "admin@example.com")
+        enc = wrap_and_encrypt_assertion(xml, sp_keys.cert_path)
+        if variant == "garbled-ciphertext":
+            enc = _DATA_CIPHER.sub(lambda m: m.group(1) + "<xenc:CipherData><xenc:CipherValue>"
+                                   + "QUFB" * 64 + "</xenc:CipherValue></xenc:CipherData>", enc)
+        resp = post(client, enc, data["RelayState"], headers={"Accept": "application/json"})
+        assert resp.status_code == 400, (variant, resp.data)
+        answers.append((resp.get_json(), failures[-1]["reason"], failures[-1]["detail"]))
+    assert answers[0] == answers[1] == answers[2], answers

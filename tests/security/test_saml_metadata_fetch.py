@@ -258,7 +258,7 @@ def _wrap_by_namespaced_id(genuine: str, evil: str) -> str:
     its signature moved out. xmlsec1 takes the first ID-named attribute, so for
     it ``#ID`` is the inner, genuinely signed element; the root is what is read."""
     body = genuine.split("?>", 1)[-1]
-    sig = re.search(r"<(\w+):Signature\b.*?</\1:Signature>", body, re.S)
+    sig = re.search(r"<(\w+):Signature\b.*?</\1:Signature>", body, re.DOTALL)
     assert sig is not None
     prefix = sig.group(1)
     ds_ns = re.search(rf'xmlns:{prefix}="([^"]*)"', body).group(1)  # type: ignore[union-attr]
@@ -284,7 +284,7 @@ def test_signature_wrapping_through_a_namespaced_id_is_refused(servers, build, i
     srv = Server()
     servers.append(srv)
     srv.body = doc.encode()
-    app, client, prov = build(srv.url, idpMetadataCertificate=federation.cert_pem)
+    _app, client, prov = build(srv.url, idpMetadataCertificate=federation.cert_pem)
     resp = client.get("/sso/google/login", headers=JSON)
     assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
     # refused by the ID check, before xmlsec1 runs, naming the class

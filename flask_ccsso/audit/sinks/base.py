@@ -177,6 +177,8 @@ class Sink:
         self._held: set[int] = set()
         #: the worker has finished: an event offered now goes straight to the spool, or is lost and counted
         self._finished = False
+        #: the fresh batch the worker is writing: kept by :meth:`stop` if the write outlives the budget
+        self._inflight: list[AuditEvent] = []
         # losses not yet reported, and when they last were
         self._unreported_lost = 0
         self._loss_reason = ""
@@ -245,6 +247,7 @@ class Sink:
         self._backlog = deque()  # the parent's to deliver; a copy here would arrive twice
         self._undeleted = set()
         self._held = set()
+        self._inflight = []
         self._thread = None
         self._opened = False
         self.spool.after_fork()
@@ -332,7 +335,33 @@ class Sink:
             self._drain_on_stop()
         if finished:
             self.spool.close()
+        else:
+            self._keep_leftovers(timeout + 1.0)
         return finished
+
+    def _keep_leftovers(self, waited: float) -> None:
+        """The worker is still inside a write when the stop budget ran out (a sink that accepts
+        but does not answer: an HTTP read timeout longer than the budget, a hung database).
+
+        The process is about to exit and the daemon thread dies with it, so the stopping thread
+        keeps what the worker still holds in memory -- the backlog, the batch being written and
+        the queue, in that order -- in the spool for the next process (through a connection of
+        its own), or counts it as lost. At least once: if that write still succeeds, the batch
+        arrives twice (the SQL sink ignores known ids; collectors de-duplicate on ``id``).
+        """
+        with self._cv:
+            events = [*self._inflight, *self._queue]
+            self._queue.clear()
+            self._inflight = []
+        with self._backlog_lock:
+            events = [*self._backlog, *events]
+            self._backlog.clear()
+            self._finished = True  # from here the worker's own late stashes go to the spool too
+            kept = self._keep_after_stop(events) if events else 0
+        log.warning("audit sink %r was still writing %.1fs after shutdown began (slow or hanging sink); "
+                    "kept %d undelivered event(s) in %s for the next start", self.name, waited, kept,
+                    self.spool.path)
+        self._report_losses(final=True)
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -356,7 +385,8 @@ class Sink:
                     break
                 self._cv.wait(remaining)
             n = min(size, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            self._inflight = [self._queue.popleft() for _ in range(n)]  # popped and marked in one step
+            return self._inflight
 
     def _next_due(self) -> float | None:
         """When kept events can next make progress (monotonic), or ``None`` if none wait."""
@@ -386,6 +416,7 @@ class Sink:
                     try:
                         self._deliver(batch)
                     finally:
+                        self._inflight = []
                         self._mark_handled(len(batch))
                 self._replay()
                 self._report_losses()
@@ -414,14 +445,17 @@ class Sink:
             while True:
                 with self._cv:
                     n = min(self.audit.batch_size, len(self._queue))
-                    batch = [self._queue.popleft() for _ in range(n)]
+                    batch = self._inflight = [self._queue.popleft() for _ in range(n)]
                 if not batch:
                     break
                 try:
                     self._deliver(batch, attempts=1)
                 finally:
+                    self._inflight = []
                     self._mark_handled(len(batch))
-            if not self.is_down and (self._spooled() or self._backlog):
+            # one more try within the budget, also after a failure during the stop itself (a batch
+            # spooled a moment ago is delivered now rather than at the next start)
+            if (self._spooled() or self._backlog) and time.monotonic() < (self._stop_deadline or 0.0):
                 self._down_until = 0.0
                 self._replay(deadline=self._stop_deadline or time.monotonic() + 1.0)
             self._abandon_backlog()

@@ -69,9 +69,28 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE) -> sa.Table:
-    """Create the audit table (and its indexes) if it does not exist yet."""
+    """Create the audit table (and its indexes) if it does not exist yet.
+
+    Every worker process creates the table on its first write, often at the same moment
+    (the first requests after a deploy, or the shutdown flush). "Check, then CREATE" is not
+    atomic across sessions: the losers got ``UniqueViolation`` / ``DuplicateTable`` and
+    spooled their events as if the database were down. On PostgreSQL the check and the
+    CREATE run under the chain's advisory lock in one transaction (DDL is transactional
+    there); elsewhere a failed CREATE is retried once the table is seen to exist.
+    """
     t = audit_table(table)
-    t.metadata.create_all(engine, checkfirst=True)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table)})
+            t.metadata.create_all(conn, checkfirst=True)
+        return t
+    for attempt in range(3):
+        try:
+            t.metadata.create_all(engine, checkfirst=True)
+            return t
+        except sa_exc.SQLAlchemyError:
+            if attempt == 2 or not sa.inspect(engine).has_table(table):
+                raise  # a real failure, not another process creating the same table
     return t
 
 
