@@ -269,7 +269,7 @@ def flask_login_app() -> tuple[Flask, dict[str, Any]]:
 
 def ccsso_app(op: Any, tmp: str, label: str, store: dict[str, Any] | None, audit: dict[str, Any] | None) -> Flask:
     from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
-    from tests.conftest import oidc_config
+    from tests.support.oidc import oidc_config
 
     cfg = oidc_config(op)
     if store is not None:
@@ -336,8 +336,8 @@ def main() -> None:
     sink_log.propagate = False
     sink_log.setLevel(logging.INFO)
 
-    from tests.local_op import LocalOP
-    from tests.test_skills_support import access_token
+    from tests.support.local_op import LocalOP
+    from tests.support.skills import access_token
 
     COUNTERS.install()
     tmp = tempfile.mkdtemp(prefix="ccsso-bench-req-")

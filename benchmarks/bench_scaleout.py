@@ -3,7 +3,7 @@
     python benchmarks/bench_scaleout.py [--requests 3000] [--seconds 10] [--clients 12]
 
 Starts, on loopback, the dev IdP and the scale-out portal of
-``tests/scaleout_app.py`` (sessions in the Redis on 127.0.0.1:6379 under a
+``tests/scale/scaleout_app.py`` (sessions in the Redis on 127.0.0.1:6379 under a
 key prefix of its own, audit off), signs alice in, then sends GET
 /migrations (``@requires_skill``: one Redis read per request) from
 ``--clients`` threads until ``--requests`` answers or ``--seconds`` have
@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
 import redis
 import requests
-import test_scaleout as t
+
+import tests.scale.cluster as t
 
 
 def main() -> None:

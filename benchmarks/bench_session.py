@@ -26,7 +26,8 @@ import statistics
 import sys
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from flask import Flask, session
@@ -56,7 +57,7 @@ def environ_for(path: str, cookie: str | None) -> dict[str, Any]:
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_request import call  # noqa: E402 - one wsgi_app driver for every benchmark
+from bench_request import call
 
 
 def timeit(app: Flask, env: dict[str, Any], n: int, repeats: int = 5) -> float:
@@ -126,8 +127,8 @@ def ccsso(prefix: str) -> tuple[Flask, dict[str, Any], CountingRedis, Callable[[
     sys.path.insert(0, ".")
     from flask_ccsso import CCSSO, current_identity, login_required
     from flask_ccsso.stores import RedisStore
-    from tests.conftest import callback, oidc_config, start_login
-    from tests.local_op import LocalOP
+    from tests.support.local_op import LocalOP
+    from tests.support.oidc import callback, oidc_config, start_login
 
     op = LocalOP()
     cfg = oidc_config(op)

@@ -1,37 +1,36 @@
+"""The shared fixtures of the suite (one home). Helpers they build on live in tests/support/.
+
+A folder's own conftest.py holds only fixtures used in that folder alone.
+"""
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterator
-from urllib.parse import parse_qs, urlencode, urlsplit
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
+import sqlalchemy as sa
 from flask import Flask
+from werkzeug.serving import make_server
 
+from example_app import create_app
 from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
-from flask_ccsso.stores import MemoryStore
-from tests.local_op import CLIENT_ID, CLIENT_SECRET, LocalOP
-
-
-class Clock:
-    """A clock the extension takes: tests move time instead of sleeping."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-SKILLS = {
-    "database-migration": {"allowedGroups": ["database-admins", "senior-developers"], "requiredScopes": ["migration:write"]},
-    "security-audit": {"allowedGroups": ["security-team"], "requiredScopes": ["security:read"]},
-    "infrastructure-deploy": {"allowedGroups": ["devops-engineers"], "requiredScopes": ["infra:deploy"]},
-}
+from flask_ccsso.session import _redis_client
+from flask_ccsso.stores import MemoryStore, RedisStore
+from tests.support.audit import PG_URL as AUDIT_PG_URL
+from tests.support.audit import Collector
+from tests.support.clock import Clock
+from tests.support.example import Portal
+from tests.support.local_op import LocalOP
+from tests.support.saml import SKILLS as SAML_SKILLS
+from tests.support.saml import provider_block
+from tests.support.saml_idp import SAMLIdP
+from tests.support.sessions import REDIS_URL, session_config, unique_prefix
+from tests.support.skills import add_skill_routes, skills_config
 
 
 @pytest.fixture(scope="session")
@@ -69,20 +68,12 @@ def failures() -> Iterator[list[dict[str, Any]]]:
     signals.login_failed.disconnect(rec)
 
 
-_counter = itertools.count()
-
-
-def oidc_config(op: LocalOP, **over: Any) -> dict[str, Any]:
-    prov = {"provider": "oidc", "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "issuer": op.issuer,
-            "scopes": ["openid", "profile", "email", "migration:write"]}
-    prov.update(over)
-    return {"auth": {"providers": {"op": prov}}, "skills": SKILLS,
-            "session": {"cookieSecure": False}}
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+_counter = itertools.count()
 
 
 @pytest.fixture
@@ -120,16 +111,133 @@ def make_app(tmp_path: Any, clock: Clock) -> Iterator[Callable[..., Flask]]:
             pipeline.close(timeout=2)
 
 
-def start_login(client: Any, provider: str = "op", next_url: str = "/me", **params: str) -> str:
-    q = {"next": next_url, **params}
-    resp = client.get(f"/sso/{provider}/login?{urlencode(q)}")
-    assert resp.status_code == 302, resp.data
-    return resp.headers["Location"]
+# --------------------------------------------------------------------------- skills
+
+@pytest.fixture
+def app(make_app: Any, op: LocalOP) -> Flask:
+    """The skills test app: a route per skill of ``MORE_SKILLS`` (a module that needs another app defines its own ``app``)."""
+    return add_skill_routes(make_app(skills_config(op)))
 
 
-def callback(client: Any, params: dict[str, str], provider: str = "op", **kw: Any) -> Any:
-    return client.get(f"/sso/{provider}/callback?{urlencode(params)}", **kw)
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()
 
 
-def authorize_params(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+# --------------------------------------------------------------------------- sessions on the real Redis
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    p = unique_prefix()
+    yield p
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=p + "*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def closers() -> Iterator[list[Callable[[], None]]]:
+    """Close functions to call (newest first) when the test ends."""
+    items: list[Callable[[], None]] = []
+    yield items
+    for close in reversed(items):
+        close()
+
+
+@pytest.fixture
+def redis_app(make_app: Any, op: Any, prefix: str, closers: list[Callable[[], None]]) -> Callable[..., Any]:
+    """An app on the real Redis (sessions and shared state), under this test's prefix."""
+
+    def factory(url: str = REDIS_URL, **session: Any) -> Any:
+        store = RedisStore(_redis_client(url), prefix=prefix)
+        app = make_app(session_config(op, {"type": "redis", "url": url, "keyPrefix": prefix}, **session), store=store)
+        closers.append(app.session_interface.close)
+        closers.append(store.close)
+        return app
+
+    return factory
+
+
+# --------------------------------------------------------------------------- SAML
+
+@pytest.fixture
+def idp(tmp_path: Any) -> SAMLIdP:
+    """A real SAML IdP (pysaml2's server, xmlsec1 signatures) with its own key pair."""
+    return SAMLIdP(str(tmp_path / "idp"))
+
+
+@pytest.fixture
+def saml_portal(make_app: Any, idp: SAMLIdP, tmp_path: Any) -> Callable[..., tuple[Flask, Any]]:
+    """(app, client) with one SAML provider ``google`` trusting ``idp``."""
+
+    def build(**over: Any):
+        meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
+        app = make_app({"auth": {"providers": {"google": provider_block(meta, **over)}}, "skills": SAML_SKILLS,
+                        "session": {"cookieSecure": False}})
+        client = app.test_client()
+        idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+        return app, client
+
+    return build
+
+
+# --------------------------------------------------------------------------- the example portal
+
+@pytest.fixture
+def example_portal(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Portal]:
+    """The example app with its dev IdP, served on 127.0.0.1 so its back channel is real HTTP."""
+    holder: dict[str, Flask] = {}
+
+    def dispatch(environ: Any, start_response: Any) -> Any:
+        return holder["app"](environ, start_response)
+
+    server = make_server("127.0.0.1", 0, dispatch, threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("CCSSO_DEVIDP_ENABLED", "1")
+    monkeypatch.setenv("CCSSO_EXAMPLE_BASE_URL", base)
+    monkeypatch.delenv("CCSSO_EXAMPLE_IDP", raising=False)
+    monkeypatch.delenv("CCSSO_EXAMPLE_MAX_AUTH_AGE", raising=False)
+    clock = Clock()
+    app = create_app({"TESTING": True, "SECRET_KEY": "test", "SERVER_NAME": f"127.0.0.1:{server.server_port}",
+                      "INSTANCE_PATH": str(tmp_path / "instance")}, clock=clock)
+    holder["app"] = app
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Portal(app, base, clock)
+    finally:
+        server.shutdown()
+        server.server_close()
+        pipeline = app.extensions.get("ccsso_audit")
+        if pipeline is not None:
+            pipeline.close()
+
+
+# --------------------------------------------------------------------------- audit
+
+@pytest.fixture(name="collector")
+def collector_fixture() -> Iterator[Collector]:
+    """A real HTTP collector on 127.0.0.1 (see tests/support/audit.py ``Collector``)."""
+    c = Collector()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(name="pg_table")
+def pg_table_fixture() -> Iterator[tuple[sa.Engine, str]]:
+    """A uniquely named table in the ``test`` database, dropped afterwards."""
+    engine = sa.create_engine(AUDIT_PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:  # pragma: no cover
+        engine.dispose()
+        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({type(exc.orig).__name__})")
+    name = f"ccsso_audit_t_{uuid.uuid4().hex[:12]}"
+    yield engine, name
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+    engine.dispose()

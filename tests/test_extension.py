@@ -7,7 +7,7 @@ from flask import Flask
 
 from flask_ccsso import CCSSO, current_identity
 from flask_ccsso.stores import MemoryStore
-from tests.conftest import authorize_params, callback, oidc_config, start_login
+from tests.support.oidc import authorize_params, callback, oidc_config, start_login
 
 
 def _cfg(issuer, client="c"):

@@ -170,15 +170,30 @@ class _Verified:
     idp: IdPMetadata
 
 
+_WITHHELD = "pysaml2 logged a %s record at %s:%d (text withheld: it may quote SAML documents)"
+
+
+def _withhold_text(record: logging.LogRecord) -> bool:
+    """A logging filter that empties a pysaml2 record in place: what it says
+    becomes *that* it logged (level, module, line), and its exception goes."""
+    if record.msg is not _WITHHELD:
+        record.msg, record.args = _WITHHELD, (record.levelname, record.name, record.lineno)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
 class _WithheldPysaml2Records(logging.Handler):
     """pysaml2 logs whole SAML documents -- decrypted assertions included, at
     ERROR -- plus tokens and attributes. Its records stop here: at WARNING and
     above one line says *that* it logged (module, line, level), never *what*."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(_withhold_text)
+
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.WARNING:
-            log.log(record.levelno, "flask-ccsso: pysaml2 logged a %s record at %s:%d (text withheld: it may "
-                    "quote SAML documents)", record.levelname, record.name, record.lineno)
+            log.log(record.levelno, "flask-ccsso: " + _WITHHELD, record.levelname, record.name, record.lineno)
 
 
 def quiet_pysaml2_logging() -> None:
@@ -187,10 +202,21 @@ def quiet_pysaml2_logging() -> None:
     Child loggers (``saml2.response``, ``saml2.sigver`` ...) propagate to
     ``saml2``; there our handler replaces each record with a content-free
     line and propagation stops, so no handler of the application (root,
-    caplog, a file) ever receives pysaml2's text, whatever its level."""
+    caplog, a file) ever receives pysaml2's text, whatever its level.
+
+    A handler attached to a ``saml2`` logger itself (pytest >= 9.2 attaches
+    caplog's to every non-propagating logger; error trackers hook
+    ``Logger.callHandlers``) would still get the record, so the record is
+    emptied first: by a filter on each ``saml2`` logger that exists (filters
+    run before any handler) and, for loggers pysaml2 creates later, by our
+    handler, kept first on ``saml2``."""
     lg = logging.getLogger("saml2")
-    if not any(isinstance(h, _WithheldPysaml2Records) for h in lg.handlers):
-        lg.addHandler(_WithheldPysaml2Records())
+    for name, other in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "saml2" or name.startswith("saml2.")) and isinstance(other, logging.Logger) \
+                and _withhold_text not in other.filters:
+            other.addFilter(_withhold_text)
+    ours = [h for h in lg.handlers if isinstance(h, _WithheldPysaml2Records)] or [_WithheldPysaml2Records()]
+    lg.handlers = ours[:1] + [h for h in lg.handlers if h not in ours]
     lg.propagate = False
     if lg.level == logging.NOTSET:
         lg.setLevel(logging.WARNING)

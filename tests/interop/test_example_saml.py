@@ -29,7 +29,7 @@ from example_app import HERE as EXAMPLE_DIR
 from example_app import create_app
 from flask_ccsso import signals
 from flask_ccsso.testing import csrf_token_in
-from tests.interop.saml_idp import EMAIL_URI, GROUPS_URI, NAME_URI, SAMLIdP, User, decode_form, form
+from tests.support.saml_idp import EMAIL_URI, GROUPS_URI, NAME_URI, SAMLIdP, User, decode_form, form
 
 BASE = "http://localhost"   # the test client's host; acsUrl is built from CCSSO_EXAMPLE_BASE_URL
 ACS = f"{BASE}/sso/google/acs"
@@ -107,7 +107,7 @@ def access_rows(client: Any) -> dict[str, str]:
     resp = client.get("/access")
     assert resp.status_code == 200, resp.data
     page = resp.data.decode()
-    rows = dict(re.findall(r'<tr data-skill="([^"]+)">.*?<td class="(yes|no)">', page, re.S))
+    rows = dict(re.findall(r'<tr data-skill="([^"]+)">.*?<td class="(yes|no)">', page, re.DOTALL))
     assert set(rows) == {"database-migration", "security-audit", "infrastructure-deploy"}, page
     return rows
 

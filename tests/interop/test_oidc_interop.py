@@ -14,9 +14,9 @@ import pytest
 
 from flask_ccsso import signals
 from flask_ccsso.testing import log_out
-from tests.conftest import SKILLS
+from tests.support.oidc import SKILLS
 
-from .op_harness import Browser, RealOP
+from .op_harness import Browser, LoginRequired, RealOP
 
 ALL_SCOPES = ["openid", "profile", "email", "migration:write", "security:read", "infra:deploy"]
 
@@ -124,7 +124,7 @@ def test_logout_ends_idp_session(make_app, real_op, op_browser):
     assert final.startswith("http://localhost/sso/logged-out")
     # the OP session is gone: a new sign-in shows the login form again
     resp = client.get("/sso/op/login?next=/me")
-    with pytest.raises(Exception):
+    with pytest.raises(LoginRequired):
         op_browser.authorize_silently(resp.headers["Location"])
 
 

@@ -26,7 +26,7 @@ from joserfc.jwk import KeySet
 from flask_ccsso import reasons, requires_skill, signals
 from flask_ccsso.session import SESSION_KEY
 from flask_ccsso.testing import listen_to, log_out
-from tests.conftest import SKILLS
+from tests.support.oidc import SKILLS
 
 from .conftest import POST_LOGOUT_REDIRECT_URIS
 from .op_harness import Browser, RealOP

@@ -11,78 +11,19 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from flask_ccsso import signals
 from flask_ccsso.testing import log_out
-from tests.interop.saml_idp import GROUPS_URI, SAMLIdP, User, decode_form, form, make_keypair
-
-ACS = "http://localhost/sso/google/acs"
-SP_ENTITY = "https://portal.example.test"
-MAPPING = {
-    "email": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
-    "name": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
-    "groups": GROUPS_URI,
-}
-SKILLS = {
-    "database-migration": {"allowedGroups": ["database-admins"], "requiredScopes": ["migration:write"]},
-    "mfa-thing": {"allowedGroups": ["database-admins"],
-                  "acrValues": ["urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"]},
-}
-
-
-def provider_block(meta: str, **over: Any) -> dict[str, Any]:
-    block = {"provider": "saml", "idpMetadata": meta, "spEntityId": SP_ENTITY, "attributeMapping": dict(MAPPING),
-             "scopesFromGroups": {"database-admins": ["migration:write"]},
-             "groupsTruncatedAttribute": "groupsTruncated"}
-    block.update(over)
-    return block
-
-
-@pytest.fixture
-def idp(tmp_path) -> SAMLIdP:
-    return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
-def portal(make_app, idp, tmp_path):
-    """(app, client) with one SAML provider ``google`` trusting ``idp``."""
-
-    def build(**over: Any):
-        meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
-        app = make_app({"auth": {"providers": {"google": provider_block(meta, **over)}}, "skills": SKILLS,
-                        "session": {"cookieSecure": False}})
-        client = app.test_client()
-        idp.trust_sp(client.get("/sso/google/metadata").data.decode())
-        return app, client
-
-    return build
-
-
-def login(client, next_url="/me", provider="google", **params):
-    q = "&".join(f"{k}={v}" for k, v in {"next": next_url, **params}.items())
-    resp = client.get(f"/sso/{provider}/login?{q}")
-    assert resp.status_code == 302, resp.data
-    return resp.headers["Location"]
-
-
-def post(client, data, provider="google", **kw):
-    return client.post(f"/sso/{provider}/acs", data=data, **kw)
-
-
-def refused(resp, failures, reason):
-    assert resp.status_code == 400, resp.data
-    assert failures and failures[-1]["reason"] == reason, failures
-    return True
-
+from tests.support.saml import SKILLS, login, post, provider_block, refused
+from tests.support.saml_idp import SAMLIdP, User, decode_form, form, make_keypair
 
 # -------------------------------------------------------------------------- the happy path
 
-def test_login_through_real_idp_shows_email_and_groups(portal, idp):
-    app, client = portal()
+def test_login_through_real_idp_shows_email_and_groups(saml_portal, idp):
+    _app, client = saml_portal()
     location = login(client)
     q = parse_qs(urlsplit(location).query)
     # RelayState is an opaque key: the next URL is not in it
@@ -96,8 +37,8 @@ def test_login_through_real_idp_shows_email_and_groups(portal, idp):
     assert client.get("/migrations").status_code == 200
 
 
-def test_identity_facts(portal, idp):
-    app, client = portal()
+def test_identity_facts(saml_portal, idp):
+    _app, client = saml_portal()
     seen = []
     signals.user_logged_in.connect(lambda s, **kw: seen.append(kw), weak=False)
     try:
@@ -115,8 +56,8 @@ def test_identity_facts(portal, idp):
     assert seen[-1]["method"] == "saml"
 
 
-def test_truncated_groups_are_not_no_groups(portal, idp):
-    app, client = portal()
+def test_truncated_groups_are_not_no_groups(saml_portal, idp):
+    _app, client = saml_portal()
     seen = []
     signals.user_logged_in.connect(lambda s, **kw: seen.append(kw), weak=False)
     try:
@@ -127,9 +68,9 @@ def test_truncated_groups_are_not_no_groups(portal, idp):
     assert seen[-1]["identity"].groups_complete is False
 
 
-def test_signed_response_and_encrypted_assertion(portal, idp, tmp_path):
+def test_signed_response_and_encrypted_assertion(saml_portal, idp, tmp_path):
     sp = make_keypair(str(tmp_path / "sp"), "sp")
-    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_pem, signAuthnRequests=True,
+    _app, client = saml_portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_pem, signAuthnRequests=True,
                          wantResponseSigned=True, wantAssertionsEncrypted=True)
     location = login(client)
     assert "Signature=" in location and "SigAlg=" in location   # checked by the real IdP in respond()
@@ -140,8 +81,8 @@ def test_signed_response_and_encrypted_assertion(portal, idp, tmp_path):
     assert client.get("/me").get_json()["email"] == "alice@example.com"
 
 
-def test_allow_unsolicited(portal, idp):
-    app, client = portal(allowUnsolicited=True)
+def test_allow_unsolicited(saml_portal, idp):
+    _app, client = saml_portal(allowUnsolicited=True)
     location = login(client)
     data = idp.respond(location, User(), in_response_to=None)
     data.pop("RelayState")
@@ -151,8 +92,8 @@ def test_allow_unsolicited(portal, idp):
 
 # -------------------------------------------------------------------------- xmlsec1 budget
 
-def test_xmlsec1_runs_once_per_response_and_never_for_refused_shapes(portal, idp, monkeypatch):
-    app, client = portal()
+def test_xmlsec1_runs_once_per_response_and_never_for_refused_shapes(saml_portal, idp, monkeypatch):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     calls = count_xmlsec(monkeypatch)
     t = time.perf_counter()
@@ -199,8 +140,8 @@ def _mutated(idp, location, mutate, **kw):
     return idp.respond(location, User(), mutate=mutate, **kw)
 
 
-def test_wrong_audience(portal, idp, failures):
-    app, client = portal()
+def test_wrong_audience(saml_portal, idp, failures):
+    _app, client = saml_portal()
 
     def m(r):
         r.assertion[0].conditions.audience_restriction[0].audience[0].text = "https://other-sp.example"
@@ -208,8 +149,8 @@ def test_wrong_audience(portal, idp, failures):
     assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_audience")
 
 
-def test_wrong_destination(portal, idp, failures):
-    app, client = portal()
+def test_wrong_destination(saml_portal, idp, failures):
+    _app, client = saml_portal()
 
     def m(r):
         r.destination = "https://evil.example/acs"
@@ -217,8 +158,8 @@ def test_wrong_destination(portal, idp, failures):
     assert refused(post(client, _mutated(idp, login(client), m, sign_response=True)), failures, "invalid_response")
 
 
-def test_wrong_recipient(portal, idp, failures):
-    app, client = portal()
+def test_wrong_recipient(saml_portal, idp, failures):
+    _app, client = saml_portal()
 
     def m(r):
         r.assertion[0].subject.subject_confirmation[0].subject_confirmation_data.recipient = "https://evil/acs"
@@ -226,15 +167,15 @@ def test_wrong_recipient(portal, idp, failures):
     assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_response")
 
 
-def test_expired(portal, idp, failures, clock):
-    app, client = portal()
+def test_expired(saml_portal, idp, failures, clock):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     clock.advance(400)   # the IdP's assertions live 5 minutes; skew is 60 s
     assert refused(post(client, data), failures, "token_expired")
 
 
-def test_not_yet_valid(portal, idp, failures):
-    app, client = portal()
+def test_not_yet_valid(saml_portal, idp, failures):
+    _app, client = saml_portal()
 
     def m(r):
         r.assertion[0].conditions.not_before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
@@ -242,17 +183,17 @@ def test_not_yet_valid(portal, idp, failures):
     assert refused(post(client, _mutated(idp, login(client), m)), failures, "invalid_response")
 
 
-def test_replayed(portal, idp, failures):
-    app, client = portal()
+def test_replayed(saml_portal, idp, failures):
+    app, client = saml_portal()
     data = idp.respond(login(client), User())
     assert post(client, data).status_code == 303
     other = app.test_client()   # another browser, same shared store
     assert refused(post(other, data), failures, "replayed")
 
 
-def test_replayed_after_pending_gone_is_refused_by_assertion_id(portal, idp, failures):
+def test_replayed_after_pending_gone_is_refused_by_assertion_id(saml_portal, idp, failures):
     """Even when the pre-check is raced past, the atomic add refuses."""
-    app, client = portal()
+    app, client = saml_portal()
     data = idp.respond(login(client), User())
     store = app.extensions["ccsso"].store
     assert post(client, data).status_code == 303
@@ -260,27 +201,27 @@ def test_replayed_after_pending_gone_is_refused_by_assertion_id(portal, idp, fai
     assert keys, "assertion id recorded in the shared store"
 
 
-def test_unsolicited(portal, idp, failures):
-    app, client = portal()
+def test_unsolicited(saml_portal, idp, failures):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User(), in_response_to=None)
     assert refused(post(client, data), failures, "unsolicited")
 
 
-def test_in_response_to_unknown(portal, idp, failures):
-    app, client = portal()
+def test_in_response_to_unknown(saml_portal, idp, failures):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User(), in_response_to="id-never-sent")
     assert refused(post(client, data), failures, "state_missing")
 
 
-def test_other_idp_other_key(portal, idp, failures, tmp_path):
-    app, client = portal()
+def test_other_idp_other_key(saml_portal, idp, failures, tmp_path):
+    _app, client = saml_portal()
     evil = SAMLIdP(str(tmp_path / "evil"), entity_id="https://evil-idp.example/saml", base=idp.base, cn="evil")
     evil.trust_sp(client.get("/sso/google/metadata").data.decode())
     assert refused(post(client, evil.respond(login(client), User())), failures, "issuer_mismatch")
 
 
-def test_same_issuer_wrong_signing_key(portal, idp, failures, tmp_path):
-    app, client = portal()
+def test_same_issuer_wrong_signing_key(saml_portal, idp, failures, tmp_path):
+    _app, client = saml_portal()
     rogue = SAMLIdP(str(tmp_path / "rogue"), entity_id=idp.entity_id, base=idp.base, cn="rogue")
     rogue.trust_sp(client.get("/sso/google/metadata").data.decode())
     location = login(client)
@@ -289,38 +230,38 @@ def test_same_issuer_wrong_signing_key(portal, idp, failures, tmp_path):
     # without KeyInfo the pre-scan cannot tell: xmlsec1 must refuse it
     location = login(client)
     data = rogue.respond(location, User())
-    xml = re.sub(r"<(\w+):KeyInfo>.*?</\1:KeyInfo>", "", decode_form(data), flags=re.S)
+    xml = re.sub(r"<(\w+):KeyInfo>.*?</\1:KeyInfo>", "", decode_form(data), flags=re.DOTALL)
     assert "KeyInfo" not in xml
     assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
 
 
-def test_signature_stripped(portal, idp, failures):
-    app, client = portal()
+def test_signature_stripped(saml_portal, idp, failures):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     xml = strip_signatures(decode_form(data))
     assert "Signature" not in xml
     assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
 
 
-def test_content_tampered_after_signing(portal, idp, failures):
-    app, client = portal()
+def test_content_tampered_after_signing(saml_portal, idp, failures):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     xml = decode_form(data).replace(">engineering<", ">security-team<")
     assert refused(post(client, form(xml, data["RelayState"])), failures, "invalid_response")
 
 
 def strip_signatures(xml):
-    return re.sub(r"<(\w+):Signature[ >].*?</\1:Signature>", "", xml, flags=re.S)
+    return re.sub(r"<(\w+):Signature[ >].*?</\1:Signature>", "", xml, flags=re.DOTALL)
 
 
 def _assertion(xml):
-    m = re.search(r"<(\w+):Assertion[ >].*?</\1:Assertion>", xml, re.S)
+    m = re.search(r"<(\w+):Assertion[ >].*?</\1:Assertion>", xml, re.DOTALL)
     return m.group(0), m.group(1)
 
 
 @pytest.mark.parametrize("variant", ["sibling", "nested-in-evil", "same-id", "in-extensions"])
-def test_signature_wrapping(portal, idp, failures, variant):
-    app, client = portal()
+def test_signature_wrapping(saml_portal, idp, failures, variant):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     xml = decode_form(data)
     signed, p = _assertion(xml)
@@ -341,9 +282,9 @@ def test_signature_wrapping(portal, idp, failures, variant):
     assert client.get("/me").status_code != 200
 
 
-def test_comment_split_name_id(portal, idp, failures):
+def test_comment_split_name_id(saml_portal, idp, failures):
     """CVE-2017-11427 family: the attacker owns alice@example.com.evil.test."""
-    app, client = portal()
+    _app, client = saml_portal()
     data = idp.respond(login(client), User(email="alice@example.com.evil.test"))
     xml = re.sub(r">alice@example.com(\.evil\.test</\w+:NameID>)", r">alice@example.com<!---->\1",
                  decode_form(data))
@@ -355,12 +296,12 @@ def test_comment_split_name_id(portal, idp, failures):
 
 @pytest.mark.parametrize("prolog", [
     '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
-    '<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
-    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
+    ('<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+     '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'),
     '<!doctype r>',
 ])
-def test_doctype_xxe_billion_laughs(portal, idp, failures, prolog, monkeypatch):
-    app, client = portal()
+def test_doctype_xxe_billion_laughs(saml_portal, idp, failures, prolog, monkeypatch):
+    _app, client = saml_portal()
     data = idp.respond(login(client), User())
     xml = decode_form(data).replace('<?xml version="1.0"?>', '<?xml version="1.0"?>' + prolog, 1)
     calls = count_xmlsec(monkeypatch)
@@ -370,8 +311,8 @@ def test_doctype_xxe_billion_laughs(portal, idp, failures, prolog, monkeypatch):
     assert calls == []
 
 
-def test_oversized(portal, idp, failures, monkeypatch):
-    app, client = portal(maxResponseSize=20000)
+def test_oversized(saml_portal, idp, failures, monkeypatch):
+    _app, client = saml_portal(maxResponseSize=20000)
     data = idp.respond(login(client), User(groups=[f"group-{i:04d}" for i in range(600)]))
     calls = count_xmlsec(monkeypatch)
     resp = post(client, data)
@@ -437,8 +378,8 @@ def test_step_up_requested_authn_context(make_app, idp, tmp_path, failures):
 
 # -------------------------------------------------------------------------- logout
 
-def test_idp_initiated_logout_ends_the_session(portal, idp):
-    app, client = portal()
+def test_idp_initiated_logout_ends_the_session(saml_portal, idp):
+    app, client = saml_portal()
     post(client, idp.respond(login(client), User(), session_index="sess-1"))
     assert client.get("/me").status_code == 200
     revoked = []
@@ -455,8 +396,8 @@ def test_idp_initiated_logout_ends_the_session(portal, idp):
     assert app.test_client().get(url[len("http://localhost"):]).status_code == 400
 
 
-def test_idp_initiated_logout_must_be_signed(portal, idp, failures):
-    app, client = portal()
+def test_idp_initiated_logout_must_be_signed(saml_portal, idp, failures):
+    app, client = saml_portal()
     post(client, idp.respond(login(client), User(), session_index="sess-2"))
     url = idp.logout_request("http://localhost/sso/google/slo", "alice@example.com", "sess-2", sign=False)
     assert app.test_client().get(url[len("http://localhost"):]).status_code == 400
@@ -467,9 +408,9 @@ def test_idp_initiated_logout_must_be_signed(portal, idp, failures):
     assert client.get("/me").status_code == 200
 
 
-def test_sp_initiated_logout(portal, idp, tmp_path):
+def test_sp_initiated_logout(saml_portal, idp, tmp_path):
     sp = make_keypair(str(tmp_path / "sp"), "sp")
-    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path)
+    _app, client = saml_portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path)
     post(client, idp.respond(login(client), User(), session_index="sess-3"))
     resp = log_out(client)  # the confirm page, then its form (POST with the CSRF token)
     assert resp.status_code == 303
@@ -483,10 +424,10 @@ def test_sp_initiated_logout(portal, idp, tmp_path):
     assert client.get(back[len("http://localhost"):]).status_code == 400   # answered once
 
 
-def test_xmlsec1_budget_signed_response_with_encrypted_signed_assertion(portal, idp, tmp_path, monkeypatch):
+def test_xmlsec1_budget_signed_response_with_encrypted_signed_assertion(saml_portal, idp, tmp_path, monkeypatch):
     """Worst case the IdP can choose: response signed, assertion signed and encrypted."""
     sp = make_keypair(str(tmp_path / "sp"), "sp")
-    app, client = portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path, wantResponseSigned=True,
+    _app, client = saml_portal(spCertificate=sp.cert_path, spPrivateKey=sp.key_path, wantResponseSigned=True,
                          wantAssertionsEncrypted=True)
     data = idp.respond(login(client), User(), sign_response=True, encrypt=True)
     calls = count_xmlsec(monkeypatch)

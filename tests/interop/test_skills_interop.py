@@ -27,7 +27,7 @@ from flask import Flask
 
 from flask_ccsso import current_identity, login_required, reasons, requires_skill, signals
 from flask_ccsso.testing import listen_to
-from tests.conftest import SKILLS
+from tests.support.oidc import SKILLS
 
 from .conftest import REDIRECT_URIS
 from .op_harness import Browser, LoginFailed, RealOP, callback_params, pkce_pair

@@ -18,7 +18,7 @@ from typing import Any
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.local_op import CLIENT_ID, CLIENT_SECRET, LocalOP
+from tests.support.local_op import CLIENT_ID, CLIENT_SECRET, LocalOP
 
 
 class ScriptedIdP:

@@ -1,5 +1,5 @@
 """Helpers for the encrypted-SAML attack tests: a portal trusting the
-project's real pysaml2 IdP (``tests/interop/saml_idp``), and real XML
+project's real pysaml2 IdP (``tests/support/saml_idp.py``), and real XML
 encryption by ``xmlsec1 --encrypt`` to the SP's public certificate -- which
 is all an attacker has (it is in the SP metadata anyone can GET).
 """
@@ -11,15 +11,11 @@ import os
 import re
 import subprocess
 import tempfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
-from tests.interop.saml_idp import GROUPS_URI, XMLSEC, KeyPair, SAMLIdP, make_keypair
+from tests.support.saml_idp import GROUPS_URI, XMLSEC
 
 ACS = "http://localhost/sso/google/acs"
 SP_ENTITY = "https://portal.example.test"
@@ -93,32 +89,6 @@ def provider_block(meta: str, **over: Any) -> dict[str, Any]:
     return block
 
 
-@pytest.fixture
-def idp(tmp_path) -> SAMLIdP:
-    return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
-def sp_keys(tmp_path) -> KeyPair:
-    return make_keypair(str(tmp_path / "sp"), "sp")
-
-
-@pytest.fixture
-def portal(make_app, idp, tmp_path, sp_keys):
-    """(app, client): one SAML provider ``google`` with the SP key pair configured."""
-
-    def build(**over: Any):
-        meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
-        block = provider_block(meta, spCertificate=sp_keys.cert_path, spPrivateKey=sp_keys.key_path, **over)
-        app = make_app({"auth": {"providers": {"google": block}}, "skills": SKILLS,
-                        "session": {"cookieSecure": False}})
-        client = app.test_client()
-        idp.trust_sp(client.get("/sso/google/metadata").data.decode())
-        return app, client
-
-    return build
-
-
 def login(client) -> str:
     resp = client.get("/sso/google/login?next=/me")
     assert resp.status_code == 302, resp.data
@@ -162,6 +132,9 @@ def count_xmlsec(monkeypatch) -> list[list[str]]:
     return calls
 
 
+#END
+
+
 class Recorder(BaseHTTPRequestHandler):
     """A loopback HTTP server that only counts who called it."""
 
@@ -177,18 +150,3 @@ class Recorder(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         return None
-
-
-@pytest.fixture
-def canary() -> Iterator[Any]:
-    """A real HTTP server on 127.0.0.1: ``.url`` and ``.hits`` (paths requested)."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    srv.hits = []  # type: ignore[attr-defined]
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from tests.interop.saml_idp import DIGEST_SHA256, SIG_RSA_SHA256, SAMLIdP
+from tests.support.saml_idp import DIGEST_SHA256, SIG_RSA_SHA256, SAMLIdP
 
 SLO = "http://localhost/sso/google/slo"
 LOGOUT_RESPONSE = "urn:oasis:names:tc:SAML:2.0:protocol:LogoutResponse"

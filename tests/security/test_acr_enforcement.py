@@ -22,10 +22,11 @@ import pytest
 from flask import Flask, render_template_string
 
 from flask_ccsso import requires_skill, signals
-from tests.conftest import authorize_params, oidc_config
-from tests.interop.saml_idp import User
-from tests.interop.test_saml_interop import idp, login, post  # noqa: F401 - fixtures
-from tests.test_skills_support import JSON, access_token, bearer, listen, sign_in
+from flask_ccsso.testing import listen_to
+from tests.support.oidc import authorize_params, oidc_config
+from tests.support.saml import login, post
+from tests.support.saml_idp import User
+from tests.support.skills import JSON, access_token, bearer, sign_in
 
 MFA = "urn:ccsso:mfa"
 LOA1 = "urn:ccsso:loa1"
@@ -85,10 +86,10 @@ def test_weak_session_is_sent_to_step_up_never_passed(app: Flask, op: Any, clock
                                                       claims: dict[str, Any]) -> None:
     client = app.test_client()
     sign_in(client, op, clock, groups=GROUPS, **claims)
-    with listen(signals.stepup_required) as asked, listen(signals.skill_invoked) as invoked:
+    with listen_to(signals.stepup_required) as asked, listen_to(signals.skill_invoked) as invoked:
         resp = client.get(f"/s/{skill}")
     assert resp.status_code == 302, resp.get_data(as_text=True)
-    assert invoked == [] and asked and asked[0]["acr_values"] == (MFA,)
+    assert invoked == [] and asked and asked[0].kwargs["acr_values"] == (MFA,)
     assert f"stepup={skill}" in resp.headers["Location"]
     # the login route asks the IdP for the acr
     authorize = authorize_params(client.get(resp.headers["Location"]).headers["Location"])
@@ -106,15 +107,15 @@ def test_step_up_round_trip_still_weak_is_refused_then_strong_passes(app: Flask,
     sign_in(client, op, clock, groups=GROUPS, acr=LOA1, amr=["pwd"])
     login_url = client.get("/s/acr-only").headers["Location"]
     idp_url = client.get(login_url).headers["Location"]
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         # the IdP answers again with a single-factor sign-in
         sign_in(client, op, clock, url=idp_url, groups=GROUPS, acr=LOA1, amr=["pwd"], expect=400)
-    assert failed and failed[0]["reason"] == "stepup_not_satisfied"
+    assert failed and failed[0].kwargs["reason"] == "stepup_not_satisfied"
     assert client.get("/s/acr-only").status_code == 302  # the old session is still too weak
     idp_url = client.get(client.get("/s/acr-only").headers["Location"]).headers["Location"]
-    with listen(signals.stepup_satisfied) as satisfied:
+    with listen_to(signals.stepup_satisfied) as satisfied:
         resp = sign_in(client, op, clock, url=idp_url, groups=GROUPS, acr=MFA, amr=["pwd", "otp"])
-    assert resp.headers["Location"] == "/s/acr-only" and satisfied[0]["skill"] == "acr-only"
+    assert resp.headers["Location"] == "/s/acr-only" and satisfied[0].kwargs["skill"] == "acr-only"
     for skill in ACR_SKILLS:
         assert client.get(f"/s/{skill}").status_code == 200, skill
 
@@ -138,13 +139,13 @@ def test_bearer_token_without_the_acr_gets_the_rfc9470_challenge(app: Flask, op:
                                                                   acr: str | None) -> None:
     token = access_token(op, clock, groups=GROUPS, acr=acr)
     for skill in ACR_SKILLS:
-        with listen(signals.stepup_required) as asked:
+        with listen_to(signals.stepup_required) as asked:
             resp = app.test_client().get(f"/s/{skill}", headers=bearer(token))
         assert resp.status_code == 401, (skill, resp.get_data(as_text=True))
         www = resp.headers["WWW-Authenticate"]
         assert www.startswith('Bearer error="insufficient_user_authentication"')
         assert 'acr_values="urn:ccsso:mfa"' in www
-        assert asked and asked[0]["via"] == "bearer"
+        assert asked and asked[0].kwargs["via"] == "bearer"
     # no age requirement on an acr-only skill: the challenge asks for the acr only
     resp = app.test_client().get("/s/acr-only", headers=bearer(token))
     assert "max_age" not in resp.headers["WWW-Authenticate"] and resp.get_json()["error"] == "insufficient_acr"
@@ -158,9 +159,9 @@ def test_bearer_token_with_the_acr_passes(app: Flask, op: Any, clock: Any) -> No
 
 # --------------------------------------------------------------------------- SAML sessions
 
-def test_saml_password_session_steps_up_with_requested_authn_context(make_app: Any, idp: Any,  # noqa: F811
+def test_saml_password_session_steps_up_with_requested_authn_context(make_app: Any, idp: Any,
                                                                      tmp_path: Any) -> None:
-    from tests.interop.test_saml_interop import provider_block
+    from tests.support.saml import provider_block
 
     meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
     app = make_app({"auth": {"providers": {"google": provider_block(meta)}}, "session": {"cookieSecure": False},
@@ -193,7 +194,7 @@ def test_saml_password_session_steps_up_with_requested_authn_context(make_app: A
 
 def _check(tmp_path: Any, op: Any, skills: dict[str, Any], session: dict[str, Any] | None = None,
            providers: dict[str, Any] | None = None, *args: str) -> Any:
-    from tests.test_check_cli import make, oidc, run
+    from tests.support.cli import make, oidc, run
 
     cfg = oidc(op)
     cfg["skills"] = skills
@@ -236,8 +237,8 @@ def test_check_config_warns_acr_the_idp_does_not_offer(tmp_path: Any, op: Any) -
     assert "none of its acrValues (urn:ccsso:mfa) is in provider op's acr_values_supported" in result.output
 
 
-def test_check_config_errors_on_scopes_a_saml_only_skill_can_never_have(tmp_path: Any, op: Any, idp: Any) -> None:  # noqa: F811
-    from tests.interop.test_saml_interop import provider_block
+def test_check_config_errors_on_scopes_a_saml_only_skill_can_never_have(tmp_path: Any, op: Any, idp: Any) -> None:
+    from tests.support.saml import provider_block
 
     meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
     block = provider_block(meta, acsUrl="https://portal.example.com/sso/google/acs")

@@ -35,13 +35,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_audit_support import Collector, collector_fixture, fast_block, make_app, wait_for  # noqa: F401
 
 from flask_ccsso import signals
 from flask_ccsso.audit import init_audit, parse_logging_block
 from flask_ccsso.audit.events import build_event
 from flask_ccsso.audit.spool import Spool
 from flask_ccsso.exceptions import ConfigError
+from tests.support.audit import Collector, fast_block, make_app, wait_for
 
 AUDIT_LOGGER = "flask_ccsso.audit"
 
@@ -87,7 +87,7 @@ def _mount_tmpfs(where: Path, options: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                              capture_output=True, timeout=10)
+                              capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError) as exc:  # pragma: no cover - no mount(8)
         pytest.skip(f"cannot mount a tmpfs here ({type(exc).__name__})")
     if proc.returncode != 0:  # pragma: no cover - unprivileged runner
@@ -95,7 +95,7 @@ def _mount_tmpfs(where: Path, options: str) -> None:
 
 
 def _umount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10, check=False)
 
 
 @pytest.fixture(name="unwritable_spool", params=["enotdir", "erofs"])

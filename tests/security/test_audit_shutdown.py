@@ -37,10 +37,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_audit_support import PG_URL, free_port, make_app, pg_table_fixture, wait_for  # noqa: F401
 
 from flask_ccsso.audit import init_audit, parse_logging_block
 from flask_ccsso.audit.spool import Spool
+from tests.support.audit import PG_URL, free_port, make_app, wait_for
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("gunicorn")
@@ -168,11 +168,8 @@ def test_sigterm_while_the_collector_hangs_keeps_every_event(tmp_path: Path, sta
     # the next process on that spool delivers every one of them once the collector answers
     stalling.resume.set()
     app = make_app(tmp_path, "next_start")
-    sys.path.insert(0, str(HERE))
-    try:
-        from audit_shutdown_app import logging_block
-    finally:
-        sys.path.remove(str(HERE))
+    from tests.security.audit_shutdown_app import logging_block
+
     pipeline = init_audit(app, parse_logging_block(logging_block(stalling.url, spool_dir)))
     try:
         wait_for(lambda: set(emitted) <= set(stalling.accepted), timeout=30)

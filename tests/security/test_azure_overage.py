@@ -18,8 +18,8 @@ import pytest
 from flask import Flask
 
 from flask_ccsso import requires_skill
-from tests.conftest import authorize_params, callback, start_login
-from tests.local_op import CLIENT_ID, CLIENT_SECRET
+from tests.support.local_op import CLIENT_ID, CLIENT_SECRET
+from tests.support.oidc import authorize_params, callback, start_login
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 #: the real admins group (its object id guards the "admin-console" skill)

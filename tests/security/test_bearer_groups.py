@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from flask_ccsso import reasons
-from tests.local_op import CLIENT_ID
 from tests.security.idp_endpoints import ScriptedIdP, bearer
-from tests.test_bearer import _claims
-from tests.test_skills_support import access_token, add_skill_routes, skills_config
+from tests.support.local_op import CLIENT_ID
+from tests.support.skills import access_token, add_skill_routes, skills_config, token_claims
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_opaque_token_groups_come_from_userinfo(client, clock, idp):
 
 
 def test_jwt_without_the_groups_claim_uses_userinfo_with_that_token(client, op, clock, idp):
-    claims = _claims(op, clock, scp="migration:write")
+    claims = token_claims(op, clock, scp="migration:write")
     claims.pop("groups", None)
     token = str(op.sign(claims, header={"typ": "at+jwt"}))  # really signed by the OP's key
     idp.userinfo[token] = {"sub": claims["sub"], "groups": ["senior-developers"]}

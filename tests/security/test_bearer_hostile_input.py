@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from flask_ccsso import reasons, signals
-from tests.test_skills_support import add_skill_routes, listen, skills_config
+from flask_ccsso.testing import listen_to
+from tests.support.skills import add_skill_routes, skills_config
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -48,11 +49,11 @@ def client(make_app: Any, op: Any) -> Any:
 def test_deeply_nested_jwt_is_a_clean_401(client: Any, caplog: Any, token: str) -> None:
     assert len(token) < 16384
     caplog.set_level(logging.DEBUG, logger="flask_ccsso")
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         resp = client.get("/me", headers=bearer(token))
     assert resp.status_code == 401
     assert resp.get_json()["error"] == reasons.INVALID_TOKEN
     assert "malformed" in resp.get_json()["error_description"]
-    assert [f["reason"] for f in failed] == [reasons.INVALID_TOKEN]
+    assert [f.kwargs["reason"] for f in failed] == [reasons.INVALID_TOKEN]
     # no traceback: nothing at ERROR, nothing with exc_info
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

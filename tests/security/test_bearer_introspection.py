@@ -23,11 +23,12 @@ import pytest
 from flask import Flask
 
 from flask_ccsso import reasons, requires_skill, signals
-from tests.conftest import SKILLS
+from flask_ccsso.testing import listen_to
 from tests.interop.op_harness import Browser, RealOP, callback_params, pkce_pair
-from tests.local_op import CLIENT_ID
 from tests.security.idp_endpoints import ScriptedIdP, bearer
-from tests.test_skills_support import add_skill_routes, listen, skills_config
+from tests.support.local_op import CLIENT_ID
+from tests.support.oidc import SKILLS
+from tests.support.skills import add_skill_routes, skills_config
 
 CALLBACK = "http://localhost/callback"
 SCOPES = "openid profile email groups"
@@ -98,10 +99,10 @@ def _refused(resp: Any) -> None:
 def test_real_op_refresh_token_is_not_an_access_token(make_app, opaque_op, alice, alice_other, path, whose):
     client = real_app(make_app, opaque_op).test_client()
     token = (alice if whose == "ours" else alice_other)["refresh_token"]
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         _refused(client.get(path, headers=bearer(token)))
-    assert [f["reason"] for f in failed] == [reasons.INVALID_TOKEN]
-    assert token not in (failed[0]["detail"] or "")
+    assert [f.kwargs["reason"] for f in failed] == [reasons.INVALID_TOKEN]
+    assert token not in (failed[0].kwargs["detail"] or "")
 
 
 def test_real_op_other_clients_audience_less_access_token_is_refused(make_app, opaque_op, alice_other):
@@ -174,9 +175,9 @@ def test_refresh_and_id_tokens_refused_by_any_sign(make_app, op, clock, idp, sha
         over["introspectionRequireAudience"] = False
     client = add_skill_routes(make_app(skills_config(op, **over))).test_client()
     idp.answers["tok"] = _answer(clock, **REFRESH_SHAPES[shape])
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         _refused(client.get("/s/database-migration", headers=bearer("tok")))
-    assert [f["reason"] for f in failed] == [reasons.INVALID_TOKEN]
+    assert [f.kwargs["reason"] for f in failed] == [reasons.INVALID_TOKEN]
 
 
 @pytest.mark.parametrize("over", [

@@ -24,9 +24,10 @@ import pytest
 
 from flask_ccsso import signals
 from flask_ccsso.exceptions import ConfigError
-from tests.local_op import CLIENT_ID, CLIENT_SECRET, LocalOP
+from flask_ccsso.testing import listen_to
 from tests.security.idp_endpoints import ScriptedIdP, bearer
-from tests.test_skills_support import MORE_SKILLS, add_skill_routes, listen
+from tests.support.local_op import CLIENT_ID, CLIENT_SECRET, LocalOP
+from tests.support.skills import MORE_SKILLS, add_skill_routes
 
 B_CLIENT, B_SECRET = "api-b", "b-secret-0123456789"
 #: CCSSO_BEARER_INTROSPECTION_LIMIT for these tests (the default is 20 a minute)
@@ -169,7 +170,7 @@ def test_refusals_are_cached_by_token_hash(make_app, op, clock, _idps):
     idp = _idps[0]
     idp.reset()
     idp.serve_for(op)
-    from tests.test_skills_support import skills_config
+    from tests.support.skills import skills_config
 
     app = add_skill_routes(make_app(skills_config(op)))
     client = app.test_client()
@@ -187,20 +188,20 @@ def test_random_tokens_cost_a_bounded_number_of_idp_calls(make_app, op, clock, _
     idp = _idps[0]
     idp.reset()
     idp.serve_for(op)
-    from tests.test_skills_support import skills_config
+    from tests.support.skills import skills_config
 
     client = add_skill_routes(make_app(skills_config(op),
                                        CCSSO_BEARER_INTROSPECTION_LIMIT=INTROSPECTION_LIMIT)).test_client()
     attacker = {"REMOTE_ADDR": "203.0.113.9"}
     statuses = []
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         for i in range(50):
             resp = client.get("/me", headers=bearer(f"random-{i}"), environ_base=attacker)
             statuses.append(resp.status_code)
     assert len(idp.calls) == INTROSPECTION_LIMIT
     assert statuses[:INTROSPECTION_LIMIT] == [401] * INTROSPECTION_LIMIT
     assert set(statuses[INTROSPECTION_LIMIT:]) == {429}
-    assert {f["reason"] for f in failed} == {"invalid_token", "rate_limited"}
+    assert {f.kwargs["reason"] for f in failed} == {"invalid_token", "rate_limited"}
     limited = client.get("/me", headers=bearer("random-x"), environ_base=attacker)
     assert limited.status_code == 429 and limited.get_json()["error"] == "rate_limited"
     # another address is not affected; an IPv6 neighbour in the same /64 is
@@ -218,7 +219,7 @@ def test_valid_tokens_never_use_up_the_limit(make_app, op, clock, _idps):
     idp = _idps[0]
     idp.reset()
     idp.serve_for(op)
-    from tests.test_skills_support import skills_config
+    from tests.support.skills import skills_config
 
     client = add_skill_routes(make_app(skills_config(op),
                                        CCSSO_BEARER_INTROSPECTION_LIMIT=INTROSPECTION_LIMIT)).test_client()

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from flask_ccsso import reasons, signals
-from tests.local_op import CLIENT_ID
+from flask_ccsso.testing import listen_to
 from tests.security.idp_endpoints import ScriptedIdP, bearer
-from tests.test_skills_support import access_token, add_skill_routes, listen, skills_config
+from tests.support.local_op import CLIENT_ID
+from tests.support.skills import access_token, add_skill_routes, skills_config
 
 JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 
@@ -46,9 +47,9 @@ def client(make_app, op) -> Any:
 ])
 def test_jwt_with_cnf_is_refused_on_the_bearer_scheme(client, op, clock, cnf):
     token = access_token(op, clock, cnf=cnf)  # really signed by the OP's key
-    with listen(signals.login_failed) as failed:
+    with listen_to(signals.login_failed) as failed:
         _refused_as_bound(client.get("/s/database-migration", headers=bearer(token)))
-    assert [f["reason"] for f in failed] == [reasons.INVALID_TOKEN]
+    assert [f.kwargs["reason"] for f in failed] == [reasons.INVALID_TOKEN]
 
 
 def test_the_same_token_without_cnf_is_accepted(client, op, clock):

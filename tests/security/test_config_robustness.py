@@ -30,10 +30,23 @@ import pytest
 from flask import Flask
 
 from flask_ccsso import CCSSO, ConfigError
-from flask_ccsso.audit.settings import (AuditSettings, AzureMonitorSettings, FailureThresholdSettings, SinkSettings,
-                                        parse_logging_block)
-from flask_ccsso.config import (OIDCSettings, SAMLSettings, SessionSettings, SkillSettings, StoreSettings, interpolate,
-                                load_file, parse_config)
+from flask_ccsso.audit.settings import (
+    AuditSettings,
+    AzureMonitorSettings,
+    FailureThresholdSettings,
+    SinkSettings,
+    parse_logging_block,
+)
+from flask_ccsso.config import (
+    OIDCSettings,
+    SAMLSettings,
+    SessionSettings,
+    SkillSettings,
+    StoreSettings,
+    interpolate,
+    load_file,
+    parse_config,
+)
 from flask_ccsso.stores import MemoryStore
 
 SECRET = "Sup3r-S3cret-Zebra-42"
@@ -149,15 +162,15 @@ def _app(tmp_path: Path, **config: Any) -> Flask:
 
 def test_nan_idle_timeout_in_a_json_file_is_refused_at_start_up(tmp_path):
     """The reported attack: ``idleTimeout: NaN`` made every idle check false."""
-    (tmp_path / "c.json").write_text('{"auth": %s, "session": {"idleTimeout": NaN}}' % json.dumps(OIDC))
+    # json.dumps writes a float NaN as the bare token NaN, as a hand-edited file would have it
+    (tmp_path / "c.json").write_text(json.dumps({"auth": OIDC, "session": {"idleTimeout": float("nan")}}))
     with pytest.raises(ConfigError) as e:
         CCSSO(_app(tmp_path, CCSSO_CONFIG_FILE="c.json"), store=MemoryStore())
     assert e.value.path == "session.idleTimeout"
 
 
 def test_infinite_max_response_size_in_a_json_file_is_refused(tmp_path):
-    (tmp_path / "c.json").write_text('{"auth": %s}' % json.dumps({**SAML, "maxResponseSize": "X"}).replace(
-        '"X"', "Infinity"))
+    (tmp_path / "c.json").write_text(json.dumps({"auth": {**SAML, "maxResponseSize": float("inf")}}))  # Infinity
     with pytest.raises(ConfigError) as e:
         CCSSO(_app(tmp_path, CCSSO_CONFIG_FILE="c.json"), store=MemoryStore())
     assert e.value.path == "auth.maxResponseSize"

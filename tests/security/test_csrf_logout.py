@@ -17,9 +17,9 @@ import pytest
 
 from flask_ccsso import signals
 from flask_ccsso.testing import listen_to
-from tests.conftest import authorize_params, callback, oidc_config, start_login
-from tests.local_op import CLIENT_ID
-from tests.test_example_app import Portal, portal, sign_in  # noqa: F401 - fixture
+from tests.support.example import Portal, sign_in
+from tests.support.local_op import CLIENT_ID
+from tests.support.oidc import authorize_params, callback, oidc_config, start_login
 
 ME_JSON = {"Accept": "application/json"}
 
@@ -155,9 +155,9 @@ def _deploy_token(client: Any) -> str:
     ({}, {}),  # an old browser: no token, no Origin, no Sec-Fetch-Site
     ({"csrf_token": "forged-token-forged-token-forged-token-xxx"}, {}),
 ], ids=["cross-origin", "no-token-no-headers", "forged-token"])
-def test_example_deploy_refuses_forged_posts(portal: Portal, data: dict[str, str],  # noqa: F811
+def test_example_deploy_refuses_forged_posts(example_portal: Portal, data: dict[str, str],
                                              headers: dict[str, str]) -> None:
-    client = sign_in(portal, "carol")
+    client = sign_in(example_portal, "carol")
     _deploy_token(client)  # the page was seen, so the session holds a token
     with listen_to(signals.permission_denied) as denied:
         resp = client.post("/deploy", data={"environment": "production", **data}, headers=headers)
@@ -167,18 +167,18 @@ def test_example_deploy_refuses_forged_posts(portal: Portal, data: dict[str, str
     assert denied[0].kwargs["endpoint"] == "deploy"
 
 
-def test_example_deploy_refuses_a_valid_token_posted_cross_site(portal: Portal) -> None:  # noqa: F811
-    client = sign_in(portal, "carol")
+def test_example_deploy_refuses_a_valid_token_posted_cross_site(example_portal: Portal) -> None:
+    client = sign_in(example_portal, "carol")
     token = _deploy_token(client)
     resp = client.post("/deploy", data={"environment": "production", "csrf_token": token},
                        headers={"Origin": "https://evil.example"})
     assert resp.status_code == 400
 
 
-def test_example_deploy_with_the_token_deploys(portal: Portal) -> None:  # noqa: F811
-    client = sign_in(portal, "carol")
+def test_example_deploy_with_the_token_deploys(example_portal: Portal) -> None:
+    client = sign_in(example_portal, "carol")
     resp = client.post("/deploy", data={"environment": "staging", "csrf_token": _deploy_token(client)},
-                       headers={"Origin": portal.base, "Sec-Fetch-Site": "same-origin"})
+                       headers={"Origin": example_portal.base, "Sec-Fetch-Site": "same-origin"})
     assert resp.status_code == 200 and "Deployment to staging started" in resp.get_data(as_text=True)
 
 

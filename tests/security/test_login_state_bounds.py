@@ -18,8 +18,8 @@ import redis
 
 from flask_ccsso import signals, views
 from flask_ccsso.testing import listen_to
-from tests.conftest import callback, start_login
-from tests.test_session_helpers import REDIS_URL, closers, prefix, redis_app  # noqa: F401 - fixtures
+from tests.support.oidc import callback, start_login
+from tests.support.sessions import REDIS_URL
 
 pytestmark = pytest.mark.redis
 
@@ -30,7 +30,7 @@ MAX_PENDING_LOGINS: int = getattr(views, "MAX_PENDING_LOGINS", 8)
 MAX_NEXT_LENGTH: int = getattr(views, "MAX_NEXT_LENGTH", 1024)
 
 
-def keys_by_kind(prefix: str) -> dict[str, list[bytes]]:  # noqa: F811
+def keys_by_kind(prefix: str) -> dict[str, list[bytes]]:
     """This test's Redis keys, grouped by their first part (``login``, ``session`` ...)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -51,7 +51,7 @@ def stored_bytes(keys: list[bytes]) -> int:
         client.close()
 
 
-def test_flood_from_one_address_stores_a_bounded_amount_and_gets_429(redis_app: Any, prefix: str,  # noqa: F811
+def test_flood_from_one_address_stores_a_bounded_amount_and_gets_429(redis_app: Any, prefix: str,
                                                                       failures: list[dict[str, Any]]) -> None:
     """2000 sign-in starts from one address, each without cookies and with the
     longest ``next`` an attacker likes: the default limit lets the first
@@ -86,7 +86,7 @@ def test_flood_from_one_address_stores_a_bounded_amount_and_gets_429(redis_app: 
                                                                      "login-rate": 1}
 
 
-def test_limit_is_per_address_and_ipv6_counts_by_64(redis_app: Any, prefix: str) -> None:  # noqa: F811
+def test_limit_is_per_address_and_ipv6_counts_by_64(redis_app: Any, prefix: str) -> None:
     app = redis_app()
     app.config["CCSSO_LOGIN_RATE_LIMIT"] = (3, 600)
 
@@ -100,7 +100,7 @@ def test_limit_is_per_address_and_ipv6_counts_by_64(redis_app: Any, prefix: str)
     assert start("198.51.100.8") == 302
 
 
-def test_one_browser_keeps_a_bounded_number_of_pending_sign_ins(redis_app: Any, prefix: str,  # noqa: F811
+def test_one_browser_keeps_a_bounded_number_of_pending_sign_ins(redis_app: Any, prefix: str,
                                                                  op: Any, failures: list[dict[str, Any]]) -> None:
     """A script that keeps its cookie and starts sign-in after sign-in holds
     only the newest few; the newest still finish, the dropped ones do not."""
@@ -116,7 +116,7 @@ def test_one_browser_keeps_a_bounded_number_of_pending_sign_ins(redis_app: Any, 
     assert resp.status_code == 302 and resp.headers["Location"] == f"/n{len(urls) - 1}"
 
 
-def test_several_tabs_still_sign_in_on_redis(redis_app: Any, op: Any,  # noqa: F811
+def test_several_tabs_still_sign_in_on_redis(redis_app: Any, op: Any,
                                              failures: list[dict[str, Any]]) -> None:
     app = redis_app()
     client = app.test_client()
@@ -127,7 +127,7 @@ def test_several_tabs_still_sign_in_on_redis(redis_app: Any, op: Any,  # noqa: F
     assert failures == []
 
 
-def test_pending_entry_holds_only_what_the_callback_needs(redis_app: Any, prefix: str) -> None:  # noqa: F811
+def test_pending_entry_holds_only_what_the_callback_needs(redis_app: Any, prefix: str) -> None:
     app = redis_app()
     too_long = "/" + "b" * MAX_NEXT_LENGTH
     with listen_to(signals.login_failed) as failed:
@@ -146,7 +146,7 @@ def test_pending_entry_holds_only_what_the_callback_needs(redis_app: Any, prefix
     assert 0 < ttl <= 600
 
 
-def test_limit_holds_across_workers_racing(redis_app: Any, prefix: str) -> None:  # noqa: F811
+def test_limit_holds_across_workers_racing(redis_app: Any, prefix: str) -> None:
     """Two apps (workers) on the same Redis, eight threads at once: the count is
     one atomic counter, so exactly ``count`` starts get through."""
     from concurrent.futures import ThreadPoolExecutor

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from tests.interop.saml_idp import User
-from tests.interop.test_saml_interop import idp, login, portal, post  # noqa: F401 - fixtures
+from tests.support.saml import login, post
+from tests.support.saml_idp import User
 
 MAX_RESPONSE = 16 * 1024
 LIMIT = 2 * MAX_RESPONSE + 8192
@@ -74,8 +74,8 @@ def refused_as_too_large(resp_status: int, mimetype: str, failures: list[dict[st
 
 
 @pytest.mark.parametrize("size", [LIMIT + 1, 8 * MiB, 200 * MiB])
-def test_declared_length_over_the_limit_is_refused_unread(portal, failures, size):  # noqa: F811
-    app, client = portal(maxResponseSize=MAX_RESPONSE)
+def test_declared_length_over_the_limit_is_refused_unread(saml_portal, failures, size):
+    _app, client = saml_portal(maxResponseSize=MAX_RESPONSE)
     body = LazyBody(size)
     resp = client.post("/sso/google/acs", input_stream=body, content_length=size,
                        content_type="application/x-www-form-urlencoded")
@@ -83,8 +83,8 @@ def test_declared_length_over_the_limit_is_refused_unread(portal, failures, size
     assert body.consumed == 0
 
 
-def test_the_limit_also_holds_at_a_custom_acs_path(portal, failures):  # noqa: F811
-    app, client = portal(maxResponseSize=MAX_RESPONSE, acsUrl="http://localhost/saml/consume")
+def test_the_limit_also_holds_at_a_custom_acs_path(saml_portal, failures):
+    _app, client = saml_portal(maxResponseSize=MAX_RESPONSE, acsUrl="http://localhost/saml/consume")
     body = LazyBody(8 * MiB)
     resp = client.post("/saml/consume", input_stream=body, content_length=body.size,
                        content_type="application/x-www-form-urlencoded")
@@ -92,10 +92,10 @@ def test_the_limit_also_holds_at_a_custom_acs_path(portal, failures):  # noqa: F
     assert body.consumed == 0
 
 
-def test_an_apps_own_hook_cannot_parse_past_the_limit(portal):  # noqa: F811
+def test_an_apps_own_hook_cannot_parse_past_the_limit(saml_portal):
     """The limit is in force before every ``before_request`` hook: an app
     hook that peeks at ``request.form`` (as CSRF libraries do) gets the 413."""
-    app, client = portal(maxResponseSize=MAX_RESPONSE)
+    app, client = saml_portal(maxResponseSize=MAX_RESPONSE)
     from flask import request
 
     def peek() -> None:
@@ -109,16 +109,16 @@ def test_an_apps_own_hook_cannot_parse_past_the_limit(portal):  # noqa: F811
     assert body.consumed == 0
 
 
-def test_a_real_sign_in_fits_the_limit(portal, idp):  # noqa: F811
-    app, client = portal(maxResponseSize=MAX_RESPONSE)
+def test_a_real_sign_in_fits_the_limit(saml_portal, idp):
+    _app, client = saml_portal(maxResponseSize=MAX_RESPONSE)
     assert post(client, idp.respond(login(client), User())).status_code == 303
 
 
 # ------------------------------------------------------------------ chunked, through a real server
 
 @pytest.fixture
-def served(portal) -> Iterator[tuple[Any, int]]:  # noqa: F811
-    app, _ = portal(maxResponseSize=MAX_RESPONSE)
+def served(saml_portal) -> Iterator[tuple[Any, int]]:
+    app, _ = saml_portal(maxResponseSize=MAX_RESPONSE)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -165,7 +165,7 @@ def _post_chunked(port: int, total: int) -> bytes:
 
 
 def test_chunked_post_is_refused_without_being_buffered(served, failures):
-    app, port = served
+    _app, port = served
     total = 64 * MiB
     _post_chunked(port, LIMIT + 1)  # warm up: imports, templates, the first thread
     tracemalloc.start()

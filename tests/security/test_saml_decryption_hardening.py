@@ -16,7 +16,6 @@ Each attack below is refused with a 400 quickly, without a single request to
 the loopback server and without starting xmlsec1.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.security.saml_encryption)
 from __future__ import annotations
 
 import logging
@@ -29,18 +28,8 @@ from typing import Any
 import pytest
 
 from flask_ccsso.exceptions import AuthenticationFailed
-from tests.interop.saml_idp import User, decode_form
-from tests.security.saml_encryption import (  # noqa: F401 - fixtures
-    XENC,
-    canary,
-    count_xmlsec,
-    idp,
-    login,
-    portal,
-    post,
-    sp_keys,
-    wrap_and_encrypt_assertion,
-)
+from tests.security.saml_encryption import XENC, count_xmlsec, login, post, wrap_and_encrypt_assertion
+from tests.support.saml_idp import User, decode_form
 
 RSA_OAEP = f"{XENC}rsa-oaep-mgf1p"
 XPATH_BOMB = ('<ds:Transform Algorithm="http://www.w3.org/TR/1999/REC-xpath-19991116">'
@@ -107,11 +96,11 @@ KINDS = ["cipher-reference-http", "cipher-reference-file", "cipher-reference-xpa
 
 
 @pytest.fixture
-def genuine(portal, idp, sp_keys):
+def genuine(encrypted_portal, idp, sp_keys):
     """(client, relay, xml): a genuine IdP-signed assertion, encrypted to the SP."""
 
     def build(**settings: Any):
-        app, client = portal(**settings)
+        app, client = encrypted_portal(**settings)
         location = login(client)
         data = idp.respond(location, User())
         return app, client, data["RelayState"], wrap_and_encrypt_assertion(decode_form(data), sp_keys.cert_path)
@@ -277,13 +266,13 @@ def c14n_bomb(kind: str, xml: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["prefix-list", "namespaces-in-scope", "depth"])
-def test_canonicalization_cost_bombs_are_refused_before_xmlsec1(portal, idp, failures, monkeypatch, kind):
+def test_canonicalization_cost_bombs_are_refused_before_xmlsec1(encrypted_portal, idp, failures, monkeypatch, kind):
     """An unauthenticated post (one outstanding InResponseTo suffices, and it is
     not consumed by a refusal) made every metadata certificate's xmlsec1 run
     burn CPU until its 5 s kill. The pre-scan bounds what c14n work a document
     can ask for -- PrefixList length, nesting depth, namespace declarations in
     scope -- so such a post is a 400 before any xmlsec1 starts."""
-    _app, client = portal()
+    _app, client = encrypted_portal()
     location = login(client)
     data = idp.respond(location, User())
     bad = c14n_bomb(kind, decode_form(data))
@@ -307,14 +296,14 @@ def _unsigned(xml: str) -> str:
     return out
 
 
-def test_unauthenticated_ciphertext_failures_all_answer_alike(portal, idp, sp_keys, failures):
+def test_unauthenticated_ciphertext_failures_all_answer_alike(encrypted_portal, idp, sp_keys, failures):
     """When no Response signature covers the ciphertext (only the assertion
     inside is signed), a post whose ciphertext does not decrypt, one that
     decrypts to a well-formed but unsigned assertion, and one whose decrypted
     assertion was altered all get the same answer: the answers must not tell
     "decrypts to well-formed XML" from "does not" (the Jager-Somorovsky oracle
     on CBC). Before, each said which step failed."""
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     answers = []
     for variant in ("garbled-ciphertext", "unsigned-plaintext", "altered-plaintext"):
         location = login(client)

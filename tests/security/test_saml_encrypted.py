@@ -14,7 +14,6 @@ refused); the decrypted assertion passes the same pre-scan as a plain one,
 and encrypted content inside it is refused.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.security.saml_encryption)
 from __future__ import annotations
 
 import logging
@@ -25,8 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.interop.saml_idp import PPT, SAMLIdP, User, decode_form
-from tests.security.saml_encryption import (  # noqa: F401 - fixtures
+from tests.security.saml_encryption import (
     ACS,
     DS,
     GROUPS_URI,
@@ -37,15 +35,13 @@ from tests.security.saml_encryption import (  # noqa: F401 - fixtures
     authn_request_id,
     count_xmlsec,
     encrypt_node,
-    idp,
     login,
-    portal,
     post,
     relay_of,
-    sp_keys,
     wrap_and_encrypt_assertion,
     xp,
 )
+from tests.support.saml_idp import PPT, SAMLIdP, User, decode_form
 
 SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
 BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
@@ -129,11 +125,11 @@ def refused(resp, failures, reason: str = "invalid_response") -> None:
 
 @pytest.mark.parametrize("settings", [{}, {"wantAssertionsEncrypted": True},
                                       {"wantAssertionsEncrypted": True, "wantResponseSigned": False}])
-def test_red_team_forged_encrypted_assertion_is_refused(portal, idp, sp_keys, failures, settings):
+def test_red_team_forged_encrypted_assertion_is_refused(encrypted_portal, idp, sp_keys, failures, settings):
     """Default settings (SP key pair configured): the forgery signed the attacker in
     as admin with any groups. Now refused, and nothing is decrypted with the
     setting off."""
-    _app, client = portal(**settings)
+    _app, client = encrypted_portal(**settings)
     location = login(client)
     xml = red_team_forgery(idp.entity_id, location, sp_keys.cert_path)
     resp = post(client, xml, relay_of(location))
@@ -142,8 +138,8 @@ def test_red_team_forged_encrypted_assertion_is_refused(portal, idp, sp_keys, fa
     assert client.get("/migrations", headers={"Accept": "application/json"}).status_code in (401, 403)
 
 
-def test_forgery_refused_before_decryption_when_setting_is_off(portal, idp, sp_keys, failures, monkeypatch):
-    _app, client = portal()
+def test_forgery_refused_before_decryption_when_setting_is_off(encrypted_portal, idp, sp_keys, failures, monkeypatch):
+    _app, client = encrypted_portal()
     location = login(client)
     xml = red_team_forgery(idp.entity_id, location, sp_keys.cert_path)
     calls = count_xmlsec(monkeypatch)
@@ -155,8 +151,8 @@ def test_forgery_refused_before_decryption_when_setting_is_off(portal, idp, sp_k
 
 # ---------------------------------------------------------------------------- variants
 
-def test_unsigned_encrypted_assertion(portal, idp, sp_keys, failures):
-    _app, client = portal(wantAssertionsEncrypted=True)
+def test_unsigned_encrypted_assertion(encrypted_portal, idp, sp_keys, failures):
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     location = login(client)
     req_id = authn_request_id(location)
     inner = attacker_assertion(idp.entity_id, req_id, aid=f"_a{uuid.uuid4().hex}")
@@ -166,9 +162,9 @@ def test_unsigned_encrypted_assertion(portal, idp, sp_keys, failures):
     assert not signed_in(client)
 
 
-def test_encrypted_assertion_with_bogus_signature(portal, idp, sp_keys, failures, caplog):
+def test_encrypted_assertion_with_bogus_signature(encrypted_portal, idp, sp_keys, failures, caplog):
     """A ds:Signature element is present (well-shaped) but no key made it."""
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     location = login(client)
     req_id = authn_request_id(location)
     aid = f"_a{uuid.uuid4().hex}"
@@ -185,9 +181,9 @@ def test_encrypted_assertion_with_bogus_signature(portal, idp, sp_keys, failures
     assert not signed_in(client)
 
 
-def test_encrypted_assertion_signed_by_a_foreign_key(portal, idp, sp_keys, failures, tmp_path):
+def test_encrypted_assertion_signed_by_a_foreign_key(encrypted_portal, idp, sp_keys, failures, tmp_path):
     """A rogue IdP with our IdP's entity id and its own key signs and encrypts properly."""
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     rogue = SAMLIdP(str(tmp_path / "rogue"), entity_id=idp.entity_id, base=idp.base, cn="rogue")
     rogue.trust_sp(client.get("/sso/google/metadata").data.decode())
     location = login(client)
@@ -203,10 +199,10 @@ def test_encrypted_assertion_signed_by_a_foreign_key(portal, idp, sp_keys, failu
     assert not signed_in(client)
 
 
-def test_idp_signed_assertion_tampered_then_encrypted(portal, idp, sp_keys, failures):
+def test_idp_signed_assertion_tampered_then_encrypted(encrypted_portal, idp, sp_keys, failures):
     """The attacker takes their own genuine IdP-signed assertion, adds a group,
     and encrypts it to the SP (the IdP's signature no longer matches)."""
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     location = login(client)
     data = idp.respond(location, User(groups=["engineering"]))
     xml = decode_form(data).replace(">engineering<", ">database-admins<")
@@ -216,13 +212,13 @@ def test_idp_signed_assertion_tampered_then_encrypted(portal, idp, sp_keys, fail
 
 
 @pytest.mark.parametrize("where", ["advice", "attribute"])
-def test_signed_assertion_with_encrypted_content_inside_is_refused(portal, idp, sp_keys, failures, where, caplog):
+def test_signed_assertion_with_encrypted_content_inside_is_refused(encrypted_portal, idp, sp_keys, failures, where, caplog):
     """Even an IdP-signed assertion may not carry encrypted content (Advice/EncryptedAssertion,
     EncryptedAttribute): nothing inside a decrypted assertion is ever decrypted."""
     from saml2 import saml
     from saml2.xmlenc import CipherData, CipherValue, EncryptedData
 
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     location = login(client)
 
     def blob() -> EncryptedData:
@@ -246,10 +242,10 @@ def test_signed_assertion_with_encrypted_content_inside_is_refused(portal, idp, 
     assert not signed_in(client)
 
 
-def test_encrypted_assertion_refused_when_setting_is_off(portal, idp, sp_keys, failures, monkeypatch):
+def test_encrypted_assertion_refused_when_setting_is_off(encrypted_portal, idp, sp_keys, failures, monkeypatch):
     """A genuine, IdP-signed assertion, encrypted to the SP: with wantAssertionsEncrypted
     false (the default) it is refused before any decryption."""
-    _app, client = portal()
+    _app, client = encrypted_portal()
     location = login(client)
     data = idp.respond(location, User())
     xml = wrap_and_encrypt_assertion(decode_form(data), sp_keys.cert_path)
@@ -258,8 +254,8 @@ def test_encrypted_assertion_refused_when_setting_is_off(portal, idp, sp_keys, f
     assert calls == []
 
 
-def test_plain_assertion_refused_when_encryption_is_required(portal, idp, failures):
-    _app, client = portal(wantAssertionsEncrypted=True)
+def test_plain_assertion_refused_when_encryption_is_required(encrypted_portal, idp, failures):
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     location = login(client)
     data = idp.respond(location, User())
     resp = post(client, decode_form(data), data["RelayState"])
@@ -279,17 +275,17 @@ def test_encryption_setting_needs_the_key_pair(make_app, idp, tmp_path):
     assert "wantAssertionsEncrypted" in str(e.value)
 
 
-def test_sp_metadata_offers_an_encryption_key_only_when_asked(portal):
-    _app, client = portal()
+def test_sp_metadata_offers_an_encryption_key_only_when_asked(encrypted_portal):
+    _app, client = encrypted_portal()
     assert 'use="encryption"' not in client.get("/sso/google/metadata").data.decode()
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     assert 'use="encryption"' in client.get("/sso/google/metadata").data.decode()
 
 
 # ---------------------------------------------------------------------------- the legitimate paths
 
 @pytest.mark.parametrize("shape", ["assertion-signed", "both-signed", "response-signed-only"])
-def test_real_idp_encrypted_assertion_signs_in(portal, idp, shape, monkeypatch):
+def test_real_idp_encrypted_assertion_signs_in(encrypted_portal, idp, shape, monkeypatch):
     over: dict[str, Any] = {"wantAssertionsEncrypted": True}
     kw: dict[str, Any] = {"encrypt": True}
     if shape == "both-signed":
@@ -298,7 +294,7 @@ def test_real_idp_encrypted_assertion_signs_in(portal, idp, shape, monkeypatch):
     elif shape == "response-signed-only":
         over.update(wantResponseSigned=True, wantAssertionsSigned=False)
         kw.update(sign_response=True, sign_assertion=False)
-    _app, client = portal(**over)
+    _app, client = encrypted_portal(**over)
     data = idp.respond(login(client), User(), **kw)
     assert "EncryptedAssertion" in decode_form(data)
     calls = count_xmlsec(monkeypatch)
@@ -318,10 +314,10 @@ def test_real_idp_encrypted_assertion_signs_in(portal, idp, shape, monkeypatch):
             assert c[c.index("--enabled-reference-uris") + 1] == "same-doc"
 
 
-def test_response_signed_only_must_cover_the_encrypted_assertion(portal, idp, sp_keys, failures):
+def test_response_signed_only_must_cover_the_encrypted_assertion(encrypted_portal, idp, sp_keys, failures):
     """wantResponseSigned with an unsigned assertion: swapping in another
     EncryptedAssertion breaks the Response signature."""
-    _app, client = portal(wantAssertionsEncrypted=True, wantResponseSigned=True, wantAssertionsSigned=False)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True, wantResponseSigned=True, wantAssertionsSigned=False)
     location = login(client)
     data = idp.respond(location, User(groups=["engineering"]), encrypt=True, sign_response=True,
                        sign_assertion=False)
@@ -342,12 +338,12 @@ def test_response_signed_only_must_cover_the_encrypted_assertion(portal, idp, sp
 
 # ---------------------------------------------------------------------------- pysaml2's logs
 
-def test_no_document_text_in_logs(portal, idp, sp_keys, failures, caplog, tmp_path):
+def test_no_document_text_in_logs(encrypted_portal, idp, sp_keys, failures, caplog, tmp_path):
     """A refused encrypted post (signature by a foreign key) leaves no document
     text in any log, at DEBUG -- pysaml2 used to log the decrypted assertion."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="saml2")
-    _app, client = portal(wantAssertionsEncrypted=True)
+    _app, client = encrypted_portal(wantAssertionsEncrypted=True)
     rogue = SAMLIdP(str(tmp_path / "rogue"), entity_id=idp.entity_id, base=idp.base, cn="rogue")
     rogue.trust_sp(client.get("/sso/google/metadata").data.decode())
     location = login(client)

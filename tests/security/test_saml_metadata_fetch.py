@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.interop.saml_idp import DIGEST_SHA256, SIG_RSA_SHA256, SAMLIdP, User, make_keypair
+from tests.support.saml_idp import DIGEST_SHA256, SIG_RSA_SHA256, SAMLIdP, User, make_keypair
 
 JSON = {"Accept": "application/json"}
 SSO = "https://idp.example.test/sso/redirect"
@@ -119,7 +119,7 @@ def test_redirect_to_another_host_or_scheme_is_refused(servers, build, idp, targ
     servers += [elsewhere, start]
     elsewhere.body = idp.metadata_xml().encode()
     start.redirect = target.format(port=elsewhere.port, other=elsewhere.port)
-    app, client, prov = build(start.url)
+    _app, client, _prov = build(start.url)
     assert starts_login(client) == 503
     assert start.hits == 1 and elsewhere.hits == 0
 
@@ -130,7 +130,7 @@ def test_redirect_on_the_same_host_is_followed(servers, build, idp):
     srv.body = idp.metadata_xml().encode()
     srv.redirect = "/metadata-moved"          # relative: same scheme, host and port
     srv.final_paths = {"/metadata-moved"}
-    app, client, prov = build(srv.url)
+    _app, client, prov = build(srv.url)
     assert starts_login(client) == 302 and prov.idp().entity_id == idp.entity_id
     assert srv.hits == 2
 
@@ -139,7 +139,7 @@ def test_too_many_redirects_are_refused(servers, build, idp):
     loop = Server()
     servers.append(loop)
     loop.redirect = "/metadata"
-    app, client, prov = build(loop.url)
+    _app, client, _prov = build(loop.url)
     assert starts_login(client) == 503
     assert loop.hits == 4   # the first request and three re-checked hops
 
@@ -172,12 +172,12 @@ def test_https_metadata_is_not_downgraded_to_http(servers, build, idp, tls_cert)
     secure = Server(tls=tls_cert)
     servers += [plain, secure]
     plain.body = secure.body = idp.metadata_xml().encode()
-    app, client, prov = build(secure.url)
+    _app, client, _prov = build(secure.url)
     assert starts_login(client) == 302    # the https URL itself works
     for target in (plain.url.replace(f":{plain.port}", f":{secure.port}"),   # same host and port, http
                    plain.url):                                              # same host, http, another port
         secure.redirect = target
-        app, client, prov = build(secure.url)
+        _app, client, _prov = build(secure.url)
         assert starts_login(client) == 503
     assert plain.hits == 0
 
@@ -212,7 +212,7 @@ def signed_setup(servers, build, idp, federation):
 
 
 def test_signed_metadata_is_accepted(signed_setup, idp):
-    srv, app, client, prov = signed_setup
+    _srv, _app, client, _prov = signed_setup
     assert starts_login(client) == 302
     idp.trust_sp(client.get("/sso/google/metadata").data.decode())
     loc = client.get("/sso/google/login?next=/me").headers["Location"]
@@ -243,7 +243,7 @@ def test_bad_metadata_signature_is_refused(servers, build, idp, federation, tmp_
         doc = good.replace(idp.keys.cert_b64.replace("\n", ""), rogue.cert_b64.replace("\n", ""))
         assert doc != good
     srv.body = doc.encode()
-    app, client, prov = build(srv.url, idpMetadataCertificate=federation.cert_pem)
+    _app, client, _prov = build(srv.url, idpMetadataCertificate=federation.cert_pem)
     resp = client.get("/sso/google/login", headers=JSON)
     assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
     assert srv.hits == 1
@@ -297,7 +297,7 @@ def test_signature_wrapping_through_a_namespaced_id_is_refused(servers, build, i
 def test_certificate_from_a_file_and_file_metadata_are_verified_too(build, idp, federation, tmp_path):
     path = tmp_path / "idp-metadata.xml"
     path.write_text(signed_metadata(idp, federation))
-    app, client, prov = build(str(path), idpMetadataCertificate=federation.cert_path)
+    _app, client, _prov = build(str(path), idpMetadataCertificate=federation.cert_path)
     assert starts_login(client) == 302
     path.write_text(signed_metadata(idp, federation).replace(SSO, "https://evil.example/sso"))
     from flask_ccsso.config import ConfigError
@@ -307,7 +307,7 @@ def test_certificate_from_a_file_and_file_metadata_are_verified_too(build, idp, 
 
 
 def test_refused_refresh_keeps_the_last_good_copy_and_is_logged(signed_setup, idp, federation, clock, caplog):
-    srv, app, client, prov = signed_setup
+    srv, _app, client, prov = signed_setup
     assert starts_login(client) == 302
     good = prov.idp()
     srv.body = signed_metadata(idp, federation).replace(SSO, "https://evil.example/sso/redirect").encode()
@@ -335,7 +335,7 @@ def test_expired_metadata_is_refused(servers, build, idp, on):
     srv = Server()
     servers.append(srv)
     srv.body = _with_valid_until(idp.metadata_xml(), _past(), on=on).encode()
-    app, client, prov = build(srv.url)
+    _app, client, _prov = build(srv.url)
     resp = client.get("/sso/google/login", headers=JSON)
     assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
 
@@ -344,7 +344,7 @@ def test_malformed_valid_until_is_unusable_metadata_not_a_400(servers, build, id
     srv = Server()
     servers.append(srv)
     srv.body = _with_valid_until(idp.metadata_xml(), "next tuesday").encode()
-    app, client, prov = build(srv.url)
+    _app, client, _prov = build(srv.url)
     resp = client.get("/sso/google/login", headers=JSON)
     assert resp.status_code == 503 and resp.get_json()["error"] == "idp_unavailable"
 
@@ -353,7 +353,7 @@ def test_expired_refresh_keeps_the_last_good_copy_and_is_logged(servers, build, 
     srv = Server()
     servers.append(srv)
     srv.body = idp.metadata_xml(valid_hours=6).encode()
-    app, client, prov = build(srv.url)
+    _app, client, prov = build(srv.url)
     good = prov.idp()
     srv.body = _with_valid_until(idp.metadata_xml(), _past(), on="role").encode()
     clock.advance(3601)

@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.interop.saml_idp import SAMLIdP, User
-from tests.interop.test_saml_interop import idp, login, portal, post  # noqa: F401 - fixtures
 from tests.security.saml_messages import (
     LOGOUT_RESPONSE,
     SLO,
@@ -30,11 +28,13 @@ from tests.security.saml_messages import (
     sp_logout_request,
     xml_signed,
 )
+from tests.support.saml import login, post
+from tests.support.saml_idp import SAMLIdP, User
 
 JSON = {"Accept": "application/json"}
 
 
-def sign_in(app: Any, idp: SAMLIdP, email: str, session_index: str) -> Any:  # noqa: F811
+def sign_in(app: Any, idp: SAMLIdP, email: str, session_index: str) -> Any:
     client = app.test_client()
     resp = post(client, idp.respond(login(client), User(email=email), session_index=session_index))
     assert resp.status_code == 303, resp.data
@@ -59,8 +59,8 @@ def refused(resp: Any, failures: list[dict[str, Any]], reason: str | None = None
 
 
 @pytest.fixture
-def two_users(portal, idp):  # noqa: F811
-    app, _ = portal()
+def two_users(saml_portal, idp):
+    app, _ = saml_portal()
     alice = sign_in(app, idp, "alice@example.com", "sess-A")
     bob = sign_in(app, idp, "bob@example.com", "sess-B")
     return app, alice, bob
@@ -71,7 +71,7 @@ def two_users(portal, idp):  # noqa: F811
 @pytest.mark.parametrize("encoded", ["SAML%52equest", "%53AMLRequest", "SAMLReq%75est", "SAML%52%65quest",
                                      "%53%41%4D%4C%52%65%71%75%65%73%74"])
 @pytest.mark.parametrize("forged_first", [True, False])
-def test_encoded_name_cannot_carry_an_unsigned_request_beside_a_signed_one(two_users, idp, failures,  # noqa: F811
+def test_encoded_name_cannot_carry_an_unsigned_request_beside_a_signed_one(two_users, idp, failures,
                                                                            encoded, forged_first):
     """Alice got a genuinely signed LogoutRequest for her own session. She
     adds a forged, unsigned one for Bob under a percent-encoded parameter
@@ -90,15 +90,15 @@ def test_encoded_name_cannot_carry_an_unsigned_request_beside_a_signed_one(two_u
 
 
 @pytest.mark.parametrize("encoded", ["Sig%41lg", "Relay%53tate", "Signatur%65", "SAMLRequest+"])
-def test_any_encoded_parameter_name_is_refused(two_users, idp, failures, encoded):  # noqa: F811
-    app, alice, bob = two_users
+def test_any_encoded_parameter_name_is_refused(two_users, idp, failures, encoded):
+    app, alice, _bob = two_users
     legit = logout_request_path(idp, logout_request_xml(idp, "alice@example.com", "sess-A"))
     assert refused(app.test_client().get(f"{legit}&{encoded}=x"), failures, "bad_request")
     assert signed_in(alice)
 
 
 @pytest.mark.parametrize("repeat", ["SAMLRequest", "RelayState", "SigAlg", "Signature"])
-def test_repeated_parameters_are_refused(two_users, idp, failures, repeat):  # noqa: F811
+def test_repeated_parameters_are_refused(two_users, idp, failures, repeat):
     app, alice, bob = two_users
     legit = logout_request_path(idp, logout_request_xml(idp, "alice@example.com", "sess-A"))
     forged = logout_request_path(None, logout_request_xml(idp, "bob@example.com", "sess-B"))
@@ -109,8 +109,8 @@ def test_repeated_parameters_are_refused(two_users, idp, failures, repeat):  # n
     assert signed_in(alice) and signed_in(bob)
 
 
-def test_request_and_response_together_are_refused(two_users, idp, failures):  # noqa: F811
-    app, alice, bob = two_users
+def test_request_and_response_together_are_refused(two_users, idp, failures):
+    app, alice, _bob = two_users
     legit = logout_request_path(idp, logout_request_xml(idp, "alice@example.com", "sess-A"))
     forged = redirect_query(None, "SAMLResponse", "<x/>")
     assert refused(app.test_client().get(f"{legit}&{forged}"), failures, "bad_request")
@@ -118,7 +118,7 @@ def test_request_and_response_together_are_refused(two_users, idp, failures):  #
     assert signed_in(alice)
 
 
-def test_unsigned_or_foreign_signed_request_is_refused_and_audited(two_users, idp, failures):  # noqa: F811
+def test_unsigned_or_foreign_signed_request_is_refused_and_audited(two_users, idp, failures):
     app, alice, bob = two_users
     xml = logout_request_xml(idp, "bob@example.com", "sess-B")
     assert refused(app.test_client().get(logout_request_path(None, xml)), failures)
@@ -133,7 +133,7 @@ def test_unsigned_or_foreign_signed_request_is_refused_and_audited(two_users, id
 
 # ------------------------------------------------------------------ which sessions a request ends
 
-def test_session_index_of_another_name_id_ends_nothing(two_users, idp):  # noqa: F811
+def test_session_index_of_another_name_id_ends_nothing(two_users, idp):
     """Alice's genuinely signed LogoutRequest, carrying Bob's session index:
     the IdP said "Alice's session sess-B", which is no session at all."""
     app, alice, bob = two_users
@@ -146,7 +146,7 @@ def test_session_index_of_another_name_id_ends_nothing(two_users, idp):  # noqa:
     assert not signed_in(bob) and signed_in(alice)
 
 
-def test_without_session_index_ends_that_name_ids_sessions_only(two_users, idp, portal):  # noqa: F811
+def test_without_session_index_ends_that_name_ids_sessions_only(two_users, idp, saml_portal):
     app, alice, bob = two_users
     alice2 = sign_in(app, idp, "alice@example.com", "sess-A2")
     resp = app.test_client().get(logout_request_path(idp, logout_request_xml(idp, "alice@example.com", None)))
@@ -154,7 +154,7 @@ def test_without_session_index_ends_that_name_ids_sessions_only(two_users, idp, 
     assert not signed_in(alice) and not signed_in(alice2) and signed_in(bob)
 
 
-def test_both_must_match(two_users, idp):  # noqa: F811
+def test_both_must_match(two_users, idp):
     app, alice, bob = two_users
     alice2 = sign_in(app, idp, "alice@example.com", "sess-A2")
     assert app.test_client().get(
@@ -165,9 +165,9 @@ def test_both_must_match(two_users, idp):  # noqa: F811
 # ------------------------------------------------------------------ LogoutResponses (answers to our requests)
 
 @pytest.fixture
-def pending(two_users, idp):  # noqa: F811
+def pending(two_users, idp):
     """Alice's SP-initiated logout is under way: (app, the LogoutRequest we sent, its RelayState)."""
-    app, alice, bob = two_users
+    app, _alice, _bob = two_users
     prov = app.extensions["ccsso"].providers["google"]
     with app.test_request_context():
         location = prov.logout_url({"name_id": "alice@example.com", "session_index": "sess-A"},
@@ -177,7 +177,7 @@ def pending(two_users, idp):  # noqa: F811
     return app, request, relay
 
 
-def test_unsigned_or_forged_redirect_logout_response_is_refused(pending, idp, failures):  # noqa: F811
+def test_unsigned_or_forged_redirect_logout_response_is_refused(pending, idp, failures):
     app, request, relay = pending
     xml = str(logout_response_xml(idp, request))
     client = app.test_client()
@@ -191,7 +191,7 @@ def test_unsigned_or_forged_redirect_logout_response_is_refused(pending, idp, fa
                    "state_missing")
 
 
-def test_unsigned_forged_or_tampered_post_logout_response_is_refused(pending, idp, failures):  # noqa: F811
+def test_unsigned_forged_or_tampered_post_logout_response_is_refused(pending, idp, failures):
     app, request, relay = pending
     client = app.test_client()
     form = {"content_type": "application/x-www-form-urlencoded"}
@@ -209,7 +209,7 @@ def test_unsigned_forged_or_tampered_post_logout_response_is_refused(pending, id
     assert resp.status_code == 302 and resp.headers["Location"].endswith("/sso/logged-out"), resp.data
 
 
-def test_post_logout_response_signature_must_be_the_roots(pending, idp, failures):  # noqa: F811
+def test_post_logout_response_signature_must_be_the_roots(pending, idp, failures):
     """An unsigned LogoutResponse wrapping a genuinely signed one (signature
     wrapping): the signature that counts is the root's own, and there is none."""
     app, request, relay = pending
@@ -223,7 +223,7 @@ def test_post_logout_response_signature_must_be_the_roots(pending, idp, failures
 
 
 @pytest.mark.parametrize("change", ["issuer", "destination", "status"])
-def test_signed_logout_response_is_checked(pending, idp, failures, change):  # noqa: F811
+def test_signed_logout_response_is_checked(pending, idp, failures, change):
     app, request, relay = pending
     kw = {"issuer": {"issuer": "https://other-idp.example/saml"},
           "destination": {"destination": "https://evil.example/sso/google/slo"},
@@ -236,7 +236,7 @@ def test_signed_logout_response_is_checked(pending, idp, failures, change):  # n
                                         "status": None}[change])
 
 
-def test_logout_response_without_destination_is_refused(pending, idp, failures):  # noqa: F811
+def test_logout_response_without_destination_is_refused(pending, idp, failures):
     app, request, relay = pending
     resp = logout_response_xml(idp, request)
     resp.destination = None
@@ -244,8 +244,8 @@ def test_logout_response_without_destination_is_refused(pending, idp, failures):
     assert refused(app.test_client().get("/sso/google/slo?" + query), failures)
 
 
-def test_oversized_or_garbage_logout_messages_are_4xx_and_audited(portal, idp, failures):  # noqa: F811
-    app, _ = portal(maxResponseSize=4096)
+def test_oversized_or_garbage_logout_messages_are_4xx_and_audited(saml_portal, idp, failures):
+    app, _ = saml_portal(maxResponseSize=4096)
     client = app.test_client()
     assert refused(client.get("/sso/google/slo?SAMLRequest=%%%"), failures)
     assert refused(client.get("/sso/google/slo"), failures, "bad_request")
@@ -258,9 +258,9 @@ def test_oversized_or_garbage_logout_messages_are_4xx_and_audited(portal, idp, f
     assert resp.status_code == 400 and failures[-1]["reason"] == "bad_request"   # a JSON post gets a JSON answer
 
 
-def test_slo_url_constant_matches_the_portal(portal):  # noqa: F811
+def test_slo_url_constant_matches_the_portal(saml_portal):
     """The helpers build messages for http://localhost/sso/google/slo."""
-    app, client = portal()
+    app, _client = saml_portal()
     with app.test_request_context():
         from flask import url_for
 

@@ -13,16 +13,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from tests.conftest import SKILLS, authorize_params, callback, oidc_config, start_login
-from tests.local_op import CLIENT_ID, CLIENT_SECRET
+from tests.support import DATA
+from tests.support.local_op import CLIENT_ID, CLIENT_SECRET
+from tests.support.oidc import SKILLS, authorize_params, callback, oidc_config, start_login
 
-GOOGLE_METADATA = Path(__file__).resolve().parents[1] / "saml" / "google-idp-metadata.xml"
+GOOGLE_METADATA = DATA / "saml" / "google-idp-metadata.xml"
 HTTPS = "https://localhost"
 
 

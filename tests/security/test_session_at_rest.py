@@ -28,7 +28,7 @@ import redis
 from flask_ccsso.extension import get_state
 from flask_ccsso.session import SESSION_KEY
 from flask_ccsso.session_cli import sessions
-from tests.test_session_helpers import COOKIE, REDIS_URL, closers, login, prefix, redis_app  # noqa: F401
+from tests.support.sessions import COOKIE, REDIS_URL, login
 
 pytestmark = pytest.mark.redis
 
@@ -137,10 +137,10 @@ def test_a_record_written_by_hand_does_not_sign_in(redis_app: Callable[..., Any]
 
 
 def test_rotating_the_secret_key_keeps_sessions(redis_app: Callable[..., Any], op: Any, clock: Any, prefix: str,
-                                                 closers: list[Any]) -> None:  # noqa: F811
+                                                 closers: list[Any]) -> None:
     from flask_ccsso.session import _redis_client
     from flask_ccsso.stores import RedisStore
-    from tests.test_session_helpers import session_config
+    from tests.support.sessions import session_config
 
     old = redis_app(slidingWriteInterval=60)
     client = old.test_client()

@@ -25,8 +25,8 @@ from flask_ccsso import CCSSO, current_identity, login_required
 from flask_ccsso.session import SESSION_KEY, idle_deadline
 from flask_ccsso.stores import RedisStore
 from flask_ccsso.testing import CCSSOTestClient
-from tests.conftest import oidc_config
-from tests.test_session_helpers import REDIS_URL, closers, login, prefix, redis_app  # noqa: F401
+from tests.support.oidc import oidc_config
+from tests.support.sessions import REDIS_URL, login
 
 pytestmark = pytest.mark.redis
 
@@ -43,7 +43,7 @@ def _status(client: Any) -> tuple[int, str | None]:
 # --------------------------------------------------------------------------- real time
 
 @pytest.fixture
-def realtime_app(op: Any, prefix: str, closers: list[Callable[[], None]]) -> Callable[..., Flask]:  # noqa: F811
+def realtime_app(op: Any, prefix: str, closers: list[Callable[[], None]]) -> Callable[..., Flask]:
     def factory(**session: Any) -> Flask:
         cfg = oidc_config(op)
         cfg["session"].update({"store": {"type": "redis", "url": REDIS_URL, "keyPrefix": prefix}, **session})
@@ -126,7 +126,7 @@ def test_the_write_interval_is_bounded_by_the_idle_timeout(redis_app: Any) -> No
 
 def test_default_idle_timeout_still_writes_at_most_once_a_minute(redis_app: Any, op: Any, clock: Any) -> None:
     """The bound does not add writes where the interval already was small."""
-    from tests.test_session_helpers import count_writes
+    from tests.support.sessions import count_writes
 
     app = redis_app()  # idleTimeout 3600, slidingWriteInterval 60
     client = app.test_client()

@@ -1,0 +1,174 @@
+"""A small in-process OpenID Provider for fast unit tests.
+
+It serves real HTTP on 127.0.0.1 (discovery, JWKS, token endpoint) from a
+thread, checks PKCE and client authentication at its token endpoint, and signs
+ID tokens with real RSA keys through joserfc. Tests decide what an ID token
+says (or hand over a forged one) for each authorization code. The real,
+third-party provider is in tests/interop/.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+CLIENT_ID = "portal"
+CLIENT_SECRET = "portal-secret"
+
+
+class LocalOP:
+    def __init__(self) -> None:
+        self.key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"}, private=True)
+        self.keys = [self.key]
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.jwks_hits = 0
+        self.discovery_hits = 0
+        self.token_hits = 0
+        self.extra_metadata: dict[str, Any] = {}
+        self.refresh_handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.graph_pages: list[dict[str, Any]] = []
+        self.graph_fail = False
+        self.down = False
+        self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.port = self.server.server_port
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+    # -- keys & tokens ----------------------------------------------------------
+    def rotate(self, keep_old: bool = False) -> RSAKey:
+        kid = "k" + secrets.token_hex(4)
+        new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"}, private=True)
+        self.keys = [new] + (self.keys if keep_old else [])
+        self.key = new
+        return new
+
+    def sign(self, claims: dict[str, Any], *, key: Any = None, alg: str = "RS256", header: dict[str, Any] | None = None) -> str:
+        key = key or self.key
+        hdr = {"alg": alg, "kid": key.kid} if hasattr(key, "kid") and key.kid else {"alg": alg}
+        hdr.update(header or {})
+        return jwt.encode(hdr, claims, key, algorithms=[alg])
+
+    def id_claims(self, nonce: str | None, **over: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": "u-alice", "aud": CLIENT_ID, "exp": now + 300, "iat": now,
+                  "auth_time": now, "nonce": nonce, "email": "alice@example.com", "name": "Alice Admin",
+                  "groups": ["database-admins", "senior-developers"], "sid": "op-sid-1", "amr": ["pwd"],
+                  "acr": "urn:ccsso:loa1"}
+        claims.update(over)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def issue_code(self, authorize_url: str, *, id_token: str | None = None, claims: dict[str, Any] | None = None,
+                   scope: str | None = "openid profile email", access_token: str | None = None,
+                   expires_in: int = 3600, refresh_token: str | None = "rt-1", error: str | None = None) -> dict[str, str]:
+        """Play the authorization endpoint: returns the callback query params."""
+        q = {k: v[0] for k, v in parse_qs(urlsplit(authorize_url).query).items()}
+        if error:
+            return {"error": error, "state": q["state"]}
+        code = secrets.token_urlsafe(16)
+        if id_token is None:
+            id_token = self.sign(claims if claims is not None else self.id_claims(q.get("nonce")))
+        self.codes[code] = {"q": q, "id_token": id_token, "scope": scope, "expires_in": expires_in,
+                            "access_token": access_token or ("at-" + secrets.token_hex(8)),
+                            "refresh_token": refresh_token}
+        return {"code": code, "state": q["state"]}
+
+    # -- HTTP -------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        md = {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "jwks_uri": f"{self.issuer}/jwks",
+            "end_session_endpoint": f"{self.issuer}/logout",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+        }
+        md.update(self.extra_metadata)
+        return md
+
+    def _json(self, data: Any, status: int = 200) -> Response:
+        return Response(json.dumps(data), status=status, mimetype="application/json")
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        req = Request(environ)
+        resp = self._route(req)
+        return resp(environ, start_response)
+
+    def _route(self, req: Request) -> Response:
+        if self.down:
+            return Response("down", status=503)
+        if req.path == "/.well-known/openid-configuration":
+            self.discovery_hits += 1
+            return self._json(self.metadata())
+        if req.path == "/jwks":
+            self.jwks_hits += 1
+            return self._json(KeySet(self.keys).as_dict(private=False))
+        if req.path == "/token" and req.method == "POST":
+            self.token_hits += 1
+            return self._token(req)
+        if req.path.startswith("/graph/"):
+            return self._graph(req)
+        return Response("not found", status=404)
+
+    def _client_ok(self, req: Request) -> bool:
+        auth = req.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            raw = base64.b64decode(auth[6:]).decode()
+            cid, _, secret = raw.partition(":")
+            from urllib.parse import unquote
+
+            return unquote(cid) == CLIENT_ID and unquote(secret) == CLIENT_SECRET
+        return req.form.get("client_id") == CLIENT_ID and req.form.get("client_secret") in (CLIENT_SECRET, None)
+
+    def _token(self, req: Request) -> Response:
+        if not self._client_ok(req):
+            return self._json({"error": "invalid_client"}, 401)
+        if req.form.get("grant_type") == "refresh_token":
+            if self.refresh_handler is None:
+                return self._json({"error": "invalid_grant"}, 400)
+            return self._json(self.refresh_handler(dict(req.form)))
+        code = req.form.get("code", "")
+        entry = self.codes.pop(code, None)
+        if entry is None:
+            return self._json({"error": "invalid_grant", "error_description": "unknown code"}, 400)
+        q = entry["q"]
+        verifier = req.form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if q.get("code_challenge_method") != "S256" or challenge != q.get("code_challenge"):
+            return self._json({"error": "invalid_grant", "error_description": "PKCE"}, 400)
+        if req.form.get("redirect_uri") != q.get("redirect_uri"):
+            return self._json({"error": "invalid_grant", "error_description": "redirect_uri"}, 400)
+        body = {"access_token": entry["access_token"], "token_type": "Bearer", "expires_in": entry["expires_in"],
+                "id_token": entry["id_token"]}
+        if entry["scope"] is not None:
+            body["scope"] = entry["scope"]
+        if entry["refresh_token"]:
+            body["refresh_token"] = entry["refresh_token"]
+        return self._json(body)
+
+    def _graph(self, req: Request) -> Response:
+        if self.graph_fail:
+            return self._json({"error": "boom"}, 500)
+        if not req.headers.get("Authorization", "").startswith("Bearer "):
+            return self._json({"error": "unauthorized"}, 401)
+        page = int(req.args.get("page", "0"))
+        data = dict(self.graph_pages[page]) if page < len(self.graph_pages) else {"value": []}
+        if page + 1 < len(self.graph_pages):
+            data["@odata.nextLink"] = f"{self.issuer}/graph/me/transitiveMemberOf/microsoft.graph.group?page={page + 1}"
+        return self._json(data)
