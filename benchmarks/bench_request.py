@@ -111,18 +111,6 @@ class Counters:
 
         HTTPAdapter.send = adapter_send  # type: ignore[method-assign]
 
-        from cachelib.file import FileSystemCache
-
-        for name, key in (("get", "file_reads"), ("has", "file_reads"), ("set", "file_writes"),
-                          ("add", "file_writes"), ("delete", "file_writes")):
-            orig = getattr(FileSystemCache, name)
-
-            def wrapped(self: Any, *a: Any, _orig: Any = orig, _key: str = key, **kw: Any) -> Any:
-                counters[_key] += 1
-                return _orig(self, *a, **kw)
-
-            setattr(FileSystemCache, name, wrapped)
-
     def watch_engine(self, engine: Any) -> None:
         import sqlalchemy as sa
 
@@ -289,9 +277,10 @@ def ccsso_app(op: Any, tmp: str, label: str, store: dict[str, Any] | None, audit
     def migrations() -> str:
         return "migrations ok"
 
-    st = app.extensions["ccsso"].store
-    if getattr(st, "engine", None) is not None:
-        COUNTERS.watch_engine(st.engine)
+    # the shared state's and the sessions' own connections (the embedded store: one SQLite file)
+    for st in (app.extensions["ccsso"].store, app.session_interface.store):  # type: ignore[attr-defined]
+        if getattr(st, "engine", None) is not None:
+            COUNTERS.watch_engine(st.engine)
     return app
 
 

@@ -30,6 +30,7 @@ from werkzeug.wrappers import Response
 
 from flask_ccsso import CCSSO, SkillRequired, csrf_protect, current_identity, get_state, login_required, requires_skill
 from flask_ccsso.config import load_file
+from flask_ccsso.gate.freshness import max_auth_age
 
 log = logging.getLogger("example_app")
 
@@ -283,7 +284,7 @@ def explain_skill(name: str, identity: Any) -> dict[str, Any]:
             if c.condition == "maxAuthAge":
                 # how fresh the sign-in is only matters to someone who otherwise has the skill
                 if others_pass:
-                    why.append(_freshness_text(identity, state.max_auth_age(skill), c.passed))
+                    why.append(_freshness_text(identity, max_auth_age(skill, state.config.session), c.passed))
                 continue
             why.append(c.detail or f"{c.condition}: {'ok' if c.passed else c.reason}")
         return {"name": name, "allowed": decision.outcome in ("allowed", "step_up"), "why": why,
@@ -302,7 +303,7 @@ def explain_skill(name: str, identity: Any) -> dict[str, Any]:
         why.append(f"scope {', '.join(skill.required_scopes)} granted" if not missing
                    else f"scope {', '.join(missing)} not granted by the IdP")
     if skill.sensitive and ok_groups and not missing:
-        why.append(_freshness_text(identity, state.max_auth_age(skill), None))
+        why.append(_freshness_text(identity, max_auth_age(skill, state.config.session), None))
     return {"name": name, "allowed": ok_groups and not missing, "why": why, "sensitive": skill.sensitive,
             "description": skill.description, "outcome": "allowed" if ok_groups and not missing else "denied"}
 
@@ -426,7 +427,7 @@ def _add_views(app: Flask) -> None:
             signed_in = {
                 "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(auth_time))),
                 "ago": _duration(get_state().clock() - float(auth_time)),
-                "limit": _duration(get_state().max_auth_age(get_state().config.skills["infrastructure-deploy"])),
+                "limit": _duration(max_auth_age(get_state().config.skills["infrastructure-deploy"], get_state().config.session)),
             }
         return render_template("deploy.html", done=done, signed_in=signed_in)
 

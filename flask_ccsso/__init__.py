@@ -21,9 +21,11 @@ from .exceptions import (
                          StepUpRequired,
                          StoreUnavailable,
 )
-from .extension import CCSSO, get_state
-from .identity import AnonymousIdentity, Identity, current_identity
-from .skills import has_skill, login_required, requires_skill, skill_guard
+from .extension import CCSSO
+from .gate.current import current_identity
+from .gate.decorators import has_skill, login_required, requires_skill, skill_guard
+from .identity import AnonymousIdentity, Identity
+from .state import get_state
 
 
 def __getattr__(name: str) -> str:

@@ -28,10 +28,13 @@ import difflib
 import ipaddress
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import field
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, field, fields, is_dataclass
+from functools import cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
@@ -372,3 +375,145 @@ def setting_int(config: Mapping[str, Any], key: str, default: int, *, minimum: i
     if config.get(key) is False:
         return default
     return int(setting_number(config, key, default, minimum=minimum, maximum=maximum, whole=True))
+
+
+# --------------------------------------------------------------------------- settings declared once
+
+#: reads one key: ``(raw, key, path, default, field metadata) -> value``
+Reader = Callable[[Mapping[str, Any], str, str, Any, Mapping[str, Any]], Any]
+_T = TypeVar("_T")
+
+
+def setting(key: str, default: Any = MISSING, *, default_factory: Any = MISSING, fix: str | None = None,
+            secret: bool = False, url: bool = False, allow_zero: bool = False, minimum: int | None = None,
+            read: Reader | None = None) -> Any:
+    """A settings field read from the config key ``key``.
+
+    The field is the one place its key, type (the annotation), default,
+    limits and marks are written; :func:`read_settings` reads every such field
+    the same way, so a default cannot drift between the struct, the parser and
+    ``check-config``. A field without a default is required (``fix`` says how
+    to set it). ``secret`` hides the value from ``repr()`` and check-config
+    (the :data:`SECRET` mark); ``url`` keeps a URL that may embed a password
+    out of ``repr()``. ``allow_zero`` lets a duration be ``0``; ``minimum``
+    bounds a whole number from below. ``read`` replaces the reader chosen from
+    the annotation, for the few keys with a shape of their own.
+    """
+    meta: dict[str, Any] = {"key": key}
+    for name, value in (("secret", secret), ("fix", fix), ("allow_zero", allow_zero), ("minimum", minimum),
+                        ("read", read)):
+        if value is not None and value is not False:
+            meta[name] = value
+    kwargs: dict[str, Any] = {"repr": not (secret or url), "metadata": MappingProxyType(meta)}
+    if default is not MISSING:
+        kwargs["default"] = default
+    if default_factory is not MISSING:
+        kwargs["default_factory"] = default_factory
+    return field(**kwargs)
+
+
+def redefault(base: type, name: str, default: Any) -> Any:
+    """The field ``name`` of the settings struct ``base`` with another default.
+
+    For a subtype whose default differs (Entra ID's ``rolesClaim`` is
+    ``roles``): its key, marks and limits are not written a second time.
+    """
+    old = next(f for f in fields(base) if f.name == name)
+    return field(default=default, repr=old.repr, metadata=old.metadata)
+
+
+def _read_str(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    value = expect(raw, key, str, path, default)
+    # an optional string set to "" (an empty ${VAR:-}) is unset
+    return None if value == "" and default is None else value
+
+
+def _read_bool(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return expect(raw, key, bool, path, default)
+
+
+def _read_seconds(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return expect_positive(raw, key, path, default, allow_zero=meta.get("allow_zero", False))
+
+
+def _read_whole(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return expect_int(raw, key, path, default, minimum=meta.get("minimum", 1))
+
+
+def _read_strs(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return expect_str_list(raw, key, path, default)
+
+
+def _read_object(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return dict(expect(raw, key, dict, path, default))
+
+
+def _reader_for(hint: Any, where: str) -> Reader:
+    """The reader for a field's annotation (``X | None`` reads as ``X``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else hint
+    origin = typing.get_origin(hint) or hint
+    readers: dict[Any, Reader] = {str: _read_str, bool: _read_bool, float: _read_seconds, int: _read_whole,
+                                  tuple: _read_strs, dict: _read_object, Mapping: _read_object}
+    if origin not in readers:
+        raise TypeError(f"{where}: no reader for {hint!r}; pass setting(read=...).")
+    return readers[origin]
+
+
+@cache
+def _plan(cls: type) -> tuple[tuple[str, str, Reader, Any], ...]:
+    """``(field name, key, reader, field)`` for every keyed field of ``cls``, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, f.metadata["key"], f.metadata.get("read") or _reader_for(hints[f.name], f"{cls.__name__}.{f.name}"), f)
+                 for f in fields(cls) if "key" in f.metadata)
+
+
+def config_keys(cls: type) -> tuple[str, ...]:
+    """The config keys the settings struct ``cls`` declares."""
+    return tuple(key for _, key, _, _ in _plan(cls))
+
+
+def field_default(f: Any) -> Any:
+    """A dataclass field's default (``MISSING`` when it has none)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def setting_defaults(cls: type) -> dict[str, Any]:
+    """Config key -> default, for every keyed field of ``cls`` that has one."""
+    return {key: d for _, key, _, f in _plan(cls) if (d := field_default(f)) is not MISSING}
+
+
+def read_settings(cls: type, raw: Mapping[str, Any], path: str, *, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """Read every keyed field of the settings struct ``cls`` (or those named in
+    ``only``) from ``raw``: field name -> value, the field's own default where
+    the key is absent.
+
+    Each value passes the checks of its kind (:func:`expect`: type, number
+    limits, URL parsing), so a key added to a struct is checked without anyone
+    remembering to. Cross-key rules stay with the struct that owns the keys.
+    """
+    assert is_dataclass(cls)
+    wanted = None if only is None else set(only)
+    values: dict[str, Any] = {}
+    for name, key, reader, f in _plan(cls):
+        if wanted is not None and name not in wanted:
+            continue
+        default = field_default(f)
+        if default is MISSING:
+            if raw.get(key) is None:
+                raise ConfigError(join(path, key), "is required.", f.metadata.get("fix") or f"set '{key}'.")
+            default = None
+        values[name] = reader(raw, key, path, default, f.metadata)
+    return values
+
+
+def parse_struct(cls: type[_T], raw: Mapping[str, Any], path: str, **given: Any) -> _T:
+    """Refuse unknown keys, read every keyed field of ``cls`` and build it
+    (``given`` supplies the fields that are not config keys)."""
+    check_keys(raw, config_keys(cls), path)
+    return cls(**read_settings(cls, raw, path), **given)

@@ -1,24 +1,31 @@
 """Wires the audit pipeline to an app at ``init_app``.
 
-The ``logging`` block is validated here, at start-up, like every other block;
-the pipeline then only listens to :mod:`flask_ccsso.signals` (it never reaches
+The ``logging`` block is validated at start-up, like every other block; the
+pipeline then only listens to :mod:`flask_ccsso.signals` (it never reaches
 into the gate or the providers).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from flask import Flask
 
-if TYPE_CHECKING:
-    from .extension import CCSSOState
+from .audit.dispatcher import AuditPipeline, init_audit
+from .audit.settings import AuditSettings, parse_logging_block
+from .config import CCSSOConfig
 
 
-def init_state(app: Flask, state: CCSSOState) -> None:
-    from .audit import init_audit, parse_logging_block
+def audit_settings(config: CCSSOConfig) -> AuditSettings:
+    """The validated ``logging`` block (a start-up :class:`ConfigError` otherwise)."""
+    return parse_logging_block(config.logging or None)
 
-    settings = parse_logging_block(state.config.logging or None)
-    state.audit_settings = settings
-    if settings.level != "off":
-        state.audit = init_audit(app, settings, clock=state.clock)
+
+def start_audit(app: Flask, settings: AuditSettings, clock: Callable[[], float]) -> AuditPipeline | None:
+    """Start the pipeline (``None`` when ``logging.level`` is ``off``)."""
+    if settings.level == "off":
+        return None
+    return init_audit(app, settings, clock=clock)
+
+
+__all__ = ["audit_settings", "start_audit"]

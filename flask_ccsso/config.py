@@ -13,6 +13,8 @@ key path (``auth.providers.okta.clientSecret``) and the fix.
 
 from __future__ import annotations
 
+import builtins
+import difflib
 import ipaddress
 import json
 import logging
@@ -20,28 +22,25 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
 
 from ._validate import (
-    SECRET,
     check_keys,
     check_number,
     check_url,
+    config_keys,
     expect,
-    expect_int,
-    expect_positive,
     expect_str_list,
     join,
     mask_url,
-    secret_field,
-    url_field,
+    parse_struct,
+    read_settings,
+    redefault,
 )
 from ._validate import is_loopback_host as is_loopback_host  # noqa: PLC0414 - re-exported: providers and check-config use it
+from ._validate import setting as setting  # noqa: PLC0414 - re-exported: third-party provider settings declare keys with it
 from .exceptions import ConfigError
-
-#: provider types and the block keys each one accepts
-OIDC_TYPES = ("okta", "azure-ad", "oidc")
-PROVIDER_TYPES = OIDC_TYPES + ("saml",)
 
 #: signature algorithms an ID token may use unless a provider narrows the list.
 #: ``none`` and the HMAC family are never accepted for ID tokens here: an RP
@@ -188,128 +187,346 @@ def _check_url(value: str, path: str, *, https_unless_loopback: bool = True) -> 
     return check_url(value, path, http=True, https_unless_loopback=https_unless_loopback)
 
 
-@dataclass(frozen=True)
+_P = TypeVar("_P", bound="ProviderSettings")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProviderSettings:
+    """What every provider has; each provider type subclasses it with its own keys.
+
+    A field declared with :func:`~flask_ccsso._validate.setting` is a config
+    key: its camelCase key, type, default, limits and marks are written there
+    once, and :meth:`from_config` reads all of them the same way. A provider
+    type's cross-key rules and derived values live in its :meth:`complete`,
+    so no parser branches on the provider type.
+    """
+
     name: str
     type: str
-    display_name: str
     path: str
+    #: the chooser's button text; empty: :meth:`default_display_name`
+    display_name: str = setting("displayName", "")
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """Every key a provider block of this type may hold."""
+        return ("provider", *config_keys(cls))
+
+    @classmethod
+    def default_display_name(cls, name: str) -> str:
+        return name
+
+    @classmethod
+    def from_config(cls: builtins.type[_P], name: str, ptype: str, raw: Mapping[str, Any], path: str) -> _P:
+        """Validate one provider block (``provider`` already checked)."""
+        check_keys(raw, cls.config_keys(), path)
+        values = cls.complete(read_settings(cls, raw, path), raw, path)
+        values["display_name"] = values["display_name"] or cls.default_display_name(name)
+        return cls(name=name, type=ptype, path=path, **values)
+
+    @classmethod
+    def complete(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """Cross-key rules and values derived from other keys (none here)."""
+        return values
 
 
-@dataclass(frozen=True)
+def _read_audience(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    """A string or a list; ``None`` when unset (then ``clientId``, see :meth:`OIDCSettings.complete`)."""
+    if isinstance(raw.get(key), list):
+        return expect_str_list(raw, key, path)
+    value = expect(raw, key, str, path)
+    return (value,) if value else None
+
+
+#: authorization request parameters flask-ccsso sets itself
+_OWN_AUTHORIZE_PARAMS = ("state", "nonce", "code_challenge", "code_challenge_method", "redirect_uri", "client_id",
+                         "response_type", "scope")
+
+
+@dataclass(frozen=True, kw_only=True)
 class OIDCSettings(ProviderSettings):
-    client_id: str
-    client_secret: str | None = field(repr=False, metadata=SECRET)
-    issuer: str
-    discovery_url: str
-    scopes: tuple[str, ...]
-    redirect_uri: str | None
-    audience: tuple[str, ...]
-    tenant_id: str | None = None
-    allowed_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    clock_skew: float = 60.0
-    discovery_ttl: float = 3600.0
-    jwks_ttl: float = 3600.0
-    jwks_refresh_cooldown: float = 60.0
-    timeout: float = 5.0
-    groups_claim: str = "groups"
-    roles_claim: str | None = None
-    graph_url: str | None = None
-    post_logout_redirect_uri: str | None = None
-    idp_logout: bool = True
-    require_iss_parameter: bool = False
-    login_state_ttl: float = 600.0
-    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
-    keep_claims: tuple[str, ...] = ()
-    introspection: bool = True
+    """Any discovery-capable OpenID Provider (``provider: oidc``)."""
+
+    client_id: str = setting("clientId", fix="copy the client (application) id from your IdP.")
+    client_secret: str | None = setting("clientSecret", None, secret=True)
+    #: required (Entra ID builds it from ``tenantId``)
+    issuer: str = setting("issuer", "")
+    tenant_id: str | None = setting("tenantId", None)
+    #: Entra ID only (sovereign clouds)
+    authority: str | None = setting("authority", None)
+    #: empty: ``<issuer>/.well-known/openid-configuration``
+    discovery_url: str = setting("discoveryUrl", "")
+    scopes: tuple[str, ...] = setting("scopes", ("openid", "profile", "email"))
+    redirect_uri: str | None = setting("redirectUri", None)
+    #: accepted ``aud`` of bearer tokens; unset: ``(client_id,)``
+    audience: tuple[str, ...] = setting("audience", (), read=_read_audience)
+    allowed_algorithms: tuple[str, ...] = setting("allowedAlgorithms", DEFAULT_ALGORITHMS)
+    clock_skew: float = setting("clockSkew", 60.0, allow_zero=True)
+    discovery_ttl: float = setting("discoveryTtl", 3600.0)
+    jwks_ttl: float = setting("jwksTtl", 3600.0)
+    jwks_refresh_cooldown: float = setting("jwksRefreshCooldown", 60.0, allow_zero=True)
+    timeout: float = setting("timeout", 5.0)
+    groups_claim: str = setting("groupsClaim", "groups")
+    roles_claim: str | None = setting("rolesClaim", None)
+    graph_url: str | None = setting("graphUrl", None)
+    post_logout_redirect_uri: str | None = setting("postLogoutRedirectUri", None)
+    idp_logout: bool = setting("idpLogout", True)
+    require_iss_parameter: bool = setting("requireIssParameter", False)
+    login_state_ttl: float = setting("loginStateTtl", 600.0)
+    extra_authorize_params: Mapping[str, str] = setting("extraAuthorizeParams", default_factory=dict)
+    keep_claims: tuple[str, ...] = setting("keepClaims", ())
+    introspection: bool = setting("introspection", True)
     #: bearer tokens only from these OAuth clients (empty: any client)
-    allowed_clients: tuple[str, ...] = ()
+    allowed_clients: tuple[str, ...] = setting("allowedClients", ())
     #: opaque tokens starting with this go to this provider's introspection
-    introspection_token_prefix: str | None = None
+    introspection_token_prefix: str | None = setting("introspectionTokenPrefix", None)
     #: opaque tokens matching no prefix go to this provider's introspection
-    introspection_default: bool = False
+    introspection_default: bool = setting("introspectionDefault", False)
     #: an introspection answer must name an accepted ``aud`` (opt-out: weaker)
-    introspection_require_audience: bool = True
+    introspection_require_audience: bool = setting("introspectionRequireAudience", True)
+
+    @classmethod
+    def complete(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+        values = cls.locate_issuer(values, raw, path)
+        issuer = values["issuer"] = _check_url(values["issuer"], join(path, "issuer"))
+        discovery = values["discovery_url"] or issuer.rstrip("/") + "/.well-known/openid-configuration"
+        values["discovery_url"] = _check_url(discovery, join(path, "discoveryUrl"))
+        if "openid" not in values["scopes"]:
+            raise ConfigError(join(path, "scopes"), "must include 'openid' for OpenID Connect sign-in.",
+                              "add \"openid\" to the list.")
+        if values["redirect_uri"]:
+            _check_url(values["redirect_uri"], join(path, "redirectUri"))
+        if values["audience"] is None:
+            values["audience"] = (values["client_id"],)
+        _check_algorithms(values["allowed_algorithms"], join(path, "allowedAlgorithms"))
+        if values["post_logout_redirect_uri"]:
+            _check_url(values["post_logout_redirect_uri"], join(path, "postLogoutRedirectUri"))
+        for k, v in values["extra_authorize_params"].items():
+            if k in _OWN_AUTHORIZE_PARAMS:
+                raise ConfigError(join(join(path, "extraAuthorizeParams"), k), "is set by flask-ccsso itself.",
+                                  "remove it.")
+            if not isinstance(v, str):
+                raise ConfigError(join(join(path, "extraAuthorizeParams"), k), "must be a string.", "quote the value.")
+        return values
+
+    @classmethod
+    def locate_issuer(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """The issuer as configured (trailing ``/`` removed); ``authority`` is Entra ID's alone."""
+        if "authority" in raw:
+            raise ConfigError(join(path, "authority"), "applies to azure-ad only.", "use 'issuer' instead.")
+        if not values["issuer"]:
+            raise ConfigError(join(path, "issuer"), "is required.",
+                              "set the issuer URL, e.g. https://your-org.okta.com/oauth2/default.")
+        values["issuer"] = values["issuer"].rstrip("/")
+        return values
 
 
-@dataclass(frozen=True)
+def _check_algorithms(algs: tuple[str, ...], path: str) -> None:
+    unknown = [a for a in algs if a not in DEFAULT_ALGORITHMS and a not in _FORBIDDEN_ALGORITHMS and a.lower() != "none"]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0].upper(), DEFAULT_ALGORITHMS, n=1)
+        raise ConfigError(path, f"{unknown[0]!r} is not a signature algorithm flask-ccsso knows.",
+                          f"did you mean '{close[0]}'?" if close else f"use some of {', '.join(DEFAULT_ALGORITHMS)}.")
+    bad = [a for a in algs if a in _FORBIDDEN_ALGORITHMS or a.lower() == "none"]
+    if bad:
+        raise ConfigError(path, f"{bad[0]!r} is not allowed for ID tokens.",
+                          "list asymmetric algorithms only (RS256, PS256, ES256, EdDSA ...).")
+    if not algs:
+        raise ConfigError(path, "is empty.", "list at least RS256.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OktaSettings(OIDCSettings):
+    """Okta (``provider: okta``): the issuer as given (org or custom authorization server)."""
+
+    display_name: str = redefault(ProviderSettings, "display_name", "Okta")
+
+
+_AZURE_TENANT = re.compile(r"^[0-9a-fA-F-]{36}$|^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AzureADSettings(OIDCSettings):
+    """Microsoft Entra ID (``provider: azure-ad``): one tenant, app roles, Graph for group overage."""
+
+    display_name: str = redefault(ProviderSettings, "display_name", "Microsoft")
+    authority: str | None = redefault(OIDCSettings, "authority", "https://login.microsoftonline.com")
+    roles_claim: str | None = redefault(OIDCSettings, "roles_claim", "roles")
+    graph_url: str | None = redefault(OIDCSettings, "graph_url", "https://graph.microsoft.com/v1.0")
+    # Entra ID has no RFC 7662 endpoint: its providers introspect only when asked
+    introspection: bool = redefault(OIDCSettings, "introspection", False)
+
+    @classmethod
+    def locate_issuer(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """The tenant's issuer, built from ``authority`` and ``tenantId`` unless given."""
+        tenant, issuer = values["tenant_id"], values["issuer"]
+        if not tenant and not issuer:
+            raise ConfigError(join(path, "tenantId"), "is required for azure-ad.",
+                              "copy the Directory (tenant) ID from Entra ID > Overview.")
+        if tenant and tenant.lower() in ("common", "organizations", "consumers"):
+            raise ConfigError(join(path, "tenantId"), f"'{tenant}' is multi-tenant: any Microsoft tenant could sign in.",
+                              "use your own tenant id (a GUID) or domain.")
+        if tenant and not _AZURE_TENANT.match(tenant):
+            raise ConfigError(join(path, "tenantId"), f"{tenant!r} is not a tenant GUID or domain.",
+                              "copy the Directory (tenant) ID from Entra ID > Overview.")
+        authority = (values["authority"] or "").rstrip("/")
+        values["authority"] = authority
+        if not issuer:
+            values["issuer"] = f"{authority}/{tenant}/v2.0"
+        if values["graph_url"]:
+            values["graph_url"] = _check_url(values["graph_url"].rstrip("/"), join(path, "graphUrl"))
+        return values
+
+
+def _read_scopes_from_groups(raw: Mapping[str, Any], key: str, path: str, default: Any,
+                             meta: Mapping[str, Any]) -> Any:
+    groups = expect(raw, key, dict, path, default)
+    return {g: expect_str_list(groups, g, join(path, key)) for g in groups}
+
+
+#: the names ``attributeMapping`` may map
+_SAML_ATTRIBUTES = ("email", "name", "groups", "firstName", "lastName", "scopes")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SAMLSettings(ProviderSettings):
-    idp_metadata: str
-    sp_entity_id: str
-    attribute_mapping: Mapping[str, str]
-    sp_certificate: str | None = None
-    sp_private_key: str | None = secret_field(default=None)
-    sign_authn_requests: bool = False
-    want_assertions_signed: bool = True
-    want_response_signed: bool = False
+    """A SAML 2.0 IdP (``provider: saml``)."""
+
+    idp_metadata: str = setting("idpMetadata", fix="point it at the IdP's metadata XML file or https URL "
+                                "(Google Admin > Apps > SAML app).")
+    sp_entity_id: str = setting("spEntityId", fix="use your portal's URL, e.g. https://portal.example.com.")
+    attribute_mapping: Mapping[str, str] = setting("attributeMapping", default_factory=dict)
+    sp_certificate: str | None = setting("spCertificate", None)
+    sp_private_key: str | None = setting("spPrivateKey", None, secret=True)
+    sign_authn_requests: bool = setting("signAuthnRequests", False)
+    want_assertions_signed: bool = setting("wantAssertionsSigned", True)
+    want_response_signed: bool = setting("wantResponseSigned", False)
     #: decrypt EncryptedAssertions (with the SP key pair) -- and then refuse plain ones;
     #: off: an EncryptedAssertion is refused before anything decrypts it
-    want_assertions_encrypted: bool = False
-    allow_unsolicited: bool = False
-    clock_skew: float = 60.0
-    metadata_refresh: float = 3600.0
-    idp_entity_id: str | None = None
-    requested_authn_context: tuple[str, ...] = ()
-    name_id_format: str | None = None
-    groups_truncated_attribute: str | None = None
-    acs_url: str | None = None
-    max_response_size: int = 256 * 1024
-    login_state_ttl: float = 600.0
-    scopes_from_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    idp_logout: bool = True
-    timeout: float = 5.0
-    xmlsec_binary: str | None = None
+    want_assertions_encrypted: bool = setting("wantAssertionsEncrypted", False)
+    allow_unsolicited: bool = setting("allowUnsolicited", False)
+    clock_skew: float = setting("clockSkew", 60.0, allow_zero=True)
+    metadata_refresh: float = setting("metadataRefresh", 3600.0)
+    idp_entity_id: str | None = setting("idpEntityId", None)
+    requested_authn_context: tuple[str, ...] = setting("requestedAuthnContext", ())
+    name_id_format: str | None = setting("nameIdFormat", None)
+    groups_truncated_attribute: str | None = setting("groupsTruncatedAttribute", None)
+    acs_url: str | None = setting("acsUrl", None)
+    max_response_size: int = setting("maxResponseSize", 256 * 1024, minimum=1024)
+    login_state_ttl: float = setting("loginStateTtl", 600.0)
+    scopes_from_groups: Mapping[str, tuple[str, ...]] = setting("scopesFromGroups", default_factory=dict,
+                                                                read=_read_scopes_from_groups)
+    idp_logout: bool = setting("idpLogout", True)
+    timeout: float = setting("timeout", 5.0)
+    xmlsec_binary: str | None = setting("xmlsecBinary", None)
     #: PEM text or file path: when set, the metadata must carry a valid signature by this certificate
-    idp_metadata_certificate: str | None = None
+    idp_metadata_certificate: str | None = setting("idpMetadataCertificate", None)
+
+    @classmethod
+    def default_display_name(cls, name: str) -> str:
+        return "Google Workspace" if name == "saml" else name
+
+    @classmethod
+    def complete(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+        if values["idp_metadata"].startswith(("http://", "https://")):
+            _check_url(values["idp_metadata"], join(path, "idpMetadata"))
+        mapping = values["attribute_mapping"]
+        check_keys(mapping, _SAML_ATTRIBUTES, join(path, "attributeMapping"))
+        for k, v in mapping.items():
+            if not isinstance(v, str):
+                raise ConfigError(join(join(path, "attributeMapping"), k), "must be an attribute name (a string).",
+                                  "write the attribute's Name or URI.")
+        if not values["want_assertions_signed"] and not values["want_response_signed"]:
+            raise ConfigError(join(path, "wantAssertionsSigned"),
+                              "false with wantResponseSigned false would accept unsigned assertions (anyone could "
+                              "forge a sign-in).", "leave wantAssertionsSigned true, or set wantResponseSigned true.")
+        if values["acs_url"]:
+            _check_url(values["acs_url"], join(path, "acsUrl"))
+        cert, key = values["sp_certificate"], values["sp_private_key"]
+        if bool(cert) != bool(key):
+            raise ConfigError(join(path, "spPrivateKey" if cert else "spCertificate"),
+                              "is needed together with the other half of the SP key pair.",
+                              "set both spCertificate and spPrivateKey (file paths, or PEM text from ${VAR}).")
+        if values["sign_authn_requests"] and not key:
+            raise ConfigError(join(path, "signAuthnRequests"), "is true but no SP key pair is configured.",
+                              "set spCertificate and spPrivateKey, or signAuthnRequests false.")
+        if values["want_assertions_encrypted"] and not key:
+            raise ConfigError(join(path, "wantAssertionsEncrypted"), "is true but no SP key pair is configured.",
+                              "set spCertificate and spPrivateKey (the key the IdP encrypts to), "
+                              "or wantAssertionsEncrypted false.")
+        return values
 
 
-@dataclass(frozen=True)
+def _read_networks(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    nets = []
+    for i, cidr in enumerate(expect_str_list(raw, key, path, default)):
+        try:
+            nets.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(join(join(path, key), i), f"{cidr!r} is not a CIDR range.",
+                              "write ranges like 10.0.0.0/8 or 2001:db8::/32.") from None
+    return tuple(nets)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SkillSettings:
     name: str
-    allowed_groups: tuple[str, ...]
-    required_scopes: tuple[str, ...]
-    sensitive: bool = False
-    max_auth_age: float | None = None
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    require_mfa: bool = False
-    acr_values: tuple[str, ...] = ()
-    description: str = ""
-    providers: tuple[str, ...] = ()
+    #: empty: any signed-in person (an empty list in the config is refused)
+    allowed_groups: tuple[str, ...] = setting("allowedGroups", ())
+    required_scopes: tuple[str, ...] = setting("requiredScopes", ())
+    sensitive: bool = setting("sensitive", False)
+    max_auth_age: float | None = setting("maxAuthAge", None)
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        "allowedNetworks", (), read=_read_networks)
+    require_mfa: bool = setting("requireMfa", False)
+    acr_values: tuple[str, ...] = setting("acrValues", ())
+    description: str = setting("description", "")
+    providers: tuple[str, ...] = setting("providers", ())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StoreSettings:
     #: ``"redis"``, ``"sqlalchemy"`` or ``"embedded"`` (a SQLite file + file
     #: cache in the instance folder: one machine, any number of processes)
-    type: str = "embedded"
-    url: str | None = url_field(default=None)
-    key_prefix: str = "ccsso:"
-    path: str | None = None
+    type: str = setting("type", "embedded")
+    url: str | None = setting("url", None, url=True)
+    key_prefix: str = setting("keyPrefix", "ccsso:")
+    path: str | None = setting("path", None)
 
 
-@dataclass(frozen=True)
+def _read_store(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return _parse_store(raw.get(key), join(path, key))
+
+
+def _read_key_list(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    """Old keys, whitespace- or comma-separated in one ``${VAR}``."""
+    return tuple(k for k in re.split(r"[\s,]+", expect(raw, key, str, path, "")) if k) or default
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    absolute_timeout: float = 28800.0
-    idle_timeout: float = 3600.0
-    refresh_window: float = 300.0
-    enable_sliding_expiration: bool = True
-    require_reauthentication_for_sensitive: bool = True
+    absolute_timeout: float = setting("absoluteTimeout", 28800.0)
+    idle_timeout: float = setting("idleTimeout", 3600.0)
+    refresh_window: float = setting("refreshWindow", 300.0, allow_zero=True)
+    enable_sliding_expiration: bool = setting("enableSlidingExpiration", True)
+    require_reauthentication_for_sensitive: bool = setting("requireReauthenticationForSensitive", True)
     #: default freshness for sensitive skills (seconds since auth_time)
-    max_auth_age: float = 900.0
+    max_auth_age: float = setting("maxAuthAge", 900.0)
     #: how stale the stored idle deadline may get before a write renews it
-    sliding_write_interval: float = 60.0
-    store: StoreSettings = field(default_factory=StoreSettings)
-    cookie_name: str = "ccsso_session"
-    cookie_secure: bool = True
-    cookie_samesite: str = "Lax"
+    sliding_write_interval: float = setting("slidingWriteInterval", 60.0, allow_zero=True)
+    store: StoreSettings = setting("store", default_factory=StoreSettings, read=_read_store)  # noqa: RUF009 - a field specifier
+    cookie_name: str = setting("cookieName", "ccsso_session")
+    cookie_secure: bool = setting("cookieSecure", True)
+    cookie_samesite: str = setting("cookieSameSite", "Lax")
     #: ``__Host-`` cookie prefix; ``None``: on when the cookie is Secure, on
     #: ``Path=/`` and host-only (see session.cookie_settings)
-    cookie_host_prefix: bool | None = None
-    refresh_lock_timeout: float = 10.0
+    cookie_host_prefix: bool | None = setting("cookieHostPrefix", None)
+    refresh_lock_timeout: float = setting("refreshLockTimeout", 10.0)
     #: seals session records (else SECRET_KEY); never stored with them
-    token_encryption_key: str | None = secret_field(default=None)
+    token_encryption_key: str | None = setting("tokenEncryptionKey", None, secret=True)
     #: old keys that still open records (else SECRET_KEY_FALLBACKS)
-    token_encryption_key_fallbacks: tuple[str, ...] = secret_field(default=())
+    token_encryption_key_fallbacks: tuple[str, ...] = setting("tokenEncryptionKeyFallbacks", (), secret=True,
+                                                              read=_read_key_list)
 
 
 @dataclass(frozen=True)
@@ -322,122 +539,62 @@ class CCSSOConfig:
     default_provider: str | None = None
 
 
+# --------------------------------------------------------------------------- provider types
+
+#: the built-in provider types and their settings (their provider classes are
+#: in :data:`flask_ccsso.providers.BUILTIN_PROVIDERS`)
+BUILTIN_SETTINGS: Mapping[str, type[ProviderSettings]] = {
+    "oidc": OIDCSettings, "okta": OktaSettings, "azure-ad": AzureADSettings, "saml": SAMLSettings,
+}
+#: the entry point group third-party provider types register in (``name = "module:ProviderClass"``)
+ENTRY_POINT_GROUP = "flask_ccsso.providers"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_provider_types() -> tuple[str, ...]:
+    """The built-in provider types, then those installed through entry points."""
+    return tuple(BUILTIN_SETTINGS) + tuple(sorted(set(_entry_points()) - set(BUILTIN_SETTINGS)))
+
+
+def _unknown_type(ptype: str, path: str) -> ConfigError:
+    known = known_provider_types()
+    close = difflib.get_close_matches(ptype, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(path, f"unknown provider type {ptype!r}.", f"{hint}known types: {', '.join(known)}.")
+
+
+def plugin_provider(ptype: str, path: str = "provider") -> Any:
+    """The provider class an installed distribution registers for ``ptype``
+    in the ``flask_ccsso.providers`` entry point group; a ConfigError listing
+    the known types when none does. The class must name its settings struct
+    (``settings_class``, a :class:`ProviderSettings` subclass)."""
+    ep = _entry_points().get(ptype)
+    if ep is None:
+        raise _unknown_type(ptype, path)
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a broken plug-in is a config problem with a name
+        raise ConfigError(path, f"provider type {ptype!r} ({ep.value}) cannot be loaded ({type(exc).__name__}).",
+                          "reinstall the package that provides it, or use another provider type.") from exc
+    settings = getattr(cls, "settings_class", None)
+    if not (isinstance(settings, type) and issubclass(settings, ProviderSettings)):
+        raise ConfigError(path, f"provider type {ptype!r} ({ep.value}) names no settings class.",
+                          "its provider class must set settings_class to a ProviderSettings subclass.")
+    return cls
+
+
+def settings_class(ptype: str, path: str = "provider") -> type[ProviderSettings]:
+    """The settings struct of the provider type ``ptype`` (built-ins first, then entry points)."""
+    if ptype in BUILTIN_SETTINGS:
+        return BUILTIN_SETTINGS[ptype]
+    settings: type[ProviderSettings] = plugin_provider(ptype, path).settings_class
+    return settings
+
+
 # --------------------------------------------------------------------------- parsing
-
-_COMMON_KEYS = ("provider", "displayName")
-_OIDC_KEYS = _COMMON_KEYS + (
-    "clientId", "clientSecret", "issuer", "tenantId", "audience", "scopes", "redirectUri", "discoveryUrl",
-    "allowedAlgorithms", "clockSkew", "discoveryTtl", "jwksTtl", "jwksRefreshCooldown", "timeout", "groupsClaim",
-    "rolesClaim", "graphUrl", "postLogoutRedirectUri", "idpLogout", "requireIssParameter", "authority",
-    "loginStateTtl", "extraAuthorizeParams", "keepClaims", "introspection", "allowedClients",
-    "introspectionTokenPrefix", "introspectionDefault", "introspectionRequireAudience",
-)
-_SAML_KEYS = _COMMON_KEYS + (
-    "idpMetadata", "spEntityId", "attributeMapping", "spCertificate", "spPrivateKey", "signAuthnRequests",
-    "wantAssertionsSigned", "wantResponseSigned", "wantAssertionsEncrypted", "allowUnsolicited", "clockSkew", "metadataRefresh", "idpEntityId",
-    "requestedAuthnContext", "nameIdFormat", "groupsTruncatedAttribute", "acsUrl", "maxResponseSize",
-    "loginStateTtl", "scopesFromGroups", "idpLogout", "timeout", "xmlsecBinary", "idpMetadataCertificate",
-)
-_AZURE_TENANT = re.compile(r"^[0-9a-fA-F-]{36}$|^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-
-
-def _parse_oidc(name: str, ptype: str, raw: Mapping[str, Any], path: str) -> OIDCSettings:
-    check_keys(raw, _OIDC_KEYS, path)
-    client_id = expect(raw, "clientId", str, path, required=True, fix="copy the client (application) id from your IdP.")
-    secret = expect(raw, "clientSecret", str, path) or None
-    tenant = expect(raw, "tenantId", str, path)
-    issuer = expect(raw, "issuer", str, path)
-    groups_claim, roles_claim, graph_url = "groups", None, None
-    if ptype == "azure-ad":
-        if not tenant and not issuer:
-            raise ConfigError(join(path, "tenantId"), "is required for azure-ad.",
-                              "copy the Directory (tenant) ID from Entra ID > Overview.")
-        if tenant and tenant.lower() in ("common", "organizations", "consumers"):
-            raise ConfigError(join(path, "tenantId"), f"'{tenant}' is multi-tenant: any Microsoft tenant could sign in.",
-                              "use your own tenant id (a GUID) or domain.")
-        if tenant and not _AZURE_TENANT.match(tenant):
-            raise ConfigError(join(path, "tenantId"), f"{tenant!r} is not a tenant GUID or domain.",
-                              "copy the Directory (tenant) ID from Entra ID > Overview.")
-        authority = expect(raw, "authority", str, path, "https://login.microsoftonline.com").rstrip("/")
-        if not issuer:
-            issuer = f"{authority}/{tenant}/v2.0"
-        roles_claim = expect(raw, "rolesClaim", str, path, "roles")
-        graph_url = expect(raw, "graphUrl", str, path, "https://graph.microsoft.com/v1.0").rstrip("/")
-        _check_url(graph_url, join(path, "graphUrl"))
-    else:
-        if "authority" in raw:
-            raise ConfigError(join(path, "authority"), "applies to azure-ad only.", "use 'issuer' instead.")
-        if not issuer:
-            raise ConfigError(join(path, "issuer"), "is required.",
-                              "set the issuer URL, e.g. https://your-org.okta.com/oauth2/default.")
-        roles_claim = expect(raw, "rolesClaim", str, path)
-    groups_claim = expect(raw, "groupsClaim", str, path, groups_claim)
-    issuer = _check_url(issuer.rstrip("/") if ptype != "azure-ad" else issuer, join(path, "issuer"))
-    discovery = expect(raw, "discoveryUrl", str, path) or issuer.rstrip("/") + "/.well-known/openid-configuration"
-    _check_url(discovery, join(path, "discoveryUrl"))
-    scopes = expect_str_list(raw, "scopes", path, ("openid", "profile", "email"))
-    if "openid" not in scopes:
-        raise ConfigError(join(path, "scopes"), "must include 'openid' for OpenID Connect sign-in.",
-                          "add \"openid\" to the list.")
-    redirect = expect(raw, "redirectUri", str, path)
-    if redirect:
-        _check_url(redirect, join(path, "redirectUri"))
-    aud_raw = raw.get("audience")
-    if isinstance(aud_raw, list):
-        audience = expect_str_list(raw, "audience", path)
-    else:
-        a = expect(raw, "audience", str, path)
-        audience = (a,) if a else (client_id,)
-    algs = expect_str_list(raw, "allowedAlgorithms", path, DEFAULT_ALGORITHMS)
-    unknown = [a for a in algs if a not in DEFAULT_ALGORITHMS and a not in _FORBIDDEN_ALGORITHMS and a.lower() != "none"]
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0].upper(), DEFAULT_ALGORITHMS, n=1)
-        raise ConfigError(join(path, "allowedAlgorithms"), f"{unknown[0]!r} is not a signature algorithm flask-ccsso knows.",
-                          f"did you mean '{close[0]}'?" if close else f"use some of {', '.join(DEFAULT_ALGORITHMS)}.")
-    bad = [a for a in algs if a in _FORBIDDEN_ALGORITHMS or a.lower() == "none"]
-    if bad:
-        raise ConfigError(join(path, "allowedAlgorithms"), f"{bad[0]!r} is not allowed for ID tokens.",
-                          "list asymmetric algorithms only (RS256, PS256, ES256, EdDSA ...).")
-    if not algs:
-        raise ConfigError(join(path, "allowedAlgorithms"), "is empty.", "list at least RS256.")
-    post_logout = expect(raw, "postLogoutRedirectUri", str, path)
-    if post_logout:
-        _check_url(post_logout, join(path, "postLogoutRedirectUri"))
-    extra = expect(raw, "extraAuthorizeParams", dict, path, {})
-    for k, v in extra.items():
-        if k in ("state", "nonce", "code_challenge", "code_challenge_method", "redirect_uri", "client_id",
-                 "response_type", "scope"):
-            raise ConfigError(join(join(path, "extraAuthorizeParams"), k), "is set by flask-ccsso itself.",
-                              "remove it.")
-        if not isinstance(v, str):
-            raise ConfigError(join(join(path, "extraAuthorizeParams"), k), "must be a string.", "quote the value.")
-    return OIDCSettings(
-        name=name, type=ptype, path=path,
-        display_name=expect(raw, "displayName", str, path, {"okta": "Okta", "azure-ad": "Microsoft"}.get(ptype, name)),
-        client_id=client_id, client_secret=secret, issuer=issuer, discovery_url=discovery, scopes=scopes,
-        redirect_uri=redirect, audience=audience, tenant_id=tenant, allowed_algorithms=algs,
-        clock_skew=expect_positive(raw, "clockSkew", path, 60.0, allow_zero=True),
-        discovery_ttl=expect_positive(raw, "discoveryTtl", path, 3600.0),
-        jwks_ttl=expect_positive(raw, "jwksTtl", path, 3600.0),
-        jwks_refresh_cooldown=expect_positive(raw, "jwksRefreshCooldown", path, 60.0, allow_zero=True),
-        timeout=expect_positive(raw, "timeout", path, 5.0),
-        groups_claim=groups_claim, roles_claim=roles_claim, graph_url=graph_url,
-        post_logout_redirect_uri=post_logout,
-        idp_logout=expect(raw, "idpLogout", bool, path, True),
-        require_iss_parameter=expect(raw, "requireIssParameter", bool, path, False),
-        login_state_ttl=expect_positive(raw, "loginStateTtl", path, 600.0),
-        extra_authorize_params=dict(extra),
-        keep_claims=expect_str_list(raw, "keepClaims", path),
-        # Entra ID has no RFC 7662 endpoint: its providers introspect only when asked
-        introspection=expect(raw, "introspection", bool, path, ptype != "azure-ad"),
-        allowed_clients=expect_str_list(raw, "allowedClients", path),
-        introspection_token_prefix=expect(raw, "introspectionTokenPrefix", str, path) or None,
-        introspection_default=expect(raw, "introspectionDefault", bool, path, False),
-        introspection_require_audience=expect(raw, "introspectionRequireAudience", bool, path, True),
-    )
-
 
 def _introspects(p: ProviderSettings) -> bool:
     return isinstance(p, OIDCSettings) and p.introspection and bool(p.client_secret)
@@ -457,14 +614,13 @@ def _check_introspection_routing(providers: Mapping[str, ProviderSettings]) -> N
                     raise ConfigError(join(p.path, key), "is set, but this provider does not introspect tokens "
                                       "(introspection is off or there is no clientSecret).",
                                       "set 'introspection': true and a 'clientSecret', or remove the key.")
-    active = [p for p in providers.values() if _introspects(p)]
-    defaults = [p for p in active if isinstance(p, OIDCSettings) and p.introspection_default]
+    active = [p for p in providers.values() if isinstance(p, OIDCSettings) and _introspects(p)]
+    defaults = [p for p in active if p.introspection_default]
     if len(defaults) > 1:
         raise ConfigError(join(defaults[1].path, "introspectionDefault"),
                           f"is true for several providers ({', '.join(p.name for p in defaults)}).",
                           "set it on one provider only.")
-    prefixed = [(p.introspection_token_prefix, p) for p in active
-                if isinstance(p, OIDCSettings) and p.introspection_token_prefix]
+    prefixed = [(p.introspection_token_prefix, p) for p in active if p.introspection_token_prefix]
     for a, pa in prefixed:
         for b, pb in prefixed:
             if pa is not pb and b.startswith(a):
@@ -495,83 +651,15 @@ def unrouted_introspection(providers: Mapping[str, ProviderSettings]) -> str | N
             "issue no opaque tokens for this API.")
 
 
-def _parse_saml(name: str, raw: Mapping[str, Any], path: str) -> SAMLSettings:
-    check_keys(raw, _SAML_KEYS, path)
-    metadata = expect(raw, "idpMetadata", str, path, required=True,
-                      fix="point it at the IdP's metadata XML file or https URL (Google Admin > Apps > SAML app).")
-    if metadata.startswith(("http://", "https://")):
-        _check_url(metadata, join(path, "idpMetadata"))
-    entity = expect(raw, "spEntityId", str, path, required=True, fix="use your portal's URL, e.g. https://portal.example.com.")
-    mapping = expect(raw, "attributeMapping", dict, path, {})
-    check_keys(mapping, ("email", "name", "groups", "firstName", "lastName", "scopes"), join(path, "attributeMapping"))
-    for k, v in mapping.items():
-        if not isinstance(v, str):
-            raise ConfigError(join(join(path, "attributeMapping"), k), "must be an attribute name (a string).",
-                              "write the attribute's Name or URI.")
-    if expect(raw, "wantAssertionsSigned", bool, path, True) is False and not expect(raw, "wantResponseSigned", bool, path, False):
-        raise ConfigError(join(path, "wantAssertionsSigned"),
-                          "false with wantResponseSigned false would accept unsigned assertions (anyone could forge a sign-in).",
-                          "leave wantAssertionsSigned true, or set wantResponseSigned true.")
-    acs = expect(raw, "acsUrl", str, path)
-    if acs:
-        _check_url(acs, join(path, "acsUrl"))
-    sp_cert = expect(raw, "spCertificate", str, path) or None
-    sp_key = expect(raw, "spPrivateKey", str, path) or None
-    if bool(sp_cert) != bool(sp_key):
-        missing = "spPrivateKey" if sp_cert else "spCertificate"
-        raise ConfigError(join(path, missing), "is needed together with the other half of the SP key pair.",
-                          "set both spCertificate and spPrivateKey (file paths, or PEM text from ${VAR}).")
-    if expect(raw, "signAuthnRequests", bool, path, False) and not sp_key:
-        raise ConfigError(join(path, "signAuthnRequests"), "is true but no SP key pair is configured.",
-                          "set spCertificate and spPrivateKey, or signAuthnRequests false.")
-    if expect(raw, "wantAssertionsEncrypted", bool, path, False) and not sp_key:
-        raise ConfigError(join(path, "wantAssertionsEncrypted"), "is true but no SP key pair is configured.",
-                          "set spCertificate and spPrivateKey (the key the IdP encrypts to), "
-                          "or wantAssertionsEncrypted false.")
-    sfg = expect(raw, "scopesFromGroups", dict, path, {})
-    scopes_from_groups = {g: expect_str_list(sfg, g, join(path, "scopesFromGroups")) for g in sfg}
-    return SAMLSettings(
-        name=name, type="saml", path=path,
-        display_name=expect(raw, "displayName", str, path, "Google Workspace" if name == "saml" else name),
-        idp_metadata=metadata, sp_entity_id=entity, attribute_mapping=dict(mapping),
-        sp_certificate=sp_cert,
-        sp_private_key=sp_key,
-        sign_authn_requests=expect(raw, "signAuthnRequests", bool, path, False),
-        want_assertions_signed=expect(raw, "wantAssertionsSigned", bool, path, True),
-        want_response_signed=expect(raw, "wantResponseSigned", bool, path, False),
-        want_assertions_encrypted=expect(raw, "wantAssertionsEncrypted", bool, path, False),
-        allow_unsolicited=expect(raw, "allowUnsolicited", bool, path, False),
-        clock_skew=expect_positive(raw, "clockSkew", path, 60.0, allow_zero=True),
-        metadata_refresh=expect_positive(raw, "metadataRefresh", path, 3600.0),
-        idp_entity_id=expect(raw, "idpEntityId", str, path),
-        requested_authn_context=expect_str_list(raw, "requestedAuthnContext", path),
-        name_id_format=expect(raw, "nameIdFormat", str, path),
-        groups_truncated_attribute=expect(raw, "groupsTruncatedAttribute", str, path),
-        acs_url=acs,
-        max_response_size=expect_int(raw, "maxResponseSize", path, 256 * 1024, minimum=1024),
-        login_state_ttl=expect_positive(raw, "loginStateTtl", path, 600.0),
-        scopes_from_groups=scopes_from_groups,
-        idp_logout=expect(raw, "idpLogout", bool, path, True),
-        timeout=expect_positive(raw, "timeout", path, 5.0),
-        xmlsec_binary=expect(raw, "xmlsecBinary", str, path),
-        idp_metadata_certificate=expect(raw, "idpMetadataCertificate", str, path) or None,
-    )
-
-
 def _parse_provider(name: str, raw: Any, path: str) -> ProviderSettings:
     if not isinstance(raw, dict):
         raise ConfigError(path, "must be an object.", "write the provider's settings as { ... }.")
-    ptype = expect(raw, "provider", str, path, required=True, fix=f"set 'provider' to one of {', '.join(PROVIDER_TYPES)}.")
-    if ptype not in PROVIDER_TYPES:
-        import difflib
-        close = difflib.get_close_matches(ptype, PROVIDER_TYPES, n=1)
-        raise ConfigError(join(path, "provider"), f"unknown provider type {ptype!r}.",
-                          f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(PROVIDER_TYPES)}.")
+    ptype = expect(raw, "provider", str, path, required=True,
+                   fix=f"set 'provider' to one of {', '.join(known_provider_types())}.")
+    cls = settings_class(ptype, join(path, "provider"))
     if not re.match(r"^[a-z0-9][a-z0-9_-]{0,39}$", name):
         raise ConfigError(path, f"provider name {name!r} is not URL-safe.", "use lower-case letters, digits, '-' and '_'.")
-    if ptype == "saml":
-        return _parse_saml(name, raw, path)
-    return _parse_oidc(name, ptype, raw, path)
+    return cls.from_config(name, ptype, raw, path)
 
 
 def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
@@ -598,10 +686,6 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
     return {name: prov}, name
 
 
-_SKILL_KEYS = ("allowedGroups", "requiredScopes", "sensitive", "maxAuthAge", "allowedNetworks", "requireMfa",
-               "acrValues", "description", "providers")
-
-
 def _parse_skills(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, SkillSettings]:
     if raw is None:
         return {}
@@ -612,38 +696,16 @@ def _parse_skills(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[s
         path = f"skills.{name}"
         if not isinstance(rules, dict):
             raise ConfigError(path, "must be an object.", "write {\"allowedGroups\": [...], \"requiredScopes\": [...]}.")
-        check_keys(rules, _SKILL_KEYS, path)
-        groups = expect_str_list(rules, "allowedGroups", path)
-        if "allowedGroups" in rules and not groups:
+        skill = parse_struct(SkillSettings, rules, path, name=name)
+        if "allowedGroups" in rules and not skill.allowed_groups:
             raise ConfigError(join(path, "allowedGroups"), "is an empty list: nobody could ever have this skill.",
                               "list the groups, or remove the key to allow any signed-in person.")
-        nets = []
-        for i, cidr in enumerate(expect_str_list(rules, "allowedNetworks", path)):
-            try:
-                nets.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
-                raise ConfigError(join(join(path, "allowedNetworks"), i), f"{cidr!r} is not a CIDR range.",
-                                  "write ranges like 10.0.0.0/8 or 2001:db8::/32.") from None
-        max_age = expect_positive(rules, "maxAuthAge", path, None)
-        provs = expect_str_list(rules, "providers", path)
-        for i, p in enumerate(provs):
+        for i, p in enumerate(skill.providers):
             if p not in providers:
                 raise ConfigError(join(join(path, "providers"), i), f"names provider {p!r}, which is not configured.",
                                   f"use one of {', '.join(providers)}.")
-        out[name] = SkillSettings(
-            name=name, allowed_groups=groups, required_scopes=expect_str_list(rules, "requiredScopes", path),
-            sensitive=expect(rules, "sensitive", bool, path, False), max_auth_age=max_age,
-            allowed_networks=tuple(nets), require_mfa=expect(rules, "requireMfa", bool, path, False),
-            acr_values=expect_str_list(rules, "acrValues", path),
-            description=expect(rules, "description", str, path, ""), providers=provs,
-        )
+        out[name] = skill
     return out
-
-
-_SESSION_KEYS = ("absoluteTimeout", "idleTimeout", "refreshWindow", "enableSlidingExpiration",
-                 "requireReauthenticationForSensitive", "maxAuthAge", "slidingWriteInterval", "store", "cookieName",
-                 "cookieSecure", "cookieSameSite", "cookieHostPrefix", "refreshLockTimeout", "tokenEncryptionKey",
-                 "tokenEncryptionKeyFallbacks")
 
 
 def _check_store_url(stype: str, url: str, path: str) -> None:
@@ -660,7 +722,7 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
                 from redis.connection import parse_url
             except ImportError:  # the redis extra is not installed: the store says so when it starts
                 return
-            options = parse_url(url)
+            options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     except ImportError:
         raise ConfigError(path, "names a database driver that is not installed.",
                           "install the driver (e.g. pip install 'psycopg[binary]') or fix the URL's scheme.") from None
@@ -681,11 +743,10 @@ def _parse_store(raw: Any, path: str) -> StoreSettings:
         return StoreSettings()
     if not isinstance(raw, dict):
         raise ConfigError(path, "must be an object like {\"type\": \"redis\", \"url\": \"redis://...\"}.", "see docs/sessions.md.")
-    check_keys(raw, ("type", "url", "keyPrefix", "path"), path)
-    stype = expect(raw, "type", str, path, "embedded")
+    store = parse_struct(StoreSettings, raw, path)
+    stype, url = store.type, store.url
     if stype not in ("redis", "sqlalchemy", "embedded"):
         raise ConfigError(join(path, "type"), f"unknown store {stype!r}.", "use redis, sqlalchemy or embedded.")
-    url = expect(raw, "url", str, path)
     if stype in ("redis", "sqlalchemy") and not url:
         example = "redis://127.0.0.1:6379/0" if stype == "redis" else "postgresql+psycopg://user@host/db"
         raise ConfigError(join(path, "url"), f"is required for a {stype} store.", f"e.g. \"{example}\" (from ${{VAR}}).")
@@ -693,8 +754,11 @@ def _parse_store(raw: Any, path: str) -> StoreSettings:
         raise ConfigError(join(path, "url"), f"{mask_url(url)!r} is not a redis:// URL.", "e.g. redis://127.0.0.1:6379/0.")
     if url and stype in ("redis", "sqlalchemy"):
         _check_store_url(stype, url, join(path, "url"))
-    return StoreSettings(type=stype, url=url, key_prefix=expect(raw, "keyPrefix", str, path, "ccsso:"),
-                         path=expect(raw, "path", str, path))
+    return store
+
+
+#: shortest accepted session key (characters): 256 bits as hex or base64
+MIN_SESSION_KEY = 32
 
 
 def _parse_session(raw: Any) -> SessionSettings:
@@ -702,57 +766,36 @@ def _parse_session(raw: Any) -> SessionSettings:
         return SessionSettings()
     if not isinstance(raw, dict):
         raise ConfigError("session", "must be an object.", "see docs/sessions.md.")
-    path = "session"
-    check_keys(raw, _SESSION_KEYS, path)
-    absolute = expect_positive(raw, "absoluteTimeout", path, 28800.0)
-    idle = expect_positive(raw, "idleTimeout", path, 3600.0)
-    if idle > absolute:
-        raise ConfigError("session.idleTimeout", f"({idle:g}s) is longer than absoluteTimeout ({absolute:g}s).",
-                          "make idleTimeout at most absoluteTimeout.")
-    samesite = expect(raw, "cookieSameSite", str, path, "Lax")
-    if samesite not in ("Lax", "Strict", "None"):
-        raise ConfigError("session.cookieSameSite", f"{samesite!r} is not Lax, Strict or None.", "use Lax (recommended).")
-    secure = expect(raw, "cookieSecure", bool, path, True)
-    host_prefix = expect(raw, "cookieHostPrefix", bool, path, None)
-    if host_prefix and not secure:
+    s = parse_struct(SessionSettings, raw, "session")
+    if s.idle_timeout > s.absolute_timeout:
+        raise ConfigError("session.idleTimeout", f"({s.idle_timeout:g}s) is longer than absoluteTimeout "
+                          f"({s.absolute_timeout:g}s).", "make idleTimeout at most absoluteTimeout.")
+    if s.cookie_samesite not in ("Lax", "Strict", "None"):
+        raise ConfigError("session.cookieSameSite", f"{s.cookie_samesite!r} is not Lax, Strict or None.",
+                          "use Lax (recommended).")
+    if s.cookie_host_prefix and not s.cookie_secure:
         raise ConfigError("session.cookieHostPrefix", "needs cookieSecure true (browsers drop __Host- cookies otherwise).",
                           "set cookieSecure true or cookieHostPrefix false.")
-    if samesite == "None" and not secure:
+    if s.cookie_samesite == "None" and not s.cookie_secure:
         raise ConfigError("session.cookieSameSite", "None needs cookieSecure true.", "use Lax.")
-    name = expect(raw, "cookieName", str, path, "ccsso_session")
-    if not re.match(r"^[A-Za-z0-9_\-]+$", name):
-        raise ConfigError("session.cookieName", f"{name!r} is not a valid cookie name.", "use letters, digits, '-' and '_'.")
-    return SessionSettings(
-        absolute_timeout=absolute, idle_timeout=idle,
-        refresh_window=expect_positive(raw, "refreshWindow", path, 300.0, allow_zero=True),
-        enable_sliding_expiration=expect(raw, "enableSlidingExpiration", bool, path, True),
-        require_reauthentication_for_sensitive=expect(raw, "requireReauthenticationForSensitive", bool, path, True),
-        max_auth_age=expect_positive(raw, "maxAuthAge", path, 900.0),
-        sliding_write_interval=expect_positive(raw, "slidingWriteInterval", path, 60.0, allow_zero=True),
-        store=_parse_store(raw.get("store"), "session.store"),
-        cookie_name=name, cookie_secure=secure, cookie_samesite=samesite, cookie_host_prefix=host_prefix,
-        refresh_lock_timeout=expect_positive(raw, "refreshLockTimeout", path, 10.0),
-        **_session_keys(raw, path),
-    )
+    if not re.match(r"^[A-Za-z0-9_\-]+$", s.cookie_name):
+        raise ConfigError("session.cookieName", f"{s.cookie_name!r} is not a valid cookie name.",
+                          "use letters, digits, '-' and '_'.")
+    _check_session_keys(s, "session")
+    return s
 
 
-#: shortest accepted session key (characters): 256 bits as hex or base64
-MIN_SESSION_KEY = 32
-
-
-def _session_keys(raw: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """``tokenEncryptionKey`` and its fallbacks (old keys, whitespace- or
-    comma-separated in one ``${VAR}``): long enough, never echoed."""
-    key = expect(raw, "tokenEncryptionKey", str, path) or None
-    olds = tuple(k for k in re.split(r"[\s,]+", expect(raw, "tokenEncryptionKeyFallbacks", str, path, "")) if k)
-    if olds and key is None:
+def _check_session_keys(s: SessionSettings, path: str) -> None:
+    """``tokenEncryptionKey`` and its fallbacks: long enough, never echoed."""
+    if s.token_encryption_key_fallbacks and s.token_encryption_key is None:
         raise ConfigError(join(path, "tokenEncryptionKeyFallbacks"), "is set without tokenEncryptionKey.",
                           "set tokenEncryptionKey too (without it, SECRET_KEY and SECRET_KEY_FALLBACKS are used).")
-    for name, value in [("tokenEncryptionKey", key), *(("tokenEncryptionKeyFallbacks", k) for k in olds)]:
+    keys = [("tokenEncryptionKey", s.token_encryption_key),
+            *(("tokenEncryptionKeyFallbacks", k) for k in s.token_encryption_key_fallbacks)]
+    for name, value in keys:
         if value is not None and len(value) < MIN_SESSION_KEY:
             raise ConfigError(join(path, name), f"is shorter than {MIN_SESSION_KEY} characters.",
                               "use a long random value, e.g. python -c 'import secrets; print(secrets.token_hex(32))'.")
-    return {"token_encryption_key": key, "token_encryption_key_fallbacks": olds}
 
 
 _TOP_KEYS = ("auth", "skills", "logging", "session")

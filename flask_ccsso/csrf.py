@@ -41,6 +41,7 @@ from flask import current_app, g, request, session
 
 from . import reasons, signals
 from .exceptions import CCSSOError, CSRFError
+from .gate.current import bearer_header, resolve_identity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,11 +89,8 @@ def cross_site() -> bool:
 
 
 def _bearer_request() -> bool:
-    """The request carries ``Authorization: Bearer`` and the app accepts bearer tokens."""
-    from .extension import get_state
-
-    auth = request.environ.get("HTTP_AUTHORIZATION", "")
-    return auth[:7].lower() == "bearer " and get_state().bearer_authenticator is not None
+    """The request carries ``Authorization: Bearer`` (every app accepts bearer tokens)."""
+    return bearer_header() is not None
 
 
 def _bearer_authenticated() -> bool:
@@ -107,9 +105,7 @@ def _bearer_authenticated() -> bool:
     """
     if not _bearer_request():
         return False
-    from .identity import _get_identity
-
-    identity = _get_identity()
+    identity = resolve_identity()
     return bool(identity) and getattr(identity, "via", None) == "bearer"
 
 
@@ -133,12 +129,10 @@ def check_csrf() -> None:
 
 def announce(exc: CSRFError) -> None:
     """A refused state-changing request is an access decision: audit it."""
-    from .identity import _get_identity
-
     identity: Any = g.get("_ccsso_identity")
     if identity is None:
         try:
-            identity = _get_identity()
+            identity = resolve_identity()
         except CCSSOError:
             identity = None
     app = current_app._get_current_object()  # type: ignore[attr-defined]

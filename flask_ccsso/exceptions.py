@@ -49,6 +49,17 @@ class CCSSOError(Exception):
     def __str__(self) -> str:  # pragma: no cover - trivial
         return f"{self.reason}: {self.description}"
 
+    def body_extra(self) -> dict[str, Any]:
+        """Members the JSON error body carries beside ``error`` and
+        ``error_description`` (never secrets; subclasses add theirs)."""
+        return {}
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the error's response carries (``Retry-After`` when the
+        error was raised with ``retry_after=seconds``)."""
+        retry = self.extra.get("retry_after")
+        return {"Retry-After": str(int(retry))} if isinstance(retry, (int, float)) else {}
+
 
 class ConfigError(CCSSOError, ValueError):
     """The configuration is invalid. Raised at start-up, never at request time.
@@ -99,7 +110,8 @@ class LoginRequired(CCSSOError, Unauthorized):
 
 
 class SessionExpired(LoginRequired):
-    """The session passed a deadline or was revoked."""
+    """The session passed a deadline or was revoked. HTTP 401, as
+    :class:`LoginRequired` (browsers are sent to sign in again)."""
 
     reason = "session_expired"
     description = "Your session has ended. Please sign in again."
@@ -129,6 +141,9 @@ class StepUpRequired(CCSSOError, Unauthorized):
         self.acr_values = tuple(acr_values)
         super().__init__(description, reason=reason)
 
+    def body_extra(self) -> dict[str, Any]:
+        return {"skill": self.skill, "max_age": self.max_age, "acr_values": list(self.acr_values) or None}
+
 
 class SkillRequired(CCSSOError, Forbidden):
     """Signed in, but lacking the skill. HTTP 403 naming the skill and the
@@ -149,8 +164,14 @@ class SkillRequired(CCSSOError, Forbidden):
         self.condition = condition
         super().__init__(description, reason=reason)
 
+    def body_extra(self) -> dict[str, Any]:
+        # the skill and the failed condition; never the person's groups
+        return {"skill": self.skill, "condition": self.condition}
+
 
 class UnknownProvider(CCSSOError, BadRequest):
+    """A route named a provider that is not configured. HTTP 400."""
+
     reason = "unknown_provider"
     description = "Unknown sign-in provider."
 

@@ -1,122 +1,49 @@
 """The extension object: ``CCSSO(app=None)`` + ``init_app``.
 
-Per-app state is a small dataclass in ``app.extensions["ccsso"]``; the
-extension object keeps nothing app-specific, so one ``CCSSO()`` can serve
-several apps with different configs in one process.
+``init_app`` builds the app's :class:`~flask_ccsso.state.CCSSOState` (the
+composition root) explicitly, collaborator by collaborator, and keeps it in
+``app.extensions["ccsso"]``. The extension object keeps no app, so one
+``CCSSO()`` can serve several apps with different configs in one process;
+after ``init_app`` it is a handle on the current app's state (``sso.state``,
+``sso.providers``, ``sso.revoke_user(...)``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from flask import Flask, current_app, g, redirect, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, g, has_app_context
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from . import reasons, signals
 from ._validate import setting_int
-from .config import CCSSOConfig, SkillSettings, load_file, parse_config
-from .exceptions import CCSSOError, ConfigError, LoginRequired, SessionExpired, StepUpRequired
-from .identity import AnonymousIdentity, Identity
+from .audit_glue import audit_settings, start_audit
+from .config import CCSSOConfig, load_file, parse_config
+from .exceptions import CCSSOError, ConfigError
+from .gate.bearer import make_bearer_authenticator
+from .gate.current import identity_required
+from .gate.decorators import check_skill_names, has_skill
+from .gate.policy import SkillPolicy
+from .gate.refresh import refresh_if_needed
+from .gate.session import SessionGate
 from .providers import provider_class
 from .providers.base import Provider
-from .responses import bearer_challenge, error_response, library_security_headers, login_url_for, wants_json
-from .session import SessionGate, cookie_settings, make_session_interface
+from .responses import handle_error, library_security_headers
+from .sessions.index import SessionIndex
+from .sessions.interface import cookie_settings, make_session_interface
+from .state import EXTENSION_KEY, CCSSOState, get_state
 from .stores import RedisStore, SharedStore, SQLStore
+from .views import bp, register_callback_aliases
 
 log = logging.getLogger("flask_ccsso")
-
-
-@dataclass
-class CCSSOState:
-    """Everything flask-ccsso knows about one app (``app.extensions["ccsso"]``)."""
-
-    app_name: str
-    config: CCSSOConfig
-    providers: dict[str, Provider]
-    store: SharedStore
-    gate: SessionGate
-    clock: Callable[[], float]
-    url_prefix: str
-    session_interface: Any
-    #: set by the skills module: Authorization: Bearer -> Identity
-    bearer_authenticator: Callable[[CCSSOState, str], Identity] | None = None
-    #: set by the refresh module: refresh tokens inside the refresh window
-    refresher: Callable[[CCSSOState, Identity], Identity | AnonymousIdentity] | None = None
-    backchannel_logout: Callable[..., Response] | None = None
-    audit: Any = None
-    audit_settings: Any = None
-    policy: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    # -- identity ---------------------------------------------------------------
-    def load_identity(self) -> Identity | AnonymousIdentity:
-        # the WSGI environ key, as request.headers.get("Authorization") reads it
-        auth = request.environ.get("HTTP_AUTHORIZATION", "")
-        if auth[:7].lower() == "bearer " and self.bearer_authenticator is not None:
-            return self.bearer_authenticator(self, auth[7:].strip())
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        identity = self.gate.current(app)
-        if identity and self.refresher is not None:
-            identity = self.refresher(self, identity)  # type: ignore[arg-type]
-        return identity
-
-    def max_auth_age(self, skill: SkillSettings) -> float:
-        return skill.max_auth_age if skill.max_auth_age is not None else self.config.session.max_auth_age
-
-    def forget_session(self, identity: Identity, sid: str) -> None:
-        """Drop a session (cookie id or store handle) from the per-user
-        indexes, which hold store handles (it is being ended)."""
-        handle = self.session_interface.handle_of(sid)
-        try:
-            self.store.set_remove(f"user:{identity.id}", handle)
-            if identity.session_index:
-                self.store.set_remove(f"idpsid:{identity.provider}:{identity.session_index}", handle)
-        except CCSSOError:
-            log.warning("flask-ccsso: could not update the session index at logout")
-
-    def revoke_sids(self, sids: set[str] | list[str]) -> int:
-        """End these sessions (store handles, as the per-user index holds them,
-        or cookie session ids) on every worker and host (effective on their
-        next request, which is told ``revoked``). Returns how many were live."""
-        return sum(1 for sid in sids if self.session_interface.end_sid(sid, reasons.REVOKED))
-
-    def revoke_identity(self, identity_id: str, *, reason: str = "api") -> int:
-        """End every session of ``provider:subject`` on every worker and host."""
-        sids = self.store.set_members(f"user:{identity_id}")
-        count = self.revoke_sids(sids)
-        self.store.delete(f"user:{identity_id}")
-        provider, _, subject = identity_id.partition(":")
-        signals.session_revoked.send(current_app._get_current_object() if _has_app() else None,  # type: ignore[attr-defined]
-                                     subject=subject, provider=provider, count=count, reason=reason)
-        return count
-
-    def revoke_user(self, email_or_id: str, *, reason: str = "operator") -> int:
-        """Revoke by email (every provider) or by ``provider:subject``."""
-        ids = self.store.set_members(f"email:{email_or_id.lower()}") if "@" in email_or_id else {email_or_id}
-        return sum(self.revoke_identity(i, reason=reason) for i in ids)
-
-
-def _has_app() -> bool:
-    from flask import has_app_context
-
-    return has_app_context()
-
-
-def get_state(app: Flask | None = None) -> CCSSOState:
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    try:
-        return app.extensions["ccsso"]  # type: ignore[no-any-return]
-    except KeyError:
-        raise RuntimeError("flask-ccsso is not initialised on this app: call CCSSO(app) or sso.init_app(app).") from None
 
 
 def _load_raw(app: Flask) -> Mapping[str, Any]:
@@ -158,6 +85,11 @@ def _make_store(app: Flask, cfg: CCSSOConfig, clock: Callable[[], float]) -> Sha
 class CCSSO:
     """Enterprise single sign-on for a Flask app.
 
+    After :meth:`init_app` the object is a handle on an app's state: the
+    current app's, or -- outside an app context -- the one app it was
+    initialised on (:attr:`state`, :attr:`providers`, :attr:`sessions`,
+    :meth:`revoke_user`).
+
     :param app: the app, or ``None`` to call :meth:`init_app` later.
     :param clock: a ``() -> float`` epoch-seconds clock (tests move time with it).
     :param store: a :class:`~flask_ccsso.stores.SharedStore` to use instead of
@@ -170,160 +102,163 @@ class CCSSO:
         self._clock = clock
         self._store = store
         self._http = http
+        #: the apps initialised with this object (weakly: it keeps no app alive)
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
+    # -- the handle ------------------------------------------------------------------
+    def get_state(self, app: Flask | None = None) -> CCSSOState:
+        """The state of ``app``; default: the current app, else the one app
+        this object was initialised on.
+
+        :raises RuntimeError: no app is current and there is not exactly one."""
+        if app is None and not has_app_context():
+            apps = list(self._apps)
+            if len(apps) != 1:
+                raise RuntimeError("no app is current and this CCSSO object serves "
+                                   f"{len(apps) or 'no'} apps: pass the app, or use an app context.")
+            app = apps[0]
+        return get_state(app)
+
+    @property
+    def state(self) -> CCSSOState:
+        """:meth:`get_state` for the current (or only) app."""
+        return self.get_state()
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        """The current (or only) app's providers, by configured name."""
+        return self.get_state().providers
+
+    @property
+    def sessions(self) -> SessionIndex:
+        """The current (or only) app's session index (live sessions, revocation)."""
+        return self.get_state().sessions
+
+    def revoke_user(self, email_or_id: str, *, reason: str = "operator") -> int:
+        """End every session of a person (by email, every provider; or by
+        ``provider:subject``) on every worker and host. Returns how many."""
+        return self.get_state().revoke_user(email_or_id, reason=reason)
+
+    def revoke_identity(self, identity_id: str, *, reason: str = "api") -> int:
+        """End every session of ``provider:subject`` on every worker and host."""
+        return self.get_state().revoke_identity(identity_id, reason=reason)
+
+    # -- start-up ----------------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
-        if "ccsso" in app.extensions:
+        """Validate the configuration and build the app's state (start-up
+        errors are :class:`~flask_ccsso.exceptions.ConfigError`)."""
+        if EXTENSION_KEY in app.extensions:
             raise RuntimeError("flask-ccsso is already initialised on this app; call init_app once per app "
                                "(create one CCSSO() and call init_app in your app factory).")
-        app.config.setdefault("CCSSO", None)
-        app.config.setdefault("CCSSO_CONFIG_FILE", None)
-        app.config.setdefault("CCSSO_URL_PREFIX", "/sso")
-        app.config.setdefault("CCSSO_TRUSTED_PROXIES", 0)
-        app.config.setdefault("CCSSO_LOGIN_VIEW", None)
-
+        for key, default in (("CCSSO", None), ("CCSSO_CONFIG_FILE", None), ("CCSSO_URL_PREFIX", "/sso"),
+                             ("CCSSO_TRUSTED_PROXIES", 0), ("CCSSO_LOGIN_VIEW", None)):
+            app.config.setdefault(key, default)
         cfg = parse_config(_load_raw(app))
         if not cfg.providers:
             raise ConfigError("auth", "configures no provider.", "add a provider.")
-        clock = self._clock or time.time
-        prefix = "/" + str(app.config["CCSSO_URL_PREFIX"]).strip("/")
         if not app.secret_key:
             raise ConfigError("SECRET_KEY", "is not set; flask-ccsso signs values with it.",
                               "set app.config['SECRET_KEY'] from an environment variable.")
+        clock = self._clock or time.time
+        prefix = "/" + str(app.config["CCSSO_URL_PREFIX"]).strip("/")
+        trusted = setting_int(app.config, "CCSSO_TRUSTED_PROXIES", 0, maximum=32)
+        settings = audit_settings(cfg)  # validated now, with every other block
 
         # cookies: only a session id travels in them
-        s = cfg.session
-        app.config.update(cookie_settings(app, s))  # __Host- by default when Secure
-        if not s.cookie_secure:
+        app.config.update(cookie_settings(app, cfg.session))  # __Host- by default when Secure
+        if not cfg.session.cookie_secure:
             log.warning("flask-ccsso: session.cookieSecure is false -- the session cookie will travel over plain "
                         "http. Use this only for local development.")
-
         store = self._store or _make_store(app, cfg, clock)
-        iface = make_session_interface(app, s, clock)
+        iface = make_session_interface(app, cfg.session, clock)
         app.session_interface = iface
+        providers = self._providers(app, cfg, store, clock)
+
+        if trusted > 0:
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted, x_proto=trusted,  # type: ignore[method-assign]
+                                    x_host=trusted, x_port=trusted, x_prefix=trusted)
+        _check_route_clashes(app, providers, prefix)
+        app.register_blueprint(bp, url_prefix=prefix)
+        register_callback_aliases(app, providers, prefix)
+        app.register_error_handler(CCSSOError, handle_error)
+        app.after_request(_personal_responses_not_stored)
+        app.after_request(library_security_headers)
+        app.add_template_global(has_skill, "has_skill")
+        check_skill_names(app, cfg.skills)
+        app.before_request(_first_request_checks(app, cfg, providers, prefix))
+
+        state = CCSSOState(
+            app_name=app.name, config=cfg, providers=providers, store=store, session_interface=iface,
+            sessions=SessionIndex(store, iface), gate=SessionGate(cfg.session, store, clock), clock=clock, url_prefix=prefix,
+            bearer_authenticator=make_bearer_authenticator(app, providers, clock, cfg.skills.values()),
+            refresher=refresh_if_needed, policy=SkillPolicy(cfg, providers, clock), audit_settings=settings,
+            audit=start_audit(app, settings, clock),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        self._apps.add(app)
+
+    def _providers(self, app: Flask, cfg: CCSSOConfig, store: SharedStore,
+                   clock: Callable[[], float]) -> dict[str, Provider]:
+        """Built inside an app context so relative paths (SAML metadata, keys)
+        resolve against the app's root_path and fail here, at start-up."""
         http = self._http or requests.Session()
         http.headers.setdefault("User-Agent", "flask-ccsso")
-        # built inside an app context so relative paths (SAML metadata, keys)
-        # resolve against the app's root_path and fail here, at start-up
         with app.app_context():
             providers = {name: provider_class(ps.type)(ps, store=store, clock=clock, http=http)
                          for name, ps in cfg.providers.items()}
             for prov in providers.values():
                 prov.startup()
-        state = CCSSOState(app_name=app.name, config=cfg, providers=providers, store=store,
-                           gate=SessionGate(s, store, clock), clock=clock, url_prefix=prefix, session_interface=iface)
-        app.extensions["ccsso"] = state
-
-        trusted = setting_int(app.config, "CCSSO_TRUSTED_PROXIES", 0, maximum=32)
-        if trusted > 0:
-            from werkzeug.middleware.proxy_fix import ProxyFix
-
-            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted, x_proto=trusted, x_host=trusted,  # type: ignore[method-assign]
-                                    x_port=trusted, x_prefix=trusted)
-
-        from .views import bp, register_callback_aliases
-
-        _guard_route_clashes(app, state)
-        app.register_blueprint(bp, url_prefix=prefix)
-        register_callback_aliases(app, state)
-        app.register_error_handler(CCSSOError, _handle_error)
-        app.after_request(_personal_responses_not_stored)
-        app.after_request(library_security_headers)
-
-        # the request-gate and audit modules attach themselves to the state
-        for modname in _STATE_MODULES:
-            try:
-                mod = import_module(modname)
-            except ModuleNotFoundError as exc:
-                if exc.name != modname:
-                    raise
-                continue
-            init_state = getattr(mod, "init_state", None)
-            if init_state is not None:
-                init_state(app, state)
+        return providers
 
     def __repr__(self) -> str:  # pragma: no cover
         return "<CCSSO>"
 
 
-#: modules that attach to the state at init_app, each through a module-level
-#: ``init_state(app, state)``: the session refresher and back-channel logout,
-#: the bearer authenticator, the skills policy, the audit pipeline
-_STATE_MODULES = ("flask_ccsso.refresh", "flask_ccsso.backchannel", "flask_ccsso.bearer", "flask_ccsso.skills",
-                  "flask_ccsso.stepup", "flask_ccsso.audit_glue")
-
-
-def _alias_paths(state: CCSSOState) -> dict[str, str]:
+def _alias_paths(providers: Mapping[str, Provider]) -> dict[str, str]:
     out = {}
-    for name, prov in state.providers.items():
+    for name, prov in providers.items():
         uri = getattr(prov.settings, "redirect_uri", None) or getattr(prov.settings, "acs_url", None)
         if uri:
             out[urlsplit(uri).path or "/"] = name
     return out
 
 
-def _guard_route_clashes(app: Flask, state: CCSSOState) -> None:
+def _check_route_clashes(app: Flask, providers: Mapping[str, Provider], prefix: str) -> None:
     """A redirectUri path that an app route also claims would silently swallow
-    either the sign-in or the page: refuse at start-up, now and for routes
-    added after ``init_app``."""
-    aliases = _alias_paths(state)
-    if not aliases:
-        return
-
-    def check(rule: Any) -> None:
+    either the sign-in or the page: refuse it. Run at ``init_app`` and again
+    before the first request (routes added after ``init_app``)."""
+    aliases = _alias_paths(providers)
+    for rule in app.url_map.iter_rules() if aliases else ():
         name = aliases.get(rule.rule)
         if name is not None and rule.endpoint != f"ccsso_callback_{name}" and not rule.endpoint.startswith("ccsso."):
-            prov = state.providers[name]
+            prov = providers[name]
             key = "acsUrl" if prov.protocol == "saml" else "redirectUri"
             raise ConfigError(f"{prov.settings.path}.{key}",
                               f"its path {rule.rule!r} is also the route of view {rule.endpoint!r}.",
-                              f"change {key} to {state.url_prefix}/{name}/"
+                              f"change {key} to {prefix}/{name}/"
                               f"{'acs' if prov.protocol == 'saml' else 'callback'} (and register that at the IdP), "
                               "or move the view.")
 
-    for rule in app.url_map.iter_rules():
-        check(rule)
-    original_add = app.url_map.add
 
-    def add(rule: Any) -> None:
-        original_add(rule)
-        check(rule)
+def _first_request_checks(app: Flask, cfg: CCSSOConfig, providers: Mapping[str, Provider],
+                          prefix: str) -> Callable[[], None]:
+    """A ``before_request`` function: the start-up checks once more, before
+    the first request, for what the app registered after ``init_app``
+    (Flask accepts no new routes after that, so once is enough). A failure
+    refuses every request (a 500 page, the details in the log) until fixed."""
+    done = threading.Event()
 
-    app.url_map.add = add  # type: ignore[method-assign,assignment]
+    def check() -> None:
+        if done.is_set():
+            return
+        _check_route_clashes(app, providers, prefix)
+        check_skill_names(app, cfg.skills)
+        done.set()
 
-
-def _handle_error(exc: CCSSOError) -> Response:
-    state = get_state()
-    if not isinstance(exc, HTTPException):
-        # a ConfigError or similar at request time is a bug on our side; show
-        # a plain 500 page without details, log the rest for the operator
-        log.error("flask-ccsso: %s", exc)
-        from werkzeug.exceptions import InternalServerError
-
-        return error_response(InternalServerError("Single sign-on is misconfigured; the operator has been told."))
-    if isinstance(exc, StepUpRequired):
-        identity = getattr(g, "_ccsso_identity", None)
-        if wants_json() or not identity or getattr(identity, "via", None) == "bearer":
-            resp = error_response(exc, extra={"skill": exc.skill, "max_age": exc.max_age,
-                                              "acr_values": list(exc.acr_values) or None})
-            resp.headers["WWW-Authenticate"] = bearer_challenge(exc)
-            return resp
-        nxt = request.full_path if request.method == "GET" else (request.referrer and urlsplit(request.referrer).path) or "/"
-        return redirect(login_url_for(identity.provider, _strip_q(nxt), state.url_prefix, exc.skill))
-    if isinstance(exc, LoginRequired):
-        if wants_json():
-            resp = error_response(exc)
-            resp.headers["WWW-Authenticate"] = bearer_challenge(exc)
-            return resp
-        nxt = _strip_q(request.full_path) if request.method == "GET" else "/"
-        login_view = current_app.config.get("CCSSO_LOGIN_VIEW")
-        from flask import url_for
-
-        if login_view:
-            return redirect(url_for(login_view, next=nxt))
-        return redirect(url_for("ccsso.choose", next=nxt))
-    return error_response(exc)
+    check.__qualname__ = "ccsso_startup_checks"
+    return check
 
 
 def _personal_responses_not_stored(response: Response) -> Response:
@@ -340,17 +275,4 @@ def _personal_responses_not_stored(response: Response) -> Response:
     return response
 
 
-def _strip_q(path: str) -> str:
-    return path.removesuffix("?")
-
-
-def identity_required() -> Identity:
-    """The current identity, or raise LoginRequired / SessionExpired."""
-    from .identity import _get_identity  # what current_identity resolves to, without the proxy
-
-    ident = _get_identity()
-    if not ident:
-        if getattr(g, "_ccsso_expired", None):
-            raise SessionExpired(reason=g._ccsso_expired)
-        raise LoginRequired()
-    return ident  # type: ignore[return-value]
+__all__ = ["CCSSO", "CCSSOState", "get_state", "identity_required"]

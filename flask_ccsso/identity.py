@@ -1,8 +1,14 @@
-"""Who is making the request: :class:`Identity` and ``current_identity``.
+"""Who is making the request: :class:`Identity` (the vocabulary).
 
 An identity is built once, at sign-in (or when a bearer token is accepted),
 from validated claims, and stored server-side as plain JSON. It is frozen:
 access decisions read it, nothing edits it in place.
+
+This module imports nothing of the package: the request gate resolves the
+identity of a request (``current_identity`` lives in
+:mod:`flask_ccsso.gate.current`). :func:`auth_time_problem` is the one
+freshness rule: the providers (at a step-up round trip), the session helpers
+and the skill policy all ask it, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,8 +20,50 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgspec
-from flask import g
-from werkzeug.local import LocalProxy
+
+#: the leeway for an ``auth_time`` slightly in the future when no provider's
+#: ``clockSkew`` is at hand (the default ``clockSkew``)
+DEFAULT_CLOCK_SKEW = 60.0
+#: what :func:`auth_time_problem` answers
+UNKNOWN, FUTURE, STALE = "unknown", "future", "stale"
+
+
+def finite_time(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` (bools, strings, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def auth_time_problem(auth_time: Any, *, now: float, max_age: float | None,
+                      skew: float = DEFAULT_CLOCK_SKEW) -> str | None:
+    """The one freshness rule: why a sign-in at ``auth_time`` is not fresh
+    enough, or ``None`` when it is.
+
+    * :data:`UNKNOWN` -- no finite number: the IdP did not say when the person
+      authenticated, which is never read as "just now";
+    * :data:`FUTURE` -- later than ``now + skew``: clocks drift by at most the
+      provider's ``clockSkew``; beyond that the time is not believable (it
+      would otherwise stay "fresh" for as long as it lies ahead);
+    * :data:`STALE` -- older than ``max_age`` seconds (``None``: age not asked).
+
+    Every caller passes its own ``now`` (the extension's clock) and the
+    provider's ``clockSkew``; a caller that compares two clocks (the step-up
+    round trip: the IdP's ``auth_time`` against our clock) widens ``max_age``
+    by the skew itself.
+    """
+    t = finite_time(auth_time)
+    if t is None:
+        return UNKNOWN
+    if t > now + skew:
+        return FUTURE
+    if max_age is not None and now - t > max_age:
+        return STALE
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,21 +210,3 @@ class AnonymousIdentity:
 
 
 ANONYMOUS = AnonymousIdentity()
-
-
-def _get_identity() -> Identity | AnonymousIdentity:
-    """Resolve the identity for this request once and cache it on ``g``."""
-    ctx_g = g._get_current_object()  # type: ignore[attr-defined]
-    ident = getattr(ctx_g, "_ccsso_identity", None)
-    if ident is not None:
-        return ident  # type: ignore[no-any-return]
-    from .extension import get_state  # late: the vocabulary imports nothing eagerly
-
-    ident = get_state().load_identity()
-    ctx_g._ccsso_identity = ident
-    return ident
-
-
-#: The identity of the current request (an :class:`Identity`, or a falsy
-#: :class:`AnonymousIdentity`).
-current_identity: Identity | AnonymousIdentity = LocalProxy(_get_identity)  # type: ignore[assignment]

@@ -1,4 +1,11 @@
-"""Turning flask-ccsso errors into responses: HTML for browsers, JSON for APIs.
+"""Turning errors into responses: HTML for browsers, JSON for APIs.
+
+The one place this happens. An error class carries what its response needs
+(status, ``reason``, :meth:`~flask_ccsso.exceptions.CCSSOError.body_extra`,
+:meth:`~flask_ccsso.exceptions.CCSSOError.response_headers`), like Authlib's
+errors; :func:`error_response` renders any of them and :func:`handle_error`
+(the app's error handler for :class:`~flask_ccsso.exceptions.CCSSOError`)
+adds the browser redirects for sign-in and step-up.
 
 Never a traceback, never a secret: only the error's ``description`` (written
 to be safe to show) and its ``reason`` code.
@@ -6,13 +13,18 @@ to be safe to show) and its ``reason`` code.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
-from flask import Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from flask import Response, current_app, g, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException, InternalServerError
 
-from .exceptions import CCSSOError, StepUpRequired
+from .exceptions import CCSSOError, LoginRequired, StepUpRequired
+from .gate.stepup import login_url_for
+from .state import get_state
+
+log = logging.getLogger("flask_ccsso")
 
 _TITLES = {400: "Sign-in failed", 401: "Sign-in required", 403: "Access denied", 404: "Not found",
            429: "Too many requests", 503: "Temporarily unavailable"}
@@ -48,8 +60,6 @@ def is_library_request() -> bool:
     endpoint = request.endpoint or ""
     if blueprint == "ccsso" or blueprint.startswith("ccsso_devidp") or endpoint.startswith("ccsso_callback_"):
         return True
-    from .extension import get_state
-
     return request.path.startswith(get_state().url_prefix + "/")
 
 
@@ -72,13 +82,21 @@ def wants_json() -> bool:
     return False
 
 
-def error_response(exc: HTTPException, *, extra: dict[str, Any] | None = None,
+def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: dict[str, Any] | None = None,
                    action_url: str | None = None, action_label: str | None = None) -> Response:
+    """The response for ``exc``: JSON (``error``, ``error_description`` and the
+    error's :meth:`~flask_ccsso.exceptions.CCSSOError.body_extra`) for API
+    clients (``as_json=None``: :func:`wants_json` decides), else the HTML
+    message page; the error's own headers, ``no-store``, the library's
+    security headers, a ``WWW-Authenticate`` challenge on a JSON 401."""
     code = exc.code or 500
     reason = getattr(exc, "reason", None) or "error"
     description = exc.description or _TITLES.get(code, "Error")
-    if wants_json():
+    as_json = wants_json() if as_json is None else as_json
+    if as_json:
         body: dict[str, Any] = {"error": reason, "error_description": description}
+        if isinstance(exc, CCSSOError):
+            body.update(exc.body_extra())
         body.update(extra or {})
         resp = jsonify(body)
     else:
@@ -91,7 +109,34 @@ def error_response(exc: HTTPException, *, extra: dict[str, Any] | None = None,
     add_security_headers(resp)  # a page of ours, whichever route it answers
     if code == 503:
         resp.headers["Retry-After"] = "5"
+    if code == 401 and isinstance(exc, CCSSOError) and (as_json or isinstance(exc, StepUpRequired)):
+        resp.headers["WWW-Authenticate"] = bearer_challenge(exc)
+    if isinstance(exc, CCSSOError):
+        resp.headers.update(exc.response_headers())
     return resp
+
+
+def handle_error(exc: CCSSOError) -> Response:
+    """The app's error handler for every :class:`CCSSOError`: a browser that
+    must sign in (again, or more strongly) is redirected; everything else is
+    :func:`error_response`."""
+    if not isinstance(exc, HTTPException):
+        # a ConfigError or similar at request time is a bug on our side; show
+        # a plain 500 page without details, log the rest for the operator
+        log.error("flask-ccsso: %s", exc)
+        return error_response(InternalServerError("Single sign-on is misconfigured; the operator has been told."))
+    if isinstance(exc, StepUpRequired):
+        identity = g.get("_ccsso_identity")
+        if wants_json() or not identity or getattr(identity, "via", None) == "bearer":
+            return error_response(exc)
+        nxt = request.full_path if request.method == "GET" else (
+            request.referrer and urlsplit(request.referrer).path) or "/"
+        return redirect(login_url_for(identity.provider, nxt.removesuffix("?"), get_state().url_prefix, exc.skill))
+    if isinstance(exc, LoginRequired) and not wants_json():
+        nxt = request.full_path.removesuffix("?") if request.method == "GET" else "/"
+        login_view = current_app.config.get("CCSSO_LOGIN_VIEW")
+        return redirect(url_for(login_view or "ccsso.choose", next=nxt))
+    return error_response(exc)
 
 
 def bearer_challenge(exc: CCSSOError) -> str:
@@ -114,8 +159,5 @@ def _q(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', "'")
 
 
-def login_url_for(provider: str, next_url: str, prefix: str, step_up_skill: str | None = None) -> str:
-    url = f"{prefix}/{provider}/login?next={quote(next_url, safe='/')}"
-    if step_up_skill:
-        url += f"&stepup={quote(step_up_skill, safe='')}"
-    return url
+__all__ = ["SECURITY_HEADERS", "add_security_headers", "bearer_challenge", "error_response", "handle_error",
+           "is_library_request", "library_security_headers", "login_url_for", "wants_json"]

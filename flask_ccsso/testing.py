@@ -36,6 +36,7 @@ from flask import Flask, session
 from flask.testing import FlaskClient
 
 from .identity import Identity
+from .state import get_state
 
 __all__ = ["CCSSOTestClient", "Record", "csrf_token_in", "listen_to", "log_out", "make_identity"]
 
@@ -55,8 +56,6 @@ def log_out(client: FlaskClient, **kwargs: Any) -> Any:
     then post its form with the CSRF token. Returns the POST's response
     (a 303 to the IdP's logout or to ``/sso/logged-out``). ``kwargs`` go to
     both requests (``headers=...``)."""
-    from .extension import get_state
-
     url = f"{get_state(client.application).url_prefix}/logout"
     page = client.get(url, **kwargs)
     token = csrf_token_in(page) if page.status_code == 200 else None
@@ -111,8 +110,6 @@ class CCSSOTestClient(FlaskClient):
 
     def sign_in(self, identity: Identity | Mapping[str, Any], *, tokens: dict[str, Any] | None = None) -> Identity:
         """Sign this client in as ``identity`` (a new server-side session); return it."""
-        from .extension import get_state
-
         app: Flask = self.application
         state = get_state(app)
         if not isinstance(identity, Identity):

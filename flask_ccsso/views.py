@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 
 from . import csrf, reasons, signals
 from ._validate import MAX_COUNT, setting_int, setting_number
+from .backchannel import handle_backchannel_logout
 from .exceptions import (
     AuthenticationFailed,
     CCSSOError,
@@ -32,9 +33,14 @@ from .exceptions import (
     RequestTooLarge,
     UnknownProvider,
 )
-from .providers.base import CallbackRequest, LoginRequest, limit_per_browser, saved_pending
+from .gate.freshness import max_auth_age
+from .gate.session import browser_binding, check_store
+from .providers.base import CallbackRequest, LoginRequest, Provider, limit_per_browser, saved_pending
+from .providers.oidc import OIDCProvider
+from .providers.saml import SAMLProvider
 from .responses import error_response, wants_json
-from .session import SESSION_KEY, browser_binding, check_store
+from .sessions.record import SESSION_KEY, SessionRecord, load_live
+from .state import CCSSOState, get_state
 
 log = logging.getLogger("flask_ccsso")
 
@@ -67,9 +73,7 @@ def safe_next(value: str | None, default: str = "/") -> str:
     return value
 
 
-def _state() -> Any:
-    from .extension import get_state
-
+def _state() -> CCSSOState:
     return get_state()
 
 
@@ -136,7 +140,7 @@ def login(provider: str) -> Response:
         skill = state.config.skills.get(step_up_skill)
         if skill is not None:
             req.force_authn = True
-            req.max_age = int(state.max_auth_age(skill))
+            req.max_age = int(max_auth_age(skill, state.config.session))
             req.acr_values = tuple(skill.acr_values)
             req.step_up_skill = step_up_skill
             req.previous_auth_time = _current_auth_time(provider)
@@ -174,12 +178,10 @@ def _over_login_rate(state: Any, provider: str) -> Response | None:
     count = state.store.incr(f"login-rate:{_client_key(request.remote_addr)}", window)
     if count <= count_max:
         return None
-    exc = LoginRateLimited()
+    exc = LoginRateLimited(retry_after=window)
     if count == count_max + 1:
         _fail(provider, exc)
-    resp = error_response(exc)
-    resp.headers["Retry-After"] = str(int(window))
-    return resp
+    return error_response(exc)
 
 
 def _bound_per_browser(state: Any) -> None:
@@ -227,12 +229,8 @@ def _check_settings(setup: Any) -> None:
 
 def _current_auth_time(provider: str) -> float | None:
     """``auth_time`` of this browser's signed-in session at ``provider``."""
-    data = session.get(SESSION_KEY)
-    ident = data.get("identity") if isinstance(data, dict) and not data.get("ended") else None
-    if not isinstance(ident, dict) or ident.get("provider") != provider:
-        return None
-    value = ident.get("auth_time")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    record = load_live(session.get(SESSION_KEY))
+    return record.auth_time if record is not None and record.provider == provider else None
 
 
 def _finish(provider: str, params_from_form: bool) -> Response:
@@ -336,7 +334,7 @@ def _early_body_limit(endpoint: str | None, values: dict[str, Any] | None) -> No
     app's included): the SAML endpoints' body limit is in force before any
     code of ours or the app's could parse the body."""
     if endpoint in ("ccsso.acs", "ccsso.slo") and request.method == "POST" and values:
-        prov = _state().providers.get(values.get("provider"))
+        prov = _state().providers.get(str(values.get("provider") or ""))
         if prov is not None:
             _set_body_limit(prov)
 
@@ -355,12 +353,18 @@ def metadata(provider: str) -> Response:
 def slo(provider: str) -> Response:
     """SAML single logout endpoint (IdP-initiated requests and SP-initiated responses)."""
     prov = _provider(provider)
-    if not hasattr(prov, "handle_slo"):
+    if not isinstance(prov, SAMLProvider):
         raise UnknownProvider("This provider has no SAML single logout.")
     try:
         if request.method == "POST":
             _bound_body(prov, form=False)
-        return prov.handle_slo(request, _state())  # type: ignore[no-any-return]
+        result = prov.handle_slo(request)
+        if result.subject is None:  # the IdP answered a logout started here
+            return redirect(url_for("ccsso.logged_out"))
+        count = _state().sessions.revoke_at_idp(prov.name, result.subject, result.idp_sessions)
+        signals.session_revoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                     subject=result.subject, provider=prov.name, count=count, reason="saml_slo")
+        return redirect(prov.logout_response_url(result.request_id or "", result.relay_state))
     except CCSSOError as exc:
         _fail_logout(provider, exc)
         raise
@@ -383,17 +387,15 @@ def _fail_logout(prov_name: str, exc: CCSSOError) -> None:
 @bp.route("/<provider>/backchannel-logout", methods=["POST"])
 def backchannel_logout(provider: str) -> Response:
     prov = _provider(provider)
-    handler = getattr(_state(), "backchannel_logout", None)
-    if handler is None or prov.protocol != "oidc":
+    if not isinstance(prov, OIDCProvider):
         raise UnknownProvider("This provider has no back-channel logout.")
-    return handler(prov, request)  # type: ignore[no-any-return]
+    return handle_backchannel_logout(_state(), prov, request)
 
 
 #: headers of the library's own confirm page: never framed (a sign-out button
 #: under someone else's page is clickjacking), never cached, no referrer out
-def _signed_in_record() -> dict[str, Any] | None:
-    data = session.get(SESSION_KEY)
-    return data if isinstance(data, dict) and "identity" in data and not data.get("ended") else None
+def _signed_in_record() -> SessionRecord | None:
+    return load_live(session.get(SESSION_KEY))
 
 
 def _confirm_logout(status: int, message: str) -> Response:
@@ -422,9 +424,7 @@ def logout() -> Any:
     record = _signed_in_record()
     if request.method != "POST":
         if wants_json():
-            resp = error_response(_LogoutNeedsPost())
-            resp.headers["Allow"] = "POST"
-            return resp
+            return error_response(_LogoutNeedsPost())
         if record is None:
             return redirect(url_for("ccsso.logged_out"), 302)
         return _confirm_logout(200, "Do you want to sign out?")
@@ -449,21 +449,22 @@ class _LogoutNeedsPost(CCSSOError, MethodNotAllowed):
         super().__init__()
         self.valid_methods = ["POST"]
 
+    def response_headers(self) -> dict[str, str]:
+        return {"Allow": "POST"}
 
-def _end_session(record: dict[str, Any] | None) -> Response:
+
+def _end_session(record: SessionRecord | None) -> Response:
     """End this browser's session here (and at the IdP, when it supports that)."""
     state = _state()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     target = url_for("ccsso.logged_out")
     if record is not None:
-        from .identity import Identity
-
-        identity = Identity.from_dict(record["identity"])
+        identity = record.person()
         prov = state.providers.get(identity.provider)
         idp_url = None
         if prov is not None:
             try:
-                idp_url = prov.logout_url(record.get("logout") or {}, url_for("ccsso.logged_out", _external=True))
+                idp_url = prov.logout_url(record.logout, url_for("ccsso.logged_out", _external=True))
             except CCSSOError:
                 idp_url = None
         state.forget_session(identity, session.sid)  # type: ignore[attr-defined]
@@ -482,10 +483,9 @@ def logged_out() -> str:
                            reason=None, action_url="/", action_label="Back to the portal")
 
 
-def register_callback_aliases(app: Flask, state: Any) -> None:
+def register_callback_aliases(app: Flask, providers: Mapping[str, Provider], prefix: str) -> None:
     """Serve each provider's callback at the path of its configured redirectUri too."""
-    prefix = state.url_prefix
-    for name, prov in state.providers.items():
+    for name, prov in providers.items():
         uri = getattr(prov.settings, "redirect_uri", None) or getattr(prov.settings, "acs_url", None)
         if not uri:
             continue

@@ -17,9 +17,7 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
-from example_app import create_app
 from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
-from flask_ccsso.session import _redis_client
 from flask_ccsso.stores import MemoryStore, RedisStore
 from tests.support.audit import PG_URL as AUDIT_PG_URL
 from tests.support.audit import Collector
@@ -152,7 +150,7 @@ def redis_app(make_app: Any, op: Any, prefix: str, closers: list[Callable[[], No
     """An app on the real Redis (sessions and shared state), under this test's prefix."""
 
     def factory(url: str = REDIS_URL, **session: Any) -> Any:
-        store = RedisStore(_redis_client(url), prefix=prefix)
+        store = RedisStore.from_url(url, prefix=prefix)
         app = make_app(session_config(op, {"type": "redis", "url": url, "keyPrefix": prefix}, **session), store=store)
         closers.append(app.session_interface.close)
         closers.append(store.close)
@@ -189,6 +187,8 @@ def saml_portal(make_app: Any, idp: SAMLIdP, tmp_path: Any) -> Callable[..., tup
 @pytest.fixture
 def example_portal(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Portal]:
     """The example app with its dev IdP, served on 127.0.0.1 so its back channel is real HTTP."""
+    from example_app import create_app  # here, so only the tests that use the example app import it
+
     holder: dict[str, Flask] = {}
 
     def dispatch(environ: Any, start_response: Any) -> Any:

@@ -22,7 +22,7 @@ import pytest
 from flask_ccsso.audit.spool import _finish, describe_io_error
 from flask_ccsso.exceptions import AuthenticationFailed
 from flask_ccsso.providers.saml_xml import parse_instant
-from flask_ccsso.session_keys import SessionKeys
+from flask_ccsso.sessions.keys import SessionKeys
 
 NEW_YEAR_2026 = 1767225600.0
 

@@ -6,7 +6,7 @@ Public names::
     init_audit(app, settings, *, clock=time.time) -> AuditPipeline
     AuditPipeline.emit(event_type, **fields) / .flush(timeout) / .close(timeout)
     verify_chain(engine, table="ccsso_audit_events") -> (ok, first_broken_event_id)
-    flask_ccsso.audit.cli.audit    -- the ``audit`` click group
+    flask_ccsso.cli.audit.audit    -- the ``audit`` click group (the CLI lives in ``flask_ccsso.cli``)
 """
 
 from __future__ import annotations

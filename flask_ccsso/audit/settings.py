@@ -12,10 +12,20 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .._validate import SECRET, check_keys, expect, expect_positive, expect_str_list, join, secret_field, url_field
+from .._validate import (
+    SECRET,
+    check_keys,
+    config_keys,
+    expect,
+    expect_str_list,
+    join,
+    parse_struct,
+    read_settings,
+    setting,
+)
 from ..exceptions import ConfigError
 from .events import OUTCOMES
 
@@ -28,28 +38,31 @@ DESTINATIONS = ("azure-log-analytics", "logging")
 KNOWN_EVENTS = tuple(OUTCOMES)
 DEFAULT_EVENTS = tuple(e for e in KNOWN_EVENTS if e != "skill.invoked")
 DEFAULT_TABLE = "ccsso_audit_events"
-AZURE_SCOPE = "https://monitor.azure.com/.default"
 AZURE_TOKEN_URL = "https://login.microsoftonline.com/{tenantId}/oauth2/v2.0/token"
 AZURE_API_VERSION = "2023-01-01"
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-_TOP_KEYS = (
-    "level", "destination", "events", "includeUserClaims", "includeGroupMemberships",
-    "destinations", "azureMonitor", "spoolDir", "queueSize", "batchSize", "flushInterval",
-    "failureThreshold", "retryAttempts", "retryBackoff", "maxBackoff", "maxFieldLength", "backlogSize",
-)
 _AZURE_KEYS = ("endpoint", "dcrImmutableId", "streamName", "tenantId", "clientId", "clientSecret", "tokenUrl",
                "scope")
 _AZURE_REQUIRED = ("endpoint", "dcrImmutableId", "streamName", "clientId", "clientSecret")
 _COMMON_SINK_KEYS = ("type", "name")
-_SINK_KEYS = {
-    "sqlalchemy": ("url", "table", "createTable"),
-    "http": ("url", "format", "token", "headers", "connectTimeout", "readTimeout", "verify", "maxBatchBytes",
-             "sourcetype", "index", "source", "host") + _AZURE_KEYS,
-    "logging": ("logger",),
-}
+
+
+def _read_count(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    """A JSON integer (not ``5.0``) of at least the field's ``minimum``."""
+    return _int(raw, key, path, default, meta.get("minimum", 1))
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def read(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+        return _choice(raw, key, choices, path, default)
+    return read
+
+
+def _read_verify(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    return expect(raw, key, (bool, str), path, default)
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class AzureMonitorSettings:
     client_id: str
     client_secret: str = field(repr=False, metadata=SECRET)
     token_url: str
-    scope: str = AZURE_SCOPE
+    scope: str = setting("scope", "https://monitor.azure.com/.default")
 
     @property
     def ingestion_url(self) -> str:
@@ -76,53 +89,85 @@ class SinkSettings:
 
     type: str
     name: str
-    url: str | None = url_field(default=None)  # may embed a password
+    url: str | None = setting("url", None, url=True)  # may embed a password
     # sqlalchemy
-    table: str = DEFAULT_TABLE
-    create_table: bool = True
+    table: str = setting("table", DEFAULT_TABLE)
+    create_table: bool = setting("createTable", True)
     # http
-    format: str = "json"
-    token: str | None = secret_field(default=None)
-    headers: Mapping[str, str] = secret_field(default_factory=dict)  # credentials, often
-    connect_timeout: float = 3.05
-    read_timeout: float = 10.0
-    verify: bool | str = True
-    max_batch_bytes: int = 900_000
-    sourcetype: str = "ccsso:audit"
-    index: str | None = None
-    source: str | None = None
-    host: str | None = None
+    format: str = setting("format", "json", read=_one_of(HTTP_FORMATS))
+    token: str | None = setting("token", None, secret=True)
+    headers: Mapping[str, str] = setting("headers", default_factory=dict, secret=True)  # credentials, often
+    connect_timeout: float = setting("connectTimeout", 3.05)
+    read_timeout: float = setting("readTimeout", 10.0)
+    verify: bool | str = setting("verify", True, read=_read_verify)
+    max_batch_bytes: int = setting("maxBatchBytes", 900_000, minimum=1024, read=_read_count)
+    sourcetype: str = setting("sourcetype", "ccsso:audit")
+    index: str | None = setting("index", None)
+    source: str | None = setting("source", None)
+    host: str | None = setting("host", None)
     azure: AzureMonitorSettings | None = None
     # logging
-    logger: str = "flask_ccsso.audit"
+    logger: str = setting("logger", "flask_ccsso.audit")
+
+
+#: the fields of :class:`SinkSettings` each sink type reads
+_SINK_FIELDS = {
+    "sqlalchemy": ("url", "table", "create_table"),
+    "http": ("url", "format", "token", "headers", "connect_timeout", "read_timeout", "verify", "max_batch_bytes",
+             "sourcetype", "index", "source", "host"),
+    "logging": ("logger",),
+}
+_SINK_KEY = {f.name: f.metadata["key"] for f in fields(SinkSettings) if "key" in f.metadata}
+#: the keys each sink type accepts (an http sink in the azure-monitor format takes the azureMonitor keys too)
+_SINK_KEYS = {kind: tuple(_SINK_KEY[n] for n in names) + (_AZURE_KEYS if kind == "http" else ())
+              for kind, names in _SINK_FIELDS.items()}
 
 
 @dataclass(frozen=True)
 class FailureThresholdSettings:
-    count: int = 5
-    window: float = 300.0
+    count: int = setting("count", 5, read=_read_count)
+    window: float = setting("window", 300.0)
+
+
+def _read_events(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    events = expect_str_list(raw, key, path, tuple(default))
+    for i, name in enumerate(events):
+        if name not in KNOWN_EVENTS:
+            close = difflib.get_close_matches(name, KNOWN_EVENTS, n=1, cutoff=0.6)
+            fix = f"did you mean '{close[0]}'?" if close else f"known events: {', '.join(KNOWN_EVENTS)}."
+            raise ConfigError(join(join(path, key), i), f"unknown event {name!r}.", fix)
+    return frozenset(events)
+
+
+def _read_threshold(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
+    """An object, or ``false`` to turn the alert off."""
+    if raw.get(key) is False:
+        return None
+    block = expect(raw, key, dict, path, None, fix='write it as {"count": 5, "window": 300}, or false to turn it off.')
+    return default if block is None else parse_struct(FailureThresholdSettings, block, join(path, key))
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     """The parsed ``logging`` block."""
 
-    level: str = "audit"
-    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
-    include_user_claims: bool = False
-    include_group_memberships: bool = False
+    level: str = setting("level", "audit", read=_one_of(LEVELS))
+    events: frozenset[str] = setting("events", frozenset(DEFAULT_EVENTS), read=_read_events)
+    include_user_claims: bool = setting("includeUserClaims", False)
+    include_group_memberships: bool = setting("includeGroupMemberships", False)
     destinations: tuple[SinkSettings, ...] = ()
-    spool_dir: str | None = None
-    queue_size: int = 10_000
-    batch_size: int = 100
-    flush_interval: float = 1.0
-    failure_threshold: FailureThresholdSettings | None = FailureThresholdSettings()
-    retry_attempts: int = 3
-    retry_backoff: float = 0.5
-    max_backoff: float = 60.0
-    max_field_length: int = 1024
+    spool_dir: str | None = setting("spoolDir", None)
+    queue_size: int = setting("queueSize", 10_000, read=_read_count)
+    batch_size: int = setting("batchSize", 100, read=_read_count)
+    flush_interval: float = setting("flushInterval", 1.0)
+    failure_threshold: FailureThresholdSettings | None = setting(  # noqa: RUF009 - a field specifier
+        "failureThreshold", default_factory=FailureThresholdSettings, read=_read_threshold)
+    retry_attempts: int = setting("retryAttempts", 3, read=_read_count)
+    retry_backoff: float = setting("retryBackoff", 0.5, allow_zero=True)
+    max_backoff: float = setting("maxBackoff", 60.0)
+    max_field_length: int = setting("maxFieldLength", 1024, minimum=64, read=_read_count)
     #: events kept in memory per sink while the sink is down *and* its spool cannot be written
-    backlog_size: int = 10_000
+    backlog_size: int = setting("backlogSize", 10_000, minimum=0, read=_read_count)
     #: things worth one warning at start-up (e.g. the seed's fallback)
     notices: tuple[str, ...] = ()
 
@@ -157,7 +202,7 @@ class AuditSettings:
 
 
 def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], path: str, default: str) -> str:
-    value = expect(raw, key, str, path, default)
+    value: str = expect(raw, key, str, path, default)
     if value not in choices:
         close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
         fix = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}."
@@ -195,7 +240,7 @@ def _azure(raw: Mapping[str, Any], path: str) -> AzureMonitorSettings:
     return AzureMonitorSettings(
         endpoint=endpoint, dcr_immutable_id=raw["dcrImmutableId"], stream_name=raw["streamName"],
         client_id=raw["clientId"], client_secret=raw["clientSecret"], token_url=token_url,
-        scope=expect(raw, "scope", str, path, AZURE_SCOPE),
+        **read_settings(AzureMonitorSettings, raw, path, only=("scope",)),
     )
 
 
@@ -212,20 +257,20 @@ def _sink(raw: Any, path: str, index: int, taken: set[str]) -> SinkSettings:
         raise ConfigError(join(path, "name"), f"{name!r} is not a usable name.",
                           "use 1-64 letters, digits, '-' or '_' (it names the spool file).")
     if kind == "logging":
-        return SinkSettings(type=kind, name=name, logger=expect(raw, "logger", str, path, "flask_ccsso.audit"))
+        return SinkSettings(type=kind, name=name, **read_settings(SinkSettings, raw, path, only=_SINK_FIELDS[kind]))
     if kind == "sqlalchemy":
-        url = expect(raw, "url", str, path, required=True,
-                     fix="set 'url' to a SQLAlchemy URL, e.g. \"postgresql+psycopg://audit@db/audit\" "
-                         "or \"sqlite:////var/lib/app/audit.db\".")
-        table = expect(raw, "table", str, path, DEFAULT_TABLE)
-        if not _TABLE.match(table):
-            raise ConfigError(join(path, "table"), f"{table!r} is not a plain SQL identifier.",
+        expect(raw, "url", str, path, required=True,
+               fix="set 'url' to a SQLAlchemy URL, e.g. \"postgresql+psycopg://audit@db/audit\" "
+                   "or \"sqlite:////var/lib/app/audit.db\".")
+        values = read_settings(SinkSettings, raw, path, only=_SINK_FIELDS[kind])
+        if not _TABLE.match(values["table"]):
+            raise ConfigError(join(path, "table"), f"{values['table']!r} is not a plain SQL identifier.",
                               "use letters, digits and '_' only.")
-        return SinkSettings(type=kind, name=name, url=url, table=table,
-                            create_table=expect(raw, "createTable", bool, path, True))
-    fmt = _choice(raw, "format", HTTP_FORMATS, path, "json")
+        return SinkSettings(type=kind, name=name, **values)
+    values = read_settings(SinkSettings, raw, path, only=_SINK_FIELDS[kind])
+    fmt = values["format"]
     azure = None
-    url = expect(raw, "url", str, path)
+    url = values.pop("url")
     if fmt == "azure-monitor":
         azure = _azure(raw, path)
         url = azure.ingestion_url
@@ -235,24 +280,13 @@ def _sink(raw: Any, path: str, index: int, taken: set[str]) -> SinkSettings:
                           "\"https://splunk:8088/services/collector/event\".")
     if not url.startswith(("https://", "http://")):
         raise ConfigError(join(path, "url"), "must be an http(s) URL.", "start the URL with https://.")
-    if fmt == "splunk-hec" and not expect(raw, "token", str, path):
+    if fmt == "splunk-hec" and not values["token"]:
         raise ConfigError(join(path, "token"), "is required for the Splunk HEC format.",
                           'set \'token\' to the HEC token, e.g. "${SPLUNK_HEC_TOKEN}".')
-    headers = expect(raw, "headers", dict, path, {})
-    for hk, hv in headers.items():
+    for hk, hv in values["headers"].items():
         if not isinstance(hv, str):
             raise ConfigError(join(join(path, "headers"), hk), "must be a string.", "quote the header value.")
-    verify = expect(raw, "verify", (bool, str), path, True)
-    return SinkSettings(
-        type=kind, name=name, url=url, format=fmt, token=expect(raw, "token", str, path),
-        headers=dict(headers),
-        connect_timeout=expect_positive(raw, "connectTimeout", path, 3.05),
-        read_timeout=expect_positive(raw, "readTimeout", path, 10.0),
-        verify=verify, max_batch_bytes=_int(raw, "maxBatchBytes", path, 900_000, 1024),
-        sourcetype=expect(raw, "sourcetype", str, path, "ccsso:audit"),
-        index=expect(raw, "index", str, path), source=expect(raw, "source", str, path),
-        host=expect(raw, "host", str, path), azure=azure,
-    )
+    return SinkSettings(type=kind, name=name, url=url, azure=azure, **values)
 
 
 def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") -> AuditSettings:
@@ -265,15 +299,8 @@ def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") ->
     if not isinstance(raw, Mapping):
         raise ConfigError(path, f"must be an object, not {type(raw).__name__}.",
                           'write it as {"level": "audit", ...}.')
-    check_keys(raw, _TOP_KEYS, path)
-    level = _choice(raw, "level", LEVELS, path, "audit")
-
-    events = expect_str_list(raw, "events", path, DEFAULT_EVENTS)
-    for i, name in enumerate(events):
-        if name not in KNOWN_EVENTS:
-            close = difflib.get_close_matches(name, KNOWN_EVENTS, n=1, cutoff=0.6)
-            fix = f"did you mean '{close[0]}'?" if close else f"known events: {', '.join(KNOWN_EVENTS)}."
-            raise ConfigError(join(join(path, "events"), i), f"unknown event {name!r}.", fix)
+    check_keys(raw, (*config_keys(AuditSettings), "destination", "destinations", "azureMonitor"), path)
+    values = read_settings(AuditSettings, raw, path)
 
     notices: list[str] = []
     sinks: list[SinkSettings] = []
@@ -316,36 +343,7 @@ def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") ->
                               "give each destination its own 'name'.")
         seen.add(sink.name)
 
-    ft_raw = raw.get("failureThreshold", {})
-    failure: FailureThresholdSettings | None
-    if ft_raw is False:
-        failure = None
-    else:
-        ft_raw = expect(raw, "failureThreshold", dict, path, {},
-                        fix='write it as {"count": 5, "window": 300}, or false to turn it off.')
-        fpath = join(path, "failureThreshold")
-        check_keys(ft_raw, ("count", "window"), fpath)
-        failure = FailureThresholdSettings(count=_int(ft_raw, "count", fpath, 5),
-                                           window=expect_positive(ft_raw, "window", fpath, 300.0))
-
-    return AuditSettings(
-        level=level,
-        events=frozenset(events),
-        include_user_claims=expect(raw, "includeUserClaims", bool, path, False),
-        include_group_memberships=expect(raw, "includeGroupMemberships", bool, path, False),
-        destinations=tuple(sinks),
-        spool_dir=expect(raw, "spoolDir", str, path),
-        queue_size=_int(raw, "queueSize", path, 10_000),
-        batch_size=_int(raw, "batchSize", path, 100),
-        flush_interval=expect_positive(raw, "flushInterval", path, 1.0),
-        failure_threshold=failure,
-        retry_attempts=_int(raw, "retryAttempts", path, 3),
-        retry_backoff=expect_positive(raw, "retryBackoff", path, 0.5, allow_zero=True),
-        max_backoff=expect_positive(raw, "maxBackoff", path, 60.0),
-        max_field_length=_int(raw, "maxFieldLength", path, 1024, 64),
-        backlog_size=_int(raw, "backlogSize", path, 10_000, 0),
-        notices=tuple(notices),
-    )
+    return AuditSettings(destinations=tuple(sinks), notices=tuple(notices), **values)
 
 
 __all__ = ["AuditSettings", "AzureMonitorSettings", "FailureThresholdSettings", "SinkSettings",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -82,6 +81,17 @@ _SQLITE_NAMES = {
     "database table is locked": "SQLITE_LOCKED",
     "interrupted": "SQLITE_INTERRUPT",
 }
+
+
+def _fcntl() -> Any:
+    """``fcntl``, imported when the replay lock is first taken: it is POSIX only,
+    and importing the package must work everywhere."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        raise SpoolError("the audit spool's replay lock needs a POSIX system (fcntl: Linux, macOS, BSD); "
+                         "run with the audit spool on such a system, or turn the spool off.") from None
+    return fcntl
 
 
 def _spool_error(exc: BaseException) -> SpoolError:
@@ -384,6 +394,7 @@ class Spool:
         """Take the replay lock (non-blocking). Held until :meth:`release_replay`."""
         if self._lock_fd is not None:
             return True
+        fcntl = _fcntl()
         try:
             ensure_dir(self.directory)
             fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
@@ -400,7 +411,7 @@ class Spool:
     def release_replay(self) -> None:
         if self._lock_fd is not None:
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                _fcntl().flock(self._lock_fd, _fcntl().LOCK_UN)
             finally:
                 os.close(self._lock_fd)
                 self._lock_fd = None

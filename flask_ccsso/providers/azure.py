@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .. import reasons
+from ..config import AzureADSettings
 from ..exceptions import AuthenticationFailed, IdPUnavailable
 from .keys import MAX_IDP_RESPONSE_BYTES, loads_strict, read_capped
 from .oidc import OIDCProvider
@@ -39,6 +40,7 @@ _MAX_GRAPH_PAGES = 50
 
 class AzureADProvider(OIDCProvider):
     type: ClassVar[str] = "azure-ad"
+    settings_class = AzureADSettings
 
     def expected_issuer(self) -> str:
         # with a domain as tenantId, Entra's issuer carries the tenant GUID;

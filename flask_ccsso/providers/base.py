@@ -20,6 +20,7 @@ sign-ins one client address may start per window.
 
 from __future__ import annotations
 
+import builtins
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -86,6 +87,22 @@ class LoginResult:
     step_up: bool = False
 
 
+@dataclass(frozen=True)
+class SingleLogout:
+    """What a verified single-logout message from the IdP asks of the app.
+
+    ``subject`` ``None``: it answered a logout started here (nothing more to
+    end). Otherwise the IdP's logout request: end ``subject``'s sessions at
+    this provider, narrowed to those started by one of ``idp_sessions`` when
+    given, then answer request ``request_id`` (with ``relay_state``).
+    """
+
+    subject: str | None
+    idp_sessions: tuple[str, ...] = ()
+    request_id: str | None = None
+    relay_state: str | None = None
+
+
 class Provider(ABC):
     """Base class: one configured IdP."""
 
@@ -93,6 +110,13 @@ class Provider(ABC):
     type: ClassVar[str]
     #: ``"oidc"`` or ``"saml"``
     protocol: ClassVar[str]
+    #: this type's settings struct: its fields declare the type's config keys
+    settings_class: ClassVar[builtins.type[ProviderSettings]]
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """The keys a provider block of this type may hold."""
+        return cls.settings_class.config_keys()
 
     def __init__(self, settings: ProviderSettings, *, store: SharedStore, clock: Callable[[], float],
                  http: requests.Session | None = None) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import (
     BadSignatureError,
     ClaimError,
@@ -40,9 +40,9 @@ from joserfc.errors import (
 from joserfc.jws import JWSRegistry
 
 from .. import reasons
-from ..config import OIDCSettings, is_loopback_host
+from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
-from ..identity import Identity
+from ..identity import FUTURE, Identity, auth_time_problem
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider
 from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, finite_number, loads_strict, read_capped
 
@@ -67,17 +67,23 @@ def _safe_code(value: str) -> str:
     return "".join(c for c in value[:64] if c.isalnum() or c in "_-.:") or "?"
 
 
-def _peek_header(token: str) -> dict[str, Any]:
-    """Read the JOSE header without trusting it (to pick the key and check alg)."""
+def peek_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A compact JWS's header and payload, *unverified* (joserfc's own
+    extraction, then JSON): only to pick the provider and the key, and
+    to refuse early what is not the kind of token asked for; everything is
+    verified afterwards. The one unverified peek in the package. Anything
+    attacker input can make the decoding raise -- bad base64, not UTF-8, not
+    JSON, nesting deep enough for ``RecursionError``, no ``alg`` -- is
+    "malformed" (a 401 / 400), never a traceback."""
     try:
-        head = token.split(".", 1)[0]
-        head += "=" * (-len(head) % 4)
-        data = json.loads(base64.urlsafe_b64decode(head.encode("ascii")))
-    except (ValueError, UnicodeError):
+        obj = jws.extract_compact(token.encode("ascii"))
+        header = dict(obj.headers())
+        claims = json.loads(obj.payload)  # what the verified decode will read too
+    except (JoseError, ValueError, UnicodeError, RecursionError, TypeError, AttributeError):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN) from None
-    if not isinstance(data, dict):
+    if not isinstance(claims, dict):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
-    return data
+    return header, claims
 
 
 def _unverified_sub(token: Any) -> str | None:
@@ -85,12 +91,70 @@ def _unverified_sub(token: Any) -> str | None:
     if not isinstance(token, str) or token.count(".") != 2:
         return None
     try:
-        part = token.split(".")[1]
-        data = json.loads(base64.urlsafe_b64decode((part + "=" * (-len(part) % 4)).encode("ascii")))
-    except (ValueError, UnicodeError):
+        sub = peek_jwt(token)[1].get("sub")
+    except AuthenticationFailed:
         return None
-    sub = data.get("sub") if isinstance(data, dict) else None
     return sub if isinstance(sub, str) else None
+
+
+def audiences(claims: Mapping[str, Any]) -> list[str]:
+    """``aud`` as a list of strings (a string or a list; anything else: none)."""
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list):
+        return [a for a in aud if isinstance(a, str)]
+    return []
+
+
+def token_scopes(claims: Mapping[str, Any]) -> list[str]:
+    """``scp`` / ``scope`` (space-separated or a list) of an access token or
+    introspection answer, sorted and without repeats."""
+    out: list[str] = []
+    for key in ("scp", "scope"):
+        v = claims.get(key)
+        if isinstance(v, str):
+            out.extend(v.split())
+        elif isinstance(v, list):
+            out.extend(s for s in v if isinstance(s, str))
+    return sorted(set(out))
+
+
+#: RFC 9068 2.1: the ``typ`` header of an access token, when present
+_ACCESS_TOKEN_TYP = {"jwt", "at+jwt"}
+#: claims only ID tokens / logout tokens / security event tokens carry
+_NOT_ACCESS_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
+#: Keycloak's ``typ`` *claim* of ID, refresh and logout tokens
+NOT_ACCESS_TOKEN_TYP = {"id", "refresh", "offline", "logout"}
+SENDER_CONSTRAINED = ("The access token is bound to a key (DPoP or mutual TLS, 'cnf') and is not accepted "
+                      "with the Bearer scheme: this API cannot verify the proof of possession.")
+
+#: OIDC Back-Channel Logout 1.0: the event a logout token carries
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: logout tokens issued longer ago than this (seconds) are refused; the jti
+#: replay cache keeps ids at least this long
+LOGOUT_TOKEN_MAX_AGE = 600.0
+_LOGOUT_TYPES = {"logout+jwt", "application/logout+jwt", "jwt"}
+
+
+def _invalid(description: str) -> AuthenticationFailed:
+    return AuthenticationFailed(description, reason=reasons.INVALID_TOKEN)
+
+
+def check_access_token_type(header: Mapping[str, Any]) -> None:
+    """RFC 9068 2.1: ``typ``, when present, is ``JWT`` or ``at+jwt``: an ID
+    token for another purpose, a logout token, ... is refused (before the
+    issuer is even looked at)."""
+    typ = header.get("typ")
+    if typ is not None and str(typ).lower().removeprefix("application/") not in _ACCESS_TOKEN_TYP:
+        raise _invalid("The token is not an access token (typ).")
+
+
+class InvalidLogoutToken(AuthenticationFailed):
+    """A back-channel logout token failed a check of OIDC Back-Channel Logout 2.6."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, reason=reasons.INVALID_TOKEN)
 
 
 def _half_hash(value: str, alg: str) -> str:
@@ -108,9 +172,10 @@ class OIDCProvider(Provider):
 
     type: ClassVar[str] = "oidc"
     protocol: ClassVar[str] = "oidc"
+    settings_class = OIDCSettings
     settings: OIDCSettings
 
-    def __init__(self, settings: OIDCSettings, **kwargs: Any) -> None:  # type: ignore[override]
+    def __init__(self, settings: OIDCSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         s = settings
         self.discovery = TTLDocument(self._load_discovery, s.discovery_ttl, self.clock)
@@ -186,7 +251,7 @@ class OIDCProvider(Provider):
         endpoint = meta["authorization_endpoint"]
         parts = urlsplit(endpoint)
         query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        return str(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), "")))
 
     def finish_login(self, req: CallbackRequest) -> LoginResult:
         args = req.args
@@ -309,7 +374,7 @@ class OIDCProvider(Provider):
         algs = algorithms or self.settings.allowed_algorithms
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
             raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
-        header = _peek_header(token)
+        header = peek_jwt(token)[0]
         alg = header.get("alg")
         if alg not in algs:
             raise AuthenticationFailed(f"Token algorithm {str(alg)[:16]!r} is not allowed.", reason=reasons.INVALID_TOKEN)
@@ -363,8 +428,7 @@ class OIDCProvider(Provider):
         header, claims = self.decode_jwt(id_token)
         if claims.get("iss") != self.expected_issuer():
             raise AuthenticationFailed("The ID token was issued by someone else.", reason=reasons.ISSUER_MISMATCH)
-        aud = claims.get("aud")
-        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        auds = audiences(claims)
         if self.settings.client_id not in auds:
             raise AuthenticationFailed("The ID token is meant for another application.", reason=reasons.INVALID_AUDIENCE)
         azp = claims.get("azp")
@@ -385,6 +449,119 @@ class OIDCProvider(Provider):
         self.check_claims(claims)
         return claims
 
+    # -- access tokens (RFC 9068) and logout tokens -----------------------------------------
+    def accepted_access_token_issuers(self) -> tuple[str, ...]:
+        """The ``iss`` values this provider's access tokens carry."""
+        return (self.expected_issuer(),)
+
+    def check_client(self, claims: Mapping[str, Any]) -> None:
+        """``allowedClients``: only tokens obtained by these OAuth clients
+        (``client_id`` per RFC 9068, ``azp``, Okta's ``cid``, Entra's ``appid``)
+        may call the API. Off by default: RFC 9068 lets any client of the
+        audience call it."""
+        allowed = self.settings.allowed_clients
+        if not allowed:
+            return
+        cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
+        if not isinstance(cid, str) or cid not in allowed:
+            raise _invalid("The token was obtained by a client that may not call this API.")
+
+    def validate_access_token(self, token: str) -> tuple[dict[str, Any], Identity]:
+        """A JWT access token (RFC 9068, Okta / Entra ID formats) whose issuer
+        picked this provider: the signature (:meth:`decode_jwt`), ``iss`` one
+        of :meth:`accepted_access_token_issuers`, ``aud`` one of ``audience``,
+        not an ID / logout token, not sender-constrained (``cnf``: on the
+        Bearer scheme nobody proves holding its key, RFC 9449 7.2, RFC 8705 3),
+        a ``sub``, ``allowedClients``, ``exp`` required and ``nbf`` / ``iat``
+        not in the future (with ``clockSkew``), and the preset's checks.
+        Returns the claims and the identity (``via="bearer"``)."""
+        try:
+            _, claims = self.decode_jwt(token)
+            if claims.get("iss") not in self.accepted_access_token_issuers():
+                raise _invalid("The token was issued by someone else.")
+            if not any(a in self.settings.audience for a in audiences(claims)):
+                raise _invalid("The token is meant for another application (aud).")
+            # an ID token (nonce, at_hash / c_hash / s_hash, Keycloak's typ
+            # claim "ID") or a logout token / security event (events) is not
+            # an access token, even when its aud is our client id: ID tokens
+            # travel in URLs (id_token_hint) and must not open the API
+            typ = claims.get("typ")
+            if any(k in claims for k in _NOT_ACCESS_TOKEN_CLAIMS) or (
+                    isinstance(typ, str) and typ.lower() in NOT_ACCESS_TOKEN_TYP):
+                raise _invalid("An ID token is not an access token.")
+            if "cnf" in claims:
+                raise _invalid(SENDER_CONSTRAINED)
+            if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+                raise _invalid("The token has no subject.")
+            self.check_client(claims)
+            self._check_time_claims(claims, essential=("exp",))
+            self.check_claims(claims)
+        except AuthenticationFailed as exc:
+            exc.extra.setdefault("provider", self.name)
+            raise
+        return claims, self.build_identity(claims, {"scope": token_scopes(claims)}, via="bearer")
+
+    def validate_logout_token(self, token: str) -> dict[str, Any]:
+        """OIDC Back-Channel Logout 1.0 section 2.6, steps 1-6, in its order:
+        the signature as an ID token's (an explicit ``typ`` must be
+        ``logout+jwt`` or ``JWT``, so an access token cannot be replayed
+        here); ``iss``, ``aud``, ``iat`` (present, not in the future, not
+        older than :data:`LOGOUT_TOKEN_MAX_AGE`), ``exp`` (optional) with
+        ``clockSkew``; ``sub`` and/or ``sid``; the back-channel ``events``
+        member; no ``nonce``; and a ``jti`` not seen before (an atomic ``add``
+        in the shared store, so the check holds across workers). Returns the
+        claims; raises :class:`InvalidLogoutToken`."""
+        try:
+            header, claims = self.decode_jwt(token)
+        except AuthenticationFailed as exc:
+            raise InvalidLogoutToken(exc.description or "The logout token is not valid.") from None
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES):
+            raise InvalidLogoutToken("The token is not a logout token (typ).")
+        if claims.get("iss") != self.expected_issuer():
+            raise InvalidLogoutToken("The logout token was issued by someone else.")
+        if self.settings.client_id not in audiences(claims):
+            raise InvalidLogoutToken("The logout token is meant for another application.")
+        now = self.clock()
+        skew = float(self.settings.clock_skew)
+        iat = claims.get("iat")
+        if not isinstance(iat, (int, float)) or isinstance(iat, bool):
+            raise InvalidLogoutToken("The logout token has no iat.")
+        if iat > now + skew:
+            raise InvalidLogoutToken("The logout token was issued in the future.")
+        if iat < now - LOGOUT_TOKEN_MAX_AGE - skew:
+            raise InvalidLogoutToken("The logout token is too old.")
+        exp = claims.get("exp")
+        if exp is not None and (not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= now - skew):
+            raise InvalidLogoutToken("The logout token has expired.")
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if sub is not None and (not isinstance(sub, str) or not sub):
+            raise InvalidLogoutToken("The logout token's sub is not a string.")
+        if sid is not None and (not isinstance(sid, str) or not sid):
+            raise InvalidLogoutToken("The logout token's sid is not a string.")
+        if sub is None and sid is None:
+            raise InvalidLogoutToken("The logout token names neither sub nor sid.")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+            raise InvalidLogoutToken("The logout token has no back-channel logout event.")
+        if "nonce" in claims:
+            raise InvalidLogoutToken("A logout token must not contain a nonce.")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise InvalidLogoutToken("The logout token has no jti.")
+        keep = max(LOGOUT_TOKEN_MAX_AGE + 2 * skew, (float(exp) - now + skew) if exp is not None else 0.0)
+        if not self.store.add(self._jti_key(jti), "1", keep):
+            raise InvalidLogoutToken("The logout token was already used.")
+        return claims
+
+    def _jti_key(self, jti: str) -> str:
+        return f"bcl-jti:{self.name}:{jti}"
+
+    def forget_logout_token(self, jti: str) -> None:
+        """Let a logout token be used again (its sessions could not be ended:
+        the IdP's retry must not be refused as a replay)."""
+        self.store.delete(self._jti_key(jti))
+
     def check_freshness(self, claims: Mapping[str, Any], *, max_age: int | None, acr_values: tuple[str, ...],
                         force: bool, started_at: float | None,
                         previous_auth_time: float | None = None) -> None:
@@ -397,12 +574,16 @@ class OIDCProvider(Provider):
         # and would pass every freshness test below
         auth_time = finite_number(claims.get("auth_time"))
         if max_age is not None or force:
+            # the one freshness rule; max_age widened by the skew: the IdP's
+            # auth_time is compared with our clock
+            problem = auth_time_problem(auth_time, now=now, max_age=None if max_age is None else max_age + leeway,
+                                        skew=leeway)
             if auth_time is None:
                 raise AuthenticationFailed("The identity provider did not say when you signed in.",
                                            reason=reasons.STEPUP_NOT_SATISFIED)
-            if auth_time > now + leeway:
+            if problem == FUTURE:
                 raise AuthenticationFailed("The sign-in time is in the future.", reason=reasons.INVALID_TOKEN)
-            if max_age is not None and now - auth_time > max_age + leeway:
+            if problem is not None:
                 raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
                                            reason=reasons.STEPUP_NOT_SATISFIED)
             if (force and previous_auth_time is not None and max_age is not None and started_at is not None
@@ -515,3 +696,4 @@ class OktaProvider(OIDCProvider):
     in the ``groups`` claim (add a Groups claim to the authorization server)."""
 
     type: ClassVar[str] = "okta"
+    settings_class = OktaSettings

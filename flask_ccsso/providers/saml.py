@@ -48,11 +48,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from .. import reasons, signals
+from .. import reasons
 from ..config import SAMLSettings
 from ..exceptions import AuthenticationFailed, ConfigError, IdPUnavailable
 from ..identity import Identity
-from .base import CallbackRequest, LoginRequest, LoginResult, Provider
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider, SingleLogout
 from .saml_metadata import IdPMetadata, MetadataSource
 from .saml_verify import refuse_unless_verified
 from .saml_xml import SAML, SAMLP, Scan, decode_b64, parse_instant, refuse, scan
@@ -60,7 +60,6 @@ from .saml_xmlsec import ASSERTION_SIGNATURE, DECRYPTED_ASSERTION_SIGNATURE, RES
 
 if TYPE_CHECKING:
     from flask import Request
-    from werkzeug.wrappers import Response
 
 log = logging.getLogger("flask_ccsso")
 
@@ -231,9 +230,10 @@ class SAMLProvider(Provider):
 
     type: ClassVar[str] = "saml"
     protocol: ClassVar[str] = "saml"
+    settings_class = SAMLSettings
     settings: SAMLSettings
 
-    def __init__(self, settings: SAMLSettings, **kwargs: Any) -> None:  # type: ignore[override]
+    def __init__(self, settings: SAMLSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         s = settings
         from saml2.sigver import get_xmlsec_binary
@@ -982,24 +982,26 @@ class SAMLProvider(Provider):
         if sc.destination != request.base_url:
             raise refuse(f"The {what} was sent to another address (Destination).")
 
-    def handle_slo(self, request: Request, state: Any) -> Response:
+    def handle_slo(self, request: Request) -> SingleLogout:
         """The SLO endpoint: IdP-initiated LogoutRequests and answers to ours.
 
         Nothing is inflated or parsed before its signature has been verified
-        over the exact octets it is decoded from."""
+        over the exact octets it is decoded from. Returns what the verified
+        message asks for; the view ends the sessions, announces it and
+        answers (:meth:`logout_response_url`): a provider takes no access
+        decisions."""
         idp = self.idp()
         params = self._slo_params(request)
         if "SAMLResponse" in params:
-            return self._finish_logout(request, params, idp)
+            self._finish_logout(request, params, idp)
+            return SingleLogout(subject=None)
         if "SAMLRequest" not in params:
             raise refuse("The logout endpoint needs a SAMLRequest or SAMLResponse.", reasons.BAD_REQUEST)
         if request.method != "GET":
             raise refuse("IdP-initiated logout is accepted over the HTTP-Redirect binding only.", reasons.BAD_REQUEST)
-        return self._idp_logout(request, params, idp, state)
+        return self._idp_logout(request, params, idp)
 
-    def _idp_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata, state: Any) -> Response:
-        from flask import current_app, redirect
-
+    def _idp_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata) -> SingleLogout:
         s = self.settings
         self._verify_redirect_signature(params, "SAMLRequest", idp)
         xml = self._inflate(unquote_plus(params["SAMLRequest"]), "GET")
@@ -1021,45 +1023,15 @@ class SAMLProvider(Provider):
         if not sc.id or not self.store.add(f"saml-logout:{self.name}:{sc.id}", "1", s.login_state_ttl + 2 * skew):
             raise refuse("This logout request was already used.", reasons.REPLAYED)
         indexes = [(e.text or "").strip() for e in root.findall(f"{{{SAMLP}}}SessionIndex")]
-        count = self._end_sessions(state, name_id, [i for i in indexes if i])
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        signals.session_revoked.send(app, subject=name_id, provider=self.name, count=count, reason="saml_slo")
         relay = unquote_plus(params["RelayState"]) if "RelayState" in params else None
-        return redirect(self._logout_response(idp, sc.id, relay))
+        return SingleLogout(subject=name_id, idp_sessions=tuple(i for i in indexes if i), request_id=sc.id,
+                            relay_state=relay)
 
-    def _end_sessions(self, state: Any, name_id: str, indexes: list[str]) -> int:
-        """End this provider's sessions of ``name_id``; with SessionIndexes,
-        only those of them that carry one of the indexes (SAML core 3.7.3.2).
-
-        A session index is the IdP's word, not a secret: a LogoutRequest
-        naming one person never ends another person's session, and only the
-        matched sessions leave the index (the others stay reachable by the
-        next LogoutRequest that names them)."""
-        store = state.store
-        user_key = f"user:{self.name}:{name_id}"
-        mine = set(store.set_members(user_key))
-        if indexes:
-            ended: set[str] = set()
-            for si in indexes:
-                key = f"idpsid:{self.name}:{si}"
-                matched = set(store.set_members(key)) & mine
-                if matched:
-                    ended |= matched
-                    store.set_remove(key, *matched)
-        else:
-            ended = mine
-        count = state.revoke_sids(ended)
-        if ended:
-            store.set_remove(user_key, *ended)
-        return int(count)
-
-    def _finish_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata) -> Response:
+    def _finish_logout(self, request: Request, params: Mapping[str, str], idp: IdPMetadata) -> None:
         """A LogoutResponse to a LogoutRequest we sent: signed by the IdP
         (redirect: the query signature; POST: the XML signature, verified by
         xmlsec1 with the metadata certificates), from the IdP, to this
         endpoint, answering an outstanding request once, with a status."""
-        from flask import redirect, url_for
-
         encoded = unquote_plus(params["SAMLResponse"])
         if request.method == "GET":
             self._verify_redirect_signature(params, "SAMLResponse", idp)
@@ -1078,7 +1050,11 @@ class SAMLProvider(Provider):
         if code is None or code.get("Value") != STATUS_SUCCESS:
             # the local session ended at /sso/logout already; the IdP's may not have
             raise refuse("The identity provider could not end its session; sign out there too.", reasons.IDP_ERROR)
-        return redirect(url_for("ccsso.logged_out"))
+
+    def logout_response_url(self, in_response_to: str, relay: str | None) -> str:
+        """Where to send the browser after an IdP-initiated logout: our
+        signed LogoutResponse, to the IdP's SLO endpoint."""
+        return self._logout_response(self.idp(), in_response_to, relay)
 
     def _logout_response(self, idp: IdPMetadata, in_response_to: str, relay: str | None) -> str:
         from saml2 import time_util

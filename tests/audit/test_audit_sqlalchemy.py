@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from flask import Flask
 
 from flask_ccsso.audit import init_audit, parse_logging_block, verify_chain
-from flask_ccsso.audit.cli import audit
 from flask_ccsso.audit.events import build_event
 from flask_ccsso.audit.sinks.sqlalchemy import audit_table, create_table, tail, write_events
+from flask_ccsso.cli.audit import audit
 from tests.support.audit import PG_URL, fast_block, make_app
 
 

@@ -15,8 +15,9 @@ from flask import Flask
 from flask.cli import ScriptInfo
 
 from flask_ccsso import ConfigError
-from flask_ccsso.check import check_config, mask_url
 from flask_ccsso.cli import cli
+from flask_ccsso.cli._common import mask_url
+from flask_ccsso.cli.check import check_config
 from tests.support.cli import make, oidc, run
 from tests.support.local_op import CLIENT_SECRET
 
@@ -75,7 +76,7 @@ def test_offline_skips_the_network(tmp_path: Any) -> None:
 
 
 def test_clock_skew_beyond_the_accepted_leeway_exits_2(tmp_path: Any, op: Any, monkeypatch: Any) -> None:
-    from flask_ccsso import check
+    from flask_ccsso.cli import check
 
     class Ahead:
         @staticmethod
@@ -93,7 +94,7 @@ def test_clock_skew_beyond_the_accepted_leeway_exits_2(tmp_path: Any, op: Any, m
 
 
 def test_small_clock_skew_is_a_warning(tmp_path: Any, op: Any, monkeypatch: Any) -> None:
-    from flask_ccsso import check
+    from flask_ccsso.cli import check
 
     class Behind:
         @staticmethod

@@ -6,13 +6,8 @@ import json
 
 import pytest
 
-from flask_ccsso.skills_cli import explain
-from tests.support.skills import add_skill_routes, sign_in, skills_config
-
-
-@pytest.fixture
-def app(make_app, op):
-    return add_skill_routes(make_app(skills_config(op)))
+from flask_ccsso.cli.skills import explain
+from tests.support.skills import sign_in
 
 
 def run(app, *args):

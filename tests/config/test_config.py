@@ -185,14 +185,23 @@ def test_redirect_uri_clash_with_app_route_before_init(tmp_path):
     assert e.value.path == "auth.redirectUri" and "/sso/oidc/callback" in str(e.value)
 
 
-def test_redirect_uri_clash_with_app_route_after_init(tmp_path):
+def test_redirect_uri_clash_with_app_route_after_init(tmp_path, caplog):
+    """A clashing route added after init_app is refused before the app serves
+    anything: the first request (and every one after it, until fixed) gets a
+    500 page and the log names the key and the fix; the view never runs."""
     app = _app(tmp_path, CCSSO={"auth": {"provider": "oidc", "clientId": "c", "issuer": "https://idp.example.com",
                                          "redirectUri": "https://portal.example.com/callback"}})
     CCSSO(app, store=MemoryStore())
-    with pytest.raises(ConfigError, match="auth.redirectUri"):
-        @app.get("/callback")
-        def mine():
-            return "mine"
+
+    @app.get("/callback")
+    def mine():
+        return "mine"
+
+    for path in ("/callback", "/elsewhere"):
+        with caplog.at_level("ERROR", logger="flask_ccsso"):
+            resp = app.test_client().get(path)
+        assert resp.status_code == 500 and b"mine" not in resp.data
+    assert any("auth.redirectUri" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_config_and_secret_key(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flask_ccsso import signals
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from flask_ccsso.testing import listen_to
 from tests.support.sessions import COOKIE, REDIS_URL, login
 
@@ -170,13 +170,12 @@ WORKER = r"""
 import json, sys, time
 from flask import Flask
 from flask_ccsso import CCSSO, current_identity, login_required
-from flask_ccsso.session import _redis_client
 from flask_ccsso.stores import RedisStore
 
 cfg, now, sid, start, prefix, url = json.loads(sys.argv[1]), float(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
 app = Flask("worker")
 app.config.update(SECRET_KEY="test-secret", CCSSO=cfg)
-store = RedisStore(_redis_client(url), prefix=prefix)
+store = RedisStore.from_url(url, prefix=prefix)
 CCSSO(app, clock=lambda: now, store=store)
 
 @app.get("/me")

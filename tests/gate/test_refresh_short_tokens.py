@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.oidc import oidc_config
 from tests.support.sessions import login
 

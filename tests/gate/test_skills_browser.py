@@ -203,7 +203,7 @@ def test_truncated_groups_are_not_no_groups(make_app, op, clock):
 
     app = make_app(skills_config(op))
     state = app.extensions["ccsso"]
-    pol = SkillPolicy(state)
+    pol = SkillPolicy(state.config, state.providers, state.clock)
     skill = state.config.skills["security-audit"]
     partial = Identity(subject="s", provider="op", groups=frozenset({"staff"}), scopes=frozenset({"security:read"}),
                        groups_complete=False)
@@ -238,7 +238,7 @@ def test_providers_restriction(make_app, op):
     app = make_app(skills_config(op))
     state = app.extensions["ccsso"]
     skill = state.config.skills["op-only"]
-    pol = SkillPolicy(state)
+    pol = SkillPolicy(state.config, state.providers, state.clock)
     assert pol.evaluate(skill, Identity(subject="s", provider="op"), remote_addr=None).allowed
     d = pol.evaluate(skill, Identity(subject="s", provider="elsewhere"), remote_addr=None)
     assert not d.allowed and d.condition == "providers"
@@ -255,7 +255,7 @@ def test_saml_scopes_from_groups_mapping(make_app, op):
     state.providers["google"] = SimpleNamespace(settings=SimpleNamespace(
         scopes_from_groups={"security-team": ("security:read",)}))
     try:
-        pol = SkillPolicy(state)
+        pol = SkillPolicy(state.config, state.providers, state.clock)
         ident = Identity(subject="s", provider="google", groups=frozenset({"security-team"}))
         assert pol.evaluate(state.config.skills["security-audit"], ident, remote_addr=None).allowed
         other = Identity(subject="s", provider="google", groups=frozenset({"database-admins"}))

@@ -6,6 +6,7 @@ import pytest
 from flask import Blueprint, Flask
 
 from flask_ccsso import CCSSO, ConfigError, requires_skill, skill_guard
+from flask_ccsso.gate.decorators import check_skill_names
 from flask_ccsso.stores import MemoryStore
 from tests.support.skills import skills_config
 
@@ -32,13 +33,21 @@ def test_unknown_skill_on_view_registered_before_init_app(tmp_path, op, clock):
 
 
 def test_unknown_skill_on_view_added_after_init_app(make_app, op):
+    """Added after init_app (no app context at decoration): refused before the
+    app serves anything -- ``check_skill_names`` (also run by check-config)
+    names it, and the first request is refused instead of serving the view."""
     app = make_app(skills_config(op))
+
+    @app.get("/y")
+    @requires_skill("nope")
+    def y() -> str:
+        return "y"
+
     with pytest.raises(ConfigError, match="nope"):
-        @app.get("/y")
-        @requires_skill("nope")
-        def y() -> str:
-            return "y"
-    assert "/y" not in [r.rule for r in app.url_map.iter_rules()]
+        check_skill_names(app)
+    resp = app.test_client().get("/y")
+    assert resp.status_code == 500 and b"y" != resp.data
+    assert app.test_client().get("/sso/login").status_code == 500  # every request, until fixed
 
 
 def test_unknown_skill_at_decoration_time_inside_app_context(make_app, op):
@@ -59,8 +68,10 @@ def test_unknown_skill_in_blueprint_registered_after_init(make_app, op):
     def z() -> str:
         return "z"
 
+    app.register_blueprint(bp)
     with pytest.raises(ConfigError, match="nope"):
-        app.register_blueprint(bp)
+        check_skill_names(app)
+    assert app.test_client().get("/z").status_code == 500
 
 
 def test_unknown_skill_in_blueprint_guard(make_app, op, tmp_path, clock):
@@ -72,8 +83,10 @@ def test_unknown_skill_in_blueprint_guard(make_app, op, tmp_path, clock):
     def g_view() -> str:
         return "g"
 
+    app.register_blueprint(bp)
     with pytest.raises(ConfigError, match="nope"):
-        app.register_blueprint(bp)
+        check_skill_names(app)
+    assert app.test_client().get("/g").status_code == 500
 
     # and before init_app
     app2 = _flask(tmp_path, op, clock, "startup_app2")
@@ -103,6 +116,7 @@ def test_unconfigured_name_at_request_time_is_refused(make_app, op, clock):
     app = make_app(skills_config(op))
     view = requires_skill("security-audit")(lambda: "open door")
     app.add_url_rule("/slip", "slip", view)
+    app.test_client().get("/sso/login")  # start-up: the first request ran the start-up checks
     # simulate the name disappearing from the config after start-up
     state = app.extensions["ccsso"]
     skills = dict(state.config.skills)

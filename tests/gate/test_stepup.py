@@ -168,7 +168,7 @@ def test_all_of_denial_wins_over_step_up(make_app, op, clock):
 
     app = make_app(skills_config(op))
     state = app.extensions["ccsso"]
-    pol = SkillPolicy(state)
+    pol = SkillPolicy(state.config, state.providers, state.clock)
     ident = Identity(subject="s", provider="op", groups=frozenset({"devops-engineers"}), auth_time=clock.now - 5000)
     v = pol.decide(["prod-deploy", "security-audit"], ident, all_of=True)
     assert v.outcome == "denied" and v.decision.skill == "security-audit"

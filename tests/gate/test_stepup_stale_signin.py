@@ -41,8 +41,8 @@ def test_unchanged_auth_time_does_not_satisfy_step_up(make_app, op, clock):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "123", True])
 def test_identity_never_keeps_a_non_finite_auth_time(bad):
+    from flask_ccsso.gate.freshness import auth_age
     from flask_ccsso.identity import Identity
-    from flask_ccsso.session import auth_age
 
     ident = Identity(subject="s", provider="p", auth_time=bad)
     assert ident.auth_time is None

@@ -47,11 +47,6 @@ def example_google_block() -> dict[str, Any]:
 # -------------------------------------------------------------------------- fixtures
 
 @pytest.fixture
-def idp(tmp_path: Path) -> SAMLIdP:
-    return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
 def portal(tmp_path: Path, idp: SAMLIdP, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     """The example app, CCSSO_EXAMPLE_IDP=google, trusting the real IdP's metadata file."""
     meta = idp.write_metadata(str(tmp_path / "google-idp-metadata.xml"))

@@ -24,7 +24,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from flask_ccsso import reasons, requires_skill, signals
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from flask_ccsso.testing import listen_to, log_out
 from tests.support.oidc import SKILLS
 

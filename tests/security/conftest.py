@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.security.idp_endpoints import ScriptedIdP
 from tests.security.saml_encryption import SKILLS, Recorder, provider_block
+from tests.support.local_op import LocalOP
 from tests.support.saml_idp import KeyPair, SAMLIdP, make_keypair
 
 
@@ -48,3 +50,19 @@ def canary() -> Iterator[Any]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def scripted_idp_server() -> Iterator[ScriptedIdP]:
+    """One scripted IdP server per module (introspection / userinfo answers the test sets)."""
+    idp = ScriptedIdP()
+    yield idp
+    idp.close()
+
+
+@pytest.fixture
+def scripted_idp(op: LocalOP, scripted_idp_server: ScriptedIdP) -> ScriptedIdP:
+    """The module's scripted IdP, reset and serving for ``op`` (its introspection and userinfo endpoints)."""
+    scripted_idp_server.reset()
+    scripted_idp_server.serve_for(op)
+    return scripted_idp_server

@@ -20,7 +20,6 @@ import pytest
 
 from flask_ccsso import reasons, signals
 from flask_ccsso.testing import listen_to
-from tests.support.skills import add_skill_routes, skills_config
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -34,11 +33,6 @@ def _part(raw: bytes) -> str:
 DEEP = b"[" * 5000 + b"]" * 5000
 HEADER = _part(json.dumps({"alg": "RS256", "typ": "at+jwt"}).encode())
 IN_CLAIM = _part(b'{"iss": ' + DEEP + b"}")
-
-
-@pytest.fixture
-def client(make_app: Any, op: Any) -> Any:
-    return add_skill_routes(make_app(skills_config(op))).test_client()
 
 
 @pytest.mark.parametrize("token", [

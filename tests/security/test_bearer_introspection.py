@@ -25,7 +25,7 @@ from flask import Flask
 from flask_ccsso import reasons, requires_skill, signals
 from flask_ccsso.testing import listen_to
 from tests.interop.op_harness import Browser, RealOP, callback_params, pkce_pair
-from tests.security.idp_endpoints import ScriptedIdP, bearer
+from tests.security.idp_endpoints import bearer
 from tests.support.local_op import CLIENT_ID
 from tests.support.oidc import SKILLS
 from tests.support.skills import add_skill_routes, skills_config
@@ -128,20 +128,6 @@ def test_real_op_audience_less_access_token_needs_the_opt_out(make_app, opaque_o
 
 # --------------------------------------------------------------------------- vendor answer shapes
 
-@pytest.fixture(scope="module")
-def _idp() -> Iterator[ScriptedIdP]:
-    idp = ScriptedIdP()
-    yield idp
-    idp.close()
-
-
-@pytest.fixture
-def idp(op, _idp) -> ScriptedIdP:
-    _idp.reset()
-    _idp.serve_for(op)
-    return _idp
-
-
 def _answer(clock: Any, **over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"active": True, "sub": "u-bob", "client_id": "cli", "scope": "migration:write",
                             "exp": int(clock.now) + 600, "groups": ["database-admins"], "aud": CLIENT_ID,
@@ -169,12 +155,12 @@ REFRESH_SHAPES = {
 
 
 @pytest.mark.parametrize("shape", list(REFRESH_SHAPES))
-def test_refresh_and_id_tokens_refused_by_any_sign(make_app, op, clock, idp, shape):
+def test_refresh_and_id_tokens_refused_by_any_sign(make_app, op, clock, scripted_idp, shape):
     over: dict[str, Any] = {}
     if "opted out" in shape:
         over["introspectionRequireAudience"] = False
     client = add_skill_routes(make_app(skills_config(op, **over))).test_client()
-    idp.answers["tok"] = _answer(clock, **REFRESH_SHAPES[shape])
+    scripted_idp.answers["tok"] = _answer(clock, **REFRESH_SHAPES[shape])
     with listen_to(signals.login_failed) as failed:
         _refused(client.get("/s/database-migration", headers=bearer("tok")))
     assert [f.kwargs["reason"] for f in failed] == [reasons.INVALID_TOKEN]
@@ -187,46 +173,46 @@ def test_refresh_and_id_tokens_refused_by_any_sign(make_app, op, clock, idp, sha
     {"aud": 42},                        # malformed
     {"aud": []},
 ])
-def test_audience_rule(make_app, op, clock, idp, over):
+def test_audience_rule(make_app, op, clock, scripted_idp, over):
     client = add_skill_routes(make_app(skills_config(op))).test_client()
-    idp.answers["tok"] = _answer(clock, **over)
+    scripted_idp.answers["tok"] = _answer(clock, **over)
     _refused(client.get("/s/database-migration", headers=bearer("tok")))
 
 
-def test_audience_list_with_ours_is_accepted(make_app, op, clock, idp):
+def test_audience_list_with_ours_is_accepted(make_app, op, clock, scripted_idp):
     client = add_skill_routes(make_app(skills_config(op, audience=["api://portal", CLIENT_ID]))).test_client()
-    idp.answers["tok"] = _answer(clock, aud=["api://portal", "other"])
+    scripted_idp.answers["tok"] = _answer(clock, aud=["api://portal", "other"])
     assert client.get("/s/database-migration", headers=bearer("tok")).status_code == 200
 
 
-def test_opt_out_accepts_audience_less_access_tokens_only(make_app, op, clock, idp):
+def test_opt_out_accepts_audience_less_access_tokens_only(make_app, op, clock, scripted_idp):
     client = add_skill_routes(make_app(skills_config(op, introspectionRequireAudience=False))).test_client()
-    idp.answers["at"] = _answer(clock, aud=None)
-    idp.answers["foreign"] = _answer(clock, aud="other-api")  # an aud, when present, is still checked
+    scripted_idp.answers["at"] = _answer(clock, aud=None)
+    scripted_idp.answers["foreign"] = _answer(clock, aud="other-api")  # an aud, when present, is still checked
     assert client.get("/s/database-migration", headers=bearer("at")).status_code == 200
     _refused(client.get("/s/database-migration", headers=bearer("foreign")))
 
 
 @pytest.mark.parametrize("claim", ["client_id", "azp", "cid"])
-def test_allowed_clients_apply_to_introspection_answers(make_app, op, clock, idp, claim):
+def test_allowed_clients_apply_to_introspection_answers(make_app, op, clock, scripted_idp, claim):
     cfg = skills_config(op, allowedClients=["portal-cli"])
     client = add_skill_routes(make_app(cfg)).test_client()
-    idp.answers["ours"] = _answer(clock, **{"client_id": None, claim: "portal-cli"})
-    idp.answers["theirs"] = _answer(clock, **{"client_id": None, claim: "intruder"})
-    idp.answers["nobody"] = _answer(clock, client_id=None)
+    scripted_idp.answers["ours"] = _answer(clock, **{"client_id": None, claim: "portal-cli"})
+    scripted_idp.answers["theirs"] = _answer(clock, **{"client_id": None, claim: "intruder"})
+    scripted_idp.answers["nobody"] = _answer(clock, client_id=None)
     assert client.get("/s/database-migration", headers=bearer("ours")).status_code == 200
     _refused(client.get("/s/database-migration", headers=bearer("theirs")))
     _refused(client.get("/s/database-migration", headers=bearer("nobody")))
 
 
-def test_plain_access_token_answer_still_works(make_app, op, clock, idp):
+def test_plain_access_token_answer_still_works(make_app, op, clock, scripted_idp):
     client = add_skill_routes(make_app(skills_config(op))).test_client()
     for i, token_type in enumerate(("Bearer", "bearer", "access_token",
                                     "urn:ietf:params:oauth:token-type:access_token")):
-        idp.answers[f"t-{i}"] = _answer(clock, token_type=token_type)
+        scripted_idp.answers[f"t-{i}"] = _answer(clock, token_type=token_type)
         resp = client.get("/s/database-migration", headers=bearer(f"t-{i}"))
         assert resp.status_code == 200 and resp.get_json()["via"] == "bearer", token_type
-    idp.answers["keycloak"] = _answer(clock, token_type=None, typ="Bearer")
+    scripted_idp.answers["keycloak"] = _answer(clock, token_type=None, typ="Bearer")
     assert client.get("/s/database-migration", headers=bearer("keycloak")).status_code == 200
-    idp.answers["hydra"] = _answer(clock, token_use="access_token")
+    scripted_idp.answers["hydra"] = _answer(clock, token_use="access_token")
     assert client.get("/s/database-migration", headers=bearer("hydra")).status_code == 200

@@ -11,16 +11,15 @@ library verifies DPoP / mTLS proofs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from flask_ccsso import reasons, signals
 from flask_ccsso.testing import listen_to
-from tests.security.idp_endpoints import ScriptedIdP, bearer
+from tests.security.idp_endpoints import bearer
 from tests.support.local_op import CLIENT_ID
-from tests.support.skills import access_token, add_skill_routes, skills_config
+from tests.support.skills import access_token
 
 JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 
@@ -31,11 +30,6 @@ def _refused_as_bound(resp: Any) -> None:
     assert challenge.startswith("Bearer ") and 'error="invalid_token"' in challenge
     assert "DPoP" in challenge and "mutual TLS" in challenge  # error_description says why
     assert resp.get_json()["error"] == reasons.INVALID_TOKEN
-
-
-@pytest.fixture
-def client(make_app, op) -> Any:
-    return add_skill_routes(make_app(skills_config(op))).test_client()
 
 
 @pytest.mark.parametrize("cnf", [
@@ -56,20 +50,6 @@ def test_the_same_token_without_cnf_is_accepted(client, op, clock):
     assert client.get("/s/database-migration", headers=bearer(access_token(op, clock))).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def _idp() -> Iterator[ScriptedIdP]:
-    idp = ScriptedIdP()
-    yield idp
-    idp.close()
-
-
-@pytest.fixture
-def idp(op, _idp) -> ScriptedIdP:
-    _idp.reset()
-    _idp.serve_for(op)
-    return _idp
-
-
 def _answer(clock: Any, **over: Any) -> dict[str, Any]:
     base = {"active": True, "sub": "u-bob", "aud": CLIENT_ID, "scope": "migration:write",
             "exp": int(clock.now) + 600, "groups": ["database-admins"], "token_type": "Bearer"}
@@ -84,11 +64,11 @@ def _answer(clock: Any, **over: Any) -> dict[str, Any]:
     {"cnf": {"jkt": JKT}},                          # a Bearer type but bound anyway
     {"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}},
 ])
-def test_introspected_bound_token_is_refused(client, clock, idp, over):
-    idp.answers["bound"] = _answer(clock, **over)
+def test_introspected_bound_token_is_refused(client, clock, scripted_idp, over):
+    scripted_idp.answers["bound"] = _answer(clock, **over)
     _refused_as_bound(client.get("/s/database-migration", headers=bearer("bound")))
 
 
-def test_introspected_plain_token_is_accepted(client, clock, idp):
-    idp.answers["plain"] = _answer(clock)
+def test_introspected_plain_token_is_accepted(client, clock, scripted_idp):
+    scripted_idp.answers["plain"] = _answer(clock)
     assert client.get("/s/database-migration", headers=bearer("plain")).status_code == 200

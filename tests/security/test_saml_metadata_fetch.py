@@ -87,11 +87,6 @@ def servers() -> Iterator[list[Server]]:
 
 
 @pytest.fixture
-def idp(tmp_path) -> SAMLIdP:
-    return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
 def build(make_app):
     def factory(url: str, **over: Any):
         block = {"provider": "saml", "idpMetadata": url, "spEntityId": "https://portal.example.test",

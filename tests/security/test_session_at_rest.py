@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import redis
 
+from flask_ccsso.cli.sessions import sessions
 from flask_ccsso.extension import get_state
-from flask_ccsso.session import SESSION_KEY
-from flask_ccsso.session_cli import sessions
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.sessions import COOKIE, REDIS_URL, login
 
 pytestmark = pytest.mark.redis
@@ -138,7 +138,6 @@ def test_a_record_written_by_hand_does_not_sign_in(redis_app: Callable[..., Any]
 
 def test_rotating_the_secret_key_keeps_sessions(redis_app: Callable[..., Any], op: Any, clock: Any, prefix: str,
                                                  closers: list[Any]) -> None:
-    from flask_ccsso.session import _redis_client
     from flask_ccsso.stores import RedisStore
     from tests.support.sessions import session_config
 
@@ -152,7 +151,7 @@ def test_rotating_the_secret_key_keeps_sessions(redis_app: Callable[..., Any], o
 
         from flask_ccsso import CCSSO, current_identity, login_required
 
-        store = RedisStore(_redis_client(REDIS_URL), prefix=prefix)
+        store = RedisStore.from_url(REDIS_URL, prefix=prefix)
         app = Flask(f"rotated_{len(closers)}")
         app.config.update(TESTING=True, **flask_config, CCSSO=session_config(
             op, {"type": "redis", "url": REDIS_URL, "keyPrefix": prefix}, slidingWriteInterval=60))

@@ -22,7 +22,8 @@ import pytest
 from flask import Flask
 
 from flask_ccsso import CCSSO, current_identity, login_required
-from flask_ccsso.session import SESSION_KEY, idle_deadline
+from flask_ccsso.sessions import SESSION_KEY, load
+from flask_ccsso.sessions.interface import idle_deadline
 from flask_ccsso.stores import RedisStore
 from flask_ccsso.testing import CCSSOTestClient
 from tests.support.oidc import oidc_config
@@ -75,7 +76,7 @@ def test_a_session_in_use_outlives_several_short_idle_periods_in_real_time(realt
     last = time.time()
     assert _status(client) == (200, None)
     # the recorded activity is recent: the deadline is at most 10 % of idleTimeout early
-    record = app.session_interface.read_sid(sid)[SESSION_KEY]  # type: ignore[attr-defined]
+    record = load(app.session_interface.read_sid(sid)[SESSION_KEY])  # type: ignore[attr-defined]
     s = app.extensions["ccsso"].config.session
     assert idle_deadline(record, s) - last >= idle * 0.9 - 0.05
 
@@ -107,7 +108,7 @@ def test_never_more_than_ten_percent_early_never_late(redis_app: Any, op: Any, c
         assert _status(client) == (200, None)
     last = clock.now
     s = app.extensions["ccsso"].config.session
-    deadline = idle_deadline(app.session_interface.read_sid(sid)[SESSION_KEY], s)
+    deadline = idle_deadline(load(app.session_interface.read_sid(sid)[SESSION_KEY]), s)
     assert 0.9 * idle - 1e-6 <= deadline - last <= idle + 1e-6
     clock.advance(deadline - last - 0.01)
     # (a request at 89 % of idle would record activity; look without one)
@@ -117,7 +118,7 @@ def test_never_more_than_ten_percent_early_never_late(redis_app: Any, op: Any, c
 
 
 def test_the_write_interval_is_bounded_by_the_idle_timeout(redis_app: Any) -> None:
-    from flask_ccsso.session import sliding_write_interval
+    from flask_ccsso.sessions.interface import sliding_write_interval
 
     for idle, configured, effective in [(2, 60, 0.2), (120, 60, 12), (3600, 60, 60), (600, 0, 0), (10, 0.5, 0.5)]:
         app = redis_app(idleTimeout=idle, slidingWriteInterval=configured)

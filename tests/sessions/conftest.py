@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flask_ccsso.session_sql import table_name
 from tests.support.sessions import PG_URL, session_config, store_block
 
 
@@ -28,6 +27,7 @@ def store_app(make_app: Any, op: Any, tmp_path: Any, prefix: str,
     for kind, pfx in made:
         if kind == "postgresql":
             engine = sa.create_engine(PG_URL)
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table_name(pfx)}"'))
+            with engine.begin() as conn:  # this test's rows (sessions and shared state) in the store's tables
+                for table in ("ccsso_kv", "ccsso_kv_set"):
+                    conn.execute(sa.text(f"DELETE FROM {table} WHERE key LIKE :p"), {"p": pfx + "%"})
             engine.dispose()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from flask_ccsso.testing import CCSSOTestClient
 from tests.support.oidc import oidc_config
 
@@ -27,7 +27,8 @@ def test_unexpected_record_shape_is_signed_out_not_500(make_app: Any, op: Any, c
     with app.test_request_context():
         rec = iface.read_sid(sid)
         rec[SESSION_KEY].update(bad)
-        iface.cache.set(iface._get_store_id(sid), rec, timeout=600)  # as another version left it
+        key = iface.store_key(sid)
+        iface.store.set(key, iface.encode(rec, key), 600)  # as another version left it
     resp = client.get("/me", headers={"Accept": "application/json"})
     assert resp.status_code == 401
     assert client.get("/").status_code == 200
@@ -43,22 +44,22 @@ def test_a_peer_writing_a_record_of_another_shape_does_not_break_the_save(make_a
     assert client.get_cookie("ccsso_session") is not None
     iface = app.session_interface
     clock.advance(120)  # the next request records activity (a guarded write)
-    real = iface._retrieve_session_data
+    real = iface.decode
 
-    def peer_wrote(store_id: str) -> Any:
-        rec = real(store_id)
+    def peer_wrote(raw: Any, key: str) -> Any:
+        rec = real(raw, key)
         if rec is not None and isinstance(rec.get(SESSION_KEY), dict):
             rec[SESSION_KEY]["rev"] = "seven"
         return rec
 
     first = True
 
-    def retrieve(store_id: str) -> Any:
+    def decode(raw: Any, key: str) -> Any:
         nonlocal first
         if first:  # open_session reads the good record
             first = False
-            return real(store_id)
-        return peer_wrote(store_id)
+            return real(raw, key)
+        return peer_wrote(raw, key)
 
-    iface._retrieve_session_data = retrieve  # type: ignore[method-assign]
+    iface.decode = decode  # type: ignore[method-assign]
     assert client.get("/me").status_code == 200

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from flask import Response, request
 
-import flask_ccsso.session as session_mod
+import flask_ccsso.sessions.interface as session_mod
 from flask_ccsso.extension import get_state
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.sessions import COOKIE, login
 
 pytestmark = pytest.mark.redis

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.sessions import SpareRedis, login
 
 pytestmark = pytest.mark.redis

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import struct
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_ccsso.session import SESSION_KEY
-from flask_ccsso.session_sql import table_name
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.oidc import callback, start_login
 from tests.support.sessions import COOKIE, login, session_config, store_block, unique_prefix
 
@@ -46,25 +45,16 @@ BACKENDS = ["redis", "postgresql", "sqlite", "embedded"]
 
 def _plant(app: Any, kind: str, sid: str) -> None:
     """Write PAYLOAD straight into the backend under ``sid``'s record."""
-    iface = app.session_interface
-    store_id = iface._get_store_id(sid)
+    store = app.session_interface.store
+    key = store.prefix + app.session_interface.store_key(sid)
     if kind == "redis":
-        iface.client.set(store_id, PAYLOAD, ex=600)
-    elif kind in ("postgresql", "sqlite"):
-        with iface.ccsso_app.app_context():
-            table = iface.sql_session_model.__table__
-            engine = iface.client.engines["ccsso_sessions"]
-            from datetime import datetime, timedelta, timezone
-
-            with engine.begin() as conn:
-                conn.execute(table.delete().where(table.c.session_id == store_id))
-                conn.execute(table.insert().values(session_id=store_id, data=PAYLOAD,
-                                                   expiry=datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=10)))
-    else:
-        cache = iface.cache
-        with open(cache._get_filename(store_id), "wb") as fh:
-            fh.write(struct.pack("I", 0))
-            fh.write(pickle.dumps({SESSION_KEY: {"x": Evil()}}))
+        store.client.set(key, PAYLOAD, ex=600)
+        return
+    # SQL (and the embedded SQLite file): the value column is text; PostgreSQL text holds no NUL
+    with store.engine.begin() as conn:
+        conn.execute(store.kv.delete().where(store.kv.c.key == key))
+        conn.execute(store.kv.insert().values(key=key, value=PAYLOAD.decode("latin-1").replace("\x00", ""),
+                                               expires_at=time.time() + 600))
 
 
 @pytest.mark.postgres
@@ -99,11 +89,10 @@ def test_embedded_store_writes_json_files(store_app: Any, op: Any) -> None:
     app = store_app("embedded")
     client = app.test_client()
     sid = login(client, op)
-    cache = app.session_interface.cache
-    with open(cache._get_filename(app.session_interface._get_store_id(sid)), "rb") as fh:
-        raw = fh.read()[4:]
-    # JSON (never a pickle), holding one sealed record: nothing readable in the file
-    assert raw.startswith(b'{"sealed":"v1.') and b"u-alice" not in raw
+    iface = app.session_interface
+    raw = iface.store.get(iface.store_key(sid))  # the SQLite file's row, as stored
+    # JSON (never a pickle), holding one sealed record: nothing readable in the store
+    assert raw.startswith('{"sealed":"v1.') and "u-alice" not in raw
     assert app.session_interface.read_sid(sid)[SESSION_KEY]["identity"]["subject"] == "u-alice"
 
 
@@ -153,7 +142,7 @@ def test_sql_store_never_clashes_with_the_apps_own_flask_sqlalchemy(make_app: An
     with app.app_context():
         db.create_all()
         names = sa.inspect(db.engine).get_table_names()
-        assert Note.__tablename__ in names and table_name(pfx) not in names  # the session table lives elsewhere
+        assert Note.__tablename__ in names and "ccsso_kv" not in names  # the session table lives elsewhere
         db.engine.dispose()
     client = app.test_client()
     login(client, op)
@@ -174,7 +163,7 @@ def test_sql_store_never_clashes_with_the_apps_own_flask_sqlalchemy(make_app: An
 
 def test_redis_client_does_not_use_redis_py_default_retries(store_app: Any) -> None:
     app = store_app("redis")
-    conn = app.session_interface.client.connection_pool.make_connection()
+    conn = app.session_interface.store.client.connection_pool.make_connection()
     assert conn.retry._retries <= 1
     conn.disconnect()
-    assert isinstance(app.session_interface.client, redis.Redis)
+    assert isinstance(app.session_interface.store.client, redis.Redis)

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 
 from flask_ccsso import signals
+from flask_ccsso.cli.sessions import fingerprint, sessions
 from flask_ccsso.extension import get_state
+from flask_ccsso.gate.freshness import auth_age, is_fresh
 from flask_ccsso.identity import ANONYMOUS, Identity
-from flask_ccsso.session import SESSION_KEY, auth_age, is_fresh, reconcile
-from flask_ccsso.session_cli import fingerprint, sessions
+from flask_ccsso.sessions import SESSION_KEY, CCSSOSession
+from flask_ccsso.sessions.interface import reconcile
 from flask_ccsso.testing import listen_to
 from tests.support.sessions import COOKIE, count_writes, login
 
@@ -20,7 +22,8 @@ JSON = {"Accept": "application/json"}
 
 
 def _pttl(app: Any, sid: str) -> float:
-    return app.session_interface.client.pttl(app.session_interface._get_store_id(sid)) / 1000.0
+    store = app.session_interface.store
+    return store.client.pttl(store.prefix + app.session_interface.store_key(sid)) / 1000.0
 
 
 def test_absolute_timeout_from_sign_in(redis_app: Any, op: Any, clock: Any) -> None:
@@ -156,9 +159,7 @@ def test_an_in_flight_request_cannot_resurrect_a_revoked_session(redis_app: Any,
 
 
 def test_reconcile_adopts_newer_tokens() -> None:
-    from flask_session.base import ServerSideSession
-
-    mine = ServerSideSession({SESSION_KEY: {"identity": {"subject": "a"}, "tokens": {"refresh_token": "rt-1"},
+    mine = CCSSOSession({SESSION_KEY: {"identity": {"subject": "a"}, "tokens": {"refresh_token": "rt-1"},
                                             "rev": 0, "last_seen": 50}}, sid="x")
     theirs = {SESSION_KEY: {"identity": {"subject": "a", "groups": ["g"]}, "tokens": {"refresh_token": "rt-2"},
                             "rev": 1, "last_seen": 40}}

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import session
 
-from flask_ccsso.session import SESSION_KEY
+from flask_ccsso.sessions import SESSION_KEY
 from tests.support.oidc import oidc_config
 from tests.support.sessions import COOKIE, login
 

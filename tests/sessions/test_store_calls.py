@@ -3,7 +3,7 @@
 A plain protected GET of a signed-in session costs exactly one session-store
 read, no write, no shared-store call and no Set-Cookie; the idle deadline is
 recorded at most once per ``slidingWriteInterval``. Checked with the embedded
-store (file sessions + SQLite state) and with Redis.
+store (a SQLite file; sessions and shared state on their own connections) and with Redis.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ def _check_request_path(app: Flask, calls: Calls, clock: Any) -> None:
 def test_embedded_store_protected_get_is_one_read_no_write(tmp_path: Any, clock: Any, op: Any) -> None:
     app = _app(tmp_path, clock, op, None)
     calls = Calls()
-    cache = app.session_interface.cache  # type: ignore[attr-defined]
-    calls.wrap(cache, {"get": "session_read", "has": "session_read", "set": "session_write",
-                       "add": "session_write", "delete": "session_write"})
+    sessions = app.session_interface.store  # type: ignore[attr-defined]
+    calls.wrap(sessions, {"get": "session_read", "set": "session_write", "update": "session_write",
+                          "add": "session_write", "delete": "session_write"})
     calls.wrap(app.extensions["ccsso"].store, _SHARED_STORE_METHODS)
     engine = app.extensions["ccsso"].store.engine
 
@@ -148,7 +148,7 @@ def test_redis_store_protected_get_is_one_read_no_write(tmp_path: Any, clock: An
             return super().pipeline(transaction, shard_hint)
 
     iface = app.session_interface
-    iface.client = CountingRedis(connection_pool=iface.client.connection_pool)  # type: ignore[attr-defined]
+    iface.store.client = CountingRedis(connection_pool=iface.store.client.connection_pool)  # type: ignore[attr-defined]
     calls.wrap(app.extensions["ccsso"].store, _SHARED_STORE_METHODS)
     try:
         _check_request_path(app, calls, clock)

@@ -80,9 +80,9 @@ def login(client: Any, op: Any, id_claims: dict[str, Any] | None = None, **issue
 
 def count_writes(app: Any) -> CountingRedis:
     """Swap the session interface's client for a counting one."""
-    old = app.session_interface.client
-    counting = CountingRedis(connection_pool=old.connection_pool)
-    app.session_interface.client = counting
+    store = app.session_interface.store
+    counting = CountingRedis(connection_pool=store.client.connection_pool)
+    store.client = counting
     return counting
 
 

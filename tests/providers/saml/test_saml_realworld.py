@@ -59,11 +59,6 @@ def render(name: str, idp: SAMLIdP, *, enc: str, other: str) -> str:
 
 
 @pytest.fixture
-def idp(tmp_path) -> SAMLIdP:
-    return SAMLIdP(str(tmp_path / "idp"))
-
-
-@pytest.fixture
 def spare(tmp_path) -> tuple[str, str]:
     enc = make_keypair(str(tmp_path / "spare"), "enc").cert_b64.replace("\n", "")
     other = make_keypair(str(tmp_path / "spare"), "other").cert_b64.replace("\n", "")

@@ -20,7 +20,6 @@ to the IdP (Google Admin, ADFS ...).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import json
 import socket
@@ -32,15 +31,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, current_app, has_app_context, url_for
+from cryptography import x509
+from flask import Flask, url_for
 
-from .config import _SECRET_KEYS, is_loopback_host, unrouted_introspection
-from .exceptions import CCSSOError, ConfigError
+from ..config import is_loopback_host, unrouted_introspection
+from ..exceptions import CCSSOError, ConfigError
+from ..gate.decorators import check_skill_names
+from ..gate.policy import SINGLE_FACTOR_ACR_VALUES
+from ..providers.oidc import OIDCProvider
+from ..state import CCSSOState
+from ..views import redirect_uri_for
+from ._common import app_state, fail, load_app, masked
 
-#: keys of raw config blocks (``logging``) whose values never get printed: the
-#: keys that must be ``${VAR}`` in a file, plus sink headers; settings structs
-#: mark their secret fields instead (``secret_field``)
-SECRET_FIELDS = frozenset(_SECRET_KEYS | {"secret", "headers"})
 #: certificates closer than this to their end are a warning
 CERT_WARN_DAYS = 14
 #: a clock this far off (seconds) is worth a warning even inside the skew
@@ -67,64 +69,8 @@ class Report:
         return 2 if self.counts[ERROR] else 1 if self.counts[WARN] else 0
 
 
-# --------------------------------------------------------------------------- loading the app
-
-def _load_app() -> Flask:
-    """The app ``flask --app`` names; a ConfigError while creating it is exit 2."""
-    if has_app_context():
-        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
-    from flask.cli import ScriptInfo
-
-    ctx = click.get_current_context()
-    info = ctx.ensure_object(ScriptInfo)
-    try:
-        return info.load_app()
-    except ConfigError as exc:
-        click.echo(f"[{click.style('ERROR', fg='red')}] configuration: {exc}", err=True)
-        ctx.exit(2)
-        raise  # pragma: no cover - ctx.exit raises
-
-
-def _state(app: Flask) -> Any:
-    state = app.extensions.get("ccsso")
-    if state is None:
-        click.echo(f"[{click.style('ERROR', fg='red')}] flask-ccsso is not initialised on this app "
-                   "(call CCSSO(app) or sso.init_app(app) in the factory).", err=True)
-        click.get_current_context().exit(2)
-    return state
-
-
-# --------------------------------------------------------------------------- masking
-
-def mask_url(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (the config
-    errors' masking: secret query values too, and nothing of a URL that does not parse)."""
-    from ._validate import mask_url as _mask
-
-    return _mask(url)
-
-
-def masked(value: Any, key: str = "") -> Any:
-    """A JSON-safe copy of ``value`` with every secret replaced by ``***``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # a field marked secret (config.secret_field) is masked whatever its name
-        return {f.name: ("***" if getattr(value, f.name) else getattr(value, f.name)) if f.metadata.get("secret")
-                else masked(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
-    if key in SECRET_FIELDS:
-        return "***" if value else value
-    if isinstance(value, dict):
-        return {str(k): masked(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [masked(v, key) for v in value]
-        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
-    if isinstance(value, str):
-        return mask_url(value) if "://" in value else value
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return str(value)
-
-
-def resolved_config(state: Any) -> dict[str, Any]:
+def resolved_config(state: CCSSOState) -> dict[str, Any]:
+    """The configuration as the app parsed it, secrets masked (what ``--json`` prints)."""
     cfg = state.config
     return {
         "auth": {"default": cfg.default_provider,
@@ -278,18 +224,14 @@ def _check_saml(report: Report, name: str, prov: Any, tls_seen: set[str]) -> Non
 
 def _der_not_after(der_b64: str) -> dt.datetime | None:
     try:
-        from cryptography import x509
-
         cert = x509.load_der_x509_certificate(base64.b64decode(der_b64))
-    except Exception:  # noqa: BLE001 - no cryptography, or not a certificate
+    except Exception:  # noqa: BLE001 - not a certificate
         return None
     return cert.not_valid_after_utc
 
 
 def _pem_not_after(prov: Any, value: str) -> dt.datetime | None:
     try:
-        from cryptography import x509
-
         if "-----BEGIN" in value:
             data = value.encode()
         else:
@@ -309,14 +251,12 @@ def _base_url(app: Flask) -> str | None:
     return f"{app.config.get('PREFERRED_URL_SCHEME') or 'http'}://{server}"
 
 
-def _redirect_urls(report: Report, app: Flask, state: Any) -> None:
-    from .views import redirect_uri_for
-
+def _redirect_urls(report: Report, app: Flask, state: CCSSOState) -> None:
     base = _base_url(app)
     trusted = int(app.config.get("CCSSO_TRUSTED_PROXIES") or 0)
     for name, prov in state.providers.items():
         key = "acsUrl" if prov.protocol == "saml" else "redirectUri"
-        configured = getattr(prov.settings, "acs_url", None) if prov.protocol == "saml" else prov.settings.redirect_uri
+        configured = getattr(prov.settings, "acs_url" if prov.protocol == "saml" else "redirect_uri", None)
         if not configured and not base:
             report.add(INFO, f"provider {name}: the redirect URL is built from each request's Host header; "
                              f"register it at the IdP as your public https URL + {state.url_prefix}/{name}/"
@@ -354,7 +294,7 @@ def _redirect_urls(report: Report, app: Flask, state: Any) -> None:
                          "network admits everyone. Set CCSSO_TRUSTED_PROXIES to the number of proxies in front.")
 
 
-def _cookies(report: Report, app: Flask, state: Any) -> None:
+def _cookies(report: Report, app: Flask, state: CCSSOState) -> None:
     s = state.config.session
     name = app.config.get("SESSION_COOKIE_NAME")
     if not app.config.get("SESSION_COOKIE_SECURE"):
@@ -372,15 +312,13 @@ def _cookies(report: Report, app: Flask, state: Any) -> None:
                          "production.")
 
 
-def _skills(report: Report, state: Any, offline: bool) -> None:
+def _skills(report: Report, state: CCSSOState, offline: bool) -> None:
     """Skill settings that contradict each other or the providers.
 
     Warnings where a setting silently does less than it says; errors where
     nobody could ever have the skill. (``acrValues`` without ``sensitive``
     is not one of them: the ``acr`` is enforced on every request.)
     """
-    from .skills import SINGLE_FACTOR_ACR_VALUES
-
     session = state.config.session
     found = 0
     for name, sk in state.config.skills.items():
@@ -398,7 +336,8 @@ def _skills(report: Report, state: Any, offline: bool) -> None:
                              "is false and the skill has no maxAuthAge: it never asks for a recent sign-in. Set "
                              "maxAuthAge on it, or turn the session switch on.")
         if sk.required_scopes and provs and all(p.protocol == "saml" for p in provs.values()):
-            granted = {sc for p in provs.values() for scs in p.settings.scopes_from_groups.values() for sc in scs}
+            granted = {sc for p in provs.values()
+                       for scs in getattr(p.settings, "scopes_from_groups", {}).values() for sc in scs}
             missing = [sc for sc in sk.required_scopes if sc not in granted]
             if missing:
                 found += 1
@@ -407,7 +346,7 @@ def _skills(report: Report, state: Any, offline: bool) -> None:
                                   "scopesFromGroups grants them. Nobody can have this skill.")
         if sk.acr_values and not offline:
             for pname, prov in provs.items():
-                if prov.protocol != "oidc":
+                if not isinstance(prov, OIDCProvider):
                     continue
                 try:
                     supported = prov.metadata().get("acr_values_supported")
@@ -423,7 +362,7 @@ def _skills(report: Report, state: Any, offline: bool) -> None:
         report.add(OK, f"skills: no contradictory settings in {len(state.config.skills)} skill(s).")
 
 
-def _store(report: Report, state: Any) -> None:
+def _store(report: Report, state: CCSSOState) -> None:
     st = state.config.session.store
     try:
         key = f"check:{time.time_ns()}"
@@ -445,8 +384,8 @@ def check_config(offline: bool, as_json: bool) -> None:
 
     Exit status: 0 no problem, 1 warnings, 2 errors (including an invalid config).
     """
-    app = _load_app()
-    state = _state(app)
+    app = load_app()
+    state = app_state(app)
     resolved = resolved_config(state)
     if as_json:
         click.echo(json.dumps(resolved, indent=2, sort_keys=True))
@@ -468,6 +407,10 @@ def check_config(offline: bool, as_json: bool) -> None:
                 _check_saml(report, name, prov, tls_seen)
             else:
                 _check_oidc(report, name, prov, tls_seen)
+        try:  # views and guards the app registered after init_app (init_app checked the others)
+            check_skill_names(app, state.config.skills)
+        except ConfigError as exc:
+            report.add(ERROR, str(exc.description))
         _skills(report, state, offline)
         unrouted = unrouted_introspection({n: p.settings for n, p in state.providers.items()})
         if unrouted:
@@ -483,8 +426,8 @@ def check_config(offline: bool, as_json: bool) -> None:
                                  "SERVER_NAME and PREFERRED_URL_SCHEME).")
 def sp_metadata(provider: str, base_url: str | None) -> None:
     """Print PROVIDER's SAML service-provider metadata XML (upload it to the IdP)."""
-    app = _load_app()
-    state = _state(app)
+    app = load_app()
+    state = app_state(app)
     prov = state.providers.get(provider)
     if prov is None:
         raise click.BadParameter(f"no provider {provider!r}; configured: {', '.join(state.providers)}.",
@@ -498,19 +441,16 @@ def sp_metadata(provider: str, base_url: str | None) -> None:
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(f"{base!r} is not an absolute http(s) URL.", param_hint="--base-url")
-    from .views import redirect_uri_for
-
     with app.test_request_context("/", base_url=base.rstrip("/")):
         acs = redirect_uri_for(prov)
         slo = url_for("ccsso.slo", provider=provider, _external=True)
         try:
             xml = prov.metadata_xml(acs_url=acs, slo_url=slo)
         except CCSSOError as exc:
-            click.echo(f"[{click.style('ERROR', fg='red')}] {exc.description}", err=True)
-            click.get_current_context().exit(2)
+            fail(str(exc.description))
     if parts.scheme != "https" and not is_loopback_host(parts.hostname):
         click.echo(f"warning: {base} is not https; IdPs post assertions to the ACS URL.", err=True)
     click.echo(xml)
 
 
-__all__ = ["check_config", "mask_url", "masked", "resolved_config", "sp_metadata"]
+__all__ = ["check_config", "resolved_config", "sp_metadata"]

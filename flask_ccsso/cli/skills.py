@@ -13,42 +13,44 @@ import json
 from typing import Any, NoReturn
 
 import click
-from flask.cli import with_appcontext
 
-from .exceptions import CCSSOError
-from .identity import Identity
+from ..exceptions import CCSSOError
+from ..identity import Identity
+from ..providers.oidc import token_scopes
+from ..sessions.index import SessionIndex
+from ..state import CCSSOState
+from ._common import current_state, fail, with_app
+
+__all__ = ["explain"]
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    click.get_current_context().exit(2)
+    fail(f"explain: {message}")
 
 
-def _identity_from_store(state: Any, email: str) -> Identity:
-    from .session import SESSION_KEY
-
-    ids = state.store.set_members(f"email:{email.lower()}")
+def _identity_from_store(state: CCSSOState, email: str) -> Identity:
+    """The identity of ``email``'s most recently active live session."""
     best: tuple[float, Identity] | None = None
-    for ident_id in sorted(ids):
-        for sid in sorted(state.store.set_members(f"user:{ident_id}")):
-            data = state.session_interface.read_sid(sid)
-            block = data.get(SESSION_KEY) if isinstance(data, dict) else None
-            if not isinstance(block, dict) or "identity" not in block:
-                continue
-            try:
-                ident = Identity.from_dict(block["identity"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            seen = float(block.get("last_seen") or block.get("created") or 0)
-            if best is None or seen > best[0]:
-                best = (seen, ident)
+    for live in SessionIndex(state.store, state.session_interface).sessions_of(email.lower()):
+        try:
+            ident = live.record.person()
+        except (KeyError, TypeError, ValueError):
+            continue
+        if best is None or live.record.active_at > best[0]:
+            best = (live.record.active_at, ident)
     if best is None:
         _fail(f"no stored session for {email} (they need to be signed in, or use --claims).")
-    assert best is not None
     return best[1]
 
 
-def _identity_from_claims(state: Any, raw: str, provider: str | None) -> Identity:
+def _strings(value: Any) -> list[str]:
+    """A claim that is one string or a list of them (anything else dropped)."""
+    if isinstance(value, str):
+        return [value]
+    return [x for x in value or () if isinstance(x, str)] if isinstance(value, (list, tuple)) else []
+
+
+def _identity_from_claims(state: CCSSOState, raw: str, provider: str | None) -> Identity:
     try:
         claims = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -62,18 +64,15 @@ def _identity_from_claims(state: Any, raw: str, provider: str | None) -> Identit
         return Identity.from_dict({**claims, "provider": name})
     scopes = claims.get("scopes")
     if scopes is None:
-        from .bearer import _scopes
-
-        scopes = _scopes(claims)
+        scopes = token_scopes(claims)
     auth_time = claims.get("auth_time")
-    str_list = lambda v: [v] if isinstance(v, str) else [x for x in v or () if isinstance(x, str)]
     return Identity(
         subject=str(claims.get("sub") or "cli"), provider=name,
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,
-        groups=frozenset(str_list(claims.get("groups"))), roles=frozenset(str_list(claims.get("roles"))),
-        scopes=frozenset(str_list(scopes)),
+        groups=frozenset(_strings(claims.get("groups"))), roles=frozenset(_strings(claims.get("roles"))),
+        scopes=frozenset(_strings(scopes)),
         auth_time=float(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool) else None,
-        amr=tuple(str_list(claims.get("amr"))), acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,
+        amr=tuple(_strings(claims.get("amr"))), acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,
         groups_complete=bool(claims.get("groups_complete", True)), via=str(claims.get("via", "session")),
     )
 
@@ -84,27 +83,23 @@ def _identity_from_claims(state: Any, raw: str, provider: str | None) -> Identit
 @click.option("--skill", "skill_name", required=True, metavar="NAME", help="The skill to explain.")
 @click.option("--provider", metavar="NAME", help="With --claims: the provider they came from.")
 @click.option("--ip", metavar="ADDR", help="Client address to test allowedNetworks with.")
-@with_appcontext
+@with_app
 def explain(email: str | None, claims: str | None, skill_name: str, provider: str | None, ip: str | None) -> None:
     """Show whether a person has a skill, and why (each condition ✓/✗).
 
     Exit status: 0 allowed, 1 denied, 2 error.
     """
-    from .extension import get_state
-    from .skills import _policy
-
     if bool(email) == bool(claims):
         _fail("give exactly one of --user EMAIL or --claims JSON.")
     try:
-        state = get_state()
+        state = current_state()
         skill = state.config.skills.get(skill_name)
         if skill is None:
             _fail(f"skill {skill_name!r} is not configured (configured: {', '.join(sorted(state.config.skills)) or 'none'}).")
         identity = _identity_from_store(state, email) if email else _identity_from_claims(state, claims or "", provider)
-        decision = _policy(state).evaluate(skill, identity, remote_addr=ip)
+        decision = state.policy.evaluate(skill, identity, remote_addr=ip)
     except CCSSOError as exc:
         _fail(str(exc.description))
-        return
     click.echo(f"skill:    {skill_name}" + (f" -- {skill.description}" if skill.description else ""))
     click.echo(f"identity: {identity.id}" + (f" <{identity.email}>" if identity.email else "") + f" via {identity.via}")
     if not decision.checks:

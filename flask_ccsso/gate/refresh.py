@@ -38,15 +38,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, session
+from flask import current_app, session
 
-from . import reasons, signals
-from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, StoreUnavailable
-from .identity import ANONYMOUS, AnonymousIdentity, Identity
-from .session import SESSION_KEY, _rev, valid_record
+from .. import reasons, signals
+from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, StoreUnavailable
+from ..identity import ANONYMOUS, AnonymousIdentity, Identity
+from ..sessions.record import SESSION_KEY, load_live, revision
 
 if TYPE_CHECKING:
-    from .extension import CCSSOState
+    from ..state import CCSSOState
 
 log = logging.getLogger("flask_ccsso")
 
@@ -58,10 +58,6 @@ BACKOFF = 15.0
 #: a new access token is used at least this long (or half its lifetime, if
 #: shorter) before the next refresh, whatever ``refreshWindow`` says
 MIN_TOKEN_USE = 60.0
-
-
-def init_state(app: Flask, state: CCSSOState) -> None:
-    state.refresher = refresh_if_needed
 
 
 def _number(value: Any) -> float | None:
@@ -92,7 +88,8 @@ def _window(data: dict[str, Any], expires_at: float, configured: float) -> float
 
 
 def refresh_if_needed(state: CCSSOState, identity: Identity) -> Identity | AnonymousIdentity:
-    """``state.refresher``: called by ``load_identity`` with the session's identity."""
+    """``state.refresher``: called by :func:`~flask_ccsso.gate.current.load_identity`
+    with the session's identity."""
     if identity.via != "session":
         return identity
     data = state.gate.data()
@@ -141,7 +138,7 @@ class _SingleFlight:
         self.provider = provider
         self.data = data
         self.expires_at = expires_at
-        self.rev = _rev(data)
+        self.rev = revision(data)
         # the store handle, not the cookie value: lock names are store keys
         self.sid: str = state.session_interface.handle_of(session.sid)  # type: ignore[attr-defined]
         self.lock_name = f"refresh:{self.sid}"
@@ -152,17 +149,16 @@ class _SingleFlight:
     # ---------------------------------------------------------------- outcomes
     def _adopt(self, stored: dict[str, Any] | None) -> Identity | AnonymousIdentity | None:
         """Take over what a peer wrote. ``None``: nothing new yet."""
-        theirs = stored.get(SESSION_KEY) if isinstance(stored, dict) else None
-        if not isinstance(theirs, dict) or "identity" not in theirs or theirs.get("ended") or not valid_record(theirs):
+        block = stored.get(SESSION_KEY) if isinstance(stored, dict) else None
+        theirs = load_live(block)
+        if theirs is None:
             # ended by the peer (refresh failed) or revoked meanwhile
-            reason = theirs.get("ended") if isinstance(theirs, dict) and theirs.get("ended") else reasons.REFRESH_FAILED
+            reason = block.get("ended") if isinstance(block, dict) and block.get("ended") else reasons.REFRESH_FAILED
             self.state.gate.expire(self.app, self.identity, str(reason))
             return ANONYMOUS
-        if _rev(theirs) <= self.rev:
+        if theirs.rev <= self.rev:
             return None
-        for key in ("identity", "tokens", "rev", "logout"):
-            if key in theirs:
-                self.data[key] = theirs[key]
+        self.data.update(identity=theirs.identity, tokens=theirs.tokens, rev=theirs.rev, logout=theirs.logout)
         # the store already holds this; our end-of-request write (if any) reconciles
         return Identity.from_dict(self.data["identity"])
 
@@ -256,3 +252,6 @@ class _SingleFlight:
         if d.get("auth_time") is None:
             d["auth_time"] = old.auth_time
         return Identity.from_dict(d)
+
+
+__all__ = ["refresh_if_needed"]

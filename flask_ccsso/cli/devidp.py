@@ -15,16 +15,13 @@ its switches are on (``enabled=True`` in code and ``CCSSO_DEVIDP_ENABLED=1``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import click
-from flask import Flask, current_app
-from flask.cli import with_appcontext
+from flask import Flask
 
-from .server import ENABLE_ENV_VAR, WARNING_TEXT, _check_switches
-
-if TYPE_CHECKING:
-    from .server import _IdP
+from ..devidp.server import ENABLE_ENV_VAR, WARNING_TEXT, _check_switches, _IdP
+from ._common import fail, load_app, with_app
 
 __all__ = ["devidp_token", "find_devidp"]
 
@@ -33,15 +30,13 @@ def find_devidp(app: Flask) -> _IdP | None:
     """The development IdP mounted on ``app`` (by ``DevIdP`` or ``create_devidp_blueprint``), or None."""
     for bp in app.blueprints.values():
         idp = getattr(bp, "ccsso_devidp", None)
-        if idp is not None:
-            return idp  # type: ignore[no-any-return]
+        if isinstance(idp, _IdP):
+            return idp
     return None
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"[{click.style('ERROR', fg='red')}] devidp-token: {message}", err=True)
-    click.get_current_context().exit(2)
-    raise AssertionError("unreachable")  # pragma: no cover - ctx.exit raises
+    fail(f"devidp-token: {message}")
 
 
 def _warn_loudly() -> None:
@@ -70,7 +65,7 @@ def _warn_loudly() -> None:
     "--client", "client_id", metavar="ID", default=None, help="The DevClient it is issued to (default: the only one)."
 )
 @click.option("--mfa", is_flag=True, help="As if 'Use MFA' was ticked (acr urn:ccsso:mfa, amr pwd+otp).")
-@with_appcontext
+@with_app
 def devidp_token(username: str, scope: str | None, client_id: str | None, mfa: bool) -> None:
     """Print an access token from the development IdP (development only).
 
@@ -79,8 +74,7 @@ def devidp_token(username: str, scope: str | None, client_id: str | None, mfa: b
     no development IdP is enabled on the app, or the user, client or a scope is
     unknown.
     """
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    idp = find_devidp(app)
+    idp = find_devidp(load_app())
     if idp is None:
         _fail(
             "no development IdP is mounted on this app (DevIdP(app, ..., enabled=True) or "

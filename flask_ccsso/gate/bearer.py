@@ -5,6 +5,10 @@ against the same skills as browser sessions (``identity.via == "bearer"``).
 
 JWT access tokens (RFC 9068 and the Okta / Entra ID formats):
 
+The JWT checks themselves are the OIDC provider's
+(:meth:`~flask_ccsso.providers.oidc.OIDCProvider.validate_access_token`);
+this module routes, caches and completes the identity.
+
 1. the provider is picked by the token's *unverified* ``iss`` (each provider's
    issuer; Entra ID accepts its tenant's v2 and v1 issuers) -- only to choose
    the keys, everything is verified after;
@@ -59,32 +63,36 @@ unreachable IdP is a ``503``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import ipaddress
-import json
 import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
 from flask import Flask, current_app, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
 
-from . import reasons, signals
-from ._validate import setting_number
-from .exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
-from .identity import Identity
-from .providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
-
-if TYPE_CHECKING:
-    from .extension import CCSSOState
-    from .providers.oidc import OIDCProvider
+from .. import reasons, signals
+from .._validate import setting_number
+from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
+from ..identity import Identity
+from ..providers.base import Provider
+from ..providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
+from ..providers.oidc import (
+    NOT_ACCESS_TOKEN_TYP,
+    SENDER_CONSTRAINED,
+    OIDCProvider,
+    audiences,
+    check_access_token_type,
+    peek_jwt,
+    token_scopes,
+)
 
 #: how many verified tokens each process remembers
 DEFAULT_CACHE_SIZE = 2048
@@ -101,17 +109,10 @@ LIMITER_SIZE = 4096
 RATE_LIMITED = "rate_limited"
 #: RFC 6750 2.1 b64token
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
-_ACCEPTED_TYP = {"jwt", "at+jwt"}
-#: claims only ID tokens / logout tokens / security event tokens carry
-_NOT_ACCESS_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
-#: Keycloak's ``typ`` *claim* of ID, refresh and logout tokens
-_NOT_ACCESS_TOKEN_TYP = {"id", "refresh", "offline", "logout"}
 #: introspection ``token_type`` values that mean "an access token usable as Bearer"
 _ACCESS_TOKEN_TYPES = {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
 #: ``token_use`` (Cognito, Ory Hydra) of an access token
 _ACCESS_TOKEN_USE = {"access", "access_token"}
-_SENDER_CONSTRAINED = ("The access token is bound to a key (DPoP or mutual TLS, 'cnf') and is not accepted "
-                       "with the Bearer scheme: this API cannot verify the proof of possession.")
 
 log = logging.getLogger("flask_ccsso")
 
@@ -211,64 +212,6 @@ def _invalid(description: str) -> AuthenticationFailed:
     return AuthenticationFailed(description, reason=reasons.INVALID_TOKEN)
 
 
-def _peek_part(token: str, index: int) -> dict[str, Any]:
-    """Part ``index`` of a JWS (0: header, 1: payload) as a JSON object,
-    unverified: only to choose the provider and refuse what is not an access
-    token. Anything attacker input can make the decoding raise -- bad
-    base64, not UTF-8, not JSON, nesting deep enough for ``RecursionError``
-    -- is "malformed" (a 401), never the catch-all's logged traceback."""
-    try:
-        part = token.split(".")[index]
-        part += "=" * (-len(part) % 4)
-        data = json.loads(base64.urlsafe_b64decode(part.encode("ascii")))
-    except (ValueError, IndexError, UnicodeError, RecursionError):
-        raise _invalid("The token is malformed.") from None
-    if not isinstance(data, dict):
-        raise _invalid("The token is malformed.")
-    return data
-
-
-def _peek_claims(token: str) -> dict[str, Any]:
-    """The payload, unverified: only to pick the provider."""
-    return _peek_part(token, 1)
-
-
-def _peek_header(token: str) -> dict[str, Any]:
-    return _peek_part(token, 0)
-
-
-def _scopes(claims: Mapping[str, Any]) -> list[str]:
-    out: list[str] = []
-    for key in ("scp", "scope"):
-        v = claims.get(key)
-        if isinstance(v, str):
-            out.extend(v.split())
-        elif isinstance(v, list):
-            out.extend(s for s in v if isinstance(s, str))
-    return sorted(set(out))
-
-
-def _check_client(prov: OIDCProvider, claims: Mapping[str, Any]) -> None:
-    """``allowedClients``: only tokens obtained by these OAuth clients
-    (``client_id`` per RFC 9068, ``azp``, Okta's ``cid``, Entra's ``appid``) may call the API.
-    Off by default: RFC 9068 lets any client of the audience call it."""
-    allowed = prov.settings.allowed_clients
-    if not allowed:
-        return
-    cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
-    if not isinstance(cid, str) or cid not in allowed:
-        raise _invalid("The token was obtained by a client that may not call this API.")
-
-
-def _auds(claims: Mapping[str, Any]) -> list[str]:
-    aud = claims.get("aud")
-    if isinstance(aud, str):
-        return [aud]
-    if isinstance(aud, list):
-        return [a for a in aud if isinstance(a, str)]
-    return []
-
-
 def _check_token_kind(data: Mapping[str, Any]) -> bool:
     """Refuse an introspection answer that shows, by *any* field, that the
     token is not a plain access token: a refresh token (``token_type``
@@ -279,7 +222,7 @@ def _check_token_kind(data: Mapping[str, Any]) -> bool:
     for a refresh token. Returns whether ``token_type`` affirmatively said
     "access token"."""
     if "cnf" in data:
-        raise _invalid(_SENDER_CONSTRAINED)
+        raise _invalid(SENDER_CONSTRAINED)
     for key in ("token_type", "token_use", "typ"):
         value = data.get(key)
         if key in data and not isinstance(value, str):
@@ -288,14 +231,14 @@ def _check_token_kind(data: Mapping[str, Any]) -> bool:
             raise _invalid("A refresh token is not an access token.")
     token_type = data.get("token_type")
     if isinstance(token_type, str) and token_type.lower() == "dpop":
-        raise _invalid(_SENDER_CONSTRAINED)
+        raise _invalid(SENDER_CONSTRAINED)
     if isinstance(token_type, str) and token_type.lower() not in _ACCESS_TOKEN_TYPES:
         raise _invalid("The token is not an access token (token_type).")
     use = data.get("token_use")
     if isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE:
         raise _invalid("The token is not an access token (token_use).")
     typ = data.get("typ")
-    if isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TOKEN_TYP:
+    if isinstance(typ, str) and typ.lower() in NOT_ACCESS_TOKEN_TYP:
         raise _invalid("The token is not an access token (typ).")
     return isinstance(token_type, str)
 
@@ -305,12 +248,21 @@ def _client_address() -> str:
 
 
 class BearerAuthenticator:
-    """``state.bearer_authenticator``: ``(state, token) -> Identity``."""
+    """``state.bearer_authenticator``: ``token -> Identity``.
 
-    def __init__(self, state: CCSSOState, *, cache_size: int = DEFAULT_CACHE_SIZE,
+    :param providers: the app's providers (the OIDC ones accept tokens).
+    :param clock: the extension's clock.
+    :param groups_needed: some skill gates on groups (then a token without a
+        group claim has its groups read from userinfo).
+    """
+
+    def __init__(self, providers: Mapping[str, Provider], clock: Callable[[], float], *, groups_needed: bool = True,
+                 cache_size: int = DEFAULT_CACHE_SIZE,
                  refusal_seconds: float = REFUSAL_CACHE_SECONDS, introspection_limit: int = INTROSPECTION_LIMIT,
                  limit_window: float = INTROSPECTION_LIMIT_WINDOW) -> None:
-        self.state = state
+        self.providers = providers
+        self.clock = clock
+        self.groups_needed = groups_needed
         self.cache: TokenCache[Identity] = TokenCache(cache_size)
         #: refused opaque tokens: hash -> (description, reason, provider)
         self.refusals: TokenCache[tuple[str, str, str | None]] = TokenCache(cache_size)
@@ -324,7 +276,7 @@ class BearerAuthenticator:
         self.userinfo_calls = 0
 
     # -- entry point -------------------------------------------------------------------
-    def __call__(self, state: CCSSOState, token: str) -> Identity:
+    def __call__(self, token: str) -> Identity:
         failure = getattr(g, "_ccsso_bearer_failure", None)
         if failure is not None:  # once per request, one signal
             raise failure
@@ -357,7 +309,7 @@ class BearerAuthenticator:
         if not token or len(token) > 16384 or not _B64TOKEN.match(token):
             raise _invalid("The access token is malformed.")
         key = hashlib.sha256(token.encode("ascii")).digest()
-        now = self.state.clock()
+        now = self.clock()
         cached = self.cache.get(key, now)
         if cached is not None:
             return cached
@@ -374,16 +326,12 @@ class BearerAuthenticator:
 
     # -- JWT ---------------------------------------------------------------------------
     def _oidc_providers(self) -> list[OIDCProvider]:
-        return [p for p in self.state.providers.values()  # type: ignore[misc]
-                if getattr(p, "protocol", None) == "oidc"]
+        return [p for p in self.providers.values() if isinstance(p, OIDCProvider)]
 
     def _issuers(self, prov: OIDCProvider) -> tuple[str, ...]:
-        accepted = getattr(prov, "accepted_access_token_issuers", None)
-        if accepted is not None:
-            return tuple(accepted())
-        return (prov.expected_issuer(),)
+        return prov.accepted_access_token_issuers()
 
-    def _provider_for(self, iss: Any) -> tuple[OIDCProvider, tuple[str, ...]]:
+    def _provider_for(self, iss: Any) -> OIDCProvider:
         if not isinstance(iss, str) or not iss:
             raise _invalid("The token names no issuer.")
         unavailable: IdPUnavailable | None = None
@@ -394,47 +342,18 @@ class BearerAuthenticator:
                 unavailable = exc
                 continue
             if iss in issuers:
-                return prov, issuers
+                return prov
         if unavailable is not None:
             raise unavailable
         raise _invalid("The token was issued by an identity provider this application does not trust.")
 
     def _verify_jwt(self, token: str, now: float) -> tuple[OIDCProvider, dict[str, Any], Identity, float]:
-        header = _peek_header(token)
-        typ = header.get("typ")
-        if typ is not None:
-            t = str(typ).lower()
-            t = t.removeprefix("application/")
-            if t not in _ACCEPTED_TYP:
-                raise _invalid("The token is not an access token (typ).")
-        prov, issuers = self._provider_for(_peek_claims(token).get("iss"))
-        try:
-            _, claims = prov.decode_jwt(token)
-            if claims.get("iss") not in issuers:
-                raise _invalid("The token was issued by someone else.")
-            auds = _auds(claims)
-            if not any(a in prov.settings.audience for a in auds):
-                raise _invalid("The token is meant for another application (aud).")
-            # an ID token (nonce, at_hash / c_hash / s_hash, Keycloak's typ
-            # claim "ID") or a logout token / security event (events) is not
-            # an access token, even when its aud is our client id: ID tokens
-            # travel in URLs (id_token_hint) and must not open the API
-            if any(k in claims for k in _NOT_ACCESS_TOKEN_CLAIMS) or (
-                    isinstance(claims.get("typ"), str) and claims["typ"].lower() in _NOT_ACCESS_TOKEN_TYP):
-                raise _invalid("An ID token is not an access token.")
-            # RFC 9449 7.2 / RFC 8705 3: a key-bound token without its proof
-            # is a stolen token as far as we can tell
-            if "cnf" in claims:
-                raise _invalid(_SENDER_CONSTRAINED)
-            if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-                raise _invalid("The token has no subject.")
-            _check_client(prov, claims)
-            prov._check_time_claims(claims, essential=("exp",))
-            prov.check_claims(claims)
-        except AuthenticationFailed as exc:
-            exc.extra.setdefault("provider", prov.name)
-            raise
-        identity = prov.build_identity(claims, {"scope": _scopes(claims)}, via="bearer")
+        """Route by the unverified ``iss`` (only to choose the provider and its
+        keys); the provider verifies everything (``validate_access_token``)."""
+        header, unverified = peek_jwt(token)
+        check_access_token_type(header)
+        prov = self._provider_for(unverified.get("iss"))
+        claims, identity = prov.validate_access_token(token)
         return prov, claims, identity, float(claims["exp"]) + prov.settings.clock_skew
 
     # -- RFC 7662 ----------------------------------------------------------------------
@@ -525,7 +444,7 @@ class BearerAuthenticator:
         said_access_token = _check_token_kind(data)
         if "iss" in data and data["iss"] not in self._issuers(prov):
             raise _invalid("The token was issued by someone else.")
-        auds = _auds(data)
+        auds = audiences(data)
         if "aud" in data and not auds:
             raise _invalid("The token's 'aud' is malformed.")
         if auds:
@@ -535,7 +454,7 @@ class BearerAuthenticator:
             # a refresh token (oidc-provider answers one with neither aud nor
             # token_type) or another client's access token for no API at all
             raise _invalid("The token names no audience (aud), so it is not meant for this API.")
-        _check_client(prov, data)
+        prov.check_client(data)
         exp = data.get("exp")
         if exp is not None:
             exp = finite_number(exp)
@@ -545,14 +464,11 @@ class BearerAuthenticator:
                 raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED)
         if not isinstance(data.get("sub"), str) or not data["sub"]:
             raise _invalid("The token has no subject.")
-        identity = prov.build_identity(data, {"scope": _scopes(data)}, via="bearer")
+        identity = prov.build_identity(data, {"scope": token_scopes(data)}, via="bearer")
         limit = now + INTROSPECTION_CACHE_SECONDS
         return identity, min(float(exp), limit) if exp is not None else limit
 
     # -- groups from userinfo ----------------------------------------------------------
-    def _groups_needed(self) -> bool:
-        return any(getattr(s, "allowed_groups", None) for s in self.state.config.skills.values())
-
     def _complete_groups(self, prov: OIDCProvider, claims: Mapping[str, Any], identity: Identity, token: str,
                          key: bytes, now: float, exp: float, valid_until: float) -> tuple[Identity, float]:
         """A token without the provider's group claim says nothing about
@@ -560,7 +476,7 @@ class BearerAuthenticator:
         token itself, from the provider that vouched for it); when that has
         none either, mark the groups incomplete so that a group-gated skill
         answers ``groups_incomplete`` and says what the API needs."""
-        if prov.settings.groups_claim in claims or not identity.groups_complete or not self._groups_needed():
+        if prov.settings.groups_claim in claims or not identity.groups_complete or not self.groups_needed:
             return identity, valid_until
         if prov.type == "azure-ad":  # Entra's userinfo never lists groups
             return dataclasses.replace(identity, groups_complete=False), valid_until
@@ -620,8 +536,9 @@ def _app_number(app: Flask, key: str, default: float, low: float, high: float, *
     return setting_number(app.config, key, default, minimum=low, maximum=high, whole=whole)
 
 
-def init_state(app: Flask, state: CCSSOState) -> None:
-    """Called by ``init_app``: accept bearer tokens from the OIDC providers.
+def make_bearer_authenticator(app: Flask, providers: Mapping[str, Provider], clock: Callable[[], float],
+                              skills: Iterable[Any]) -> BearerAuthenticator:
+    """Built by ``init_app``: accept bearer tokens from the OIDC providers.
     ``CCSSO_BEARER_CACHE_SIZE`` (default 2048) bounds the token caches;
     ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS`` (30) is how long a refused opaque
     token is refused without asking again; ``CCSSO_BEARER_INTROSPECTION_LIMIT``
@@ -630,8 +547,9 @@ def init_state(app: Flask, state: CCSSOState) -> None:
     size = int(_app_number(app, "CCSSO_BEARER_CACHE_SIZE", DEFAULT_CACHE_SIZE, 1, 10_000_000, whole=True))
     refusal = _app_number(app, "CCSSO_BEARER_REFUSAL_CACHE_SECONDS", REFUSAL_CACHE_SECONDS, 0, 3600)
     limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000, whole=True))
-    state.bearer_authenticator = BearerAuthenticator(state, cache_size=size, refusal_seconds=refusal,
-                                                     introspection_limit=limit)
+    return BearerAuthenticator(providers, clock, groups_needed=any(getattr(s, "allowed_groups", None) for s in skills),
+                               cache_size=size, refusal_seconds=refusal, introspection_limit=limit)
 
 
-__all__ = ["AddressLimiter", "BearerAuthenticator", "IntrospectionThrottled", "TokenCache", "init_state"]
+__all__ = ["AddressLimiter", "BearerAuthenticator", "IntrospectionThrottled", "TokenCache",
+           "make_bearer_authenticator"]

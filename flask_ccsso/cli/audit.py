@@ -1,39 +1,32 @@
 """``flask ccsso audit ...``: create the table, show the latest events, verify the chain.
 
-The extension's ``ccsso`` command group adds :data:`audit` with
-``add_command(audit)``. The commands also work on their own (``--url``), with
+The commands also work on their own (``--url``), with
 no app at all. Without ``--url`` the database is the first ``sqlalchemy``
 destination of the app's parsed ``logging`` block
 (``current_app.extensions["ccsso"].audit_settings``, or the running pipeline's
 settings).
+
+The SQLAlchemy sink is imported inside the commands, not at the top: the
+``flask.commands`` entry point imports this package on *every* ``flask``
+invocation (``flask run`` too), and SQLAlchemy costs about 120 ms to import.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from .settings import DEFAULT_TABLE, AuditSettings
+from ..audit.settings import DEFAULT_TABLE, AuditSettings
+from ._common import find_app
 
 
 def _app_settings() -> AuditSettings | None:
     """The app's audit settings, if an app can be found (``flask --app ...``)."""
-    from flask import current_app
-    from flask.cli import NoAppException, ScriptInfo
-
-    app: Any = None
-    if current_app:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-    else:
-        ctx = click.get_current_context(silent=True)
-        info = ctx.find_object(ScriptInfo) if ctx else None
-        if info is not None:
-            try:
-                app = info.load_app()
-            except NoAppException:
-                app = None
+    app = find_app()
     if app is None:
         return None
     state = app.extensions.get("ccsso")
@@ -54,10 +47,16 @@ def _target(url: str | None, table: str | None) -> tuple[str, str]:
                            "{\"type\": \"sqlalchemy\", \"url\": ...} entry in logging.destinations.")
 
 
-def _engine(url: str) -> Any:
-    from .sinks.sqlalchemy import make_engine
+@contextmanager
+def _engine(url: str) -> Iterator[Any]:
+    """A SQLAlchemy engine for ``url``, disposed of when the command is done."""
+    from ..audit.sinks.sqlalchemy import make_engine
 
-    return make_engine(url)
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 _url = click.option("--url", envvar="CCSSO_AUDIT_URL", help="SQLAlchemy URL of the audit database.")
@@ -74,14 +73,11 @@ def audit() -> None:
 @_table
 def init_db(url: str | None, table: str | None) -> None:
     """Create the audit table if it does not exist."""
-    from .sinks.sqlalchemy import create_table
+    from ..audit.sinks.sqlalchemy import create_table
 
     url, table = _target(url, table)
-    engine = _engine(url)
-    try:
+    with _engine(url) as engine:
         create_table(engine, table)
-    finally:
-        engine.dispose()
     click.echo(f"audit table {table!r} is ready.")
 
 
@@ -92,15 +88,12 @@ def init_db(url: str | None, table: str | None) -> None:
 @_table
 def tail_cmd(count: int, url: str | None, table: str | None) -> None:
     """Print the latest events as JSON lines, oldest first."""
-    from .sinks.sqlalchemy import tail
+    from ..audit.sinks.sqlalchemy import tail
 
     url, table = _target(url, table)
-    engine = _engine(url)
-    try:
+    with _engine(url) as engine:
         for row in tail(engine, table, count):
             click.echo(json.dumps(row, sort_keys=True, ensure_ascii=False))
-    finally:
-        engine.dispose()
 
 
 @audit.command("verify")
@@ -108,19 +101,14 @@ def tail_cmd(count: int, url: str | None, table: str | None) -> None:
 @_table
 def verify(url: str | None, table: str | None) -> None:
     """Check the hash chain. Exit code 0 when intact, 1 naming the first broken event."""
-    from .sinks.sqlalchemy import verify_chain
+    from ..audit.sinks.sqlalchemy import verify_chain
 
     url, table = _target(url, table)
-    engine = _engine(url)
-    try:
+    with _engine(url) as engine:
         ok, broken = verify_chain(engine, table)
-    finally:
-        engine.dispose()
     if ok:
         click.echo(f"audit chain in {table!r} is intact.")
         return
     click.echo(f"audit chain in {table!r} is BROKEN at event {broken}.", err=True)
     raise SystemExit(1)
 
-
-__all__ = ["audit"]

@@ -1,0 +1,140 @@
+"""What every ``flask ccsso`` command shares: loading the app, one-line errors, masking.
+
+Each command loads the app through :func:`load_app` (or :func:`with_app`),
+never through Flask's ``with_appcontext``: an app that cannot start (an
+invalid config, the development IdP refusing to run) must end the command
+with one line and exit code 2, not a traceback. Doing it where the app is
+loaded -- rather than by catching exceptions around the whole command --
+keeps click's own exits (``--help`` is ``Exit(0)``, a ``RuntimeError``
+subclass) and a command's own errors out of that path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import update_wrapper
+from typing import Any, NoReturn, TypeVar
+
+import click
+from flask import Flask, current_app, has_app_context
+from flask.cli import NoAppException, ScriptInfo
+
+from .._validate import mask_url
+from ..config import _SECRET_KEYS
+from ..exceptions import ConfigError
+from ..state import CCSSOState, get_state
+
+__all__ = ["app_state", "current_state", "fail", "find_app", "load_app", "mask_url", "masked", "report_error", "with_app"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: keys of raw config blocks (``logging``) whose values never get printed: the
+#: keys that must be ``${VAR}`` in a file, plus sink headers; settings structs
+#: mark their secret fields instead (``secret_field``)
+SECRET_FIELDS = frozenset(_SECRET_KEYS | {"secret", "headers"})
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+def report_error(message: str) -> None:
+    """``[ERROR] message`` on stderr: how every command reports a failure."""
+    click.echo(f"[{click.style('ERROR', fg='red')}] {message}", err=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Report ``message`` as one line and end the command (exit 2: it could not do its job)."""
+    report_error(message)
+    click.get_current_context().exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover - ctx.exit raises
+
+
+# --------------------------------------------------------------------------- the app
+
+def load_app() -> Flask:
+    """The app ``flask --app`` names (or the one whose context is active).
+
+    A ``ConfigError`` or a ``RuntimeError`` while the app is created (the
+    development IdP's switches) ends the command with its message and exit
+    code 2; no app to be found at all is click's usage error (also exit 2).
+    """
+    if has_app_context():
+        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+    return _create(click.get_current_context().ensure_object(ScriptInfo))
+
+
+def find_app() -> Flask | None:
+    """Like :func:`load_app`, but no app at all is ``None``, not an error: the
+    audit commands also work on a bare ``--url``, even outside ``flask``."""
+    if has_app_context():
+        return load_app()
+    ctx = click.get_current_context(silent=True)
+    info = ctx.find_object(ScriptInfo) if ctx else None
+    if info is None:
+        return None
+    try:
+        return _create(info)
+    except NoAppException:
+        return None
+
+
+def _create(info: ScriptInfo) -> Flask:
+    """``info.load_app()``, with the app's start-up errors as one line and exit 2."""
+    try:
+        return info.load_app()
+    except ConfigError as exc:
+        fail(f"configuration: {exc}")
+    except RuntimeError as exc:
+        fail(f"the app could not start: {exc}")
+
+
+def app_state(app: Flask) -> CCSSOState:
+    """flask-ccsso's state on ``app``; exit 2 with the fix when it was never initialised."""
+    try:
+        return get_state(app)
+    except RuntimeError:
+        fail("flask-ccsso is not initialised on this app (call CCSSO(app) or sso.init_app(app) in the factory).")
+
+
+def current_state() -> CCSSOState:
+    """flask-ccsso's state on the command's app (see :func:`load_app` and :func:`app_state`)."""
+    return app_state(load_app())
+
+
+def with_app(f: F) -> F:
+    """Run the command inside the app's context, loaded by :func:`load_app`
+    (what ``flask.cli.with_appcontext`` does, with the one-line start-up errors)."""
+
+    @click.pass_context
+    def run_in_app(ctx: click.Context, /, *args: Any, **kwargs: Any) -> Any:
+        if not has_app_context():
+            ctx.with_resource(load_app().app_context())
+        return ctx.invoke(f, *args, **kwargs)
+
+    return update_wrapper(run_in_app, f)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- masking
+
+def masked(value: Any, key: str = "") -> Any:
+    """A JSON-safe copy of ``value`` with every secret replaced by ``***``.
+
+    A settings field marked secret (``config.secret_field``) is masked
+    whatever its name; in raw blocks the key names in :data:`SECRET_FIELDS`
+    are; URLs keep everything but their credentials (``_validate.mask_url``).
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: ("***" if getattr(value, f.name) else getattr(value, f.name)) if f.metadata.get("secret")
+                else masked(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+    if key in SECRET_FIELDS:
+        return "***" if value else value
+    if isinstance(value, dict):
+        return {str(k): masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [masked(v, key) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
