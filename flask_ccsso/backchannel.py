@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Request, current_app
+from flask import Request
 from werkzeug.exceptions import BadRequest, HTTPException, ServiceUnavailable
 from werkzeug.wrappers import Response
 
 from . import reasons, signals
+from ._context import current_flask_app
 from .exceptions import CCSSOError, IdPUnavailable, StoreUnavailable
 from .providers.oidc import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, InvalidLogoutToken, OIDCProvider
 from .responses import error_response
@@ -91,7 +92,7 @@ def _json(exc: HTTPException) -> Response:
 
 def handle_backchannel_logout(state: CCSSOState, provider: OIDCProvider, request: Request) -> Response:
     """Validate (the provider), end the sessions (the session index), announce, answer."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     token = request.form.get("logout_token") if request.method == "POST" else None
     if not token:
         return _json(LogoutTokenRefused("logout_token is missing."))

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
@@ -722,7 +722,8 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
                 from redis.connection import parse_url
             except ImportError:  # the redis extra is not installed: the store says so when it starts
                 return
-            options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+            parse: Callable[[str], dict[str, Any]] = parse_url  # redis leaves it unannotated
+            options = parse(url)
     except ImportError:
         raise ConfigError(path, "names a database driver that is not installed.",
                           "install the driver (e.g. pip install 'psycopg[binary]') or fix the URL's scheme.") from None

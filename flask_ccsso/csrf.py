@@ -34,12 +34,13 @@ import functools
 import hmac
 import secrets
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import current_app, g, request, session
+from flask import g, request, session
 
 from . import reasons, signals
+from ._context import current_flask_app
 from .exceptions import CCSSOError, CSRFError
 from .gate.current import bearer_header, resolve_identity
 
@@ -135,7 +136,7 @@ def announce(exc: CSRFError) -> None:
             identity = resolve_identity()
         except CCSSOError:
             identity = None
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     signals.permission_denied.send(app, identity=identity or None, skill=None, skills=[],
                                    reason=reasons.CSRF_FAILED, condition=f"csrf:{exc.extra.get('check')}",
                                    via="session", endpoint=request.endpoint)
@@ -160,7 +161,7 @@ def csrf_protect(view: F) -> F:
                 raise
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 __all__ = ["FORM_FIELD", "HEADER", "CSRFError", "check_csrf", "cross_site", "csrf_protect", "csrf_token"]

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from flask import Flask, current_app
+from flask import Flask
 
+from ._context import current_flask_app
 from .config import CCSSOConfig
 from .identity import AnonymousIdentity, Identity
 from .providers.base import Provider
@@ -94,7 +95,7 @@ def get_state(app: Flask | None = None) -> CCSSOState:
 
     :raises RuntimeError: flask-ccsso is not initialised on that app.
     """
-    target: Flask = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    target = app if app is not None else current_flask_app()
     state = target.extensions.get(EXTENSION_KEY)
     if state is None:
         raise RuntimeError("flask-ccsso is not initialised on this app: call CCSSO(app) or sso.init_app(app).")

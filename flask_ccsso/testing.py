@@ -35,6 +35,7 @@ from blinker import ANY, Signal
 from flask import Flask, session
 from flask.testing import FlaskClient
 
+from ._context import unproxied
 from .identity import Identity
 from .state import get_state
 
@@ -122,7 +123,7 @@ class CCSSOTestClient(FlaskClient):
         with app.test_request_context("/", base_url=base):
             state.gate.establish(app, identity, tokens=tokens, logout_state={})
             response = app.response_class()
-            app.session_interface.save_session(app, session._get_current_object(), response)  # type: ignore[attr-defined]
+            app.session_interface.save_session(app, unproxied(session), response)
         self._take_cookies(app, response, base)
         return identity
 

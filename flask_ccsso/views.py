@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, reasons, signals
+from ._context import current_flask_app
 from ._validate import MAX_COUNT, setting_int, setting_number
 from .backchannel import handle_backchannel_logout
 from .exceptions import (
@@ -39,6 +40,7 @@ from .providers.base import CallbackRequest, LoginRequest, Provider, limit_per_b
 from .providers.oidc import OIDCProvider
 from .providers.saml import SAMLProvider
 from .responses import error_response, wants_json
+from .sessions.interface import current_session
 from .sessions.record import SESSION_KEY, SessionRecord, load_live
 from .state import CCSSOState, get_state
 
@@ -118,7 +120,7 @@ def _audited(prov_name: str) -> Iterator[None]:
 def _fail(prov_name: str | None, exc: CCSSOError) -> None:
     """Every refused sign-in is announced with a machine-readable reason."""
     extra = getattr(exc, "extra", {}) or {}
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     signals.login_failed.send(app, provider=prov_name, reason=exc.reason, detail=exc.description,
                               subject=extra.get("subject"), email=extra.get("email"))
 
@@ -236,7 +238,7 @@ def _current_auth_time(provider: str) -> float | None:
 def _finish(provider: str, params_from_form: bool) -> Response:
     state = _state()
     prov = _provider(provider)
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     with _audited(provider):
         check_store(session)
         cb = CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
@@ -362,7 +364,7 @@ def slo(provider: str) -> Response:
         if result.subject is None:  # the IdP answered a logout started here
             return redirect(url_for("ccsso.logged_out"))
         count = _state().sessions.revoke_at_idp(prov.name, result.subject, result.idp_sessions)
-        signals.session_revoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+        signals.session_revoked.send(current_flask_app(),
                                      subject=result.subject, provider=prov.name, count=count, reason="saml_slo")
         return redirect(prov.logout_response_url(result.request_id or "", result.relay_state))
     except CCSSOError as exc:
@@ -379,7 +381,7 @@ def _fail_logout(prov_name: str, exc: CCSSOError) -> None:
     """Every refused logout message is announced like a refused sign-in (the
     audit trail's ``auth.login_failed``), its detail saying it was a logout,
     as the OIDC back-channel logout does."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     signals.login_failed.send(app, provider=prov_name, reason=exc.reason,
                               detail=f"SAML logout: {exc.description}", subject=None, email=None)
 
@@ -456,7 +458,7 @@ class _LogoutNeedsPost(CCSSOError, MethodNotAllowed):
 def _end_session(record: SessionRecord | None) -> Response:
     """End this browser's session here (and at the IdP, when it supports that)."""
     state = _state()
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     target = url_for("ccsso.logged_out")
     if record is not None:
         identity = record.person()
@@ -467,7 +469,7 @@ def _end_session(record: SessionRecord | None) -> Response:
                 idp_url = prov.logout_url(record.logout, url_for("ccsso.logged_out", _external=True))
             except CCSSOError:
                 idp_url = None
-        state.forget_session(identity, session.sid)  # type: ignore[attr-defined]
+        state.forget_session(identity, current_session().sid)
         session.clear()
         signals.user_logged_out.send(app, identity=identity, provider=identity.provider, idp_logout=bool(idp_url))
         if idp_url:

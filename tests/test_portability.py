@@ -9,10 +9,14 @@ that once held on one Python only:
 * Sealed session records: ``binascii.a2b_base64(strict_mode=...)`` is 3.11+.
 * The audit spool: ``BaseException.add_note`` and ``sqlite3.Error.sqlite_errorname``
   are 3.11+.
+* Nested JSON in tokens: ``json`` gives up (``RecursionError``) at about 1,000
+  levels on 3.10/3.11 but parses 5,000 on 3.13, so the limit is our own.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -21,6 +25,7 @@ import pytest
 
 from flask_ccsso.audit.spool import _finish, describe_io_error
 from flask_ccsso.exceptions import AuthenticationFailed
+from flask_ccsso.providers.oidc import MAX_JSON_DEPTH, peek_jwt
 from flask_ccsso.providers.saml_xml import parse_instant
 from flask_ccsso.sessions.keys import SessionKeys
 
@@ -95,6 +100,33 @@ def test_a_failing_rollback_never_replaces_the_first_error(tmp_path: Path) -> No
 def test_sqlite_errors_are_named_by_their_code_on_every_python(tmp_path: Path) -> None:
     path = tmp_path / "not-a-spool.sqlite3"
     path.write_bytes(b"\x00" * 4096)
+    db = sqlite3.connect(path)
     with pytest.raises(sqlite3.DatabaseError) as info:
-        sqlite3.connect(path).execute("SELECT * FROM sqlite_master")
+        db.execute("SELECT * FROM sqlite_master")
+    db.close()  # 3.13 warns (ResourceWarning) about a connection left to the garbage collector
     assert describe_io_error(info.value) == "SQLITE_NOTADB (file is not a database)"
+
+
+def _part(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _jws(header: bytes, payload: bytes) -> str:
+    return f"{_part(header)}.{_part(payload)}.c2ln"
+
+
+HEADER = json.dumps({"alg": "RS256", "kid": "k"}).encode()
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 900, 5000])
+def test_deeply_nested_token_json_is_malformed_on_every_python(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    for header, payload in ((HEADER, b'{"iss": ' + nested + b"}"), (HEADER, b'{"a": {"b": ' + nested + b"}}"),
+                            (b'{"alg": "RS256", "x": ' + nested + b"}", b"{}")):
+        with pytest.raises(AuthenticationFailed, match="malformed"):
+            peek_jwt(_jws(header, payload))
+
+
+def test_ordinary_nesting_still_reads() -> None:
+    claims = {"iss": "https://idp", "address": {"country": "NL"}, "_claim_sources": {"src1": {"endpoint": "x"}}}
+    assert peek_jwt(_jws(HEADER, json.dumps(claims).encode()))[1] == claims

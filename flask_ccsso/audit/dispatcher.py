@@ -291,7 +291,7 @@ def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float
 
 
 def get_pipeline(app: Flask) -> AuditPipeline | None:
-    return app.extensions.get(EXTENSION_KEY)  # type: ignore[no-any-return]
+    return app.extensions.get(EXTENSION_KEY)
 
 
 __all__ = ["AuditPipeline", "FailureCounter", "get_pipeline", "init_audit", "request_id"]

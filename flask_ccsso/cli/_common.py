@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import update_wrapper
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
-from flask import Flask, current_app, has_app_context
+from flask import Flask, has_app_context
 from flask.cli import NoAppException, ScriptInfo
 
+from .._context import current_flask_app
 from .._validate import mask_url
 from ..config import _SECRET_KEYS
 from ..exceptions import ConfigError
@@ -59,7 +60,7 @@ def load_app() -> Flask:
     code 2; no app to be found at all is click's usage error (also exit 2).
     """
     if has_app_context():
-        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+        return current_flask_app()
     return _create(click.get_current_context().ensure_object(ScriptInfo))
 
 
@@ -111,7 +112,7 @@ def with_app(f: F) -> F:
             ctx.with_resource(load_app().app_context())
         return ctx.invoke(f, *args, **kwargs)
 
-    return update_wrapper(run_in_app, f)  # type: ignore[return-value]
+    return cast(F, update_wrapper(run_in_app, f))
 
 
 # --------------------------------------------------------------------------- masking

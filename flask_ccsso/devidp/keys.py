@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING
 
 from joserfc.jwk import KeySet, RSAKey
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySetSerialization
 
 ALG = "RS256"
 
@@ -55,11 +58,10 @@ def _read(path: str) -> RSAKey:
     return key
 
 
-def public_jwks(key: RSAKey) -> dict[str, list[dict[str, Any]]]:
+def public_jwks(key: RSAKey) -> KeySetSerialization:
     """The JWKS document: the public half only, with ``kid``, ``use`` and ``alg``."""
-    public: dict[str, Any] = dict(key.as_dict(private=False))
-    return {"keys": [public]}
+    return {"keys": [dict(key.as_dict(private=False))]}
 
 
 def verification_keys(key: RSAKey) -> KeySet:
-    return KeySet.import_key_set(public_jwks(key))  # type: ignore[arg-type]
+    return KeySet.import_key_set(public_jwks(key))

@@ -762,6 +762,334 @@ def _save_token(idp: _IdP, token: dict[str, Any], request: Any) -> None:
 # ---------------------------------------------------------------------------
 # the blueprint
 # ---------------------------------------------------------------------------
+def _as_response(value: object) -> Response:
+    """Authlib's Flask integration answers with :class:`flask.Response`; Authlib
+    ships no types, so this says so (and fails loudly if that ever changes)."""
+    if not isinstance(value, Response):
+        raise TypeError(f"Authlib answered with {type(value).__name__}, not a flask.Response")
+    return value
+
+
+def _discovery_document(idp: _IdP) -> dict[str, Any]:
+    """OpenID Connect Discovery 1.0 §3, as Okta publishes it."""
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": idp.issuer,
+        "authorization_endpoint": idp.url("/authorize"),
+        "token_endpoint": idp.url("/token"),
+        "userinfo_endpoint": idp.url("/userinfo"),
+        "jwks_uri": idp.url("/jwks"),
+        "end_session_endpoint": idp.url("/end_session"),
+        "introspection_endpoint": idp.url("/introspect"),
+        "revocation_endpoint": idp.url("/revoke"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [ALG],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": list(idp.scopes_supported),
+        "claims_supported": list(CLAIMS_SUPPORTED),
+        "acr_values_supported": list(ACR_VALUES_SUPPORTED),
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+    }
+
+
+def _mfa_required() -> bool:
+    """The request asks for MFA only (``acr_values`` names it and not LoA1)."""
+    wanted = request.args.get("acr_values", "").split()
+    return ACR_MFA in wanted and ACR_LOA1 not in wanted
+
+
+def _requested_max_age() -> int | None:
+    """``max_age`` of the authorization request (OIDC Core §3.1.2.1), checked."""
+    raw = request.args.get("max_age")
+    if raw is None:
+        return None
+    try:
+        max_age = int(raw)
+    except ValueError:
+        max_age = -1
+    if max_age < 0:
+        raise InvalidRequestError("'max_age' must be a non-negative integer.")
+    return max_age
+
+
+def _csrf_value(cookie: dict[str, str]) -> str:
+    return cookie.get("csrf") or secrets.token_urlsafe(16)
+
+
+def _form_csrf_ok(cookie: dict[str, str]) -> bool:
+    """The posted form carries the CSRF value of the IdP's own cookie."""
+    return bool(cookie.get("csrf")) and secrets.compare_digest(request.form.get("csrf", ""), cookie["csrf"])
+
+
+def _remote_refusal() -> Response:
+    log.warning("devidp: refused a request from %s to %s (peer is not loopback; set %s=1 to allow)",
+                request.environ.get("REMOTE_ADDR") or "an unknown address", request.path, ALLOW_REMOTE_ENV_VAR)
+    return Response(
+        "403 Forbidden: the development identity provider only answers requests from this machine "
+        f"(a loopback peer address). Set {ALLOW_REMOTE_ENV_VAR}=1 to open it to the network -- never in "
+        "production.\n",
+        status=403, mimetype="text/plain", headers={"Cache-Control": "no-store"},
+    )
+
+
+def _no_framing(response: Response) -> Response:
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+class _Views:
+    """The IdP's HTTP endpoints, over one :class:`_IdP` and its Authlib server."""
+
+    def __init__(self, idp: _IdP, *, open_to_network: bool) -> None:
+        self.idp = idp
+        self.open_to_network = open_to_network
+        self.server, self.require_oauth = _build_server(idp)
+
+    def register(self, bp: Blueprint) -> None:
+        """Mount every endpoint on ``bp`` (the endpoint names are the public ones)."""
+        bp.before_request(self.local_peers_only)
+        bp.after_request(_no_framing)
+        for rule, endpoint, methods in (
+            ("/.well-known/openid-configuration", "discovery", ["GET"]),
+            ("/jwks", "jwks", ["GET"]),
+            ("/authorize", "authorize", ["GET", "POST"]),
+            ("/token", "token", ["POST"]),
+            ("/userinfo", "userinfo", ["GET", "POST"]),
+            ("/introspect", "introspect", ["POST"]),
+            ("/revoke", "revoke", ["POST"]),
+            ("/end_session", "end_session", ["GET", "POST"]),
+        ):
+            bp.add_url_rule(rule, endpoint, getattr(self, endpoint), methods=methods)
+
+    # -- every request ------------------------------------------------------------
+    def local_peers_only(self) -> Response | None:
+        # every endpoint, discovery included: the decision is the TCP peer's
+        # address, which a client cannot choose (the Host header it can)
+        if self.open_to_network or peer_is_local(request.environ):
+            return None
+        return _remote_refusal()
+
+    # -- response helpers ---------------------------------------------------------
+    def page(self, template: str, status: int = 200, **context: Any) -> Response:
+        html = render_template(f"devidp/{template}", warning=WARNING_TEXT, issuer=self.idp.issuer, **context)
+        response = current_app.make_response((html, status))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def with_iss(self, response: Response) -> Response:
+        if response.location:
+            response.location = add_params_to_uri(response.location, {"iss": self.idp.issuer})
+        return response
+
+    def error_response(self, error: OAuth2Error) -> Response:
+        if error.redirect_uri:  # a validated redirect URI: tell the client (with iss, RFC 9207 §2)
+            return self.with_iss(_as_response(self.server.handle_error_response(None, error)))
+        return self.page("error.html", error.status_code or 400, error=error.error, description=error.description)
+
+    def authorization_response(self, grant: Any, principal: _Principal | None) -> Response:
+        return _as_response(self.server.create_authorization_response(grant=grant, grant_user=principal))
+
+    # -- discovery ----------------------------------------------------------------
+    def discovery(self) -> Response:
+        return jsonify(_discovery_document(self.idp))
+
+    def jwks(self) -> Response:
+        response = jsonify(public_jwks(self.idp.key))
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return response
+
+    # -- sign-in ------------------------------------------------------------------
+    def reauth_reason(self, principal: _Principal | None) -> str | None:
+        """Why the person must (re-)authenticate now, or ``None`` for single sign-on."""
+        if principal is None:
+            return "Sign in to continue."
+        prompts = request.args.get("prompt", "").split()
+        if "login" in prompts:
+            return "The application asked you to sign in again (prompt=login)."
+        if "select_account" in prompts:
+            return "Choose an account (prompt=select_account)."
+        max_age = _requested_max_age()
+        # OIDC Core §3.1.2.1: max_age=0 is equivalent to prompt=login.
+        if max_age is not None and (max_age == 0 or self.idp.now() - principal.context.auth_time > max_age):
+            return f"Your sign-in is older than max_age={max_age} seconds; sign in again."
+        if _mfa_required() and principal.context.acr != ACR_MFA:
+            return f"The application requires multi-factor authentication (acr_values={ACR_MFA})."
+        return None
+
+    def authorize(self) -> Response:
+        cookie = self.idp.read_cookie()
+        principal = self.idp.principal(self.idp.current_context(cookie))
+        try:
+            # Validates client, redirect_uri, scope, PKCE, nonce and prompt=none.
+            grant = self.server.get_consent_grant(end_user=principal)
+        except OAuth2Error as error:
+            return self.error_response(error)
+        if request.method == "POST":
+            return self.sign_in(grant, cookie)
+        try:
+            reason = self.reauth_reason(principal)
+            if reason is not None and "none" in request.args.get("prompt", "").split():
+                # OIDC Core §3.1.2.6: prompt=none and the End-User must authenticate.
+                raise LoginRequiredError()
+        except OAuth2Error as error:
+            error.redirect_uri = grant.redirect_uri
+            error.state = request.args.get("state")
+            return self.error_response(error)
+        if reason is None:  # single sign-on: the existing session is good enough
+            return self.authorization_response(grant, principal)
+        return self.login_page(grant, principal, reason, cookie)
+
+    def login_page(self, grant: Any, principal: _Principal | None, reason: str, cookie: dict[str, str]) -> Response:
+        csrf = _csrf_value(cookie)
+        response = self.page(
+            "login.html",
+            reason=reason,
+            users=list(self.idp.users.values()),
+            client_id=grant.client.dev.client_id,
+            scope=request.args.get("scope", ""),
+            mfa_required=_mfa_required(),
+            current=principal.user.username if principal else None,
+            csrf=csrf,
+            action=request.full_path,
+        )
+        self.idp.write_cookie(response, {**cookie, "csrf": csrf})
+        return response
+
+    def sign_in(self, grant: Any, cookie: dict[str, str]) -> Response:
+        idp, form = self.idp, request.form
+        if not _form_csrf_ok(cookie):
+            return self.page(
+                "error.html",
+                400,
+                error="invalid_request",
+                description="The sign-in form expired or came from another site; start again from the application.",
+            )
+        if form.get("cancel"):
+            return self.authorization_response(grant, None)
+        user = idp.users.get(form.get("username", ""))
+        if user is None:
+            return self.page("error.html", 400, error="invalid_request", description="Unknown user.")
+        use_mfa = bool(form.get("mfa")) or _mfa_required()
+        acr, amr = (ACR_MFA, ["pwd", "otp"]) if use_mfa else (ACR_LOA1, ["pwd"])
+        now = idp.now()
+        old_sid = cookie.get("sid")
+        if old_sid:
+            idp.store.delete_session(old_sid)
+        sid = idp.store.create_session(user.username, now, acr, amr, now + SESSION_LIFETIME)
+        principal = _Principal(user, AuthContext(user.username, now, acr, amr, sid))
+        log.info("devidp: %s signed in (acr=%s) for client %s", user.username, acr, grant.client.client_id)
+        response = self.authorization_response(grant, principal)
+        idp.write_cookie(response, {"sid": sid, "csrf": secrets.token_urlsafe(16)})
+        return response
+
+    # -- tokens -------------------------------------------------------------------
+    def token(self) -> Response:
+        return _as_response(self.server.create_token_response())
+
+    def userinfo(self) -> Response:
+        with self.require_oauth.acquire("openid") as record:
+            user = self.idp.users.get(record.context.username)
+            if user is None:
+                return Response(status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            response = jsonify(
+                sub=user.sub,
+                name=user.name,
+                preferred_username=user.username,
+                email=user.email,
+                email_verified=True,
+                groups=list(user.groups),
+            )
+            response.headers["Cache-Control"] = "no-store"
+            return response
+
+    def introspect(self) -> Response:
+        return _as_response(self.server.create_endpoint_response("introspection"))
+
+    def revoke(self) -> Response:
+        return _as_response(self.server.create_endpoint_response("revocation"))
+
+    # -- RP-Initiated Logout ------------------------------------------------------
+    def end_session(self) -> Response:
+        cookie = self.idp.read_cookie()
+        try:
+            req = self.server.validate_endpoint_request("end_session")
+        except OAuth2Error as error:
+            return self.page("error.html", 400, error=error.error, description=error.description)
+        refusal = self.logout_redirect_refusal(req)
+        if refusal is not None:
+            return refusal
+        if req.needs_confirmation:
+            if request.method == "GET":
+                return self.confirm_logout_page(cookie)
+            if not _form_csrf_ok(cookie):
+                return self.page("error.html", 400, error="invalid_request", description="Logout form expired.")
+        answer = self.server.create_endpoint_response("end_session", req)
+        response = _as_response(answer) if answer is not None else self.page("logged_out.html")
+        response.delete_cookie(COOKIE_NAME, path=self.idp.cookie_path)
+        return response
+
+    def logout_redirect_refusal(self, req: Any) -> Response | None:
+        """RP-Initiated Logout §3/§4: never redirect to an unregistered URI."""
+        wanted = request.values.get("post_logout_redirect_uri")
+        if not wanted or req.redirect_uri is not None:
+            return None
+        why = (
+            "it is not registered for this client"
+            if req.client is None or wanted not in req.client.dev.post_logout_redirect_uris
+            else "the request carries no valid id_token_hint"
+        )
+        return self.page(
+            "error.html",
+            400,
+            error="invalid_request",
+            description=f"post_logout_redirect_uri {wanted!r} refused: {why}.",
+        )
+
+    def confirm_logout_page(self, cookie: dict[str, str]) -> Response:
+        csrf = _csrf_value(cookie)
+        response = self.page("confirm_logout.html", csrf=csrf, action=request.full_path)
+        self.idp.write_cookie(response, {**cookie, "csrf": csrf})
+        return response
+
+
+class _DevIdPBlueprint(Blueprint):
+    """The IdP's blueprint, carrying its runtime: ``flask ccsso devidp-token``
+    finds it as ``ccsso_devidp`` among ``app.blueprints``."""
+
+    def __init__(self, name: str, idp: _IdP) -> None:
+        super().__init__(name, __name__, template_folder="templates", url_prefix=urlsplit(idp.issuer).path or None)
+        self.ccsso_devidp = idp
+        self.record_once(lambda state: idp.bind(state.app))
+
+
+def _warn_open_to_network(allow_remote: bool) -> None:
+    log.warning(
+        "\n%s\n  %s\n  %s: the development IdP answers requests from ANY address, not only this\n"
+        "  machine. Anyone who can reach this port can sign in as anyone. Never in production.\n%s",
+        "!" * 72, WARNING_TEXT, "allow_remote=True" if allow_remote else f"{ALLOW_REMOTE_ENV_VAR}=1", "!" * 72,
+    )
+
+
+def _check_clients(clients: Sequence[DevClient]) -> None:
+    if not clients:
+        raise RuntimeError("The development IdP needs at least one DevClient.")
+    for c in clients:
+        if not c.redirect_uris:
+            raise RuntimeError(f"DevClient {c.client_id!r} has no redirect_uris.")
+
 def create_devidp_blueprint(
     *,
     issuer: str,
@@ -799,16 +1127,8 @@ def create_devidp_blueprint(
     _check_switches(enabled, issuer, allow_non_loopback)
     open_to_network = remote_allowed(allow_remote)
     if open_to_network:
-        log.warning(
-            "\n%s\n  %s\n  %s: the development IdP answers requests from ANY address, not only this\n"
-            "  machine. Anyone who can reach this port can sign in as anyone. Never in production.\n%s",
-            "!" * 72, WARNING_TEXT, "allow_remote=True" if allow_remote else f"{ALLOW_REMOTE_ENV_VAR}=1", "!" * 72,
-        )
-    if not clients:
-        raise RuntimeError("The development IdP needs at least one DevClient.")
-    for c in clients:
-        if not c.redirect_uris:
-            raise RuntimeError(f"DevClient {c.client_id!r} has no redirect_uris.")
+        _warn_open_to_network(allow_remote)
+    _check_clients(clients)
     idp = _IdP(
         issuer=issuer,
         clients=clients,
@@ -819,246 +1139,8 @@ def create_devidp_blueprint(
         enabled=enabled,
         allow_non_loopback=allow_non_loopback,
     )
-    server, require_oauth = _build_server(idp)
-    bp = Blueprint(name, __name__, template_folder="templates", url_prefix=urlsplit(issuer).path or None)
-    # how ``flask ccsso devidp-token`` finds the runtime among app.blueprints
-    bp.ccsso_devidp = idp  # type: ignore[attr-defined]
-    bp.record_once(lambda state: idp.bind(state.app))
-
-    @bp.before_request
-    def _local_peers_only() -> Response | None:
-        # every endpoint, discovery included: the decision is the TCP peer's
-        # address, which a client cannot choose (the Host header it can)
-        if open_to_network or peer_is_local(request.environ):
-            return None
-        log.warning("devidp: refused a request from %s to %s (peer is not loopback; set %s=1 to allow)",
-                    request.environ.get("REMOTE_ADDR") or "an unknown address", request.path, ALLOW_REMOTE_ENV_VAR)
-        return Response(
-            "403 Forbidden: the development identity provider only answers requests from this machine "
-            f"(a loopback peer address). Set {ALLOW_REMOTE_ENV_VAR}=1 to open it to the network -- never in "
-            "production.\n",
-            status=403, mimetype="text/plain", headers={"Cache-Control": "no-store"},
-        )
-
-    @bp.after_request
-    def _no_framing(response: Response) -> Response:
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
-
-    def page(template: str, status: int = 200, **context: Any) -> Response:
-        html = render_template(f"devidp/{template}", warning=WARNING_TEXT, issuer=idp.issuer, **context)
-        response = current_app.make_response((html, status))
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-    def with_iss(response: Response) -> Response:
-        if response.location:
-            response.location = add_params_to_uri(response.location, {"iss": idp.issuer})
-        return response
-
-    def error_response(error: OAuth2Error) -> Response:
-        if error.redirect_uri:  # a validated redirect URI: tell the client (with iss, RFC 9207 §2)
-            return with_iss(server.handle_error_response(None, error))
-        return page("error.html", error.status_code or 400, error=error.error, description=error.description)
-
-    def csrf_value(cookie: dict[str, str]) -> str:
-        return cookie.get("csrf") or secrets.token_urlsafe(16)
-
-    @bp.get("/.well-known/openid-configuration")
-    def discovery() -> Response:
-        auth_methods = ["client_secret_basic", "client_secret_post", "none"]
-        return jsonify(
-            issuer=idp.issuer,
-            authorization_endpoint=idp.url("/authorize"),
-            token_endpoint=idp.url("/token"),
-            userinfo_endpoint=idp.url("/userinfo"),
-            jwks_uri=idp.url("/jwks"),
-            end_session_endpoint=idp.url("/end_session"),
-            introspection_endpoint=idp.url("/introspect"),
-            revocation_endpoint=idp.url("/revoke"),
-            response_types_supported=["code"],
-            response_modes_supported=["query"],
-            grant_types_supported=["authorization_code", "refresh_token"],
-            subject_types_supported=["public"],
-            id_token_signing_alg_values_supported=[ALG],
-            token_endpoint_auth_methods_supported=auth_methods,
-            introspection_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post"],
-            revocation_endpoint_auth_methods_supported=auth_methods,
-            code_challenge_methods_supported=["S256"],
-            scopes_supported=list(idp.scopes_supported),
-            claims_supported=list(CLAIMS_SUPPORTED),
-            acr_values_supported=list(ACR_VALUES_SUPPORTED),
-            prompt_values_supported=["none", "login", "consent", "select_account"],
-            claims_parameter_supported=False,
-            request_parameter_supported=False,
-            request_uri_parameter_supported=False,
-            authorization_response_iss_parameter_supported=True,
-            backchannel_logout_supported=True,
-            backchannel_logout_session_supported=True,
-        )
-
-    @bp.get("/jwks")
-    def jwks() -> Response:
-        response = jsonify(public_jwks(idp.key))
-        response.headers["Cache-Control"] = "public, max-age=300"
-        return response
-
-    def reauth_reason(principal: _Principal | None) -> str | None:
-        """Why the person must (re-)authenticate now, or ``None`` for single sign-on."""
-        args = request.args
-        if principal is None:
-            return "Sign in to continue."
-        prompts = args.get("prompt", "").split()
-        if "login" in prompts:
-            return "The application asked you to sign in again (prompt=login)."
-        if "select_account" in prompts:
-            return "Choose an account (prompt=select_account)."
-        if args.get("max_age") is not None:
-            try:
-                max_age = int(args["max_age"])
-                if max_age < 0:
-                    raise ValueError
-            except ValueError:
-                raise InvalidRequestError("'max_age' must be a non-negative integer.") from None
-            # OIDC Core §3.1.2.1: max_age=0 is equivalent to prompt=login.
-            if max_age == 0 or idp.now() - principal.context.auth_time > max_age:
-                return f"Your sign-in is older than max_age={max_age} seconds; sign in again."
-        if mfa_required() and principal.context.acr != ACR_MFA:
-            return f"The application requires multi-factor authentication (acr_values={ACR_MFA})."
-        return None
-
-    def mfa_required() -> bool:
-        wanted = request.args.get("acr_values", "").split()
-        return ACR_MFA in wanted and ACR_LOA1 not in wanted
-
-    @bp.route("/authorize", methods=["GET", "POST"])
-    def authorize() -> Response:
-        cookie = idp.read_cookie()
-        principal = idp.principal(idp.current_context(cookie))
-        try:
-            # Validates client, redirect_uri, scope, PKCE, nonce and prompt=none.
-            grant = server.get_consent_grant(end_user=principal)
-        except OAuth2Error as error:
-            return error_response(error)
-        if request.method == "POST":
-            return sign_in(grant, cookie)
-        try:
-            reason = reauth_reason(principal)
-            if reason is not None and "none" in request.args.get("prompt", "").split():
-                # OIDC Core §3.1.2.6: prompt=none and the End-User must authenticate.
-                raise LoginRequiredError()
-        except OAuth2Error as error:
-            error.redirect_uri = grant.redirect_uri
-            error.state = request.args.get("state")
-            return error_response(error)
-        if reason is None:  # single sign-on: the existing session is good enough
-            return server.create_authorization_response(grant=grant, grant_user=principal)
-        csrf = csrf_value(cookie)
-        client = grant.client.dev
-        response = page(
-            "login.html",
-            reason=reason,
-            users=list(idp.users.values()),
-            client_id=client.client_id,
-            scope=request.args.get("scope", ""),
-            mfa_required=mfa_required(),
-            current=principal.user.username if principal else None,
-            csrf=csrf,
-            action=request.full_path,
-        )
-        idp.write_cookie(response, {**cookie, "csrf": csrf})
-        return response
-
-    def sign_in(grant: Any, cookie: dict[str, str]) -> Response:
-        form = request.form
-        if not cookie.get("csrf") or not secrets.compare_digest(form.get("csrf", ""), cookie["csrf"]):
-            return page(
-                "error.html",
-                400,
-                error="invalid_request",
-                description="The sign-in form expired or came from another site; start again from the application.",
-            )
-        if form.get("cancel"):
-            return server.create_authorization_response(grant=grant, grant_user=None)
-        user = idp.users.get(form.get("username", ""))
-        if user is None:
-            return page("error.html", 400, error="invalid_request", description="Unknown user.")
-        use_mfa = bool(form.get("mfa")) or mfa_required()
-        acr, amr = (ACR_MFA, ["pwd", "otp"]) if use_mfa else (ACR_LOA1, ["pwd"])
-        now = idp.now()
-        old_sid = cookie.get("sid")
-        if old_sid:
-            idp.store.delete_session(old_sid)
-        sid = idp.store.create_session(user.username, now, acr, amr, now + SESSION_LIFETIME)
-        principal = _Principal(user, AuthContext(user.username, now, acr, amr, sid))
-        log.info("devidp: %s signed in (acr=%s) for client %s", user.username, acr, grant.client.client_id)
-        response = server.create_authorization_response(grant=grant, grant_user=principal)
-        idp.write_cookie(response, {"sid": sid, "csrf": secrets.token_urlsafe(16)})
-        return response
-
-    @bp.post("/token")
-    def token() -> Response:
-        return server.create_token_response()
-
-    @bp.route("/userinfo", methods=["GET", "POST"])
-    def userinfo() -> Response:
-        with require_oauth.acquire("openid") as record:
-            user = idp.users.get(record.context.username)
-            if user is None:
-                return Response(status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-            response = jsonify(
-                sub=user.sub,
-                name=user.name,
-                preferred_username=user.username,
-                email=user.email,
-                email_verified=True,
-                groups=list(user.groups),
-            )
-            response.headers["Cache-Control"] = "no-store"
-            return response
-
-    @bp.post("/introspect")
-    def introspect() -> Response:
-        return server.create_endpoint_response("introspection")
-
-    @bp.post("/revoke")
-    def revoke() -> Response:
-        return server.create_endpoint_response("revocation")
-
-    @bp.route("/end_session", methods=["GET", "POST"])
-    def end_session() -> Response:
-        cookie = idp.read_cookie()
-        try:
-            req = server.validate_endpoint_request("end_session")
-        except OAuth2Error as error:
-            return page("error.html", 400, error=error.error, description=error.description)
-        wanted = request.values.get("post_logout_redirect_uri")
-        if wanted and req.redirect_uri is None:
-            # RP-Initiated Logout §3/§4: never redirect to an unregistered URI.
-            why = (
-                "it is not registered for this client"
-                if req.client is None or wanted not in req.client.dev.post_logout_redirect_uris
-                else "the request carries no valid id_token_hint"
-            )
-            return page(
-                "error.html",
-                400,
-                error="invalid_request",
-                description=f"post_logout_redirect_uri {wanted!r} refused: {why}.",
-            )
-        if req.needs_confirmation:
-            if request.method == "GET":
-                csrf = csrf_value(cookie)
-                response = page("confirm_logout.html", csrf=csrf, action=request.full_path)
-                idp.write_cookie(response, {**cookie, "csrf": csrf})
-                return response
-            if not cookie.get("csrf") or not secrets.compare_digest(request.form.get("csrf", ""), cookie["csrf"]):
-                return page("error.html", 400, error="invalid_request", description="Logout form expired.")
-        response = server.create_endpoint_response("end_session", req) or page("logged_out.html")
-        response.delete_cookie(COOKIE_NAME, path=idp.cookie_path)
-        return response
-
+    bp = _DevIdPBlueprint(name, idp)
+    _Views(idp, open_to_network=open_to_network).register(bp)
     return bp
 
 

@@ -41,7 +41,9 @@ only when it is ``active``, names an accepted ``aud`` (unless the provider
 opts out with ``introspectionRequireAudience: false`` and the answer's
 ``token_type`` says access token), shows no sign of being a refresh, ID or
 sender-constrained token (``token_type``, ``token_use``, ``typ``, ``cnf``),
-and passes ``allowedClients``. Positive answers are cached for
+and passes ``allowedClients`` (the OIDC provider's
+:meth:`~flask_ccsso.providers.oidc.OIDCProvider.validate_introspection`
+checks the answer; this module asks, limits and caches). Positive answers are cached for
 ``min(exp - now, 60 s)``; refusals for ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS``
 (keyed by the token's hash, never the token); and each client address may
 cause at most ``CCSSO_BEARER_INTROSPECTION_LIMIT`` unsuccessful introspection
@@ -75,24 +77,17 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
 
 from .. import reasons, signals
+from .._context import current_flask_app
 from .._validate import setting_number
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
 from ..identity import Identity
 from ..providers.base import Provider
 from ..providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
-from ..providers.oidc import (
-    NOT_ACCESS_TOKEN_TYP,
-    SENDER_CONSTRAINED,
-    OIDCProvider,
-    audiences,
-    check_access_token_type,
-    peek_jwt,
-    token_scopes,
-)
+from ..providers.oidc import OIDCProvider, check_access_token_type, peek_jwt
 
 #: how many verified tokens each process remembers
 DEFAULT_CACHE_SIZE = 2048
@@ -109,10 +104,6 @@ LIMITER_SIZE = 4096
 RATE_LIMITED = "rate_limited"
 #: RFC 6750 2.1 b64token
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
-#: introspection ``token_type`` values that mean "an access token usable as Bearer"
-_ACCESS_TOKEN_TYPES = {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
-#: ``token_use`` (Cognito, Ory Hydra) of an access token
-_ACCESS_TOKEN_USE = {"access", "access_token"}
 
 log = logging.getLogger("flask_ccsso")
 
@@ -212,37 +203,6 @@ def _invalid(description: str) -> AuthenticationFailed:
     return AuthenticationFailed(description, reason=reasons.INVALID_TOKEN)
 
 
-def _check_token_kind(data: Mapping[str, Any]) -> bool:
-    """Refuse an introspection answer that shows, by *any* field, that the
-    token is not a plain access token: a refresh token (``token_type``
-    ``refresh_token`` (Okta, the dev IdP), Keycloak's ``typ`` ``Refresh`` /
-    ``Offline``, Cognito's / Hydra's ``token_use``), an ID token, or a
-    sender-constrained token (``token_type`` ``DPoP``, a ``cnf`` member).
-    ``token_type_hint`` is advisory (RFC 7662 2.1): the IdP may well answer
-    for a refresh token. Returns whether ``token_type`` affirmatively said
-    "access token"."""
-    if "cnf" in data:
-        raise _invalid(SENDER_CONSTRAINED)
-    for key in ("token_type", "token_use", "typ"):
-        value = data.get(key)
-        if key in data and not isinstance(value, str):
-            raise _invalid(f"The token's '{key}' is malformed.")
-        if isinstance(value, str) and "refresh" in value.lower():
-            raise _invalid("A refresh token is not an access token.")
-    token_type = data.get("token_type")
-    if isinstance(token_type, str) and token_type.lower() == "dpop":
-        raise _invalid(SENDER_CONSTRAINED)
-    if isinstance(token_type, str) and token_type.lower() not in _ACCESS_TOKEN_TYPES:
-        raise _invalid("The token is not an access token (token_type).")
-    use = data.get("token_use")
-    if isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE:
-        raise _invalid("The token is not an access token (token_use).")
-    typ = data.get("typ")
-    if isinstance(typ, str) and typ.lower() in NOT_ACCESS_TOKEN_TYP:
-        raise _invalid("The token is not an access token (typ).")
-    return isinstance(token_type, str)
-
-
 def _client_address() -> str:
     return AddressLimiter.bucket(request.remote_addr if has_request_context() else None)
 
@@ -301,7 +261,7 @@ class BearerAuthenticator:
 
     @staticmethod
     def _failed(provider: str | None, reason: str, detail: str | None) -> None:
-        signals.login_failed.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+        signals.login_failed.send(current_flask_app(),
                                   provider=provider, reason=reason, detail=detail, subject=None, email=None)
 
     def authenticate(self, token: str) -> Identity:
@@ -401,16 +361,15 @@ class BearerAuthenticator:
             raise IntrospectionThrottled(provider=prov.name)
         data = self._ask(prov, endpoint, token)
         try:
-            if data.get("active") is not True:
-                raise _invalid("The access token is not active.")
-            identity, valid_until = self._from_introspection(prov, data, now)
+            identity, exp = prov.validate_introspection(data, now=now)
         except AuthenticationFailed as exc:
             exc.extra.setdefault("provider", prov.name)
             self.refusals.put(key, (exc.description or "The access token is not valid.", exc.reason, prov.name),
                               now + self.refusal_seconds)
             raise
         self.limiter.release(bucket)
-        return prov, data, identity, valid_until
+        limit = now + INTROSPECTION_CACHE_SECONDS
+        return prov, data, identity, min(exp, limit) if exp is not None else limit
 
     def _ask(self, prov: OIDCProvider, endpoint: str, token: str) -> dict[str, Any]:
         s = prov.settings
@@ -437,36 +396,6 @@ class BearerAuthenticator:
         if not isinstance(data, dict):
             raise IdPUnavailable("The introspection answer is not a JSON object.", provider=prov.name)
         return data
-
-    def _from_introspection(self, prov: OIDCProvider, data: dict[str, Any], now: float) -> tuple[Identity, float]:
-        """An ``active`` answer → identity, by the same rules as a JWT: the
-        kind of token, ``iss``, ``aud``, ``allowedClients``, ``exp``, ``sub``."""
-        said_access_token = _check_token_kind(data)
-        if "iss" in data and data["iss"] not in self._issuers(prov):
-            raise _invalid("The token was issued by someone else.")
-        auds = audiences(data)
-        if "aud" in data and not auds:
-            raise _invalid("The token's 'aud' is malformed.")
-        if auds:
-            if not any(a in prov.settings.audience for a in auds):
-                raise _invalid("The token is meant for another application (aud).")
-        elif getattr(prov.settings, "introspection_require_audience", True) or not said_access_token:
-            # a refresh token (oidc-provider answers one with neither aud nor
-            # token_type) or another client's access token for no API at all
-            raise _invalid("The token names no audience (aud), so it is not meant for this API.")
-        prov.check_client(data)
-        exp = data.get("exp")
-        if exp is not None:
-            exp = finite_number(exp)
-            if exp is None:
-                raise _invalid("The token's 'exp' is not valid.")
-            if exp <= now:
-                raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED)
-        if not isinstance(data.get("sub"), str) or not data["sub"]:
-            raise _invalid("The token has no subject.")
-        identity = prov.build_identity(data, {"scope": token_scopes(data)}, via="bearer")
-        limit = now + INTROSPECTION_CACHE_SECONDS
-        return identity, min(float(exp), limit) if exp is not None else limit
 
     # -- groups from userinfo ----------------------------------------------------------
     def _complete_groups(self, prov: OIDCProvider, claims: Mapping[str, Any], identity: Identity, token: str,

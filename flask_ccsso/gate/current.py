@@ -8,11 +8,12 @@ window.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from flask import current_app, g, request
+from flask import g, request
 from werkzeug.local import LocalProxy
 
+from .._context import current_flask_app, unproxied
 from ..exceptions import LoginRequired, SessionExpired
 from ..identity import AnonymousIdentity, Identity
 from ..state import get_state
@@ -33,7 +34,7 @@ def load_identity(state: CCSSOState) -> Identity | AnonymousIdentity:
     token = bearer_header()
     if token is not None:
         return state.bearer_authenticator(token)
-    identity = state.gate.current(current_app._get_current_object())  # type: ignore[attr-defined]
+    identity = state.gate.current(current_flask_app())
     if isinstance(identity, Identity):
         return state.refresher(state, identity)
     return identity
@@ -41,7 +42,7 @@ def load_identity(state: CCSSOState) -> Identity | AnonymousIdentity:
 
 def resolve_identity() -> Identity | AnonymousIdentity:
     """Resolve the identity for this request once and cache it on ``g``."""
-    ctx_g = g._get_current_object()
+    ctx_g = unproxied(g)
     ident: Identity | AnonymousIdentity | None = getattr(ctx_g, "_ccsso_identity", None)
     if ident is not None:
         return ident
@@ -67,7 +68,7 @@ def identity_required() -> Identity:
 
 #: The identity of the current request (an :class:`Identity`, or a falsy
 #: :class:`AnonymousIdentity`).
-current_identity: Identity | AnonymousIdentity = LocalProxy(resolve_identity)  # type: ignore[assignment]
+current_identity = cast("Identity | AnonymousIdentity", LocalProxy(resolve_identity))
 
 
 __all__ = ["bearer_header", "current_identity", "identity_required", "load_identity", "resolve_identity"]

@@ -29,11 +29,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
 
 from .. import reasons, signals
+from .._context import current_flask_app, unproxied
 from ..exceptions import ConfigError, LoginRequired, SkillRequired
 from ..state import get_state
 from .current import identity_required, resolve_identity
@@ -61,7 +62,7 @@ _CONDITION_TEXT = {
 # --------------------------------------------------------------------------- the one check
 
 def _send_denied(identity: Any, names: tuple[str, ...], reason: str, condition: str | None, via: str | None) -> None:
-    signals.permission_denied.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+    signals.permission_denied.send(current_flask_app(),
                                    identity=identity, skill=names[0] if names else None, skills=list(names),
                                    reason=reason, condition=condition, via=via, endpoint=request.endpoint)
 
@@ -85,17 +86,17 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
         raise
     if not names:
         if signals.skill_invoked.receivers:  # no listener: build no kwargs
-            signals.skill_invoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+            signals.skill_invoked.send(current_flask_app(),
                                        identity=identity, skill=None, skills=[], via=identity.via,
                                        endpoint=request.endpoint)
         return identity
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    req = unproxied(request)
     verdict = get_state().policy.decide(names, identity, all_of=all_of, remote_addr=req.remote_addr, explain=False)
     d = verdict.decision
     assert d is not None
     if verdict.outcome == "allowed":
         if signals.skill_invoked.receivers:
-            signals.skill_invoked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+            signals.skill_invoked.send(current_flask_app(),
                                        identity=identity, skill=d.skill, skills=list(names), via=identity.via,
                                        endpoint=req.endpoint)
         return identity
@@ -205,7 +206,7 @@ def _protect(view: F, check: Callable[[], Any], names: tuple[str, ...] | None) -
 
     if names is not None:
         setattr(wrapper, SKILLS_ATTR, names)
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def login_required(view: F) -> F:

@@ -38,11 +38,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, session
+from flask import session
 
 from .. import reasons, signals
+from .._context import current_flask_app
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, StoreUnavailable
 from ..identity import ANONYMOUS, AnonymousIdentity, Identity
+from ..sessions.interface import current_session
 from ..sessions.record import SESSION_KEY, load_live, revision
 
 if TYPE_CHECKING:
@@ -140,11 +142,11 @@ class _SingleFlight:
         self.expires_at = expires_at
         self.rev = revision(data)
         # the store handle, not the cookie value: lock names are store keys
-        self.sid: str = state.session_interface.handle_of(session.sid)  # type: ignore[attr-defined]
+        self.sid: str = state.session_interface.handle_of(current_session().sid)
         self.lock_name = f"refresh:{self.sid}"
         self.backoff_key = f"refresh-backoff:{self.sid}"
         self.ttl = state.config.session.refresh_lock_timeout
-        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.app = current_flask_app()
 
     # ---------------------------------------------------------------- outcomes
     def _adopt(self, stored: dict[str, Any] | None) -> Identity | AnonymousIdentity | None:

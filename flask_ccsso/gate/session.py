@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, g, session
 
 from .. import reasons, signals
+from .._context import unproxied
 from ..exceptions import StoreUnavailable
 from ..identity import ANONYMOUS, AnonymousIdentity, Identity
 from ..sessions.index import SessionIndex
-from ..sessions.interface import CCSSOSessionInterface, absolute_deadline, idle_deadline, sliding_write_interval
+from ..sessions.interface import (
+    CCSSOSessionInterface,
+    absolute_deadline,
+    current_session,
+    idle_deadline,
+    sliding_write_interval,
+)
 from ..sessions.record import BINDING_KEY, SCHEMA_VERSION, SESSION_KEY, Ended, InvalidRecord, SessionRecord, load
 
 if TYPE_CHECKING:
@@ -69,7 +76,7 @@ class SessionGate:
         return record if isinstance(record, SessionRecord) else None
 
     def current(self, app: Flask) -> Identity | AnonymousIdentity:
-        sess = session._get_current_object()  # type: ignore[attr-defined]
+        sess = unproxied(session)
         check_store(sess)
         try:
             record = load(sess.get(SESSION_KEY))
@@ -132,7 +139,7 @@ class SessionGate:
         SessionRecord(identity=identity.to_dict(), tokens=tokens, logout=logout_state, created=now,
                       last_seen=now).put(session)
         # the indexes hold store handles: nothing in the store is a cookie value
-        SessionIndex(self.store, iface).add(identity, session.sid, self.settings.absolute_timeout + 60)  # type: ignore[attr-defined]
+        SessionIndex(self.store, iface).add(identity, current_session().sid, self.settings.absolute_timeout + 60)
 
     def data(self) -> dict[str, Any] | None:
         """The raw record block of this request's session (prefer :meth:`record`)."""

@@ -13,8 +13,9 @@ RFC 9470 challenge::
 (``max_age`` only when the skill is age-checked.) After the round trip the
 provider verifies the new ``auth_time`` and ``acr``: a return that did not
 re-authenticate, or came back with an ``acr`` outside ``acrValues``, is
-refused with ``stepup_not_satisfied`` (see ``OIDCProvider.check_freshness``
-and ``SAMLProvider._check_step_up``).
+refused with ``stepup_not_satisfied`` (one rule for both protocols:
+``providers.base.check_reauthenticated``, which ``OIDCProvider.check_freshness``
+and ``SAMLProvider._check_step_up`` call).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from flask import current_app
-
 from .. import reasons, signals
+from .._context import current_flask_app
 from ..exceptions import StepUpRequired
 from ..state import get_state
 from .current import resolve_identity
@@ -33,7 +33,7 @@ from .freshness import Freshness
 
 def step_up(identity: Any, skill: str, freshness: Freshness) -> StepUpRequired:
     """Announce the step-up (``stepup_required``) and return the error to raise."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     signals.stepup_required.send(app, identity=identity, skill=skill, max_age=freshness.max_age,
                                  acr_values=freshness.acr_values, via=getattr(identity, "via", None))
     if freshness.failed == "acrValues":

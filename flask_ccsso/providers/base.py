@@ -32,7 +32,7 @@ from flask import g, has_request_context
 
 from .. import reasons
 from ..exceptions import AuthenticationFailed, CCSSOError
-from ..identity import Identity
+from ..identity import FUTURE, Identity, auth_time_problem
 
 if TYPE_CHECKING:
     from ..config import ProviderSettings
@@ -200,6 +200,49 @@ class Provider(ABC):
     def describe(self) -> dict[str, Any]:
         """A secret-free summary for ``flask ccsso check-config``."""
         return {"name": self.name, "type": self.type}
+
+
+# -- the step-up round trip -------------------------------------------------------
+
+def check_reauthenticated(auth_time: float | None, *, now: float, skew: float, max_age: float | None,
+                          force: bool, started_at: float | None, previous_auth_time: float | None,
+                          future_reason: str = reasons.INVALID_TOKEN) -> None:
+    """The IdP must really have re-authenticated on a step-up round trip
+    (OIDC ``prompt=login`` / ``max_age``, SAML ``ForceAuthn``), or raise
+    :class:`AuthenticationFailed` (``stepup_not_satisfied``).
+
+    Every provider's return leg goes through here, so the rule is one:
+
+    * the sign-in time passes :func:`~flask_ccsso.identity.auth_time_problem`
+      (known, not in the future beyond ``skew``, within ``max_age``), with
+      ``max_age`` widened by the skew: the IdP's time is compared with our clock;
+    * ``force``: the sign-in is not older than the request that asked for it
+      (``started_at``, less the skew);
+    * ``force`` with a ``max_age``: when the sign-in that asked
+      (``previous_auth_time``) was already too old, the IdP must not hand that
+      same sign-in back -- compared on the IdP's own clock, so no skew can hide
+      it (with ``maxAuthAge <= clockSkew`` the checks above cannot).
+
+    ``future_reason`` is the protocol's reason for an unbelievable time (a bad
+    token, a bad SAML response).
+    """
+    if max_age is None and not force:
+        return
+    stale = AuthenticationFailed("The identity provider did not ask you to sign in again.",
+                                 reason=reasons.STEPUP_NOT_SATISFIED)
+    if auth_time is None:
+        raise AuthenticationFailed("The identity provider did not say when you signed in.",
+                                   reason=reasons.STEPUP_NOT_SATISFIED)
+    problem = auth_time_problem(auth_time, now=now, max_age=None if max_age is None else max_age + skew, skew=skew)
+    if problem == FUTURE:
+        raise AuthenticationFailed("The sign-in time is in the future.", reason=future_reason)
+    if problem is not None:
+        raise stale
+    if (force and previous_auth_time is not None and max_age is not None and started_at is not None
+            and started_at - previous_auth_time > max_age and auth_time <= previous_auth_time):
+        raise stale
+    if force and started_at is not None and auth_time < started_at - skew:
+        raise stale
 
 
 # -- bounds on pending sign-ins ---------------------------------------------------

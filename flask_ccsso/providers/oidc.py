@@ -42,8 +42,8 @@ from joserfc.jws import JWSRegistry
 from .. import reasons
 from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
-from ..identity import FUTURE, Identity, auth_time_problem
-from .base import CallbackRequest, LoginRequest, LoginResult, Provider
+from ..identity import Identity
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated
 from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, finite_number, loads_strict, read_capped
 
 # joserfc's registry knows which algorithms exist; the allow-list narrows it
@@ -81,9 +81,28 @@ def peek_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         claims = json.loads(obj.payload)  # what the verified decode will read too
     except (JoseError, ValueError, UnicodeError, RecursionError, TypeError, AttributeError):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN) from None
-    if not isinstance(claims, dict):
+    if not isinstance(claims, dict) or _nested_deeper_than(MAX_JSON_DEPTH, header, claims):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
     return header, claims
+
+
+#: JSON nesting a token's header or claims may have; deeper is malformed. Explicit,
+#: because where ``json`` gives up with ``RecursionError`` depends on the Python
+#: (about 1,000 levels on 3.10 and 3.11, several thousand on 3.13).
+MAX_JSON_DEPTH = 32
+
+
+def _nested_deeper_than(limit: int, *values: Any) -> bool:
+    """Whether any of ``values`` nests lists/objects more than ``limit`` deep
+    (iteratively: the check itself must not recurse)."""
+    stack = [(value, 1) for value in values]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if children and depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _unverified_sub(token: Any) -> str | None:
@@ -126,6 +145,10 @@ _ACCESS_TOKEN_TYP = {"jwt", "at+jwt"}
 _NOT_ACCESS_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
 #: Keycloak's ``typ`` *claim* of ID, refresh and logout tokens
 NOT_ACCESS_TOKEN_TYP = {"id", "refresh", "offline", "logout"}
+#: introspection ``token_type`` values that mean "an access token usable as Bearer"
+_ACCESS_TOKEN_TYPES = {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+#: ``token_use`` (Cognito, Ory Hydra) of an access token
+_ACCESS_TOKEN_USE = {"access", "access_token"}
 SENDER_CONSTRAINED = ("The access token is bound to a key (DPoP or mutual TLS, 'cnf') and is not accepted "
                       "with the Bearer scheme: this API cannot verify the proof of possession.")
 
@@ -148,6 +171,37 @@ def check_access_token_type(header: Mapping[str, Any]) -> None:
     typ = header.get("typ")
     if typ is not None and str(typ).lower().removeprefix("application/") not in _ACCESS_TOKEN_TYP:
         raise _invalid("The token is not an access token (typ).")
+
+
+def check_introspected_token_kind(data: Mapping[str, Any]) -> bool:
+    """Refuse an introspection answer that shows, by *any* field, that the
+    token is not a plain access token: a refresh token (``token_type``
+    ``refresh_token`` (Okta, the dev IdP), Keycloak's ``typ`` ``Refresh`` /
+    ``Offline``, Cognito's / Hydra's ``token_use``), an ID token, or a
+    sender-constrained token (``token_type`` ``DPoP``, a ``cnf`` member).
+    ``token_type_hint`` is advisory (RFC 7662 2.1): the IdP may well answer
+    for a refresh token. Returns whether ``token_type`` affirmatively said
+    "access token"."""
+    if "cnf" in data:
+        raise _invalid(SENDER_CONSTRAINED)
+    for key in ("token_type", "token_use", "typ"):
+        value = data.get(key)
+        if key in data and not isinstance(value, str):
+            raise _invalid(f"The token's '{key}' is malformed.")
+        if isinstance(value, str) and "refresh" in value.lower():
+            raise _invalid("A refresh token is not an access token.")
+    token_type = data.get("token_type")
+    if isinstance(token_type, str) and token_type.lower() == "dpop":
+        raise _invalid(SENDER_CONSTRAINED)
+    if isinstance(token_type, str) and token_type.lower() not in _ACCESS_TOKEN_TYPES:
+        raise _invalid("The token is not an access token (token_type).")
+    use = data.get("token_use")
+    if isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE:
+        raise _invalid("The token is not an access token (token_use).")
+    typ = data.get("typ")
+    if isinstance(typ, str) and typ.lower() in NOT_ACCESS_TOKEN_TYP:
+        raise _invalid("The token is not an access token (typ).")
+    return isinstance(token_type, str)
 
 
 class InvalidLogoutToken(AuthenticationFailed):
@@ -501,6 +555,48 @@ class OIDCProvider(Provider):
             raise
         return claims, self.build_identity(claims, {"scope": token_scopes(claims)}, via="bearer")
 
+    def validate_introspection(self, data: Mapping[str, Any], *, now: float) -> tuple[Identity, float | None]:
+        """An RFC 7662 answer about an opaque token routed to this provider,
+        checked by the same rules as a JWT access token (:meth:`validate_access_token`):
+        ``active`` must be ``true``, the kind of token
+        (:func:`check_introspected_token_kind`), ``iss`` (when given) one of
+        :meth:`accepted_access_token_issuers`, ``aud`` one of ``audience``
+        (required unless ``introspectionRequireAudience: false`` and ``token_type``
+        says access token), ``allowedClients``, ``exp`` (when given) finite and
+        ahead, a ``sub``. Returns the identity (``via="bearer"``) and ``exp``
+        (``None``: the IdP did not say; the caller bounds how long it trusts
+        the answer)."""
+        try:
+            if data.get("active") is not True:
+                raise _invalid("The access token is not active.")
+            said_access_token = check_introspected_token_kind(data)
+            if "iss" in data and data["iss"] not in self.accepted_access_token_issuers():
+                raise _invalid("The token was issued by someone else.")
+            auds = audiences(data)
+            if "aud" in data and not auds:
+                raise _invalid("The token's 'aud' is malformed.")
+            if auds:
+                if not any(a in self.settings.audience for a in auds):
+                    raise _invalid("The token is meant for another application (aud).")
+            elif getattr(self.settings, "introspection_require_audience", True) or not said_access_token:
+                # a refresh token (oidc-provider answers one with neither aud nor
+                # token_type) or another client's access token for no API at all
+                raise _invalid("The token names no audience (aud), so it is not meant for this API.")
+            self.check_client(data)
+            exp = None
+            if data.get("exp") is not None:
+                exp = finite_number(data["exp"])
+                if exp is None:
+                    raise _invalid("The token's 'exp' is not valid.")
+                if exp <= now:
+                    raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED)
+            if not isinstance(data.get("sub"), str) or not data["sub"]:
+                raise _invalid("The token has no subject.")
+        except AuthenticationFailed as exc:
+            exc.extra.setdefault("provider", self.name)
+            raise
+        return self.build_identity(data, {"scope": token_scopes(data)}, via="bearer"), exp
+
     def validate_logout_token(self, token: str) -> dict[str, Any]:
         """OIDC Back-Channel Logout 1.0 section 2.6, steps 1-6, in its order:
         the signature as an ID token's (an explicit ``typ`` must be
@@ -573,29 +669,8 @@ class OIDCProvider(Provider):
         # finite numbers only: a NaN auth_time compares false with everything
         # and would pass every freshness test below
         auth_time = finite_number(claims.get("auth_time"))
-        if max_age is not None or force:
-            # the one freshness rule; max_age widened by the skew: the IdP's
-            # auth_time is compared with our clock
-            problem = auth_time_problem(auth_time, now=now, max_age=None if max_age is None else max_age + leeway,
-                                        skew=leeway)
-            if auth_time is None:
-                raise AuthenticationFailed("The identity provider did not say when you signed in.",
-                                           reason=reasons.STEPUP_NOT_SATISFIED)
-            if problem == FUTURE:
-                raise AuthenticationFailed("The sign-in time is in the future.", reason=reasons.INVALID_TOKEN)
-            if problem is not None:
-                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                           reason=reasons.STEPUP_NOT_SATISFIED)
-            if (force and previous_auth_time is not None and max_age is not None and started_at is not None
-                    and started_at - previous_auth_time > max_age and auth_time <= previous_auth_time):
-                # the sign-in that asked was too old, and the IdP handed it back:
-                # compared on the IdP's own clock, so no skew leeway can hide
-                # it (with maxAuthAge <= clockSkew the checks below cannot)
-                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                           reason=reasons.STEPUP_NOT_SATISFIED)
-            if force and started_at is not None and auth_time < started_at - leeway:
-                raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                           reason=reasons.STEPUP_NOT_SATISFIED)
+        check_reauthenticated(auth_time, now=now, skew=leeway, max_age=max_age, force=force,
+                              started_at=started_at, previous_auth_time=previous_auth_time)
         if acr_values and claims.get("acr") not in acr_values:
             raise AuthenticationFailed("The sign-in was not strong enough (acr).", reason=reasons.STEPUP_NOT_SATISFIED)
 

@@ -51,8 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from .. import reasons
 from ..config import SAMLSettings
 from ..exceptions import AuthenticationFailed, ConfigError, IdPUnavailable
-from ..identity import Identity
-from .base import CallbackRequest, LoginRequest, LoginResult, Provider, SingleLogout
+from ..identity import FUTURE, Identity, auth_time_problem
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider, SingleLogout, check_reauthenticated
 from .saml_metadata import IdPMetadata, MetadataSource
 from .saml_verify import refuse_unless_verified
 from .saml_xml import SAML, SAMLP, Scan, decode_b64, parse_instant, refuse, scan
@@ -86,10 +86,10 @@ class _XmlSec1(CryptoBackendXmlSec1):
     _versions: ClassVar[dict[str, str]] = {}
 
     @property
-    def version(self) -> str:  # type: ignore[override]
+    def version(self) -> str:
         v = self._versions.get(self.xmlsec)
         if v is None:
-            v = self._versions[self.xmlsec] = CryptoBackendXmlSec1.version.fget(self)  # type: ignore[attr-defined]
+            v = self._versions[self.xmlsec] = CryptoBackendXmlSec1.version.fget(self)
         return v
 
 BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
@@ -294,7 +294,7 @@ class SAMLProvider(Provider):
 
     @staticmethod
     def _is_pem(value: str | None) -> bool:
-        return bool(value) and "-----BEGIN" in value  # type: ignore[operator]
+        return value is not None and "-----BEGIN" in value
 
     def _startup_metadata(self) -> None:
         try:
@@ -311,8 +311,8 @@ class SAMLProvider(Provider):
 
     def _load_keys(self, _unused: Any) -> tuple[str, str] | None:
         s = self.settings
-        if self._key_pair is not False:
-            return self._key_pair  # type: ignore[return-value]
+        if not isinstance(self._key_pair, bool):  # False: not loaded yet
+            return self._key_pair
         if not s.sp_private_key or not s.sp_certificate:
             self._key_pair = None
             return None
@@ -764,7 +764,7 @@ class SAMLProvider(Provider):
         auth_instant = _instant(st.authn_instant)
         if auth_instant is None:
             raise refuse("The SAML assertion does not say when you signed in.")
-        if auth_instant > now + skew:
+        if auth_time_problem(auth_instant, now=now, max_age=None, skew=skew) == FUTURE:
             raise refuse("The sign-in time is in the future.")
         session_end = _instant(st.session_not_on_or_after)
         if session_end is not None and now - skew >= session_end:
@@ -789,21 +789,16 @@ class SAMLProvider(Provider):
         }
 
     def _check_step_up(self, facts: Mapping[str, Any], pending: Mapping[str, Any]) -> None:
-        """ForceAuthn / max_age / requested class: the IdP must really have done it."""
-        now, skew = self.clock(), self.settings.clock_skew
-        max_age = pending.get("max_age")
-        auth_instant = float(facts["auth_instant"])
-        prev = pending.get("prev_auth_time")
-        if (pending.get("force") and isinstance(prev, (int, float)) and max_age is not None
-                and float(pending["created"]) - float(prev) > float(max_age) and auth_instant <= float(prev)):
-            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                       reason=reasons.STEPUP_NOT_SATISFIED)
-        if pending.get("force") and auth_instant < float(pending["created"]) - skew:
-            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                       reason=reasons.STEPUP_NOT_SATISFIED)
-        if max_age is not None and now - auth_instant > float(max_age) + skew:
-            raise AuthenticationFailed("The identity provider did not ask you to sign in again.",
-                                       reason=reasons.STEPUP_NOT_SATISFIED)
+        """ForceAuthn / max_age / requested class: the IdP must really have done it
+        (the one step-up rule, :func:`~flask_ccsso.providers.base.check_reauthenticated`,
+        on the AuthnInstant)."""
+        max_age, created, prev = pending.get("max_age"), pending.get("created"), pending.get("prev_auth_time")
+        check_reauthenticated(
+            float(facts["auth_instant"]), now=self.clock(), skew=self.settings.clock_skew,
+            max_age=None if max_age is None else float(max_age), force=bool(pending.get("force")),
+            started_at=None if created is None else float(created),
+            previous_auth_time=float(prev) if isinstance(prev, (int, float)) else None,
+            future_reason=reasons.INVALID_RESPONSE)
         classes = pending.get("classes") or []
         if classes and facts.get("class_ref") not in classes:
             raise AuthenticationFailed("The sign-in was not strong enough (authentication context).",

@@ -172,7 +172,7 @@ def parse_idp_metadata(data: bytes, *, entity_id: str | None, now: float, versio
         raise MetadataError("it publishes no signing certificate (KeyDescriptor use=\"signing\")")
 
     def endpoint(tag: str, binding: str, attr: str = "Location") -> str | None:
-        for e in idp.findall(_q(tag)):  # type: ignore[union-attr]
+        for e in idp.findall(_q(tag)):
             if e.get("Binding") == binding:
                 return e.get(attr) or (e.get("Location") if attr != "Location" else None)
         return None

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import current_app, has_app_context
+from flask import has_app_context
 
 from .. import reasons, signals
+from .._context import current_flask_app
 from ..exceptions import CCSSOError
 from .record import SESSION_KEY, SessionRecord, load_live
 
@@ -163,5 +164,5 @@ class SessionIndex:
 
 
 def _revoked(subject: str, provider: str, count: int, reason: str) -> None:
-    sender = current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
+    sender = current_flask_app() if has_app_context() else None
     signals.session_revoked.send(sender, subject=subject, provider=provider, count=count, reason=reason)

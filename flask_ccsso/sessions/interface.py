@@ -34,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from flask import Flask, Request, Response
+from flask import session as flask_session
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from .._context import unproxied
 from ..exceptions import StoreUnavailable
 from ..stores import Change, SharedStore, open_store
 from .keys import SessionKeys, is_handle
@@ -164,6 +166,19 @@ def idle_deadline(record: SessionRecord, s: SessionSettings) -> float:
 
 def absolute_deadline(record: SessionRecord, s: SessionSettings) -> float:
     return record.created + s.absolute_timeout
+
+
+def current_session() -> CCSSOSession:
+    """This request's server-side session (``flask.session``, unproxied).
+
+    :raises TypeError: the app's session interface is not flask-ccsso's
+        (it was replaced after ``init_app``).
+    """
+    sess = unproxied(flask_session)
+    if not isinstance(sess, CCSSOSession):
+        raise TypeError("flask.session is not flask-ccsso's server-side session "
+                        "(was app.session_interface replaced after init_app?)")
+    return sess
 
 
 class CCSSOSessionInterface(SessionInterface):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,10 @@ class SQLStore(SharedStore):
                                 sa.Column("expires_at", sa.Float, nullable=False, index=True))
         self._errors = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError)
         self._writes = 0
+        # An app has no "closed" event: when the store goes, its pooled connections
+        # are closed, not left to the garbage collector (Python 3.13 warns, and a
+        # SQLite file stays open until then).
+        weakref.finalize(self, engine.dispose)
         with self._guard():
             md.create_all(engine)
 

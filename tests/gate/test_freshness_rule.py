@@ -15,6 +15,7 @@ import pytest
 
 from flask_ccsso import AuthenticationFailed, Identity
 from flask_ccsso.gate.freshness import is_fresh
+from tests.support import DATA
 from tests.support.skills import skills_config
 
 MAX_AGE = 60  # the "quick" skill's maxAuthAge
@@ -38,7 +39,26 @@ def _answers(app: Any, clock: Any, auth_time: float | None) -> dict[str, bool]:
     except AuthenticationFailed:
         provider = False
     return {"policy": policy, "freshness": fresh, "is_fresh": helper, "is_fresh(clock)": with_clock,
-            "provider": provider}
+            "provider": provider, **_saml_answer(state.providers["google"], auth_time)}
+
+
+def _saml_answer(prov: Any, auth_time: float | None) -> dict[str, bool]:
+    """The SAML step-up return leg (``max_age`` asked). An assertion without
+    an AuthnInstant never gets this far (``_check_assertion`` refuses it)."""
+    if auth_time is None:
+        return {}
+    try:
+        prov._check_step_up({"auth_instant": auth_time}, {"max_age": MAX_AGE})
+    except AuthenticationFailed:
+        return {"saml provider": False}
+    return {"saml provider": True}
+
+
+def _config(op: Any) -> dict[str, Any]:
+    cfg = skills_config(op)
+    cfg["auth"]["providers"]["google"] = {"provider": "saml", "spEntityId": "https://portal.example.test",
+                                          "idpMetadata": str(DATA / "saml" / "google-idp-metadata.xml")}
+    return cfg
 
 
 @pytest.mark.parametrize(("offset", "expected"), [
@@ -49,6 +69,6 @@ def _answers(app: Any, clock: Any, auth_time: float | None) -> dict[str, bool]:
     (None, False),      # the IdP did not say: never read as "just now"
 ])
 def test_every_freshness_question_gets_the_same_answer(make_app, op, clock, offset, expected):
-    app = make_app(skills_config(op))
+    app = make_app(_config(op))
     answers = _answers(app, clock, None if offset is None else clock.now - offset)
     assert set(answers.values()) == {expected}, answers

@@ -470,7 +470,7 @@ class Sink:
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: ``min(max, base * 2**(n-1))`` scaled by 0.5..1."""
         base = max(self.audit.retry_backoff, 0.01)
-        return min(self.audit.max_backoff, base * (2 ** max(failures - 1, 0))) * random.uniform(0.5, 1.0)
+        return min(self.audit.max_backoff, base * 2.0 ** max(failures - 1, 0)) * random.uniform(0.5, 1.0)
 
     def _write(self, events: Sequence[AuditEvent]) -> None:
         """Write, isolating refused events into the dead-letter file."""
