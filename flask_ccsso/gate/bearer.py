@@ -84,9 +84,9 @@ from .. import reasons, signals
 from .._context import current_flask_app
 from .._validate import setting_number
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
-from ..identity import Identity
+from ..identity import Identity, finite_time
 from ..providers.base import Provider
-from ..providers.keys import ResponseTooLarge, finite_number, loads_strict, read_capped
+from ..providers.keys import ResponseTooLarge, loads_strict, read_capped
 from ..providers.oidc import OIDCProvider, check_access_token_type, peek_jwt
 
 #: how many verified tokens each process remembers
@@ -278,7 +278,7 @@ class BearerAuthenticator:
             exp = float(claims["exp"])
         else:
             prov, claims, identity, valid_until = self._introspect(token, key, now)
-            known = finite_number(claims.get("exp"))
+            known = finite_time(claims.get("exp"))
             exp = known if known is not None else now + INTROSPECTION_CACHE_SECONDS
         identity, valid_until = self._complete_groups(prov, claims, identity, token, key, now, exp, valid_until)
         self.cache.put(key, identity, valid_until)

@@ -1,19 +1,9 @@
 """Skills: the access policy -- the one evaluator.
 
-One check underlies everything (like Django's ``user_passes_test``):
-:func:`enforce` resolves the caller, asks the policy, sends the decision's
-signal and raises one of three separate outcomes:
-
-* nobody signed in (or a bad bearer token) → :class:`LoginRequired` (browser:
-  sign-in redirect; API: ``401``);
-* signed in, but not recently / strongly enough → :class:`StepUpRequired`
-  (browser: back to the IdP; API: RFC 9470 ``401``);
-* signed in without the skill → :class:`SkillRequired` (``403`` naming the
-  skill and the failed condition, never the person's groups).
-
-:func:`requires_skill` (views, bare or called, and blueprints),
-:func:`skill_guard` (``bp.before_request``), :func:`login_required` and
-:func:`has_skill` (code and Jinja) are thin wrappers around it.
+:class:`SkillPolicy` decides; :mod:`flask_ccsso.gate.decorators` (``enforce``
+and the decorators) turns the decision into one of three outcomes. The fast
+path, ``enforce`` and ``flask ccsso explain`` all walk the same ordered
+conditions below.
 
 Deny by default: a skill name that is not configured is a start-up
 :class:`~flask_ccsso.exceptions.ConfigError` -- at decoration time when an app

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -79,15 +78,6 @@ def loads_strict(raw: bytes | str) -> Any:
     return json.loads(raw, parse_constant=_no_constants)
 
 
-def finite_number(value: Any) -> float | None:
-    """``value`` as a finite float, or ``None`` (bools, strings, NaN, inf)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        f = float(value)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fetch_json(http: requests.Session, url: str, timeout: float, what: str) -> dict[str, Any]:

@@ -42,9 +42,9 @@ from joserfc.jws import JWSRegistry
 from .. import reasons
 from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
-from ..identity import Identity
+from ..identity import Identity, finite_time
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated
-from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, finite_number, loads_strict, read_capped
+from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, loads_strict, read_capped
 
 # joserfc's registry knows which algorithms exist; the allow-list narrows it
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
@@ -334,7 +334,7 @@ class OIDCProvider(Provider):
         claims = self.validate_id_token(id_token, nonce=pending["nonce"], access_token=tokens.get("access_token"),
                                         max_age=pending.get("max_age"), acr_values=tuple(pending.get("acr_values") or ()),
                                         force=bool(pending.get("force")), started_at=float(pending["created"]),
-                                        previous_auth_time=finite_number(pending.get("prev_auth_time")))
+                                        previous_auth_time=finite_time(pending.get("prev_auth_time")))
         identity = self.build_identity(claims, tokens)
         return LoginResult(
             identity=identity, next_url=pending.get("next") or "/", tokens=self._keep_tokens(tokens),
@@ -407,7 +407,7 @@ class OIDCProvider(Provider):
         expires_in = tokens.get("expires_in")
         if isinstance(expires_in, str) and expires_in.strip().isdigit():
             expires_in = int(expires_in)  # Entra ID v1 and others send a string
-        seconds = finite_number(expires_in)
+        seconds = finite_time(expires_in)
         expires_at: float | None
         if seconds is not None and 0 <= seconds <= _MAX_EXPIRES_IN:
             expires_at = now + seconds
@@ -585,7 +585,7 @@ class OIDCProvider(Provider):
             self.check_client(data)
             exp = None
             if data.get("exp") is not None:
-                exp = finite_number(data["exp"])
+                exp = finite_time(data["exp"])
                 if exp is None:
                     raise _invalid("The token's 'exp' is not valid.")
                 if exp <= now:
@@ -668,7 +668,7 @@ class OIDCProvider(Provider):
         leeway = self.settings.clock_skew
         # finite numbers only: a NaN auth_time compares false with everything
         # and would pass every freshness test below
-        auth_time = finite_number(claims.get("auth_time"))
+        auth_time = finite_time(claims.get("auth_time"))
         check_reauthenticated(auth_time, now=now, skew=leeway, max_age=max_age, force=force,
                               started_at=started_at, previous_auth_time=previous_auth_time)
         if acr_values and claims.get("acr") not in acr_values:
@@ -701,7 +701,7 @@ class OIDCProvider(Provider):
     def build_identity(self, claims: Mapping[str, Any], tokens: Mapping[str, Any], *, via: str = "session") -> Identity:
         groups, complete = self.resolve_groups(claims, tokens)
         roles = frozenset(self._str_list(claims.get(self.settings.roles_claim))) if self.settings.roles_claim else frozenset()
-        auth_time = finite_number(claims.get("auth_time"))
+        auth_time = finite_time(claims.get("auth_time"))
         email = claims.get("email") or claims.get("preferred_username") or claims.get("upn")
         return Identity(
             subject=str(claims["sub"]), provider=self.name,
