@@ -28,7 +28,16 @@ from urllib.parse import urlsplit
 from flask import Flask, abort, current_app, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from flask_ccsso import CCSSO, SkillRequired, csrf_protect, current_identity, get_state, login_required, requires_skill
+from flask_ccsso import (
+    CCSSO,
+    SkillRequired,
+    csrf_protect,
+    current_identity,
+    get_state,
+    login_required,
+    requires_skill,
+    stepup_notice,
+)
 from flask_ccsso.config import load_file
 from flask_ccsso.gate.freshness import max_auth_age
 
@@ -45,7 +54,7 @@ IDP_FILES = {
 }
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
 
-#: the pages of the portal, one per seed skill (endpoint, title)
+#: the pages of the portal, one per skill of ccsso.json (endpoint, title)
 SKILL_PAGES = {
     "database-migration": ("migrations", "Database migrations"),
     "security-audit": ("security_audit", "Security audit"),
@@ -429,7 +438,9 @@ def _add_views(app: Flask) -> None:
                 "ago": _duration(get_state().clock() - float(auth_time)),
                 "limit": _duration(max_auth_age(get_state().config.skills["infrastructure-deploy"], get_state().config.session)),
             }
-        return render_template("deploy.html", done=done, signed_in=signed_in)
+        # a deploy posted on a stale sign-in went to the IdP first and was not carried out: say so
+        resubmit = stepup_notice() if request.method == "GET" else None
+        return render_template("deploy.html", done=done, signed_in=signed_in, resubmit=resubmit)
 
     @app.get("/api/migrations")
     @requires_skill("database-migration")

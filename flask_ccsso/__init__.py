@@ -24,6 +24,7 @@ from .exceptions import (
 from .extension import CCSSO
 from .gate.current import current_identity
 from .gate.decorators import has_skill, login_required, requires_skill, skill_guard
+from .gate.stepup import StepUpNotice, stepup_notice
 from .identity import AnonymousIdentity, Identity
 from .state import get_state
 
@@ -51,6 +52,7 @@ __all__ = [
                          "LoginRequired",
                          "SessionExpired",
                          "SkillRequired",
+                         "StepUpNotice",
                          "StepUpRequired",
                          "StoreUnavailable",
                          "csrf_protect",
@@ -61,4 +63,5 @@ __all__ = [
                          "login_required",
                          "requires_skill",
                          "skill_guard",
+                         "stepup_notice",
 ]

@@ -149,7 +149,12 @@ def mask_url(url: str) -> str:
         parts = parts._replace(query="&".join(
             f"{name}=***" if _SECRET_QUERY.search(name) else f"{name}{sep}{val}"
             for name, sep, val in (item.partition("=") for item in parts.query.split("&"))))
-    return urlunsplit(parts)
+    scheme, _, rest = url.partition(":")
+    if not rest.startswith("//"):
+        return urlunsplit(parts)
+    # by hand: urlunsplit drops an empty authority (sqlite:////var/audit.db -> sqlite://var/audit.db)
+    return (f"{scheme}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def show(key: Any, value: Any, width: int = 40) -> str:

@@ -16,9 +16,12 @@ from .audit.settings import AuditSettings, parse_logging_block
 from .config import CCSSOConfig
 
 
-def audit_settings(config: CCSSOConfig) -> AuditSettings:
-    """The validated ``logging`` block (a start-up :class:`ConfigError` otherwise)."""
-    return parse_logging_block(config.logging or None)
+def audit_settings(config: CCSSOConfig, instance_path: str | None = None) -> AuditSettings:
+    """The validated ``logging`` block (a start-up :class:`ConfigError` otherwise),
+    its SQLite URLs and spool folder resolved against ``instance_path``
+    (:meth:`AuditSettings.resolved`)."""
+    settings = parse_logging_block(config.logging or None)
+    return settings if instance_path is None else settings.resolved(instance_path)
 
 
 def start_audit(app: Flask, settings: AuditSettings, clock: Callable[[], float]) -> AuditPipeline | None:

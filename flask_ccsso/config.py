@@ -1,7 +1,8 @@
 """Config in the shape users already write, parsed once into frozen settings.
 
 Sources, in order: ``app.config["CCSSO"]`` (a dict) or
-``app.config["CCSSO_CONFIG_FILE"]`` (a JSON file). Both take the seed's blocks
+``app.config["CCSSO_CONFIG_FILE"]`` (a JSON file). Both take the config blocks
+from the usual Okta / Azure AD / Google guides
 -- ``auth``, ``skills``, ``logging``, ``session`` -- verbatim. ``${VAR}`` and
 ``${VAR:-default}`` are replaced from the environment once, here, at start-up;
 ``$$`` stands for a literal ``$``. Nothing reads raw config at request time.
@@ -803,7 +804,7 @@ _TOP_KEYS = ("auth", "skills", "logging", "session")
 
 
 def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> CCSSOConfig:
-    """Validate a whole config (the seed's blocks) into a :class:`CCSSOConfig`."""
+    """Validate a whole config (``auth``, ``skills``, ``logging``, ``session``) into a :class:`CCSSOConfig`."""
     if not isinstance(raw, Mapping):
         raise ConfigError("CCSSO", "must be a dict with the blocks auth, skills, logging, session.", "see docs/configuration.md.")
     check_keys(raw, _TOP_KEYS, "")

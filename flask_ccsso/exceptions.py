@@ -93,6 +93,14 @@ class IdPUnavailable(CCSSOError, ServiceUnavailable):
     reason = "idp_unavailable"
     description = "The identity provider is not reachable right now. Try again in a moment."
 
+    def body_extra(self) -> dict[str, Any]:
+        """``failure``: what went wrong reaching the IdP, when it is known
+        (``dns``, ``refused``, ``tls``, ``tls_untrusted``, ``timeout``,
+        ``connect_timeout``, ``proxy``, ``connection``, ``too_large``,
+        ``bad_answer``); the description says it in words, with the URL."""
+        failure = self.extra.get("failure")
+        return {"failure": failure} if isinstance(failure, str) else {}
+
 
 class StoreUnavailable(CCSSOError, ServiceUnavailable):
     """The session or shared-state store is unreachable. HTTP 503, fail closed."""
@@ -159,14 +167,20 @@ class SkillRequired(CCSSOError, Forbidden):
         skill: str | None = None,
         condition: str | None = None,
         reason: str | None = None,
+        missing_scopes: tuple[str, ...] = (),
     ) -> None:
         self.skill = skill
         self.condition = condition
+        #: the skill's ``requiredScopes`` the caller lacks (configuration, not the person's data)
+        self.missing_scopes = tuple(missing_scopes)
         super().__init__(description, reason=reason)
 
     def body_extra(self) -> dict[str, Any]:
-        # the skill and the failed condition; never the person's groups
-        return {"skill": self.skill, "condition": self.condition}
+        # the skill, the failed condition, the missing required scopes; never the person's groups
+        extra: dict[str, Any] = {"skill": self.skill, "condition": self.condition}
+        if self.missing_scopes:
+            extra["missing_scopes"] = list(self.missing_scopes)
+        return extra
 
 
 class UnknownProvider(CCSSOError, BadRequest):

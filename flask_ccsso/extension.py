@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import requests
 from flask import Flask, g, has_app_context
+from flask.cli import ScriptInfo
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
@@ -34,13 +36,14 @@ from .gate.decorators import check_skill_names, has_skill
 from .gate.policy import SkillPolicy
 from .gate.refresh import refresh_if_needed
 from .gate.session import SessionGate
+from .gate.stepup import stepup_notice
 from .providers import provider_class
 from .providers.base import Provider
-from .responses import handle_error, library_security_headers
+from .responses import handle_error, library_security_headers, page_settings
 from .sessions.index import SessionIndex
 from .sessions.interface import cookie_settings, make_session_interface
 from .state import EXTENSION_KEY, CCSSOState, get_state
-from .stores import RedisStore, SharedStore, SQLStore
+from .stores import SharedStore, open_store
 from .views import bp, register_callback_aliases
 
 log = logging.getLogger("flask_ccsso")
@@ -71,15 +74,8 @@ def _load_raw(app: Flask) -> Mapping[str, Any]:
 
 
 def _make_store(app: Flask, cfg: CCSSOConfig, clock: Callable[[], float]) -> SharedStore:
-    st = cfg.session.store
-    if st.type == "redis":
-        return RedisStore.from_url(st.url or "", prefix=st.key_prefix)
-    if st.type == "sqlalchemy":
-        return SQLStore.from_url(st.url or "", clock=clock, key_prefix=st.key_prefix)
-    os.makedirs(app.instance_path, exist_ok=True)
-    path = st.path or app.instance_path
-    return SQLStore.from_url(f"sqlite:///{os.path.join(path, 'ccsso-state.sqlite')}", clock=clock,
-                             key_prefix=st.key_prefix)
+    """``session.store``, its SQLite paths resolved against the instance folder (:func:`open_store`)."""
+    return open_store(cfg.session.store, app.instance_path, clock=clock)
 
 
 class CCSSO:
@@ -148,7 +144,17 @@ class CCSSO:
     # -- start-up ----------------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
         """Validate the configuration and build the app's state (start-up
-        errors are :class:`~flask_ccsso.exceptions.ConfigError`)."""
+        errors are :class:`~flask_ccsso.exceptions.ConfigError`; while the
+        ``flask`` command loads the app, one it prints as a single line)."""
+        try:
+            self._init_app(app)
+        except ConfigError as exc:
+            shown = _for_flask_command(exc)
+            if shown is None:
+                raise
+            raise shown from exc
+
+    def _init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("flask-ccsso is already initialised on this app; call init_app once per app "
                                "(create one CCSSO() and call init_app in your app factory).")
@@ -164,7 +170,8 @@ class CCSSO:
         clock = self._clock or time.time
         prefix = "/" + str(app.config["CCSSO_URL_PREFIX"]).strip("/")
         trusted = setting_int(app.config, "CCSSO_TRUSTED_PROXIES", 0, maximum=32)
-        settings = audit_settings(cfg)  # validated now, with every other block
+        page_settings(app)  # CCSSO_APP_NAME / CCSSO_HOME_URL: refused now, not on an error page
+        settings = audit_settings(cfg, app.instance_path)  # validated now, with every other block
 
         # cookies: only a session id travels in them
         app.config.update(cookie_settings(app, cfg.session))  # __Host- by default when Secure
@@ -186,6 +193,8 @@ class CCSSO:
         app.after_request(_personal_responses_not_stored)
         app.after_request(library_security_headers)
         app.add_template_global(has_skill, "has_skill")
+        app.add_template_global(stepup_notice, "ccsso_stepup_notice")
+        app.jinja_env.globals.setdefault("stepup_notice", stepup_notice)
         check_skill_names(app, cfg.skills)
         app.before_request(_first_request_checks(app, cfg, providers, prefix))
 
@@ -214,6 +223,44 @@ class CCSSO:
 
     def __repr__(self) -> str:  # pragma: no cover
         return "<CCSSO>"
+
+
+class _FlaskCommandConfigError(ConfigError, click.ClickException):
+    """A :class:`~flask_ccsso.exceptions.ConfigError` raised while the
+    ``flask`` command (``flask run``, ``flask shell``, ``flask routes`` ...)
+    loads the app.
+
+    Flask lets an error from the app factory or the app module propagate out
+    of ``flask run`` as a traceback that buries the one line that matters.
+    click prints a :class:`click.ClickException` as ``Error: <message>`` and
+    exits with its ``exit_code``, so this error is both: still a
+    ``ConfigError`` to every ``except`` clause (``flask ccsso`` commands
+    report it their own way), and one clean message at the terminal, exit
+    code 2 (as ``flask ccsso`` commands end on a config error). Outside the ``flask`` command nothing
+    changes: the plain ``ConfigError`` propagates.
+    """
+
+    exit_code = 2
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(error.path, error.problem, error.fix)
+        self.message = f"flask-ccsso configuration: {error.path}: {error.problem}" + (
+            f" Fix: {error.fix}" if error.fix else "")
+        self.show_color: bool | None = None  # click decides (a terminal gets colour)
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _for_flask_command(error: ConfigError) -> _FlaskCommandConfigError | None:
+    """``error`` as click prints it, when the ``flask`` command is loading
+    the app (a click context carrying Flask's ``ScriptInfo``); else ``None``."""
+    if isinstance(error, click.ClickException):
+        return None
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.find_object(ScriptInfo) is None:
+        return None
+    return _FlaskCommandConfigError(error)
 
 
 def _alias_paths(providers: Mapping[str, Provider]) -> dict[str, str]:

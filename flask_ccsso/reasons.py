@@ -21,6 +21,7 @@ INVALID_RESPONSE = "invalid_response"      # SAML: malformed / unsigned / wrong 
 REPLAYED = "replayed"
 UNSOLICITED = "unsolicited"
 STEPUP_NOT_SATISFIED = "stepup_not_satisfied"
+STEPUP_SUBJECT_MISMATCH = "stepup_subject_mismatch"  # a step-up answered by another account (sub / NameID)
 BAD_REQUEST = "bad_request"
 REQUEST_TOO_LARGE = "request_too_large"  # a body over the route's limit, refused unparsed
 RATE_LIMITED = "rate_limited"              # too many sign-ins started from one address

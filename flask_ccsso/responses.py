@@ -17,11 +17,12 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import Flask, Response, current_app, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response as BaseResponse
 
-from .exceptions import CCSSOError, LoginRequired, StepUpRequired
-from .gate.stepup import login_url_for
+from .exceptions import CCSSOError, ConfigError, LoginRequired, StepUpRequired
+from .gate.stepup import forget_resubmit, login_url_for, remember_resubmit
 from .state import get_state
 
 log = logging.getLogger("flask_ccsso")
@@ -82,13 +83,67 @@ def wants_json() -> bool:
     return False
 
 
+#: ``app.config`` keys for the way out of the library's pages ("Back to <app>")
+APP_NAME_KEY = "CCSSO_APP_NAME"
+HOME_URL_KEY = "CCSSO_HOME_URL"
+
+
+def page_settings(app: Flask) -> tuple[str, str]:
+    """``(app name, home URL)`` for the library's pages: ``CCSSO_APP_NAME``
+    (default ``app.name``) and ``CCSSO_HOME_URL`` (default ``/``; a path on
+    this site or an absolute http(s) URL). Checked at ``init_app``, so a bad
+    one is a start-up :class:`~flask_ccsso.exceptions.ConfigError`, never a
+    broken link on an error page."""
+    name = app.config.get(APP_NAME_KEY) or app.name
+    home = app.config.get(HOME_URL_KEY) or "/"
+    if not isinstance(name, str) or not name.strip() or any(ord(c) < 32 for c in name):
+        raise ConfigError(APP_NAME_KEY, "must be a one-line text.", "e.g. app.config['CCSSO_APP_NAME'] = 'Portal'.")
+    parts = urlsplit(home) if isinstance(home, str) else None
+    relative = parts is not None and home.startswith("/") and not home.startswith("//") and not parts.netloc
+    absolute = parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
+    if not (relative or absolute) or any(ord(c) < 33 for c in str(home)):
+        raise ConfigError(HOME_URL_KEY, f"must be a path such as '/' or an http(s) URL, not {home!r}.",
+                          "e.g. app.config['CCSSO_HOME_URL'] = '/dashboard'.")
+    return name.strip(), home
+
+
+def render_page(template: str, **context: Any) -> str:
+    """Render one of the library's pages (``ccsso/*.html``) with what every
+    page links to: ``app_name`` and ``home_url`` (:func:`page_settings`).
+    An app's own ``templates/ccsso/<name>.html`` wins over the library's
+    (Flask searches the app's template folder first)."""
+    app_name, home_url = page_settings(current_app)
+    context.setdefault("app_name", app_name)
+    context.setdefault("home_url", home_url)
+    return render_template(template, **context)
+
+
+def retry_url() -> str | None:
+    """Where "Try again" leads from an error page: a failed sign-in (a page of
+    the library: callback, ACS, login) starts a new sign-in; any other page
+    answered by GET (access denied, a store outage) is loaded again; a
+    refused form post has no safe repeat, so no link. A view may name its
+    own (``g._ccsso_retry_url``): a refused step-up retries the step-up from
+    the page that asked for it, not a plain sign-in."""
+    chosen = g.get("_ccsso_retry_url")
+    if isinstance(chosen, str):
+        return chosen
+    if is_library_request():
+        return url_for("ccsso.choose")
+    if request.method in ("GET", "HEAD"):
+        return request.full_path.removesuffix("?")
+    return None
+
+
 def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: dict[str, Any] | None = None,
                    action_url: str | None = None, action_label: str | None = None) -> Response:
     """The response for ``exc``: JSON (``error``, ``error_description`` and the
     error's :meth:`~flask_ccsso.exceptions.CCSSOError.body_extra`) for API
     clients (``as_json=None``: :func:`wants_json` decides), else the HTML
-    message page; the error's own headers, ``no-store``, the library's
-    security headers, a ``WWW-Authenticate`` challenge on a JSON 401."""
+    message page (``ccsso/message.html``, with "Try again" -- see
+    :func:`retry_url` -- and "Back to <app>"); the error's own headers,
+    ``no-store``, the library's security headers, a ``WWW-Authenticate``
+    challenge on a JSON 401."""
     code = exc.code or 500
     reason = getattr(exc, "reason", None) or "error"
     description = exc.description or _TITLES.get(code, "Error")
@@ -101,8 +156,8 @@ def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: di
         resp = jsonify(body)
     else:
         title = getattr(exc, "title", None) or _TITLES.get(code, "Error")
-        html = render_template("ccsso/message.html", title=title, message=description,
-                               reason=reason, request_id=None, action_url=action_url, action_label=action_label)
+        html = render_page("ccsso/message.html", title=title, message=description, reason=reason, request_id=None,
+                           retry_url=retry_url(), action_url=action_url, action_label=action_label)
         resp = Response(html, mimetype="text/html")
     resp.status_code = code
     resp.headers["Cache-Control"] = "no-store"
@@ -129,14 +184,50 @@ def handle_error(exc: CCSSOError) -> Response:
         identity = g.get("_ccsso_identity")
         if wants_json() or not identity or getattr(identity, "via", None) == "bearer":
             return error_response(exc)
-        nxt = request.full_path if request.method == "GET" else (
-            request.referrer and urlsplit(request.referrer).path) or "/"
-        return redirect(login_url_for(identity.provider, nxt.removesuffix("?"), get_state().url_prefix, exc.skill))
+        return _step_up_redirect(exc, identity)
     if isinstance(exc, LoginRequired) and not wants_json():
         nxt = request.full_path.removesuffix("?") if request.method == "GET" else "/"
         login_view = current_app.config.get("CCSSO_LOGIN_VIEW")
         return redirect(url_for(login_view or "ccsso.choose", next=nxt))
     return error_response(exc)
+
+
+#: methods a browser repeats by itself after the step-up (the round trip ends in a GET)
+_REPEATABLE = ("GET", "HEAD")
+
+
+def _step_up_redirect(exc: StepUpRequired, identity: Any) -> BaseResponse:
+    """Send a browser to its IdP for step-up, and back to where it was.
+
+    A GET comes back to the same URL. A form post cannot be replayed (the
+    round trip ends in a GET, and replaying a sensitive post nobody pressed
+    again is what CSRF defences forbid), so the browser comes back to the
+    page the form was on -- and that page learns, through
+    :func:`~flask_ccsso.gate.stepup.stepup_notice`, that nothing was carried
+    out and the form must be sent again. Never silently dropped."""
+    state = get_state()
+    if request.method in _REPEATABLE:
+        forget_resubmit()
+        nxt = request.full_path.removesuffix("?")
+    else:
+        nxt = _form_page()
+        remember_resubmit(exc.skill or "", request.method, request.path, nxt, state.clock())
+    return redirect(login_url_for(identity.provider, nxt, state.url_prefix, exc.skill))
+
+
+def _form_page() -> str:
+    """The page a non-GET request came from: the ``Referer`` when it is this
+    origin (path and query; another site's page is never a destination);
+    else the request's own path when that route answers GET (a form posting
+    to its own page, the usual Flask pattern); else ``/``."""
+    ref = urlsplit(request.referrer or "")
+    here = urlsplit(request.host_url)
+    if ref.scheme == here.scheme and ref.netloc == here.netloc and ref.path.startswith("/"):
+        return ref.path + (f"?{ref.query}" if ref.query else "")
+    rule = request.url_rule
+    if rule is not None and rule.methods is not None and "GET" in rule.methods:
+        return request.path
+    return "/"
 
 
 def bearer_challenge(exc: CCSSOError) -> str:
@@ -160,4 +251,5 @@ def _q(text: str) -> str:
 
 
 __all__ = ["SECURITY_HEADERS", "add_security_headers", "bearer_challenge", "error_response", "handle_error",
-           "is_library_request", "library_security_headers", "login_url_for", "wants_json"]
+           "is_library_request", "library_security_headers", "login_url_for", "page_settings", "render_page",
+           "retry_url", "wants_json"]

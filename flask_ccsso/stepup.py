@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .gate.freshness import Freshness, acr_satisfied, check_freshness, freshness_applies
-from .gate.stepup import step_up, stepup_url
+from .gate.stepup import StepUpNotice, step_up, stepup_notice, stepup_url
 
-__all__ = ["Freshness", "acr_satisfied", "check_freshness", "freshness_applies", "step_up", "stepup_url"]
+__all__ = ["Freshness", "StepUpNotice", "acr_satisfied", "check_freshness", "freshness_applies", "step_up",
+           "stepup_notice", "stepup_url"]

@@ -2,7 +2,7 @@
 
 One blueprint, mounted at ``CCSSO_URL_PREFIX`` (default ``/sso``), with the
 provider name in the path: ``/sso/<name>/login`` etc. A provider whose
-``redirectUri`` has another path (the seed's ``/callback``) is served there
+``redirectUri`` has another path (such as ``/callback``) is served there
 too. The views translate HTTP to provider calls and back; they take no access
 decisions and parse no protocol messages themselves.
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, current_app, g, redirect, request, session, url_for
 from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
@@ -36,10 +36,12 @@ from .exceptions import (
 )
 from .gate.freshness import max_auth_age
 from .gate.session import browser_binding, check_store
+from .gate.stepup import resubmit_notice_after, subject_mismatch, take_resubmit
+from .identity import Identity
 from .providers.base import CallbackRequest, LoginRequest, Provider, limit_per_browser, saved_pending
 from .providers.oidc import OIDCProvider
 from .providers.saml import SAMLProvider
-from .responses import error_response, wants_json
+from .responses import error_response, render_page, wants_json
 from .sessions.interface import current_session
 from .sessions.record import SESSION_KEY, SessionRecord, load_live
 from .state import CCSSOState, get_state
@@ -246,6 +248,9 @@ def _finish(provider: str, params_from_form: bool) -> Response:
                              browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
                              content_length=request.content_length)
         result = prov.finish_login(cb)
+    if result.step_up:
+        _refuse_another_person(provider, result.identity, safe_next(result.next_url))
+    resubmit = take_resubmit()  # read before the sign-in clears the session
     try:
         state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
     except CCSSOError as exc:  # the store went away between the check and the write
@@ -255,9 +260,37 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     g._ccsso_identity = result.identity
     signals.user_logged_in.send(app, identity=result.identity, provider=provider, method=prov.protocol,
                                 step_up=result.step_up)
+    landing = safe_next(result.next_url)
     if result.step_up and result.step_up_skill:
         signals.stepup_satisfied.send(app, identity=result.identity, skill=result.step_up_skill, provider=provider)
-    return redirect(safe_next(result.next_url), 303 if params_from_form else 302)
+        resubmit_notice_after(resubmit, skill=result.step_up_skill, landing=landing, now=state.clock(),
+                              max_age=float(getattr(prov.settings, "login_state_ttl", 600.0)))
+    return redirect(landing, 303 if params_from_form else 302)
+
+
+def _refuse_another_person(provider: str, answered: Identity, asked_from: str) -> None:
+    """A step-up must come back as the person signed in here
+    (:func:`~flask_ccsso.gate.stepup.subject_mismatch`): otherwise 400
+    ``stepup_subject_mismatch``, announced as ``login_failed`` (the actor is
+    the session's person, the detail names the account that answered), and
+    this browser's session is left exactly as it was -- checked before
+    :meth:`~flask_ccsso.gate.session.SessionGate.establish` touches it.
+    The page's "Try again" leads back to ``asked_from`` (which asks for the
+    step-up again, with a fresh prompt), never to a plain sign-in: the IdP
+    may still hold the other account's session and would sign it in silently."""
+    record = _signed_in_record()
+    try:
+        before = record.person() if record is not None else None
+    except (KeyError, TypeError, ValueError):
+        before = None  # a damaged record is no one to protect; the sign-in replaces it
+    exc = subject_mismatch(before, answered)
+    if exc is None:
+        return
+    g._ccsso_retry_url = asked_from
+    signals.login_failed.send(current_flask_app(), provider=provider, reason=exc.reason,
+                              detail=f"step-up answered by another account ({answered.id}); the session was kept",
+                              subject=exc.extra.get("subject"), email=exc.extra.get("email"))
+    raise exc
 
 
 @bp.route("/<provider>/callback", methods=["GET"])
@@ -402,8 +435,8 @@ def _signed_in_record() -> SessionRecord | None:
 
 def _confirm_logout(status: int, message: str) -> Response:
     """The page that asks before signing out: a form posting back with the token."""
-    html = render_template("ccsso/logout.html", title="Sign out?", message=message,
-                           action_url=url_for("ccsso.logout"), field=csrf.FORM_FIELD, token=csrf.csrf_token())
+    html = render_page("ccsso/logout.html", title="Sign out?", message=message,
+                       action_url=url_for("ccsso.logout"), field=csrf.FORM_FIELD, token=csrf.csrf_token())
     resp = Response(html, status=status, mimetype="text/html")
     # the library's security headers come from responses.library_security_headers;
     # no CSP form-action here: Chrome applies it to the POST's redirect to the IdP
@@ -481,8 +514,8 @@ def _end_session(record: SessionRecord | None) -> Response:
 
 @bp.route("/logged-out", methods=["GET"])
 def logged_out() -> str:
-    return render_template("ccsso/message.html", title="Signed out", message="You have been signed out.",
-                           reason=None, action_url="/", action_label="Back to the portal")
+    return render_page("ccsso/message.html", title="Signed out", message="You have been signed out.",
+                       reason=None, retry_url=url_for("ccsso.choose"), retry_label="Sign in again")
 
 
 def register_callback_aliases(app: Flask, providers: Mapping[str, Provider], prefix: str) -> None:
@@ -519,4 +552,4 @@ def choose() -> Response | str:
     if len(state.providers) == 1 or state.config.default_provider and request.args.get("choose") is None:
         name = state.config.default_provider or next(iter(state.providers))
         return redirect(url_for("ccsso.login", provider=name, next=next_url))
-    return render_template("ccsso/choose.html", providers=list(state.providers.values()), next_url=next_url)
+    return render_page("ccsso/choose.html", providers=list(state.providers.values()), next_url=next_url)

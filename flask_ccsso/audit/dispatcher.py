@@ -274,24 +274,34 @@ def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float
 
     Also kept in ``app.extensions["ccsso_audit"]`` (one per app; a second call
     for the same app is refused). Logs each settings notice (such as the
-    seed's Azure fallback) once per process.
+    fallback of ``destination: "azure-log-analytics"`` without
+    ``azureMonitor``, a WARNING) once per process, and one start-up line
+    (INFO on ``flask_ccsso.audit``) naming where the events go, every
+    destination (:func:`where_events_go`).
     """
     if EXTENSION_KEY in app.extensions:
         raise RuntimeError("The audit pipeline is already set up for this app; init_audit() runs once per app "
                            "(CCSSO.init_app calls it).")
+    settings = settings.resolved(app.instance_path)  # SQLite files and the spool: under the instance folder
     for notice in settings.notices:
         with _notices_lock:
             first = notice not in _notices_logged
             _notices_logged.add(notice)
         if first:
             log.warning(notice)
+    log.info("flask-ccsso: audit events (level %s) go to %s", settings.level, where_events_go(settings))
     pipeline = AuditPipeline(app, settings, clock=clock).start()
     app.extensions[EXTENSION_KEY] = pipeline
     return pipeline
+
+
+def where_events_go(settings: AuditSettings) -> str:
+    """Every destination in words (credentials masked): the start-up line's and check-config's."""
+    return "; ".join(sink.describe() for sink in settings.destinations)
 
 
 def get_pipeline(app: Flask) -> AuditPipeline | None:
     return app.extensions.get(EXTENSION_KEY)
 
 
-__all__ = ["AuditPipeline", "FailureCounter", "get_pipeline", "init_audit", "request_id"]
+__all__ = ["AuditPipeline", "FailureCounter", "get_pipeline", "init_audit", "request_id", "where_events_go"]

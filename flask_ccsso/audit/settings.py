@@ -1,6 +1,6 @@
 """Parse the ``logging`` config block into frozen :class:`AuditSettings`.
 
-The seed's keys keep their meaning (``level``, ``destination``, ``events``,
+The usual keys keep their meaning (``level``, ``destination``, ``events``,
 ``includeUserClaims``, ``includeGroupMemberships``); the rest are documented in
 ``docs/audit.md``. Every mistake is a :class:`~flask_ccsso.exceptions.ConfigError`
 naming the exact key and the fix. ``${VAR}`` interpolation has already happened
@@ -10,29 +10,32 @@ when this runs.
 from __future__ import annotations
 
 import difflib
+import logging
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .._validate import (
-    SECRET,
     check_keys,
     config_keys,
     expect,
     expect_str_list,
     join,
+    mask_url,
     parse_struct,
     read_settings,
     setting,
 )
 from ..exceptions import ConfigError
+from ..stores.database import resolve_database_url
 from .events import OUTCOMES
 
 LEVELS = ("audit", "debug", "off")
 SINK_TYPES = ("sqlalchemy", "http", "logging")
 HTTP_FORMATS = ("json", "splunk-hec", "azure-monitor")
-#: values of the seed's single ``destination``
+#: values of the single ``destination`` of the usual ``logging`` block
 DESTINATIONS = ("azure-log-analytics", "logging")
 
 KNOWN_EVENTS = tuple(OUTCOMES)
@@ -69,12 +72,12 @@ def _read_verify(raw: Mapping[str, Any], key: str, path: str, default: Any, meta
 class AzureMonitorSettings:
     """Where and how to reach the Azure Monitor Logs Ingestion API."""
 
-    endpoint: str
-    dcr_immutable_id: str
-    stream_name: str
-    client_id: str
-    client_secret: str = field(repr=False, metadata=SECRET)
-    token_url: str
+    endpoint: str = setting("endpoint")
+    dcr_immutable_id: str = setting("dcrImmutableId")
+    stream_name: str = setting("streamName")
+    client_id: str = setting("clientId")
+    client_secret: str = setting("clientSecret", secret=True)
+    token_url: str = setting("tokenUrl")
     scope: str = setting("scope", "https://monitor.azure.com/.default")
 
     @property
@@ -108,6 +111,26 @@ class SinkSettings:
     azure: AzureMonitorSettings | None = None
     # logging
     logger: str = setting("logger", "flask_ccsso.audit")
+    #: the level of the logging sink's records: INFO, or WARNING for the Azure
+    #: fallback (``destination: "azure-log-analytics"`` without ``azureMonitor``;
+    #: a plain Flask app shows WARNING and up, so the events that were meant for
+    #: Azure appear in the app's log instead of nowhere)
+    log_level: int = logging.INFO
+
+    @property
+    def config_keys(self) -> tuple[str, ...]:
+        """The keys of this sink's type, as written in ``destinations`` (check-config shows these)."""
+        return ("type", "name", *(_SINK_KEY[n] for n in _SINK_FIELDS[self.type]))
+
+    def describe(self) -> str:
+        """Where this sink sends events, in words, credentials masked: the
+        start-up line and ``flask ccsso check-config`` say it."""
+        if self.type == "logging":
+            return f"the Python logger {self.logger!r} at {logging.getLevelName(self.log_level)} (sink {self.name!r})"
+        if self.type == "sqlalchemy":
+            return f"the database {mask_url(self.url or '')} table {self.table} (sink {self.name!r})"
+        what = "Azure Monitor (Logs Ingestion API)" if self.format == "azure-monitor" else f"{self.format} over HTTP"
+        return f"{what} at {mask_url(self.url or '')} (sink {self.name!r})"
 
 
 #: the fields of :class:`SinkSettings` each sink type reads
@@ -168,7 +191,7 @@ class AuditSettings:
     max_field_length: int = setting("maxFieldLength", 1024, minimum=64, read=_read_count)
     #: events kept in memory per sink while the sink is down *and* its spool cannot be written
     backlog_size: int = setting("backlogSize", 10_000, minimum=0, read=_read_count)
-    #: things worth one warning at start-up (e.g. the seed's fallback)
+    #: things worth one warning at start-up (e.g. the Azure fallback)
     notices: tuple[str, ...] = ()
 
     @property
@@ -199,6 +222,20 @@ class AuditSettings:
             if sink.type == "sqlalchemy":
                 return sink.table
         return DEFAULT_TABLE
+
+    def resolved(self, instance_path: str) -> AuditSettings:
+        """These settings with their paths made absolute against the app's
+        instance folder: each ``sqlalchemy`` destination's SQLite URL
+        (``{instance}`` and relative paths, :func:`~flask_ccsso.stores.database.resolve_database_url`)
+        and a relative ``spoolDir``. So where the audit database and spool
+        live never depends on the directory a process was started from."""
+        sinks = tuple(
+            replace(sink, url=resolve_database_url(sink.url, instance_path, key=f"logging.destinations.{sink.name}.url"))
+            if sink.type == "sqlalchemy" and sink.url else sink for sink in self.destinations)
+        spool = self.spool_dir
+        if spool and not os.path.isabs(spool):
+            spool = os.path.join(os.path.abspath(instance_path), spool)
+        return replace(self, destinations=sinks, spool_dir=spool)
 
 
 def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], path: str, default: str) -> str:
@@ -311,11 +348,13 @@ def parse_logging_block(raw: Mapping[str, Any] | None, path: str = "logging") ->
             azure_raw = expect(raw, "azureMonitor", dict, path)
             if azure_raw is None:
                 if "destinations" not in raw:
-                    sinks.append(SinkSettings(type="logging", name="logging"))
+                    # WARNING, not INFO: the events must show where the app's log is
+                    sinks.append(SinkSettings(type="logging", name="logging", log_level=logging.WARNING))
                 notices.append(
                     f"{path}.destination is 'azure-log-analytics' but {path}.azureMonitor is not set; "
                     + ("audit events go to the 'destinations' listed instead. "
-                       if "destinations" in raw else "audit events go to the 'flask_ccsso.audit' logger instead. ")
+                       if "destinations" in raw else
+                       "audit events go to the app's log instead (the 'flask_ccsso.audit' logger, at WARNING). ")
                     + f"Fix: add {path}.azureMonitor with endpoint, dcrImmutableId, streamName, tenantId, clientId "
                     "and clientSecret (see docs/audit.md).")
             else:

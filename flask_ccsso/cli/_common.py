@@ -12,7 +12,8 @@ subclass) and a command's own errors out of that path.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import update_wrapper
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -23,10 +24,12 @@ from flask.cli import NoAppException, ScriptInfo
 from .._context import current_flask_app
 from .._validate import mask_url
 from ..config import _SECRET_KEYS
-from ..exceptions import ConfigError
+from ..exceptions import CCSSOError, ConfigError, StoreUnavailable
 from ..state import CCSSOState, get_state
+from ..stores.database import database_error_line
 
-__all__ = ["app_state", "current_state", "fail", "find_app", "load_app", "mask_url", "masked", "report_error", "with_app"]
+__all__ = ["app_state", "as_config", "current_state", "database_errors", "error_text", "fail", "find_app", "load_app",
+           "mask_url", "masked", "report_error", "with_app"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +88,8 @@ def _create(info: ScriptInfo) -> Flask:
         return info.load_app()
     except ConfigError as exc:
         fail(f"configuration: {exc}")
+    except StoreUnavailable as exc:  # the session store's tables are made at start-up
+        fail(f"the app could not start: {error_text(exc)}")
     except RuntimeError as exc:
         fail(f"the app could not start: {exc}")
 
@@ -110,9 +115,53 @@ def with_app(f: F) -> F:
     def run_in_app(ctx: click.Context, /, *args: Any, **kwargs: Any) -> Any:
         if not has_app_context():
             ctx.with_resource(load_app().app_context())
-        return ctx.invoke(f, *args, **kwargs)
+        try:
+            return ctx.invoke(f, *args, **kwargs)
+        except StoreUnavailable as exc:
+            fail(error_text(exc))
 
     return cast(F, update_wrapper(run_in_app, f))
+
+
+# --------------------------------------------------------------------------- database errors
+
+#: what to do when the session store's tables are missing (the app creates them when it starts)
+STORE_TABLE_FIX = "start the app once (it creates the store's tables), or check session.store.url."
+
+
+def error_text(exc: CCSSOError) -> str:
+    """The one line a command prints for ``exc``: for an unreachable store,
+    which store (URL, password masked), what failed and the fix
+    (:func:`~flask_ccsso.stores.database.database_error_line`); otherwise the
+    error's description."""
+    url = exc.extra.get("store_url") if isinstance(exc, StoreUnavailable) else None
+    if isinstance(url, str):
+        return database_error_line(exc.__cause__ or exc, url, what="session store",
+                                   missing_table_fix=STORE_TABLE_FIX)
+    return str(exc.description or exc.reason)
+
+
+@contextmanager
+def database_errors(url: str, *, what: str = "audit database", table: str | None = None) -> Iterator[None]:
+    """End the command with one line -- the database (password masked), what
+    failed, the fix -- and exit 2 on any database error inside the block
+    (SQLAlchemy's, a driver's, a missing driver), instead of a traceback."""
+    try:
+        yield
+    except click.exceptions.Exit:
+        raise
+    except (ImportError, OSError) as exc:
+        fail(database_error_line(exc, url, what=what, table=table))
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        fail(database_error_line(exc, url, what=what, table=table))
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A SQLAlchemy or DB-API error (told by module, so SQLAlchemy is not imported here)."""
+    return any(type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "redis")
+               for e in (exc, exc.__cause__, exc.__context__) if e is not None)
 
 
 # --------------------------------------------------------------------------- masking
@@ -120,13 +169,13 @@ def with_app(f: F) -> F:
 def masked(value: Any, key: str = "") -> Any:
     """A JSON-safe copy of ``value`` with every secret replaced by ``***``.
 
-    A settings field marked secret (``config.secret_field``) is masked
-    whatever its name; in raw blocks the key names in :data:`SECRET_FIELDS`
-    are; URLs keep everything but their credentials (``_validate.mask_url``).
+    A settings struct is shown as the user writes it (:func:`as_config`);
+    a field marked secret (``setting(..., secret=True)``) is masked whatever
+    its name; in raw blocks the key names in :data:`SECRET_FIELDS` are; URLs
+    keep everything but their credentials (``_validate.mask_url``).
     """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: ("***" if getattr(value, f.name) else getattr(value, f.name)) if f.metadata.get("secret")
-                else masked(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+        return as_config(value)
     if key in SECRET_FIELDS:
         return "***" if value else value
     if isinstance(value, dict):
@@ -139,3 +188,23 @@ def masked(value: Any, key: str = "") -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)
+
+
+def as_config(settings: Any) -> dict[str, Any]:
+    """A settings struct under the user's own config keys, secrets masked.
+
+    Each field's camelCase key is declared once, in its ``setting(...)``
+    (the field metadata's ``key``), which is also what the parser reads: the
+    printed config therefore uses exactly the keys a config file holds.
+    Fields that are no config key (a provider's ``name`` and ``path``, a
+    skill's ``name``: the block's own name) are left out.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        key = f.metadata.get("key")
+        if key is None:
+            continue
+        value = getattr(settings, f.name)
+        out[key] = ("***" if value else value) if f.metadata.get("secret") else masked(value, key)
+    return out
+

@@ -11,7 +11,7 @@ certificates. Exit codes:
   certificate close to expiry, a clock a few seconds off ...);
 * ``2`` -- errors: the config is invalid (a ``ConfigError``), an IdP cannot
   be reached or answers wrongly, a certificate has expired, the clock is off
-  by more than the accepted skew.
+  by more than the accepted skew -- and, with ``--strict``, any warning.
 
 ``sp-metadata <provider>`` prints a SAML provider's SP metadata XML, to upload
 to the IdP (Google Admin, ADFS ...).
@@ -34,14 +34,17 @@ import click
 from cryptography import x509
 from flask import Flask, url_for
 
+from ..audit.dispatcher import where_events_go
+from ..audit.settings import AuditSettings
 from ..config import is_loopback_host, unrouted_introspection
-from ..exceptions import CCSSOError, ConfigError
+from ..exceptions import CCSSOError, ConfigError, StoreUnavailable
 from ..gate.decorators import check_skill_names
 from ..gate.policy import SINGLE_FACTOR_ACR_VALUES
+from ..providers.keys import classify_http_failure
 from ..providers.oidc import OIDCProvider
 from ..state import CCSSOState
 from ..views import redirect_uri_for
-from ._common import app_state, fail, load_app, masked
+from ._common import app_state, as_config, error_text, fail, load_app
 
 #: certificates closer than this to their end are a warning
 CERT_WARN_DAYS = 14
@@ -70,15 +73,38 @@ class Report:
 
 
 def resolved_config(state: CCSSOState) -> dict[str, Any]:
-    """The configuration as the app parsed it, secrets masked (what ``--json`` prints)."""
+    """The configuration as the app parsed it -- defaults filled in, secrets
+    masked -- under the keys a config file holds (what ``--json`` prints).
+
+    Every block is rendered from its settings struct through the keys the
+    structs declare (:func:`~flask_ccsso.cli._common.as_config`), so a key
+    reads the same here as in the file. ``logging`` shows what it resolved
+    to: a single ``destination`` appears as the ``destinations`` it means.
+    """
     cfg = state.config
     return {
         "auth": {"default": cfg.default_provider,
-                 "providers": {name: masked(p) for name, p in cfg.providers.items()}},
-        "skills": {name: masked(s) for name, s in cfg.skills.items()},
-        "session": masked(cfg.session),
-        "logging": masked(dict(cfg.logging)),
+                 "providers": {name: {"provider": p.type, **as_config(p)} for name, p in cfg.providers.items()}},
+        "skills": {name: as_config(s) for name, s in cfg.skills.items()},
+        "session": as_config(cfg.session),
+        "logging": _logging_config(state.audit_settings),
     }
+
+
+def _logging_config(settings: AuditSettings) -> dict[str, Any]:
+    """The resolved ``logging`` block: each sink with the keys of its type only."""
+    out = as_config(settings)
+    if settings.failure_threshold is None:
+        out["failureThreshold"] = False  # how the file turns it off
+    sinks = []
+    for sink in settings.destinations:
+        shown = {"type": sink.type, "name": sink.name,
+                 **{k: v for k, v in as_config(sink).items() if k in sink.config_keys}}
+        if sink.azure is not None:
+            shown["azureMonitor"] = as_config(sink.azure)
+        sinks.append(shown)
+    out["destinations"] = sinks
+    return out
 
 
 # --------------------------------------------------------------------------- network checks
@@ -147,7 +173,9 @@ def _check_oidc(report: Report, name: str, prov: Any, tls_seen: set[str]) -> Non
     try:
         resp = prov.http.get(s.discovery_url, timeout=s.timeout, headers={"Accept": "application/json"})
     except Exception as exc:  # noqa: BLE001 - requests' errors and friends
-        report.add(ERROR, f"{what}: cannot reach the discovery document {s.discovery_url} ({type(exc).__name__}).")
+        failure = classify_http_failure(exc, s.discovery_url, s.timeout)
+        report.add(ERROR, f"{what}: cannot reach the discovery document {s.discovery_url}: {failure.problem}. "
+                          f"Check {failure.check}.")
         return
     received = time.time()
     if resp.status_code != 200:
@@ -362,12 +390,29 @@ def _skills(report: Report, state: CCSSOState, offline: bool) -> None:
         report.add(OK, f"skills: no contradictory settings in {len(state.config.skills)} skill(s).")
 
 
+def _audit(report: Report, state: CCSSOState) -> None:
+    """Where audit events go, and each notice of the ``logging`` block as a
+    warning (the Azure fallback, ``azure-log-analytics`` without
+    ``azureMonitor``: the app runs, the events do not go
+    where the config says)."""
+    settings = state.audit_settings
+    for notice in settings.notices:
+        report.add(WARN, notice)
+    if settings.level == "off":
+        report.add(INFO, "audit: logging.level is off; no audit events are written.")
+    else:
+        report.add(INFO, f"audit: events (level {settings.level}) go to {where_events_go(settings)}.")
+
+
 def _store(report: Report, state: CCSSOState) -> None:
     st = state.config.session.store
     try:
         key = f"check:{time.time_ns()}"
         state.store.set(key, "1", 5)
         state.store.delete(key)
+    except StoreUnavailable as exc:
+        report.add(ERROR, error_text(exc))
+        return
     except Exception as exc:  # noqa: BLE001 - any store failure
         report.add(ERROR, f"session store ({st.type}): not usable ({type(exc).__name__}).")
         return
@@ -379,10 +424,12 @@ def _store(report: Report, state: CCSSOState) -> None:
 @click.command("check-config")
 @click.option("--offline", is_flag=True, help="Skip the checks that talk to the network (IdPs, TLS).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved configuration only, as JSON.")
-def check_config(offline: bool, as_json: bool) -> None:
+@click.option("--strict", is_flag=True, help="Treat warnings as errors: exit 2 on any warning (for deployment "
+                                             "pipelines).")
+def check_config(offline: bool, as_json: bool, strict: bool) -> None:
     """Validate the configuration, reach each IdP, check URLs, clocks, cookies and certificates.
 
-    Exit status: 0 no problem, 1 warnings, 2 errors (including an invalid config).
+    Exit status: 0 no problem, 1 warnings (2 with --strict), 2 errors (including an invalid config).
     """
     app = load_app()
     state = app_state(app)
@@ -399,6 +446,7 @@ def check_config(offline: bool, as_json: bool) -> None:
         _redirect_urls(report, app, state)
         _cookies(report, app, state)
         _store(report, state)
+        _audit(report, state)
         tls_seen: set[str] = set()
         for name, prov in state.providers.items():
             if offline:
@@ -416,8 +464,9 @@ def check_config(offline: bool, as_json: bool) -> None:
         if unrouted:
             report.add(WARN, unrouted)
     c = report.counts
-    click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s).")
-    click.get_current_context().exit(report.exit_code)
+    click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s)."
+               + (" --strict: warnings count as errors." if strict and c[WARN] else ""))
+    click.get_current_context().exit(2 if strict and c[WARN] else report.exit_code)
 
 
 @click.command("sp-metadata")

@@ -20,7 +20,7 @@ from ..exceptions import CCSSOError
 from ..sessions.index import SessionIndex
 from ..sessions.interface import absolute_deadline, idle_deadline
 from ..state import CCSSOState
-from ._common import current_state, with_app
+from ._common import current_state, error_text, fail, with_app
 
 __all__ = ["fingerprint", "session_rows", "sessions"]
 
@@ -65,7 +65,7 @@ def list_sessions(user: str | None, as_json: bool) -> None:
     try:
         rows = session_rows(current_state(), user)
     except CCSSOError as exc:
-        raise click.ClickException(exc.description or "session store error") from None
+        fail(error_text(exc))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -84,9 +84,17 @@ def list_sessions(user: str | None, as_json: bool) -> None:
               help="Email (every provider) or provider:subject whose sessions to end.")
 @with_app
 def revoke_sessions(user: str) -> None:
-    """End every session of a person on every worker and host (effective on their next request)."""
+    """End every session of a person on every worker and host (effective on their next request).
+
+    Exit status: 0 sessions ended, 1 no live session matched (a mistyped
+    email, or nobody signed in as that person), 2 error.
+    """
     try:
         count = _index(current_state()).revoke_user(user, reason="operator")
     except CCSSOError as exc:
-        raise click.ClickException(exc.description or "session store error") from None
+        fail(error_text(exc))
+    if not count:
+        # an off-boarding script must not read "nothing matched" as "done"
+        fail(f"sessions revoke: no live session of {user}; nothing was revoked. Check the email (or use "
+             "provider:subject); 'flask ccsso sessions list' shows who is signed in.", code=1)
     click.echo(f"Revoked {count} session{'s' if count != 1 else ''} of {user}.")

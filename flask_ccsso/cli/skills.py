@@ -9,7 +9,9 @@ stored session, bad JSON).
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import click
@@ -19,7 +21,7 @@ from ..identity import Identity
 from ..providers.oidc import token_scopes
 from ..sessions.index import SessionIndex
 from ..state import CCSSOState
-from ._common import current_state, fail, with_app
+from ._common import current_state, error_text, fail, with_app
 
 __all__ = ["explain"]
 
@@ -41,6 +43,15 @@ def _identity_from_store(state: CCSSOState, email: str) -> Identity:
     if best is None:
         _fail(f"no stored session for {email} (they need to be signed in, or use --claims).")
     return best[1]
+
+
+def _unknown_skill(name: str, configured: Iterable[str]) -> str:
+    """The message for a skill name that is not configured: the closest
+    configured name first (a typo is the usual cause), then all of them."""
+    names = sorted(configured)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"skill {name!r} is not configured.{hint} Configured: {', '.join(names) or 'none'}."
 
 
 def _strings(value: Any) -> list[str]:
@@ -95,11 +106,11 @@ def explain(email: str | None, claims: str | None, skill_name: str, provider: st
         state = current_state()
         skill = state.config.skills.get(skill_name)
         if skill is None:
-            _fail(f"skill {skill_name!r} is not configured (configured: {', '.join(sorted(state.config.skills)) or 'none'}).")
+            _fail(_unknown_skill(skill_name, state.config.skills))
         identity = _identity_from_store(state, email) if email else _identity_from_claims(state, claims or "", provider)
         decision = state.policy.evaluate(skill, identity, remote_addr=ip)
     except CCSSOError as exc:
-        _fail(str(exc.description))
+        _fail(error_text(exc))
     click.echo(f"skill:    {skill_name}" + (f" -- {skill.description}" if skill.description else ""))
     click.echo(f"identity: {identity.id}" + (f" <{identity.email}>" if identity.email else "") + f" via {identity.via}")
     if not decision.checks:

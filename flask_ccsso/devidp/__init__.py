@@ -10,11 +10,12 @@ and it answers only requests whose TCP peer is a loopback address unless
     from flask_ccsso.devidp import DevClient, DevIdP
 
     DevIdP(app, issuer="http://127.0.0.1:5000/devidp", enabled=True, clients=[
-        DevClient("portal", "dev-secret", ["http://127.0.0.1:5000/sso/okta/callback"],
-                  post_logout_redirect_uris=["http://127.0.0.1:5000/"]),
+        DevClient("portal", "dev-secret", ["http://127.0.0.1:5000/sso/dev/callback"]),
     ])
 
-See ``docs/devidp.md``.
+Sign-out needs no registration: the extension's own ``/sso/logged-out`` on
+the origin of a client's redirect URIs is always an accepted
+``post_logout_redirect_uri``. See ``docs/devidp.md``.
 """
 
 from __future__ import annotations

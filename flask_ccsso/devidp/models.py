@@ -9,9 +9,11 @@ the next refresh reflect it.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 #: acr value for a plain password sign-in.
 ACR_LOA1 = "urn:ccsso:loa1"
@@ -23,6 +25,11 @@ ACR_VALUES_SUPPORTED = (ACR_LOA1, ACR_MFA)
 STANDARD_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 
 DEFAULT_AUDIENCE = "api://ccsso-dev"
+
+#: where flask-ccsso sends people after sign-out (``<CCSSO_URL_PREFIX>/logged-out``, default prefix)
+EXTENSION_LOGGED_OUT_PATH = "/sso/logged-out"
+#: a redirect URI of the extension's own shape: ``<prefix>/<provider>/callback``
+_EXTENSION_CALLBACK = re.compile(r"(?P<prefix>(?:/[^/]+)*)/[^/]+/callback")
 
 
 @dataclass
@@ -63,6 +70,29 @@ class DevClient:
     @property
     def is_public(self) -> bool:
         return not self.client_secret
+
+    def accepted_post_logout_redirect_uris(self) -> tuple[str, ...]:
+        """The ``post_logout_redirect_uris`` plus flask-ccsso's own sign-out
+        page on the origin of every redirect URI, so sign-out works without
+        registering it (the extension sends ``<prefix>/logged-out``).
+
+        That page is ``<origin>/sso/logged-out`` (the default prefix) and,
+        for a redirect URI shaped ``<prefix>/<provider>/callback``,
+        ``<origin><prefix>/logged-out``. Every origin here already receives
+        authorization codes, so a sign-out redirect to it trusts nothing new;
+        the match stays exact (no prefixes, no wildcards).
+        """
+        accepted = list(self.post_logout_redirect_uris)
+        for uri in self.redirect_uris:
+            parts = urlsplit(uri)
+            if not parts.scheme or not parts.netloc:
+                continue
+            origin = f"{parts.scheme}://{parts.netloc}"
+            accepted.append(origin + EXTENSION_LOGGED_OUT_PATH)
+            shaped = _EXTENSION_CALLBACK.fullmatch(parts.path)
+            if shaped:
+                accepted.append(f"{origin}{shaped['prefix']}/logged-out")
+        return tuple(dict.fromkeys(accepted))
 
 
 class _AuthlibClient:
@@ -117,7 +147,7 @@ class _AuthlibClient:
     # -- used by Authlib's RP-initiated logout endpoint ----------------------
     @property
     def client_metadata(self) -> dict[str, Any]:
-        return {"post_logout_redirect_uris": list(self.dev.post_logout_redirect_uris)}
+        return {"post_logout_redirect_uris": list(self.dev.accepted_post_logout_redirect_uris())}
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<DevClient {self.client_id!r}>"

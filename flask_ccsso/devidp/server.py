@@ -1046,10 +1046,11 @@ class _Views:
         wanted = request.values.get("post_logout_redirect_uri")
         if not wanted or req.redirect_uri is not None:
             return None
+        accepted = req.client.dev.accepted_post_logout_redirect_uris() if req.client is not None else ()
         why = (
-            "it is not registered for this client"
-            if req.client is None or wanted not in req.client.dev.post_logout_redirect_uris
-            else "the request carries no valid id_token_hint"
+            "the request carries no valid id_token_hint"
+            if wanted in accepted
+            else f"it is not registered for this client (accepted: {', '.join(accepted) or 'none'})"
         )
         return self.page(
             "error.html",

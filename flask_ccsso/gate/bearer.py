@@ -86,7 +86,7 @@ from .._validate import setting_number
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
 from ..identity import Identity, finite_time
 from ..providers.base import Provider
-from ..providers.keys import ResponseTooLarge, loads_strict, read_capped
+from ..providers.keys import ResponseTooLarge, loads_strict, read_capped, unreachable
 from ..providers.oidc import OIDCProvider, check_access_token_type, peek_jwt
 
 #: how many verified tokens each process remembers
@@ -384,11 +384,8 @@ class BearerAuthenticator:
                 raise IdPUnavailable(f"The identity provider answered {resp.status_code} to token introspection.",
                                      provider=prov.name)
             raw = read_capped(resp, s.timeout)
-        except ResponseTooLarge as exc:
-            raise IdPUnavailable("The introspection answer is too large or too slow.", provider=prov.name) from exc
-        except requests.RequestException as exc:
-            raise IdPUnavailable("Could not reach the identity provider's introspection endpoint.",
-                                 provider=prov.name) from exc
+        except (ResponseTooLarge, requests.RequestException) as exc:
+            raise unreachable(exc, endpoint, "introspection endpoint", timeout=s.timeout, provider=prov.name) from exc
         try:
             data = loads_strict(raw)
         except (ValueError, RecursionError) as exc:

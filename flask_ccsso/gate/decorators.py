@@ -9,7 +9,8 @@ signal and raises one of three separate outcomes:
 * signed in, but not recently / strongly enough → :class:`StepUpRequired`
   (browser: back to the IdP; API: RFC 9470 ``401``);
 * signed in without the skill → :class:`SkillRequired` (``403`` naming the
-  skill and the failed condition, never the person's groups).
+  skill, the failed condition and any required scopes missing -- the
+  skill's configuration -- never the person's groups).
 
 :func:`requires_skill` (views, bare or called, and blueprints),
 :func:`skill_guard` (``bp.before_request``), :func:`login_required` and
@@ -106,6 +107,8 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
     reason = d.reason or reasons.MISSING_GROUP
     _send_denied(identity, names, reason, d.condition, identity.via)
     why = _CONDITION_TEXT.get(d.condition or "", "it is not configured" if reason == SKILL_NOT_CONFIGURED else "")
+    if d.missing_scopes:  # the skill's own requiredScopes: safe to name, and what the caller must ask for
+        why = f"{why} (missing {', '.join(d.missing_scopes)})"
     if reason == reasons.GROUPS_INCOMPLETE:
         why = ("your identity provider sent an incomplete group list, so membership could not be checked; "
                "ask an administrator")
@@ -114,7 +117,7 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
                    "gave none, so membership could not be checked; this API needs an access token with group "
                    "claims (add a groups claim to the access tokens at the identity provider)")
     raise SkillRequired(f"You need the '{d.skill}' skill: {why}." if why else f"You need the '{d.skill}' skill.",
-                        skill=d.skill, condition=d.condition, reason=reason)
+                        skill=d.skill, condition=d.condition, reason=reason, missing_scopes=d.missing_scopes)
 
 
 # --------------------------------------------------------------------------- start-up checks

@@ -111,6 +111,10 @@ class Check:
     #: operator-facing detail (``flask ccsso explain``); may name *matched*
     #: allowed groups and missing scopes, never goes into HTTP responses
     detail: str = ""
+    #: the skill's ``requiredScopes`` the sign-in lacks: the skill's own
+    #: configuration, not the person's, so the 403 may name them (on the
+    #: request path too, where ``detail`` is not built)
+    missing_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class Decision:
     reason: str | None = None
     condition: str | None = None
     freshness: Freshness | None = None
+    #: the failed check's :attr:`Check.missing_scopes`
+    missing_scopes: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -257,7 +263,7 @@ class SkillPolicy:
             missing = [s for s in skill.required_scopes if s not in scopes]
             yield Check("requiredScopes", not missing, reasons.MISSING_SCOPE if missing else None,
                         (f"missing {', '.join(missing)}" if missing else f"has {', '.join(skill.required_scopes)}")
-                        if explain else "")
+                        if explain else "", tuple(missing))
         # age only when asked; the acr whenever the skill lists acrValues
         fresh = self.freshness(identity, skill, now=now, age=age)
         out.append(fresh)
@@ -306,7 +312,8 @@ class SkillPolicy:
         if failed is None:
             return Decision(skill.name, "allowed", tuple(checks), freshness=settled)
         outcome = "step_up" if failed.condition in STEP_UP_CONDITIONS else "denied"
-        return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, settled)
+        return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, settled,
+                        failed.missing_scopes)
 
     def decide(self, names: Iterable[str], identity: Identity | AnonymousIdentity, *, all_of: bool = False,
                remote_addr: str | None = None, now: float | None = None, freshness: bool = True,

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from joserfc.jwk import KeySet
 
+from .._validate import mask_url
 from ..exceptions import IdPUnavailable
 
 log = logging.getLogger("flask_ccsso")
@@ -31,6 +36,11 @@ MAX_IDP_RESPONSE_BYTES = 1024 * 1024
 
 class ResponseTooLarge(ValueError):
     """The IdP's answer is larger than :data:`MAX_IDP_RESPONSE_BYTES` (or too slow)."""
+
+    def __init__(self, message: str, *, slow: bool = False) -> None:
+        super().__init__(message)
+        #: the answer came too slowly rather than too big
+        self.slow = slow
 
 
 def read_capped(resp: requests.Response, timeout: float, limit: int = MAX_IDP_RESPONSE_BYTES) -> bytes:
@@ -58,7 +68,7 @@ def read_capped(resp: requests.Response, timeout: float, limit: int = MAX_IDP_RE
             if len(buf) > limit:
                 raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
             if time.monotonic() > deadline:
-                raise ResponseTooLarge("the answer took too long")
+                raise ResponseTooLarge("the answer took too long", slow=True)
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:  # read timeouts / protocol errors
         if isinstance(exc, ResponseTooLarge):
             raise
@@ -80,25 +90,178 @@ def loads_strict(raw: bytes | str) -> Any:
 
 
 
+# --------------------------------------------------------------------------- why an IdP could not be reached
+
+@dataclass(frozen=True)
+class HTTPFailure:
+    """What went wrong talking to an IdP, in words an operator can act on.
+
+    ``kind`` is a short code (``dns``, ``refused``, ``tls_untrusted``,
+    ``tls``, ``connect_timeout``, ``timeout``, ``proxy``, ``connection``,
+    ``too_large``); ``problem`` says what failed and ``check`` what to look
+    at. Neither quotes the exception's text, so both may be shown to anyone.
+    """
+
+    kind: str
+    problem: str
+    check: str
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: ``__cause__`` / ``__context__``, and
+    the exceptions requests and urllib3 keep in ``args`` and ``reason``
+    (``ConnectionError(MaxRetryError(reason=NewConnectionError(...)))``)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 32:
+        e = todo.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        yield e
+        linked = [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+
+
+def _where(url: str) -> str:
+    """``host:port`` of ``url`` (the port the scheme implies when none is given)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "the host in the URL"
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def classify_http_failure(exc: BaseException, url: str, timeout: float | None = None) -> HTTPFailure:
+    """Name the failure behind ``exc`` (a requests / urllib3 / socket error,
+    or :class:`ResponseTooLarge`) for a request to ``url``.
+
+    The most specific cause wins: a DNS failure or a refused connection is
+    wrapped three deep by requests, a TLS failure is one ``SSLError`` whether
+    the certificate is untrusted or the port does not speak TLS at all.
+    """
+    where = _where(url)
+    host = where.rpartition(":")[0].strip("[]")
+    within = f" within {timeout:g} s" if timeout else ""
+    chain = list(_causes(exc))
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    too_large = next((e for e in chain if isinstance(e, ResponseTooLarge)), None)
+    if too_large is not None:
+        if too_large.slow:
+            return HTTPFailure("timeout", f"the answer did not arrive{within} (timeout)",
+                               "the identity provider's health and the network in between")
+        return HTTPFailure("too_large", str(too_large),  # our own text: "the answer is larger than N bytes"
+                           "that the URL points at the identity provider's endpoint, not some other page")
+    if has(socket.gaierror, urllib3.exceptions.NameResolutionError):
+        return HTTPFailure("dns", f"the host name {host!r} could not be resolved (DNS)",
+                           "the host name in the configured URL and this server's DNS resolver")
+    if has(requests.exceptions.ProxyError, urllib3.exceptions.ProxyError):
+        return HTTPFailure("proxy", "the HTTP proxy could not be reached or refused the connection",
+                           "the HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment variables")
+    if has(ssl.SSLCertVerificationError):
+        return HTTPFailure("tls_untrusted", f"the TLS certificate of {where} is not trusted",
+                           "that the certificate is valid for that host name, not expired, and issued by a CA "
+                           "this server trusts (a private CA: point REQUESTS_CA_BUNDLE at its certificate)")
+    if has(requests.exceptions.SSLError, ssl.SSLError, urllib3.exceptions.SSLError):
+        return HTTPFailure("tls", f"the TLS handshake with {where} failed",
+                           "that the URL's scheme and port are right (https:// to a port that speaks plain "
+                           "http fails like this) and that the server's TLS set-up is sound")
+    if has(ConnectionRefusedError):
+        return HTTPFailure("refused", f"the connection to {where} was refused",
+                           "that the identity provider is running and listening on that host and port, "
+                           "and that no firewall rejects the connection")
+    # (urllib3's NewConnectionError subclasses ConnectTimeoutError: only the exact type is a timeout)
+    if has(requests.exceptions.ConnectTimeout) or any(type(e) is urllib3.exceptions.ConnectTimeoutError
+                                                      for e in chain):
+        return HTTPFailure("connect_timeout", f"no connection to {where} could be made{within} (timeout)",
+                           "firewalls, proxies and the network route to that host and port")
+    if has(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        return HTTPFailure("timeout", f"{where} accepted the connection but did not answer{within} (timeout)",
+                           "the identity provider's health and load, or a proxy in between that holds requests")
+    if has(ConnectionResetError, urllib3.exceptions.ProtocolError):
+        return HTTPFailure("connection", f"{where} closed the connection without a proper HTTP answer",
+                           "that the URL's scheme and port are right and the identity provider is healthy")
+    return HTTPFailure("connection", f"the connection to {where} failed",
+                       "that the identity provider is reachable from this server at that URL")
+
+
+#: one ERROR line per URL and kind of failure in this many seconds; the repeats go to DEBUG
+#: (an outage, or anyone starting sign-ins during one, must not flood the log)
+LOG_REPEAT_SECONDS = 10.0
+_last_logged: dict[tuple[str, str], float] = {}
+_last_logged_lock = threading.Lock()
+
+
+def _level_for(url: str, kind: str) -> int:
+    now = time.monotonic()
+    with _last_logged_lock:
+        last = _last_logged.get((url, kind))
+        if last is not None and now - last < LOG_REPEAT_SECONDS:
+            return logging.DEBUG
+        if len(_last_logged) > 1000:
+            _last_logged.clear()
+        _last_logged[(url, kind)] = now
+    return logging.ERROR
+
+
+def _cause_text(exc: BaseException) -> str:
+    """The exception chain for the log: every type, and the text of the
+    outermost and innermost (the ones between repeat them)."""
+    chain = list(_causes(exc))
+    return " <- ".join(f"{type(e).__name__}: {e}" if i in (0, len(chain) - 1) else type(e).__name__
+                       for i, e in enumerate(chain))
+
+
+def unreachable(exc: BaseException, url: str, what: str, *, timeout: float | None = None,
+                **extra: Any) -> IdPUnavailable:
+    """The :class:`IdPUnavailable` for a failed request to an IdP endpoint.
+
+    The operator's log gets everything (URL, the classified failure, the
+    exception chain's own text); the page and the JSON body get the URL, what
+    failed and what to check, never the exception's text. ``what`` names the
+    endpoint ("discovery document", "token endpoint").
+    """
+    failure = classify_http_failure(exc, url, timeout)
+    shown = mask_url(url)
+    log.log(_level_for(shown, failure.kind),
+            "flask-ccsso: cannot reach the identity provider's %s at %s: %s [%s]. Check %s. Cause: %s",
+            what, shown, failure.problem, failure.kind, failure.check, _cause_text(exc))
+    lead = "Could not use the answer of" if failure.kind == "too_large" else "Could not reach"
+    return IdPUnavailable(f"{lead} the identity provider's {what} at {shown}: {failure.problem}. "
+                          f"Check {failure.check}.", failure=failure.kind, **extra)
+
+
+def bad_answer(url: str, what: str, problem: str, **extra: Any) -> IdPUnavailable:
+    """The :class:`IdPUnavailable` for an IdP endpoint that answered, but not
+    usefully (an HTTP error status, not JSON): logged with the URL."""
+    shown = mask_url(url)
+    log.error("flask-ccsso: the identity provider's %s at %s %s", what, shown, problem)
+    return IdPUnavailable(f"The identity provider's {what} at {shown} {problem}.", failure="bad_answer", **extra)
+
+
 def fetch_json(http: requests.Session, url: str, timeout: float, what: str) -> dict[str, Any]:
-    """GET ``url`` and return its JSON object; map every failure to IdPUnavailable."""
+    """GET ``url`` and return its JSON object; map every failure to IdPUnavailable
+    (:func:`unreachable`: the URL, what failed and what to check)."""
     try:
         resp = http.get(url, timeout=timeout, headers={"Accept": "application/json"}, stream=True)
     except requests.RequestException as exc:
-        raise IdPUnavailable(f"Could not reach the identity provider ({what}).") from exc
+        raise unreachable(exc, url, what, timeout=timeout) from exc
     if resp.status_code != 200:
         resp.close()
-        raise IdPUnavailable(f"The identity provider answered {resp.status_code} for its {what}.")
+        raise bad_answer(url, what, f"answered HTTP {resp.status_code}")
     try:
         data = loads_strict(read_capped(resp, timeout))
-    except ResponseTooLarge as exc:
-        raise IdPUnavailable(f"The identity provider's {what} is too large or too slow ({exc}).") from exc
-    except requests.RequestException as exc:
-        raise IdPUnavailable(f"Could not read the identity provider's {what}.") from exc
+    except (ResponseTooLarge, requests.RequestException) as exc:
+        raise unreachable(exc, url, what, timeout=timeout) from exc
     except (ValueError, RecursionError) as exc:
-        raise IdPUnavailable(f"The identity provider's {what} is not JSON.") from exc
+        raise bad_answer(url, what, "is not JSON") from exc
     if not isinstance(data, dict):
-        raise IdPUnavailable(f"The identity provider's {what} is not a JSON object.")
+        raise bad_answer(url, what, "is not a JSON object")
     return data
 
 

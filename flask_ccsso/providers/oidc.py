@@ -44,7 +44,7 @@ from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
 from ..identity import Identity, finite_time
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated
-from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, loads_strict, read_capped
+from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, loads_strict, read_capped, unreachable
 
 # joserfc's registry knows which algorithms exist; the allow-list narrows it
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
@@ -364,10 +364,8 @@ class OIDCProvider(Provider):
             resp = self.http.post(meta["token_endpoint"], data=data, auth=auth, timeout=s.timeout, stream=True,
                                   headers={"Accept": "application/json"})
             raw = read_capped(resp, s.timeout)
-        except ResponseTooLarge as exc:
-            raise IdPUnavailable(f"The identity provider's token endpoint answer is unusable ({exc}).") from exc
-        except requests.RequestException as exc:
-            raise IdPUnavailable("Could not reach the identity provider's token endpoint.") from exc
+        except (ResponseTooLarge, requests.RequestException) as exc:
+            raise unreachable(exc, meta["token_endpoint"], "token endpoint", timeout=s.timeout) from exc
         try:
             body = loads_strict(raw)
         except (ValueError, RecursionError):

@@ -44,7 +44,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ..exceptions import AuthenticationFailed, IdPUnavailable
-from .keys import ResponseTooLarge, read_capped
+from .keys import ResponseTooLarge, read_capped, unreachable
 from .saml_verify import SignatureInvalid, check_root_signature, verify_enveloped
 from .saml_xml import DS, MD, parse_instant, parse_xml, serialize
 
@@ -248,10 +248,8 @@ class MetadataSource:
                 # the same 4 MiB bound as a metadata file
                 return read_capped(resp, self.timeout, MAX_METADATA_BYTES)
             raise IdPUnavailable("The identity provider's SAML metadata URL redirects too often.")
-        except ResponseTooLarge as exc:
-            raise IdPUnavailable(f"The identity provider's SAML metadata is unusable ({exc}).") from exc
-        except requests.RequestException as exc:
-            raise IdPUnavailable("Could not reach the identity provider's SAML metadata.") from exc
+        except (ResponseTooLarge, requests.RequestException) as exc:
+            raise unreachable(exc, url, "SAML metadata", timeout=self.timeout) from exc
 
     def _next_hop(self, current: str, location: str) -> str:
         """A redirect is followed only to the configured host, over https

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 #: time to live in seconds, or ``None`` to leave the key as it is
 Change = tuple[str, float] | None
 
+from .._validate import mask_url
 from ..exceptions import StoreUnavailable
 
 
@@ -94,14 +95,19 @@ class SharedStore(ABC):
 
     #: the backend's connection errors, mapped to StoreUnavailable by _guard
     _errors: tuple[type[BaseException], ...] = ()
+    #: where the store lives (a backend's ``from_url`` sets it): named, password
+    #: masked, in the operator's messages -- never on a page
+    url: str | None = None
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """The one boundary where backend errors become a 503 (fail closed)."""
+        """The one boundary where backend errors become a 503 (fail closed).
+        The error carries the store's URL, masked (``store_url``), for the log
+        and the CLI; the page shows only the generic description."""
         try:
             yield
         except self._errors as exc:
-            raise StoreUnavailable() from exc
+            raise StoreUnavailable(store_url=mask_url(self.url) if self.url else None) from exc
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` if the backend cannot be reached."""

@@ -42,7 +42,9 @@ class RedisStore(SharedStore):
         # fail fast: a down store must answer 503 now, not after a retry storm
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30,
                                       retry=Retry(NoBackoff(), 1))
-        return cls(client, prefix)
+        store = cls(client, prefix)
+        store.url = url
+        return store
 
     @staticmethod
     def _ms(ttl: float) -> int:

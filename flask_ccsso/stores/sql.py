@@ -29,10 +29,11 @@ class SQLStore(SharedStore):
     on read and swept now and then on write, so no cron job is needed."""
 
     def __init__(self, engine: Any, clock: Callable[[], float] = time.time, table_prefix: str = "ccsso_",
-                 key_prefix: str = "") -> None:
+                 key_prefix: str = "", url: str | None = None) -> None:
         import sqlalchemy as sa
 
         self.sa = sa
+        self.url = url if url is not None else engine.url.render_as_string(hide_password=False)
         self.prefix = key_prefix
         self.engine = engine
         self._clock = clock
@@ -77,7 +78,7 @@ class SQLStore(SharedStore):
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=15000")
                 cur.close()
-        return cls(engine, clock, key_prefix=key_prefix)
+        return cls(engine, clock, key_prefix=key_prefix, url=url)
 
     def _sweep(self, conn: Any) -> None:
         self._writes += 1

@@ -29,7 +29,7 @@ def test_commands_are_in_the_group() -> None:
 def test_all_good_exits_0_and_masks_secrets(tmp_path: Any, op: Any) -> None:
     result = run(make(tmp_path, oidc(op)), "check-config")
     assert result.exit_code == 0, result.output
-    assert CLIENT_SECRET not in result.output and '"client_secret": "***"' in result.output
+    assert CLIENT_SECRET not in result.output and '"clientSecret": "***"' in result.output
     assert "discovery document OK" in result.output and "signing keys reachable" in result.output
     assert "clock within" in result.output and "0 error(s), 0 warning(s)" in result.output
 
@@ -135,9 +135,9 @@ def test_json_output_is_the_masked_config(tmp_path: Any, op: Any) -> None:
     result = run(make(tmp_path, cfg), "check-config", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["auth"]["providers"]["op"]["client_secret"] == "***"
+    assert data["auth"]["providers"]["op"]["clientSecret"] == "***"
     assert data["session"]["store"]["url"] == "redis://:***@127.0.0.1:6379/0"
-    assert data["skills"]["database-migration"]["allowed_groups"] == ["database-admins", "senior-developers"]
+    assert data["skills"]["database-migration"]["allowedGroups"] == ["database-admins", "senior-developers"]
     assert "hunter2" not in result.output
 
 

@@ -70,6 +70,7 @@ def test_missing_scope_and_group_are_403_json(client, op, clock):
         resp = client.get("/s/database-migration", headers=bearer(tok))
     assert resp.status_code == 403
     assert resp.get_json() == {"error": "missing_scope", "skill": "database-migration", "condition": "requiredScopes",
+                               "missing_scopes": ["migration:write"],
                                "error_description": resp.get_json()["error_description"]}
     assert denied[0].kwargs["via"] == "bearer" and denied[0].kwargs["identity"].via == "bearer"
     tok = access_token(op, clock, scope="security:read", groups=["staff", "top-secret"])

@@ -102,7 +102,8 @@ STRUCTS: dict[type, Callable[[str, Any], tuple[str, Callable[[dict[str, str]], A
 KEY_OF = {(SessionSettings, "cookie_samesite"): "cookieSameSite"}
 #: struct fields that are not read from a key of their own
 NOT_KEYS = {(AuditSettings, "notices"), (AuditSettings, "events"), (SinkSettings, "azure"),
-            (AuditSettings, "failure_threshold"), (AuditSettings, "destinations"), (SessionSettings, "store")}
+            (AuditSettings, "failure_threshold"), (AuditSettings, "destinations"), (SessionSettings, "store"),
+            (SinkSettings, "log_level")}
 ENV = {"AZ_SECRET": "x"}
 
 
@@ -407,8 +408,8 @@ def test_check_config_json_masks_every_secret(tmp_path):
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     data = json.loads(result.output)
-    assert data["session"]["token_encryption_key"] == "***"
-    assert data["session"]["token_encryption_key_fallbacks"] == "***"
+    assert data["session"]["tokenEncryptionKey"] == "***"
+    assert data["session"]["tokenEncryptionKeyFallbacks"] == "***"
     assert data["session"]["store"]["url"] == "redis://:***@127.0.0.1:6379/0"  # masked, still useful
 
 

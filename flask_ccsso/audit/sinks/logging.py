@@ -2,7 +2,8 @@
 
 Control characters are already escaped in every field, so one event is one
 line however the logger is formatted. Point the logger's handler at a file, at
-syslog or at your log shipper.
+syslog or at your log shipper. Records are INFO; the fallback of
+``destination: "azure-log-analytics"`` without ``azureMonitor`` writes them at WARNING, the level a plain Flask app shows.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ class LoggingSink(Sink):
         self.logger = logging.getLogger(self.settings.logger)
 
     def write_batch(self, events: Sequence[AuditEvent]) -> None:
+        level = self.settings.log_level
         for event in events:
-            self.logger.info(event.to_json())
+            self.logger.log(level, event.to_json())
 
 
 __all__ = ["LoggingSink"]

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from ...stores.database import database_error_line
 from ..events import GENESIS_HASH, AuditEvent, canonical_json, chain_hash
 from ..settings import DEFAULT_TABLE
 from .base import PoisonBatchError, Sink, TransientSinkError
@@ -63,9 +64,17 @@ def audit_table(name: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None) 
     )
 
 
+#: URL schemes whose driver takes libpq's ``connect_timeout`` (seconds)
+_LIBPQ = ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://")
+
+
 def make_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2) \
-        if not url.startswith("sqlite") else sa.create_engine(url, connect_args={"timeout": 30})
+    """An engine for the audit database. A server that does not answer fails
+    the connection after 10 s (libpq's default is to wait forever)."""
+    if url.startswith("sqlite"):
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    connect_args = {"connect_timeout": 10} if url.startswith(_LIBPQ) else {}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=connect_args)
 
 
 def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE) -> sa.Table:
@@ -195,8 +204,7 @@ class SQLAlchemySink(Sink):
             else:
                 self.table = audit_table(self.settings.table)
         except sa_exc.SQLAlchemyError as exc:
-            raise TransientSinkError(f"cannot prepare table ({type(getattr(exc, 'orig', None) or exc).__name__})") \
-                from exc
+            raise TransientSinkError(f"cannot prepare table: {self._problem(exc)}") from exc
 
     def create_table(self) -> None:
         if self.engine is None:
@@ -211,8 +219,12 @@ class SQLAlchemySink(Sink):
         except sa_exc.DataError as exc:
             raise PoisonBatchError(f"database refused the data ({type(exc.orig).__name__})") from exc
         except sa_exc.SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None)
-            raise TransientSinkError(f"database error ({type(orig or exc).__name__})") from exc
+            raise TransientSinkError(f"database error: {self._problem(exc)}") from exc
+
+    def _problem(self, exc: BaseException) -> str:
+        """What failed and the fix, with the URL (password masked): the sink's log lines say it."""
+        return database_error_line(exc, self.settings.url or "", table=self.settings.table,
+                                   missing_table_fix="set 'createTable' to true, or run `flask ccsso audit init-db`.")
 
     def close(self) -> None:
         if self.engine is not None:
