@@ -71,8 +71,9 @@ def test_cli_from_another_directory_uses_the_instance_folder(folders, audit_url)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert (app_dir / "instance" / "audit.sqlite").exists()
-    assert sa.inspect(sa.create_engine(f"sqlite:///{app_dir / 'instance' / 'audit.sqlite'}")).has_table(
-        "ccsso_audit_events")
+    engine = sa.create_engine(f"sqlite:///{app_dir / 'instance' / 'audit.sqlite'}")
+    assert sa.inspect(engine).has_table("ccsso_audit_events")
+    engine.dispose()  # Python 3.13 warns about a pooled connection left to the garbage collector
     # nothing was created where the command ran: not the audit file, not the session store, no "{instance}" folder
     assert sorted(p.name for p in elsewhere.iterdir()) == []
     # the session store's relative SQLite URL is in the instance folder too
@@ -117,8 +118,10 @@ def test_running_app_writes_into_the_instance_folder(tmp_path, monkeypatch):
         assert pipeline.flush(timeout=10)
     finally:
         pipeline.close(timeout=5)
-    with sa.create_engine(expected).connect() as conn:
+    engine = sa.create_engine(expected)
+    with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM ccsso_audit_events")).scalar() == 1
+    engine.dispose()
     assert not list(elsewhere.iterdir())
 
 
