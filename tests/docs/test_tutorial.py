@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -135,7 +136,7 @@ def test_the_tutorial_app_signs_in_protects_steps_up_and_audits(running: tuple[R
 
     wait_for(seen, timeout=60, what="the tutorial's audit events")
     [db] = _audit_files(app.folder)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own "with" commits but does not close
         (count,) = conn.execute("SELECT count(*) FROM ccsso_audit_events").fetchone()
     assert count >= len(wanted)
 
