@@ -13,6 +13,7 @@ mapped onto this tree at one boundary per integration, never caught piecemeal.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from werkzeug.exceptions import (
@@ -234,3 +235,22 @@ __all__ = [
     "StoreUnavailable",
     "UnknownProvider",
 ]
+
+
+def exception_chain(exc: BaseException, *, links: tuple[str, ...] = (), args: bool = False,
+                    limit: int = 32) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps, breadth first, each once: the named
+    attributes (``links``, e.g. urllib3's ``reason`` or SQLAlchemy's ``orig``),
+    ``__cause__``, ``__context__`` and, with ``args``, exceptions kept in
+    ``args`` (requests' ``ConnectionError(MaxRetryError(...))``). At most
+    ``limit`` exceptions: a chain is diagnosis, never a loop to follow for ever."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < limit:
+        e = todo.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        yield e
+        linked = [*(getattr(e, name, None) for name in links), e.__cause__, e.__context__, *(e.args if args else ())]
+        todo.extend(x for x in linked if isinstance(x, BaseException))

@@ -25,7 +25,7 @@ import urllib3
 from joserfc.jwk import KeySet
 
 from .._validate import mask_url
-from ..exceptions import IdPUnavailable
+from ..exceptions import IdPUnavailable, exception_chain
 
 log = logging.getLogger("flask_ccsso")
 
@@ -108,19 +108,8 @@ class HTTPFailure:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it wraps: ``__cause__`` / ``__context__``, and
-    the exceptions requests and urllib3 keep in ``args`` and ``reason``
-    (``ConnectionError(MaxRetryError(reason=NewConnectionError(...)))``)."""
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(seen) < 32:
-        e = todo.pop(0)
-        if any(e is s for s in seen):
-            continue
-        seen.append(e)
-        yield e
-        linked = [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
-        todo.extend(x for x in linked if isinstance(x, BaseException))
+    """``exc`` and what requests and urllib3 wrap in it (``reason``, ``args``)."""
+    return exception_chain(exc, links=("reason",), args=True, limit=32)
 
 
 def _where(url: str) -> str:

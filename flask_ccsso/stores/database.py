@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from .._validate import mask_url
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, exception_chain
 
 #: stands for the app's instance folder in a SQLite URL (``sqlite:///{instance}/audit.sqlite``)
 INSTANCE = "{instance}"
@@ -96,16 +96,8 @@ def sqlite_file(url: str) -> str | None:
 # --------------------------------------------------------------------------- what went wrong
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, what it wraps (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``)."""
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(seen) < 16:
-        e = todo.pop(0)
-        if any(e is s for s in seen):
-            continue
-        seen.append(e)
-        yield e
-        todo.extend(x for x in (getattr(e, "orig", None), e.__cause__, e.__context__) if isinstance(x, BaseException))
+    """``exc`` and what it wraps (SQLAlchemy's ``orig`` among them)."""
+    return exception_chain(exc, links=("orig",), limit=16)
 
 
 def _where(url: str) -> str:
