@@ -1,405 +1,477 @@
-"""What one protected request costs, against bare Flask and Flask-Login.
+"""What one protected request costs, beside bare Flask, Flask-Login and Flask-Session on Redis.
 
-A script, not a test: ``python benchmarks/bench_request.py [-n 2000] [-r 7]``.
+    python benchmarks/bench_request.py [--quick]      (or: python benchmarks/run.py --only request)
 
-Every contender serves one GET in the same process and run, called through
+Every contender serves one GET in this process and run, called through
 ``app.wsgi_app(environ, start_response)`` directly (no test client, no HTTP
-server) with a prebuilt environ (``EnvironBuilder(...).get_environ()``, copied
-per call):
+server) with a prebuilt environ copied per call, timed in interleaved rounds
+(``_harness.interleave``):
 
-a. bare Flask -- the floor;
-b. Flask-Login, ``@login_required``, the user loaded from its signed cookie
-   session by a trivial ``user_loader``;
-c. flask-ccsso ``@login_required``, the embedded default store;
-d. flask-ccsso ``@requires_skill("database-migration")``, embedded store;
-e. c and d with the Redis store;
-f. an API call with ``Authorization: Bearer <real RS256 JWT>`` against
-   ``@requires_skill``; the provider's JWKS was cached during warm-up and the
-   identity provider is then taken down (its listening socket closed), so a
-   request that went to the network would fail. Shown with the verified-token
-   cache hit (the normal case) and with the cache emptied before each call
-   (full signature verification every time);
-g. audit off / default (``skill.invoked`` not recorded) / recording
-   ``skill.invoked`` for d.
+* ``bare Flask``: a view returning a string -- the floor;
+* ``Flask-Login``: ``@login_required``, the user loaded from Flask's signed
+  cookie session by a trivial ``user_loader``;
+* ``Flask-Session Redis``: Flask-Session 0.8 on the Redis at 127.0.0.1:6379,
+  ``SESSION_REFRESH_EACH_REQUEST=False`` (one GET per request, no write), a
+  view that answers 401 without ``session["user"]``;
+* ``ccsso <store>``: flask-ccsso ``@requires_skill("database-migration")`` (the
+  skills of the usual guides) on each store: embedded (SQLite file in the instance folder),
+  Redis, SQLAlchemy on PostgreSQL (127.0.0.1:5432 db ``test``) and on a SQLite
+  file. The identity comes from a real OIDC sign-in (authorization code, PKCE,
+  RS256 ID token) against the in-process test provider
+  (``tests/support/local_op.py``), which is shut down before timing starts.
+  "audit on" is the ``logging`` block of the usual Azure Log Analytics guides
+  (``_harness.AUDIT_LOGGING``: ``skill.invoked`` recorded with claims and
+  groups; the ``flask_ccsso.audit`` logger gets a null handler); "audit off" is
+  ``level: off``; "dead sink" is that block with one HTTP sink on a
+  closed loopback port instead (every batch fails and is spooled).
 
-Per request it also counts store round trips and store writes (Redis: packed
-commands sent on the socket, a pipeline counts as one; embedded: session-file
-reads and writes plus SQL statements on the SQLite state store) and outbound
-connections / HTTP requests (``socket.connect`` and ``requests`` adapter
-sends), which must be 0. The flask-ccsso contenders run with audit off unless
-said otherwise, so the rows measure the authentication path itself.
+* ``floor``: one loopback Redis GET of a 1 KB value through redis-py, and the
+  same GET written and read on a connected socket (no client library).
 
-Contenders are timed in interleaved rounds (each one batch per round), so
-background load on a shared machine hits them alike; the median batch is
-shown. The table goes to stdout only.
+Per request it also counts, over a separate untimed run: store round trips
+and writes (Redis commands sent, a pipeline counting one; SQL statements and
+commits), outbound connections and HTTP requests -- the steady state must be
+one read, no write, no connection.
+
+``median_us`` and every ratio are wall-clock (see ``_harness``); ``cpu_us`` in
+``extra`` is the request thread's own CPU time per call (``time.thread_time``
+per batch), which leaves out what the audit writer thread spends: the
+audit-cost targets use it, since they are about the request path.
+
+``python benchmarks/bench_request.py --profile redis|embedded|pg|sqlite [--calls N]
+[--audit on|off|dead]`` prints pyinstrument's call tree of N protected requests
+(the Profiles section of benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
-import re
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
-import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as h
 
-import redis
-from flask import Flask
-from werkzeug.test import EnvironBuilder
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SKILL = "database-migration"
+USER = "alice@example.com"
 
 
-# --------------------------------------------------------------------------- counters
+# --------------------------------------------------------------------------- baselines
 
-class Counters:
-    """Process-wide I/O counters, patched in at class level."""
+def bare_app() -> tuple[Any, dict[str, Any]]:
+    from flask import Flask
 
-    def __init__(self) -> None:
-        self.c: Counter[str] = Counter()
-
-    def reset(self) -> None:
-        self.c.clear()
-
-    def install(self) -> None:
-        counters = self.c
-        _RESP_CMD = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
-        redis_writes = {b"SET", b"SETEX", b"PSETEX", b"DEL", b"UNLINK", b"SADD", b"SREM", b"EXPIRE", b"PEXPIRE",
-                        b"EVALSHA", b"EVAL", b"GETDEL", b"EXEC", b"HSET", b"INCR"}
-
-        from redis.connection import AbstractConnection
-
-        orig_send = AbstractConnection.send_packed_command
-
-        def send_packed_command(conn: Any, command: Any, check_health: bool = True) -> None:
-            raw = b"".join(command) if isinstance(command, (list, tuple)) else command
-            names = {m.upper() for m in _RESP_CMD.findall(raw if isinstance(raw, bytes) else bytes(raw))}
-            counters["redis_rt"] += 1
-            if names & redis_writes:
-                counters["redis_writes"] += 1
-            return orig_send(conn, command, check_health)
-
-        AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
-
-        orig_connect = socket.socket.connect
-
-        def connect(sock: socket.socket, address: Any) -> Any:
-            counters["connects"] += 1
-            return orig_connect(sock, address)
-
-        socket.socket.connect = connect  # type: ignore[method-assign]
-
-        from requests.adapters import HTTPAdapter
-
-        orig_adapter_send = HTTPAdapter.send
-
-        def adapter_send(self: Any, request: Any, *a: Any, **kw: Any) -> Any:
-            counters["http"] += 1
-            return orig_adapter_send(self, request, *a, **kw)
-
-        HTTPAdapter.send = adapter_send  # type: ignore[method-assign]
-
-    def watch_engine(self, engine: Any) -> None:
-        import sqlalchemy as sa
-
-        counters = self.c
-
-        @sa.event.listens_for(engine, "before_cursor_execute")
-        def before(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-            counters["sql"] += 1
-            if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
-                counters["sql_writes"] += 1
-
-
-COUNTERS = Counters()
-
-
-# --------------------------------------------------------------------------- driving
-
-def environ_for(path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    return EnvironBuilder(path=path, headers=headers or {}, environ_base={"REMOTE_ADDR": "10.0.0.7"}).get_environ()
-
-
-def call(app: Flask, env: dict[str, Any]) -> str:
-    status: list[str] = []
-
-    def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
-        status.append(s)
-        return lambda data: None
-
-    body = app.wsgi_app(dict(env), start_response)
-    for _ in body:
-        pass
-    if hasattr(body, "close"):
-        body.close()
-    return status[0]
-
-
-class Row:
-    def __init__(self, name: str, fn: Callable[[], Any], n: int) -> None:
-        self.name = name
-        self.fn = fn
-        self.n = n
-        self.runs: list[float] = []
-        self.io: dict[str, float] = {}
-
-    @property
-    def us(self) -> float:
-        return statistics.median(self.runs)
-
-
-def contender(name: str, app: Flask, env: dict[str, Any], n: int, before: Callable[[], None] | None = None) -> Row:
-    """Check the request answers 200, count its I/O (untimed), return it for timing."""
-    status = call(app, env)
-    assert status.startswith("200"), (name, status)
-
-    if before is None:
-        def fn() -> str:
-            return call(app, env)
-    else:
-        def fn() -> str:
-            before()
-            return call(app, env)
-
-    row = Row(name, fn, n)
-    for _ in range(min(500, n)):  # warm-up
-        fn()
-    count = min(n, 1000)
-    COUNTERS.reset()
-    for _ in range(count):
-        fn()
-    c = COUNTERS.c
-    row.io = {
-        "store_rt": (c["redis_rt"] + c["file_reads"] + c["file_writes"] + c["sql"]) / count,
-        "store_w": (c["redis_writes"] + c["file_writes"] + c["sql_writes"]) / count,
-        "net": (c["connects"] + c["http"]) / count,
-    }
-    return row
-
-
-def run_interleaved(rows: list[Row], repeats: int) -> None:
-    """Time every contender once per round, round after round: background load
-    on a shared machine then hits all of them alike, and the ratios hold."""
-    for _ in range(repeats):
-        for row in rows:
-            fn = row.fn
-            t0 = time.perf_counter()
-            for _ in range(row.n):
-                fn()
-            row.runs.append((time.perf_counter() - t0) / row.n * 1e6)
-
-
-# --------------------------------------------------------------------------- contenders
-
-def bare() -> tuple[Flask, dict[str, Any]]:
     app = Flask("bare")
 
-    @app.get("/me")
-    def me() -> str:
-        return "alice@example.com"
+    @app.get("/migrations")
+    def migrations() -> str:
+        return "migrations ok"
 
-    return app, environ_for("/me")
+    return app, h.environ("/migrations")
 
 
-def flask_login_app() -> tuple[Flask, dict[str, Any]]:
+def flask_login_app() -> tuple[Any, dict[str, Any]]:
+    from flask import Flask
     from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
 
     class User(UserMixin):
         def __init__(self, uid: str) -> None:
             self.id = uid
 
-    app = Flask("fl")
-    app.config.update(SECRET_KEY="x")
+    app = Flask("flask_login")
+    app.config.update(SECRET_KEY="x" * 32)
     lm = LoginManager(app)
-    lm.user_loader(lambda uid: User(uid))
+    lm.user_loader(User)
 
     @app.get("/login")
     def login() -> str:
-        login_user(User("alice@example.com"))
+        login_user(User(USER))
         return "ok"
 
-    @app.get("/me")
+    @app.get("/migrations")
     @login_required
-    def me() -> str:
-        return str(current_user.id)
+    def migrations() -> str:
+        return f"migrations ok {current_user.id}"
 
-    # sign in with the environ the timed requests use: Flask-Login's session
-    # protection compares the address / User-Agent hash, and a mismatch would
-    # mark the session non-fresh and rewrite the cookie on every request
-    headers: list[tuple[str, str]] = []
-
-    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        headers.extend(hdrs)
-        return lambda data: None
-
-    for _ in app.wsgi_app(environ_for("/login"), start_response):
-        pass
-    cookie = next(v.split(";", 1)[0] for k, v in headers if k == "Set-Cookie" and v.startswith("session="))
-    env = environ_for("/me", {"Cookie": cookie})
-    headers.clear()
-    for _ in app.wsgi_app(dict(env), start_response):
-        pass
-    assert not any(k == "Set-Cookie" for k, _ in headers), "Flask-Login rewrote its cookie"
+    # Sign in with the environ the timed requests use: Flask-Login's session protection
+    # compares the address / User-Agent hash, and a mismatch would rewrite the cookie each time.
+    resp = h.wsgi_response(app, h.environ("/login"))
+    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
+    env = h.environ("/migrations", {"Cookie": cookie})
+    again = h.wsgi_response(app, env)
+    assert again.code == 200 and again.header("Set-Cookie") is None, "Flask-Login rewrote its cookie"
     return app, env
 
 
-def ccsso_app(op: Any, tmp: str, label: str, store: dict[str, Any] | None, audit: dict[str, Any] | None) -> Flask:
-    from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
-    from tests.support.oidc import oidc_config
+def flask_session_app(prefix: str) -> tuple[Any, dict[str, Any]]:
+    """Flask-Session on Redis, no refresh write: a GET per request and nothing else."""
+    import redis
+    from flask import Flask, abort, session
+    from flask_session import Session
 
-    cfg = oidc_config(op)
-    if store is not None:
-        cfg["session"]["store"] = store
-    cfg["logging"] = audit if audit is not None else {"level": "off"}
-    app = Flask(f"ccsso_{label}", instance_path=os.path.join(tmp, label))
-    app.config.update(SECRET_KEY="x", CCSSO=cfg)
-    CCSSO(app)
+    app = Flask("flask_session")
+    app.config.update(SECRET_KEY="x" * 32, SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(h.REDIS_URL),
+                      SESSION_KEY_PREFIX=prefix + "fs:", SESSION_REFRESH_EACH_REQUEST=False)
+    Session(app)
 
-    @app.get("/me")
-    @login_required
-    def me() -> str:
-        return str(current_identity.email)
+    @app.get("/login")
+    def login() -> str:
+        session["user"] = USER
+        return "ok"
 
     @app.get("/migrations")
-    @requires_skill(SKILL)
     def migrations() -> str:
-        return "migrations ok"
+        user = session.get("user")
+        if user is None:
+            abort(401)
+        return f"migrations ok {user}"
 
-    # the shared state's and the sessions' own connections (the embedded store: one SQLite file)
-    for st in (app.extensions["ccsso"].store, app.session_interface.store):  # type: ignore[attr-defined]
-        if getattr(st, "engine", None) is not None:
-            COUNTERS.watch_engine(st.engine)
-    return app
-
-
-def sign_in_cookie(app: Flask) -> str:
-    from flask_ccsso.testing import CCSSOTestClient
-
-    app.test_client_class = CCSSOTestClient
-    c = app.test_client()
-    c.sign_in({"subject": "u-alice", "email": "alice@example.com", "name": "Alice Admin",
-               "groups": ["database-admins", "senior-developers", "staff"],
-               "scopes": ["openid", "profile", "email", "migration:write"], "amr": ["pwd"],
-               "acr": "urn:ccsso:loa1", "session_index": "op-sid-1", "claims": {"department": "ops"}})
-    name = app.config["SESSION_COOKIE_NAME"]
-    cookie = c.get_cookie(name)
-    assert cookie is not None
-    return f"{name}={cookie.value}"
+    resp = h.wsgi_response(app, h.environ("/login"))
+    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
+    env = h.environ("/migrations", {"Cookie": cookie})
+    again = h.wsgi_response(app, env)
+    assert again.code == 200 and again.header("Set-Cookie") is None, "Flask-Session wrote on a read"
+    return app, env
 
 
-def close_app(app: Flask) -> None:
-    state = app.extensions["ccsso"]
-    if state.audit is not None:
-        state.audit.close(timeout=2)
-    with contextlib.suppress(Exception):  # best effort
-        app.session_interface.close()  # type: ignore[attr-defined]
-    close = getattr(state.store, "close", None)
-    if close is not None:
-        close()
+def redis_floor(prefix: str) -> tuple[Any, Any, Any]:
+    """The floor of a Redis-backed request: one redis-py GET, and one GET written and read
+    on a connected socket (no client library), of a 1 KB value; and what to close."""
+    import redis
+
+    client = redis.Redis.from_url(h.REDIS_URL)
+    key = prefix + "floor"
+    client.set(key, "x" * 1024, ex=600)
+
+    def redis_py_get() -> object:
+        return client.get(key)
+
+    sock = socket.create_connection(("127.0.0.1", int(h.REDIS_URL.rsplit(":", 1)[1].split("/")[0])))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cmd = f"*2\r\n$3\r\nGET\r\n${len(key)}\r\n{key}\r\n".encode()
+    want = len(b"$1024\r\n") + 1024 + 2
+
+    def raw_get() -> object:
+        sock.sendall(cmd)
+        got = sock.recv(65536)
+        while len(got) < want:
+            got += sock.recv(65536)
+        return got
+
+    def close() -> None:
+        sock.close()
+        client.close()
+
+    return redis_py_get, raw_get, close
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- flask-ccsso
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=2000, help="requests per timed batch")
-    ap.add_argument("-r", "--repeats", type=int, default=7, help="interleaved rounds (the median is shown)")
-    args = ap.parse_args()
-    n = args.n
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    logging.getLogger("flask_ccsso").setLevel(logging.ERROR)
-    sink_log = logging.getLogger("bench.audit.sink")
-    sink_log.addHandler(logging.NullHandler())
-    sink_log.propagate = False
-    sink_log.setLevel(logging.INFO)
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    from tests.support.local_op import LocalOP
-    from tests.support.skills import access_token
 
-    COUNTERS.install()
-    tmp = tempfile.mkdtemp(prefix="ccsso-bench-req-")
+def audit_block(kind: str, tmp: str) -> dict[str, Any]:
+    if kind == "off":
+        return {"level": "off"}
+    block = dict(h.AUDIT_LOGGING, spoolDir=os.path.join(tmp, "spool-" + uuid.uuid4().hex[:6]))
+    if kind == "dead":
+        block.pop("destination")
+        block["destinations"] = [{"type": "http", "name": "dead", "url": f"http://127.0.0.1:{dead_port()}/events",
+                                  "connectTimeout": 0.5, "readTimeout": 0.5}]
+    return block
+
+
+@dataclass
+class Portals:
+    """flask-ccsso apps signed in through one in-process OpenID Provider."""
+
+    tmp: str
+    prefix: str
+    op: Any = None
+    apps: list[Any] = field(default_factory=list)
+
+    def start(self) -> None:
+        from tests.support.local_op import LocalOP
+
+        self.op = LocalOP()
+
+    def app(self, label: str, store: dict[str, Any] | None, audit: str, *,
+            session: dict[str, Any] | None = None) -> Any:
+        from flask import Flask
+
+        from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
+        from tests.support.oidc import oidc_config
+
+        cfg = oidc_config(self.op)
+        if store is not None:
+            cfg["session"]["store"] = store
+        cfg["session"].update(session or {})
+        cfg["logging"] = audit_block(audit, self.tmp)
+        app = Flask(f"ccsso_{label}", instance_path=os.path.join(self.tmp, label))
+        app.config.update(SECRET_KEY="s" * 32, CCSSO=cfg)
+        CCSSO(app)
+
+        @app.get("/migrations")
+        @requires_skill(SKILL)
+        def migrations() -> str:
+            return f"migrations ok {current_identity.email}"
+
+        @app.get("/me")
+        @login_required
+        def me() -> str:
+            return str(current_identity.email)
+
+        state = app.extensions["ccsso"]
+        for st in (state.store, app.session_interface.store):
+            h.COUNTER.watch_engine(getattr(st, "engine", None))
+        self.apps.append(app)
+        return app
+
+    def sign_in(self, app: Any, path: str = "/migrations") -> dict[str, Any]:
+        """A real OIDC sign-in (code + PKCE + RS256 ID token); the environ of a signed-in GET ``path``."""
+        from tests.support.oidc import callback, start_login
+
+        c = app.test_client()
+        url = start_login(c, next_url=path)
+        resp = callback(c, self.op.issue_code(url, scope="openid profile email migration:write"))
+        assert resp.status_code == 302, (resp.status_code, resp.data[:300])
+        name = app.session_interface.get_cookie_name(app)
+        cookie = c.get_cookie(name)
+        assert cookie is not None, "no session cookie after the callback"
+        return h.environ(path, {"Cookie": f"{name}={cookie.value}"})
+
+    def close(self) -> None:
+        for app in self.apps:
+            state = app.extensions["ccsso"]
+            if state.audit is not None:
+                with contextlib.suppress(Exception):
+                    state.audit.close(timeout=2)
+            with contextlib.suppress(Exception):
+                app.session_interface.close()
+            with contextlib.suppress(Exception):
+                state.store.close()
+        if self.op is not None:
+            with contextlib.suppress(Exception):
+                self.op.close()
+                self.op.server.server_close()
+
+
+def cleanup_pg(prefix: str) -> None:
+    """Delete this run's rows from the SQL store's tables on PostgreSQL."""
+    with contextlib.suppress(Exception):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(h.PG_URL)
+        with engine.begin() as conn:
+            for table in ("ccsso_kv", "ccsso_kv_set"):
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE key LIKE :p"), {"p": prefix + "%"})
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- the run
+
+BASELINES = ("bare_flask", "flask_login", "flask_session_redis")
+
+
+def ratios_of(stats: h.Stats | None, base: dict[str, h.Stats | None]) -> dict[str, float | None]:
+    return {k: h.ratio(stats, base.get(k)) for k in BASELINES}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    h.quiet_logs()
+    h.COUNTER.install()
+    batch, rounds, io_calls = (20, 2, 10) if quick else (600, 15, 300)
+    tmp = tempfile.mkdtemp(prefix="ccsso-bench-request-")
     prefix = f"benchreq{uuid.uuid4().hex[:8]}:"
-    rows: list[Row] = []
-    apps: list[Flask] = []
-    op = LocalOP()
+    rows: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    contenders: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    portals = Portals(tmp, prefix)
+    closers: list[Any] = []
+    no_redis = h.redis_unavailable()
+    no_pg = h.pg_unavailable()
     try:
-        app, env = bare()
-        rows.append(contender("a. bare Flask", app, env, n))
-        app, env = flask_login_app()
-        rows.append(contender("b. Flask-Login @login_required", app, env, n))
+        app, env = bare_app()
+        contenders["bare_flask"] = h.caller(app, env)
+        labels["bare_flask"] = "bare Flask"
+        labels["flask_login"] = "Flask-Login @login_required"
+        why = h.missing("flask_login", "flask-login")
+        if why:
+            skipped["flask_login"] = why
+        else:
+            app, env = flask_login_app()
+            contenders["flask_login"] = h.caller(app, env)
+        labels["flask_session_redis"] = "Flask-Session Redis (no refresh write)"
+        why = h.missing("flask_session", "flask-session") or no_redis
+        if why:
+            skipped["flask_session_redis"] = why
+        else:
+            app, env = flask_session_app(prefix)
+            contenders["flask_session_redis"] = h.caller(app, env)
 
-        # build every flask-ccsso app (discovery/JWKS fetched at start-up / warm-up) ...
-        emb = ccsso_app(op, tmp, "embedded", None, None)
-        red = ccsso_app(op, tmp, "redis", {"type": "redis", "url": REDIS_URL, "keyPrefix": prefix}, None)
-        audit_default = ccsso_app(op, tmp, "audit_default", None, {"level": "audit", "destination": "logging"})
-        audit_rec = ccsso_app(op, tmp, "audit_rec", None, {
-            "level": "audit", "events": ["auth.login", "auth.logout", "skill.invoked", "permission.denied"],
-            "destinations": [{"type": "logging", "logger": "bench.audit.sink"}]})
-        apps += [emb, red, audit_default, audit_rec]
-        cookies = {id(a): sign_in_cookie(a) for a in apps}
+        labels["floor_redis_py"] = "floor: one redis-py GET (loopback, 1 KB)"
+        labels["floor_redis_raw"] = "floor: one GET on a connected socket (no client library)"
+        if no_redis:
+            skipped["floor_redis_py"] = skipped["floor_redis_raw"] = no_redis
+        else:
+            contenders["floor_redis_py"], contenders["floor_redis_raw"], close_floor = redis_floor(prefix)
+            closers.append(close_floor)
 
-        class _Clock:
-            now = time.time()
+        stores: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {
+            "embedded": ("embedded", None, None),
+            "redis": ("Redis", {"type": "redis", "url": h.REDIS_URL, "keyPrefix": prefix}, no_redis),
+            "pg": ("SQL PostgreSQL", {"type": "sqlalchemy", "url": h.PG_URL, "keyPrefix": prefix}, no_pg),
+            "sqlite": ("SQL SQLite", {"type": "sqlalchemy", "url": "sqlite:///{instance}/state.sqlite"}, None),
+        }
+        plan = [(s, a) for a in ("on", "off") for s in stores] + [("embedded", "dead"), ("redis", "dead")]
+        portals.start()
+        envs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for store, audit in plan:
+            title, cfg, why = stores[store]
+            key = f"ccsso_{store}_{audit}"
+            labels[key] = f"ccsso @requires_skill, {title}, " + {"on": "audit on", "off": "audit off",
+                                                                   "dead": "audit on, dead sink"}[audit]
+            if why:
+                skipped[key] = why
+                continue
+            app = portals.app(key, cfg, audit)
+            envs[key] = (app, portals.sign_in(app))
+        # nothing below may reach the identity provider
+        portals.op.close()
+        portals.op.server.server_close()
+        for key, (app, env) in envs.items():
+            contenders[key] = h.caller(app, env)
 
-        token = access_token(op, _Clock, scope="migration:write", groups=["database-admins"])
-        bearer_env = environ_for("/migrations", {"Authorization": f"Bearer {token}", "Accept": "application/json"})
-        assert call(emb, bearer_env).startswith("200")  # warm-up: discovery + JWKS cached now
+        io = {k: h.COUNTER.per_call(fn, io_calls) for k, fn in contenders.items()}
+        h.COUNTER.uninstall()  # the timed runs carry no counting patch or listener
+        stats = h.interleave(contenders, batch=batch, rounds=rounds)
+        cpu = {k: s.cpu_us for k, s in stats.items()}
+        base = {k: stats.get(k) for k in BASELINES}
+        for key, label in labels.items():
+            if key in skipped:
+                rows.append(h.skipped(label, skipped[key]))
+                continue
+            s = stats[key]
+            extra: dict[str, Any] = {"p50_us": round(s.p50_us, 1), "cpu_us": round(cpu[key], 1)}
+            if not key.startswith("floor_"):
+                i = io[key]
+                extra.update(store_rt=i["store_rt"], store_writes=i["store_writes"], net=i["net"])
+            rows.append(h.row(label, s, ratios=ratios_of(s, base), extra=extra))
 
-        # ... then take the identity provider down: nothing below may reach it
-        op.close()
-        op.server.server_close()
-        hits_before = (op.discovery_hits, op.jwks_hits, op.token_hits)
-
-        def env_for(a: Flask, path: str) -> dict[str, Any]:
-            return environ_for(path, {"Cookie": cookies[id(a)]})
-
-        rows.append(contender("c. ccsso @login_required (embedded)", emb, env_for(emb, "/me"), n))
-        rows.append(contender("d. ccsso @requires_skill (embedded)", emb, env_for(emb, "/migrations"), n))
-        rows.append(contender("e. ccsso @login_required (Redis)", red, env_for(red, "/me"), n))
-        rows.append(contender("e. ccsso @requires_skill (Redis)", red, env_for(red, "/migrations"), n))
-        rows.append(contender("f. ccsso bearer JWT @requires_skill", emb, bearer_env, n))
-        auth = emb.extensions["ccsso"].bearer_authenticator
-        rows.append(contender("f. ... token cache miss (verify)", emb, bearer_env, max(200, n // 10),
-                            before=auth.cache.clear))
-        rows.append(contender("g. d + audit default (skill.invoked off)", audit_default,
-                            env_for(audit_default, "/migrations"), n))
-        rows.append(contender("g. d + audit recording skill.invoked", audit_rec, env_for(audit_rec, "/migrations"), n))
-        run_interleaved(rows, args.repeats)
-        assert (op.discovery_hits, op.jwks_hits, op.token_hits) == hits_before
+        targets += request_targets(stats, cpu, io, skipped)
     finally:
-        for a in apps:
-            close_app(a)
-        with contextlib.suppress(Exception):
-            op.close()
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=prefix + "*"))
-        if keys:
-            r.delete(*keys)
-        r.close()
+        portals.close()
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
+        if not no_redis:
+            h.delete_redis_keys(prefix)
+        if not no_pg:
+            cleanup_pg(prefix)
         shutil.rmtree(tmp, ignore_errors=True)
+    return {"name": "request", "rows": rows, "targets": targets,
+            "note": (f"{batch} calls x {rounds} interleaved rounds per contender; wall-clock medians; "
+                     "cpu_us = request-thread CPU; store_rt / store_writes / net per request.")}
 
-    base = rows[0].us
-    fl = rows[1].us
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; median of {args.repeats} interleaved batches "
-          f"of {n} requests; I/O per request counted over a separate run; audit off unless stated")
-    print(f"{'contender':<44} {'us/req':>8} {'x bare':>7} {'x F-Login':>9} {'store RT':>9} {'writes':>7} {'net':>5}")
-    for row in rows:
-        io = row.io or {}
-        print(f"{row.name:<44} {row.us:>8.1f} {row.us / base:>7.2f} {row.us / fl:>9.2f} "
-              f"{io.get('store_rt', 0):>9.3f} {io.get('store_w', 0):>7.3f} {io.get('net', 0):>5.2f}")
+
+def request_targets(stats: dict[str, h.Stats], cpu: dict[str, float], io: dict[str, dict[str, float]],
+                    skipped: dict[str, str]) -> list[dict[str, Any]]:
+    """Issue #12 item 2: the protected-request ratios, the audit cost, the steady-state I/O."""
+    out: list[dict[str, Any]] = []
+
+    def r(a: str, b: str) -> float | None:
+        return h.ratio(stats.get(a), stats.get(b))
+
+    def why(*keys: str) -> str:
+        return "; ".join(f"{k}: {skipped[k]}" for k in keys if k in skipped)
+
+    out.append(h.target("embedded store, audit on <= 0.90x Flask-Login", r("ccsso_embedded_on", "flask_login"),
+                        0.90, why("flask_login") or "wall-clock medians, same run"))
+    out.append(h.target("Redis store, audit on <= 1.00x Flask-Session-Redis",
+                        r("ccsso_redis_on", "flask_session_redis"), 1.00,
+                        why("ccsso_redis_on", "flask_session_redis") or "both do one Redis GET"))
+    for sql, title in (("pg", "PostgreSQL"), ("sqlite", "SQLite")):
+        out.append(h.target(f"SQL store ({title}), audit on <= 1.5x Redis store",
+                            r(f"ccsso_{sql}_on", "ccsso_redis_on"), 1.5,
+                            why(f"ccsso_{sql}_on", "ccsso_redis_on") or "wall-clock medians"))
+    for store in ("embedded", "redis"):
+        off = cpu.get(f"ccsso_{store}_off")
+        for audit, title in (("on", "healthy sink"), ("dead", "dead sink")):
+            on = cpu.get(f"ccsso_{store}_{audit}")
+            value = None if on is None or not off else (on - off) / off * 100
+            wall = r(f"ccsso_{store}_{audit}", f"ccsso_{store}_off")
+            note = why(f"ccsso_{store}_{audit}") or (
+                f"request-thread CPU, % over audit off; wall-clock ratio {wall:.3f}" if wall else "")
+            out.append(h.target(f"audit request-path cost, {title}, {store} store (%)", value, 3.0, note))
+    bad: list[str] = []
+    for key, i in io.items():
+        if not key.startswith("ccsso_"):
+            continue
+        if i["store_writes"] or i["net"]:
+            bad.append(f"{key}: writes {i['store_writes']}, outbound {i['net']}")
+        if key.endswith("_on"):
+            out.append(h.target(f"{key.removeprefix('ccsso_').removesuffix('_on')} store: round trips per request",
+                                i["store_rt"], 1.0, ", ".join(f"{k}={v}" for k, v in i.items() if k != "store_rt")))
+    worst = max((i["store_writes"] + i["net"] for k, i in io.items() if k.startswith("ccsso_")), default=None)
+    out.append(h.target("every ccsso contender: store writes + outbound connections per request", worst, 0.0,
+                        "; ".join(bad) or "steady state: no write, no connection"))
+    return out
+
+
+def profile(store: str, calls: int, audit: str = "on") -> str:
+    """pyinstrument's call tree of ``calls`` protected requests on one store (the
+    Profiles section of benchmarks/README.md): ``--profile embedded|redis|pg|sqlite``."""
+    from pyinstrument import Profiler
+
+    h.quiet_logs()
+    tmp = tempfile.mkdtemp(prefix="ccsso-bench-profile-")
+    prefix = f"benchprof{uuid.uuid4().hex[:8]}:"
+    cfg = {"embedded": None, "redis": {"type": "redis", "url": h.REDIS_URL, "keyPrefix": prefix},
+           "pg": {"type": "sqlalchemy", "url": h.PG_URL, "keyPrefix": prefix},
+           "sqlite": {"type": "sqlalchemy", "url": "sqlite:///{instance}/state.sqlite"}}[store]
+    portals = Portals(tmp, prefix)
+    try:
+        portals.start()
+        app = portals.app(store, cfg, audit)
+        call = h.caller(app, portals.sign_in(app))
+        portals.op.close()
+        for _ in range(min(calls, 500)):
+            call()
+        profiler = Profiler(interval=0.0001)
+        profiler.start()
+        for _ in range(calls):
+            call()
+        profiler.stop()
+        return str(profiler.output_text(unicode=True, color=False, show_all=False))
+    finally:
+        portals.close()
+        h.delete_redis_keys(prefix)
+        if store == "pg":
+            cleanup_pg(prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    if "--profile" in sys.argv:
+        import argparse
+
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--profile", choices=["embedded", "redis", "pg", "sqlite"], required=True)
+        ap.add_argument("--calls", type=int, default=5000)
+        ap.add_argument("--audit", choices=["on", "off", "dead"], default="on")
+        args = ap.parse_args()
+        print(profile(args.profile, args.calls, args.audit))
+    else:
+        h.standalone(run)

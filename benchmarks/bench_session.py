@@ -1,228 +1,167 @@
-"""What a protected request costs with flask-ccsso's Redis sessions.
+"""What reading a session costs: sign-in state on every page, the sliding write, API tokens.
 
-A script, not a test: ``python benchmarks/bench_session.py [-n 5000]``.
+    python benchmarks/bench_session.py [--quick]      (or: python benchmarks/run.py --only session)
 
-Every contender serves one GET of a page that reads the signed-in user, called
-through ``app.wsgi_app(environ, start_response)`` directly (no test client, no
-HTTP server), in the same process and run:
+Contenders (same process, same run, interleaved; raw ``app.wsgi_app`` calls as in
+``bench_request.py``, whose app builders this reuses), every view reading the
+signed-in user, audit off:
 
-* bare Flask (no session at all) -- the floor;
-* Flask-Session alone, Redis backend, reading one key from the session -- with
-  its default ``SESSION_REFRESH_EACH_REQUEST`` (a write per request) and
-  without;
-* Flask-Login with its default (signed cookie) session, if installed;
-* flask-ccsso, Redis store, ``@login_required`` on a signed-in session.
-
-It prints microseconds per request, the ratio to bare Flask and to
-Flask-Session, and the Redis round trips per request (counted by a client
-subclass; ``PIPELINE`` counts as one).
+* ``bare Flask``, ``Flask-Login`` (cookie session) and ``Flask-Session Redis``
+  without and with its default ``SESSION_REFRESH_EACH_REQUEST`` (a Redis write
+  on every request);
+* flask-ccsso ``@login_required`` (no skill policy) on the embedded and the
+  Redis store -- the steady state: one read, no write;
+* flask-ccsso ``@login_required``, Redis, ``slidingWriteInterval: 0``: the
+  activity stamp written on every request (a read and a write), the cost of
+  exact idle deadlines;
+* an API call, ``Authorization: Bearer <RS256 access token>`` on
+  ``@requires_skill``: with the verified-token cache hit (the normal case) and
+  with the cache emptied before each call (a full signature verification).
+  The JWKS was fetched during warm-up; the provider is then shut down.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
+import shutil
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-import redis
-from flask import Flask, session
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-class CountingRedis(redis.Redis):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.count = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.count += 1
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        self.count += 1
-        return super().pipeline(transaction, shard_hint)
-
-
-def environ_for(path: str, cookie: str | None) -> dict[str, Any]:
-    from werkzeug.test import EnvironBuilder
-
-    headers = {"Cookie": cookie} if cookie else {}
-    return EnvironBuilder(path=path, headers=headers).get_environ()
-
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_request import call
+import _harness as h
+import bench_request as br
 
 
-def timeit(app: Flask, env: dict[str, Any], n: int, repeats: int = 5) -> float:
-    for _ in range(min(500, n)):
-        call(app, env)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            call(app, env)
-        runs.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(runs)
-
-
-# --------------------------------------------------------------------------- contenders
-
-def bare() -> tuple[Flask, dict[str, Any], None]:
-    app = Flask("bare")
-
-    @app.get("/me")
-    def me() -> str:
-        return "alice@example.com"
-
-    return app, environ_for("/me", None), None
-
-
-def flask_session_alone(prefix: str, refresh_each_request: bool = True) -> tuple[Flask, dict[str, Any], CountingRedis]:
+def flask_session_refreshing(prefix: str) -> tuple[Any, dict[str, Any]]:
+    """Flask-Session on Redis with its default: the session saved (a SET) on every request."""
+    import redis
+    from flask import Flask, abort, session
     from flask_session import Session
 
-    client = CountingRedis.from_url(REDIS_URL)
-    app = Flask("fs")
-    app.config.update(SECRET_KEY="x", SESSION_TYPE="redis", SESSION_REDIS=client, SESSION_KEY_PREFIX=prefix + "fs:",
-                      SESSION_SERIALIZATION_FORMAT="json", SESSION_REFRESH_EACH_REQUEST=refresh_each_request)
+    app = Flask("flask_session_refresh")
+    app.config.update(SECRET_KEY="x" * 32, SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(h.REDIS_URL),
+                      SESSION_KEY_PREFIX=prefix + "fsr:", SESSION_REFRESH_EACH_REQUEST=True)
     Session(app)
 
     @app.get("/login")
     def login() -> str:
-        session["user"] = "alice@example.com"
+        session["user"] = br.USER
         return "ok"
 
     @app.get("/me")
     def me() -> str:
-        return str(session.get("user"))
+        user = session.get("user")
+        if user is None:
+            abort(401)
+        return str(user)
 
-    c = app.test_client()
-    c.get("/login")
-    cookie = c.get_cookie("session")
-    assert cookie is not None
-    return app, environ_for("/me", f"session={cookie.value}"), client
+    resp = h.wsgi_response(app, h.environ("/login"))
+    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
+    return app, h.environ("/me", {"Cookie": cookie})
 
 
-def flask_login_cookie() -> tuple[Flask, dict[str, Any], None] | None:
-    """Flask-Login with its cookie session, signed in the way bench_request.py
-    does it (same environ as the timed requests, so session protection does
-    not rewrite the cookie on every request)."""
+def run(quick: bool) -> dict[str, Any]:
+    h.quiet_logs()
+    h.COUNTER.install()
+    batch, rounds, io_calls = (20, 2, 10) if quick else (600, 11, 200)
+    tmp = tempfile.mkdtemp(prefix="ccsso-bench-session-")
+    prefix = f"benchsess{uuid.uuid4().hex[:8]}:"
+    portals = br.Portals(tmp, prefix)
+    contenders: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    no_redis = h.redis_unavailable()
+    no_fs = h.missing("flask_session", "flask-session") or no_redis
+    redis_store = {"type": "redis", "url": h.REDIS_URL, "keyPrefix": prefix}
+    rows: list[dict[str, Any]] = []
     try:
-        import flask_login  # noqa: F401
-    except ImportError:
-        return None
-    from bench_request import flask_login_app
+        labels["bare_flask"] = "bare Flask"
+        contenders["bare_flask"] = h.caller(*br.bare_app())
+        labels["flask_login"] = "Flask-Login @login_required"
+        why = h.missing("flask_login", "flask-login")
+        if why:
+            skipped["flask_login"] = why
+        else:
+            contenders["flask_login"] = h.caller(*br.flask_login_app())
+        labels["flask_session_redis"] = "Flask-Session Redis, no refresh write"
+        labels["flask_session_refresh"] = "Flask-Session Redis, default (write each request)"
+        if no_fs:
+            skipped["flask_session_redis"] = skipped["flask_session_refresh"] = no_fs
+        else:
+            contenders["flask_session_redis"] = h.caller(*br.flask_session_app(prefix))
+            contenders["flask_session_refresh"] = h.caller(*flask_session_refreshing(prefix))
 
-    app, env = flask_login_app()
-    return app, env, None
+        portals.start()
+        plan = {
+            "ccsso_embedded": ("ccsso @login_required, embedded", None),
+            "ccsso_redis": ("ccsso @login_required, Redis", redis_store),
+            "ccsso_redis_write": ("ccsso @login_required, Redis, slidingWriteInterval 0", redis_store),
+        }
+        built: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for key, (label, store) in plan.items():
+            labels[key] = label
+            if store is not None and no_redis:
+                skipped[key] = no_redis
+                continue
+            over = {"slidingWriteInterval": 0} if key == "ccsso_redis_write" else None
+            app = portals.app(key, store, "off", session=over)
+            built[key] = (app, portals.sign_in(app, "/me"))
 
+        # the API contenders: one app, a real RS256 access token, the JWKS cached by a first call
+        from tests.support.skills import access_token
 
-def ccsso(prefix: str) -> tuple[Flask, dict[str, Any], CountingRedis, Callable[[], None]]:
-    sys.path.insert(0, ".")
-    from flask_ccsso import CCSSO, current_identity, login_required
-    from flask_ccsso.stores import RedisStore
-    from tests.support.local_op import LocalOP
-    from tests.support.oidc import callback, oidc_config, start_login
+        labels["bearer_hit"] = "API: bearer token @requires_skill, verified-token cache hit"
+        labels["bearer_miss"] = "API: bearer token @requires_skill, cache emptied (RS256 verify)"
 
-    op = LocalOP()
-    cfg = oidc_config(op)
-    cfg["session"]["store"] = {"type": "redis", "url": REDIS_URL, "keyPrefix": prefix}
-    app = Flask("ccsso")
-    app.config.update(SECRET_KEY="x", CCSSO=cfg)
-    store = RedisStore.from_url(REDIS_URL, prefix=prefix)
-    CCSSO(app, store=store)
+        class _Clock:
+            now = time.time()
 
-    @app.get("/me")
-    @login_required
-    def me() -> str:
-        return str(current_identity.email)
+        api = portals.app("api", None, "off")
+        token = access_token(portals.op, _Clock, scope="migration:write", groups=["database-admins"])
+        api_env = h.environ("/migrations", {"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        assert h.wsgi_response(api, api_env).code == 200
+        portals.op.close()
+        portals.op.server.server_close()
 
-    c = app.test_client()
-    url = start_login(c)
-    resp = callback(c, op.issue_code(url))
-    assert resp.status_code == 302, resp.data
-    cookie = c.get_cookie("ccsso_session")
-    assert cookie is not None
-    sessions = app.session_interface.store  # type: ignore[attr-defined]
-    counting = CountingRedis(connection_pool=sessions.client.connection_pool)
-    sessions.client = counting
+        for key, (app, env) in built.items():
+            contenders[key] = h.caller(app, env)
+        contenders["bearer_hit"] = h.caller(api, api_env)
+        call_api = h.caller(api, api_env)
+        cache = api.extensions["ccsso"].bearer_authenticator.cache
 
-    def close() -> None:
-        op.close()
-        store.close()
-        app.session_interface.close()
+        def bearer_miss() -> str:
+            cache.clear()
+            return call_api()
 
-    return app, environ_for("/me", f"ccsso_session={cookie.value}"), counting, close
+        contenders["bearer_miss"] = bearer_miss
 
-
-def _flask_session_rows(prefix: str, n: int, results: dict[str, tuple[float, float | None]]) -> None:
-    app, env, client = flask_session_alone(prefix)
-    assert call(app, env).startswith("200")
-    client.count = 0
-    us = timeit(app, env, n)
-    results["Flask-Session (Redis)"] = (us, client.count / (n * 5 + min(500, n)))
-
-    app, env, client = flask_session_alone(prefix, refresh_each_request=False)
-    assert call(app, env).startswith("200")
-    client.count = 0
-    us = timeit(app, env, n)
-    results["Flask-Session (Redis, no refresh write)"] = (us, client.count / (n * 5 + min(500, n)))
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=3000, help="requests per timed run (5 runs, median)")
-    args = ap.parse_args()
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    logging.getLogger("flask_ccsso").setLevel(logging.ERROR)
-    prefix = f"bench{uuid.uuid4().hex[:8]}:"
-    results: dict[str, tuple[float, float | None]] = {}
-
-    app, env, _ = bare()
-    assert call(app, env).startswith("200")
-    results["bare Flask"] = (timeit(app, env, args.n), None)
-
-    try:  # the baseline: Flask-Session alone (not a dependency of flask-ccsso any more)
-        import flask_session  # noqa: F401
-    except ImportError:
-        print("Flask-Session is not installed: its rows are left out (pip install flask-session)")
-    else:
-        _flask_session_rows(prefix, args.n, results)
-
-    fl = flask_login_cookie()
-    if fl is not None:
-        app, env, _ = fl
-        assert call(app, env).startswith("200")
-        results["Flask-Login (cookie session)"] = (timeit(app, env, args.n), None)
-
-    app, env, client, close = ccsso(prefix)
-    assert call(app, env).startswith("200"), call(app, env)
-    client.count = 0
-    us = timeit(app, env, args.n)
-    results["flask-ccsso (Redis, @login_required)"] = (us, client.count / (args.n * 5 + min(500, args.n)))
-    close()
-
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=prefix + "*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
-
-    base = results["bare Flask"][0]
-    fs = results.get("Flask-Session (Redis)", (float("nan"), None))[0]
-    print(f"{'contender':<40} {'us/req':>8} {'x bare':>7} {'x F-S':>6} {'Redis RT/req':>13}")
-    for name, (us, rt) in results.items():
-        rts = f"{rt:.2f}" if rt is not None else "-"
-        print(f"{name:<40} {us:>8.1f} {us / base:>7.2f} {us / fs:>6.2f} {rts:>13}")
+        io = {k: h.COUNTER.per_call(fn, io_calls) for k, fn in contenders.items()}
+        h.COUNTER.uninstall()  # the timed runs carry no counting patch or listener
+        stats = h.interleave(contenders, batch=batch, rounds=rounds)
+        base = {k: stats.get(k) for k in br.BASELINES}
+        for key, label in labels.items():
+            if key in skipped:
+                rows.append(h.skipped(label, skipped[key]))
+                continue
+            s = stats[key]
+            i = io[key]
+            extra: dict[str, Any] = {"p50_us": round(s.p50_us, 1), "cpu_us": round(s.cpu_us, 1),
+                                     "store_rt": i["store_rt"], "store_writes": i["store_writes"], "net": i["net"]}
+            rows.append(h.row(label, s, ratios=br.ratios_of(s, base), extra=extra))
+    finally:
+        portals.close()
+        if not no_redis:
+            h.delete_redis_keys(prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
+    targets = [h.target("ccsso @login_required, Redis <= 1.00x Flask-Session-Redis (no refresh)",
+                        h.ratio(stats.get("ccsso_redis"), stats.get("flask_session_redis")), 1.0,
+                        skipped.get("flask_session_redis", "") or "the same one GET; audit off")]
+    return {"name": "session", "rows": rows, "targets": targets,
+            "note": f"{batch} calls x {rounds} interleaved rounds per contender; audit off; wall-clock medians."}
 
 
 if __name__ == "__main__":
-    main()
+    h.standalone(run)

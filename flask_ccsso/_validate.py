@@ -35,7 +35,7 @@ from dataclasses import MISSING, field, fields, is_dataclass
 from functools import cache
 from types import MappingProxyType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from .exceptions import ConfigError
 
@@ -217,11 +217,16 @@ def check_url(value: str, path: str, *, http: bool = False, https_unless_loopbac
                           "remove it.")
     try:
         parts = urlsplit(value)
-        host = parts.hostname
-        if host and "[" in parts.netloc and not _is_ipv6(host):  # urlsplit checks this only from 3.11.4 on
-            raise ValueError("the host in [brackets] is not an IPv6 address")
-        if parts.port == 0:  # .port itself raises on 99999 or "abc"
-            raise ValueError("Port out of range 1-65535")
+        hosts = parts.netloc.rpartition("@")[2]
+        if ("," in hosts and parts.scheme.lower().startswith("postgres")) or parts.scheme.lower().endswith(
+                ("+sentinel", "+cluster")):
+            # libpq's multi-host form, postgresql://h1:5432,h2:5432/db, and Redis's sentinels or cluster
+            # nodes, redis+sentinel://h1:26379,h2:26379/mymaster: each host:port checked on its own
+            for item in hosts.split(","):
+                _check_host_port(urlsplit(f"//{item}"))
+            host: str | None = hosts
+        else:
+            host = _check_host_port(parts)
     except ValueError as exc:
         raise ConfigError(path, f"is not a valid URL ({_url_problem(exc)}).",
                           "check the host (IPv6 addresses go in [brackets]) and the port (1-65535).") from None
@@ -245,6 +250,16 @@ def check_url(value: str, path: str, *, http: bool = False, https_unless_loopbac
     elif scheme in ("http", "https") and not host:
         raise ConfigError(path, f"{shown!r} names no host.", "write the full URL, e.g. https://host/...")
     return value
+
+
+def _check_host_port(parts: SplitResult) -> str | None:
+    """The host of ``parts``; ``ValueError`` for a bad port or a bracketed non-IPv6 host."""
+    host = parts.hostname
+    if host and "[" in parts.netloc and not _is_ipv6(host):  # urlsplit checks this only from 3.11.4 on
+        raise ValueError("the host in [brackets] is not an IPv6 address")
+    if parts.port == 0:  # .port itself raises on 99999 or "abc"
+        raise ValueError("Port out of range 1-65535")
+    return host
 
 
 def _is_ipv6(host: str) -> bool:

@@ -389,6 +389,10 @@ def _read_scopes_from_groups(raw: Mapping[str, Any], key: str, path: str, defaul
 _SAML_ATTRIBUTES = ("email", "name", "groups", "firstName", "lastName", "scopes")
 
 
+#: the values of a SAML provider's ``xmlsecBackend``
+XMLSEC_BACKENDS = ("auto", "binding", "xmlsec1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SAMLSettings(ProviderSettings):
     """A SAML 2.0 IdP (``provider: saml``)."""
@@ -420,6 +424,9 @@ class SAMLSettings(ProviderSettings):
     idp_logout: bool = setting("idpLogout", True)
     timeout: float = setting("timeout", 5.0)
     xmlsec_binary: str | None = setting("xmlsecBinary", None)
+    #: who verifies response signatures: ``auto`` (the in-process ``xmlsec`` binding when it
+    #: loads, else the xmlsec1 program), ``binding`` (required) or ``xmlsec1`` (always the program)
+    xmlsec_backend: str = setting("xmlsecBackend", "auto")
     #: PEM text or file path: when set, the metadata must carry a valid signature by this certificate
     idp_metadata_certificate: str | None = setting("idpMetadataCertificate", None)
 
@@ -443,6 +450,9 @@ class SAMLSettings(ProviderSettings):
                               "forge a sign-in).", "leave wantAssertionsSigned true, or set wantResponseSigned true.")
         if values["acs_url"]:
             _check_url(values["acs_url"], join(path, "acsUrl"))
+        if values["xmlsec_backend"] not in XMLSEC_BACKENDS:
+            raise ConfigError(join(path, "xmlsecBackend"), f"must be one of {', '.join(XMLSEC_BACKENDS)}.",
+                              "leave it out (auto), or write binding or xmlsec1.")
         cert, key = values["sp_certificate"], values["sp_private_key"]
         if bool(cert) != bool(key):
             raise ConfigError(join(path, "spPrivateKey" if cert else "spCertificate"),
@@ -493,6 +503,19 @@ class StoreSettings:
     url: str | None = setting("url", None, url=True)
     key_prefix: str = setting("keyPrefix", "ccsso:")
     path: str | None = setting("path", None)
+    #: Redis only: seconds to open a connection / to wait for a reply before
+    #: the request answers 503 (a URL's ``?socket_timeout=`` wins)
+    connect_timeout: float = setting("connectTimeout", 1.0)
+    socket_timeout: float = setting("socketTimeout", 1.0)
+    #: Redis only: consecutive timeouts that open the circuit breaker (``0``:
+    #: no breaker), and seconds it then fails calls at once before one probe
+    breaker_failures: int = setting("breakerFailures", 3, minimum=0)
+    breaker_cooldown: float = setting("breakerCooldown", 5.0)
+    #: Redis over TLS (``rediss://``): the CA bundle that signs the server's
+    #: certificate, and a client certificate and key when the server asks for one
+    ssl_ca_certs: str | None = setting("sslCaCerts", None)
+    ssl_certfile: str | None = setting("sslCertfile", None)
+    ssl_keyfile: str | None = setting("sslKeyfile", None)
 
 
 def _read_store(raw: Mapping[str, Any], key: str, path: str, default: Any, meta: Mapping[str, Any]) -> Any:
@@ -709,6 +732,46 @@ def _parse_skills(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[s
     return out
 
 
+#: what a Redis store URL may start with: one server, Sentinel, a cluster
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+                 "redis+cluster://", "rediss+cluster://")
+
+
+def split_redis_url(url: str) -> tuple[str, list[tuple[str, int]], str, str]:
+    """``(mode, nodes, service, server_url)`` of a Redis store URL.
+
+    ``mode`` is ``"server"`` (``redis://``, ``rediss://``, ``unix://``: the
+    URL as it is), ``"sentinel"`` (``redis[s]+sentinel://[[user]:password@]
+    host:port[,host:port...]/service[/db]``) or ``"cluster"``
+    (``redis[s]+cluster://[[user]:password@]host:port[,host:port...]``). For
+    the last two, ``nodes`` are the sentinels / the cluster's startup nodes,
+    ``service`` the Sentinel service (master) name, and ``server_url`` a
+    one-server URL with the same credentials, database, TLS and ``?options``
+    -- what redis-py parses for the data connections (its host is a
+    placeholder). Raises ValueError on a malformed host list.
+    """
+    scheme, _, rest = url.partition("://")
+    base, _, mode = scheme.partition("+")
+    if mode not in ("sentinel", "cluster"):
+        return "server", [], "", url
+    rest, _, query = rest.partition("?")
+    netloc, _, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    nodes = []
+    for part in hosts.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        if not colon or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = part.strip(), "26379" if mode == "sentinel" else "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("bad host:port")
+        nodes.append((host, int(port)))
+    segments = [s for s in tail.split("/") if s]
+    service = segments.pop(0) if mode == "sentinel" and segments else ""
+    db = segments[0] if segments else "0"
+    return mode, nodes, service, f"{base}://{auth}{at}localhost/{db}" + (f"?{query}" if query else "")
+
+
 def _check_store_url(stype: str, url: str, path: str) -> None:
     """Let the client library parse the URL now, so a bad one is a ConfigError
     at start-up; their own messages are not passed on (SQLAlchemy's and
@@ -724,7 +787,8 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
             except ImportError:  # the redis extra is not installed: the store says so when it starts
                 return
             parse: Callable[[str], dict[str, Any]] = parse_url  # redis leaves it unannotated
-            options = parse(url)
+            mode, _, service, server_url = split_redis_url(url)
+            options = parse(server_url)
     except ImportError:
         raise ConfigError(path, "names a database driver that is not installed.",
                           "install the driver (e.g. pip install 'psycopg[binary]') or fix the URL's scheme.") from None
@@ -732,6 +796,12 @@ def _check_store_url(stype: str, url: str, path: str) -> None:
         raise ConfigError(path, f"{mask_url(url)!r} is not a valid {stype} URL.",
                           "e.g. redis://:${REDIS_PASSWORD}@host:6379/0" if stype == "redis"
                           else "e.g. postgresql+psycopg://user:password@host/db.") from None
+    if stype == "redis" and mode == "sentinel" and not service:
+        raise ConfigError(path, "names no Sentinel service.",
+                          "e.g. redis+sentinel://sentinel1:26379,sentinel2:26379/mymaster/0.")
+    if stype == "redis" and mode == "cluster" and options.get("db", 0) != 0:
+        raise ConfigError(path, "names a database other than 0; Redis Cluster has only database 0.",
+                          "drop the /db part of the URL.")
     if stype == "redis":
         # redis-py reads ?socket_timeout=nan as a float and fails on every command
         # later; its numeric options obey the same rule as every other number
@@ -752,10 +822,24 @@ def _parse_store(raw: Any, path: str) -> StoreSettings:
     if stype in ("redis", "sqlalchemy") and not url:
         example = "redis://127.0.0.1:6379/0" if stype == "redis" else "postgresql+psycopg://user@host/db"
         raise ConfigError(join(path, "url"), f"is required for a {stype} store.", f"e.g. \"{example}\" (from ${{VAR}}).")
-    if stype == "redis" and url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(join(path, "url"), f"{mask_url(url)!r} is not a redis:// URL.", "e.g. redis://127.0.0.1:6379/0.")
+    if stype == "redis" and url and not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(join(path, "url"), f"{mask_url(url)!r} is not a redis:// URL.",
+                          "e.g. redis://127.0.0.1:6379/0, rediss://... (TLS), redis+sentinel://... or redis+cluster://... .")
     if url and stype in ("redis", "sqlalchemy"):
         _check_store_url(stype, url, join(path, "url"))
+    tls_files = {"sslCaCerts": store.ssl_ca_certs, "sslCertfile": store.ssl_certfile, "sslKeyfile": store.ssl_keyfile}
+    for key, file in tls_files.items():
+        if file is None:
+            continue
+        if stype != "redis" or not (url or "").startswith(("rediss://", "rediss+")):
+            raise ConfigError(join(path, key), "is set but the store does not use TLS.",
+                              "use a rediss:// URL (or rediss+sentinel:// / rediss+cluster://), or remove the key.")
+        if not os.path.isfile(file):
+            raise ConfigError(join(path, key), f"{file!r} is not a file.", "give the path of a PEM file.")
+    if bool(store.ssl_certfile) != bool(store.ssl_keyfile):
+        raise ConfigError(join(path, "sslKeyfile" if store.ssl_certfile else "sslCertfile"),
+                          "is needed together with the other half of the client certificate.",
+                          "set both sslCertfile and sslKeyfile, or neither.")
     return store
 
 

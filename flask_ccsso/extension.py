@@ -26,6 +26,7 @@ from flask.cli import ScriptInfo
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
+from ._context import unproxied
 from ._validate import setting_int
 from .audit_glue import audit_settings, start_audit
 from .config import CCSSOConfig, load_file, parse_config
@@ -39,9 +40,9 @@ from .gate.session import SessionGate
 from .gate.stepup import stepup_notice
 from .providers import provider_class
 from .providers.base import Provider
-from .responses import handle_error, library_security_headers, page_settings
+from .responses import handle_error, library_security_headers, page_settings, store_unavailable_into
 from .sessions.index import SessionIndex
-from .sessions.interface import cookie_settings, make_session_interface
+from .sessions.interface import add_vary, cookie_settings, first_header, make_session_interface
 from .state import EXTENSION_KEY, CCSSOState, get_state
 from .stores import SharedStore, open_store
 from .views import bp, register_callback_aliases
@@ -180,6 +181,7 @@ class CCSSO:
                         "http. Use this only for local development.")
         store = self._store or _make_store(app, cfg, clock)
         iface = make_session_interface(app, cfg.session, clock)
+        iface.unavailable_answer = store_unavailable_into  # a 503 while saving: JSON to APIs, HTML to browsers
         app.session_interface = iface
         providers = self._providers(app, cfg, store, clock)
 
@@ -200,7 +202,7 @@ class CCSSO:
 
         state = CCSSOState(
             app_name=app.name, config=cfg, providers=providers, store=store, session_interface=iface,
-            sessions=SessionIndex(store, iface), gate=SessionGate(cfg.session, store, clock), clock=clock, url_prefix=prefix,
+            sessions=SessionIndex(iface), gate=SessionGate(cfg.session, store, clock), clock=clock, url_prefix=prefix,
             bearer_authenticator=make_bearer_authenticator(app, providers, clock, cfg.skills.values()),
             refresher=refresh_if_needed, policy=SkillPolicy(cfg, providers, clock), audit_settings=settings,
             audit=start_audit(app, settings, clock),
@@ -314,11 +316,12 @@ def _personal_responses_not_stored(response: Response) -> Response:
     its own caching, so neither a shared proxy nor the browser's history keeps
     it after sign-out; ``Vary: Cookie`` / ``Authorization`` for caches that
     ignore ``no-store``. Costs no store call."""
-    ident = g.get("_ccsso_identity")
+    ident = getattr(unproxied(g), "_ccsso_identity", None)
     if ident:
-        if "Cache-Control" not in response.headers:
-            response.headers["Cache-Control"] = "no-store"
-        response.vary.add("Authorization" if getattr(ident, "via", None) == "bearer" else "Cookie")
+        headers = response.headers
+        if first_header(headers, "cache-control") is None:
+            headers["Cache-Control"] = "no-store"
+        add_vary(response, "Authorization" if getattr(ident, "via", None) == "bearer" else "Cookie")
     return response
 
 

@@ -21,7 +21,8 @@ from flask import Flask, Response, current_app, g, jsonify, redirect, render_tem
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers import Response as BaseResponse
 
-from .exceptions import CCSSOError, ConfigError, LoginRequired, StepUpRequired
+from ._context import unproxied
+from .exceptions import CCSSOError, ConfigError, LoginRequired, StepUpRequired, StoreUnavailable
 from .gate.stepup import forget_resubmit, login_url_for, remember_resubmit
 from .state import get_state
 
@@ -57,11 +58,12 @@ def is_library_request() -> bool:
     """Is this request for a page of flask-ccsso's own: its blueprint, a
     callback alias (a ``redirectUri`` outside the prefix), the development
     IdP mounted on this app, or any path under the prefix (its 404s)."""
-    blueprint = request.blueprint or ""
-    endpoint = request.endpoint or ""
+    req = unproxied(request)  # after every response: one context lookup
+    endpoint = req.endpoint or ""
+    blueprint = (req.blueprint or "") if "." in endpoint else ""
     if blueprint == "ccsso" or blueprint.startswith("ccsso_devidp") or endpoint.startswith("ccsso_callback_"):
         return True
-    return request.path.startswith(get_state().url_prefix + "/")
+    return req.path.startswith(get_state().url_prefix + "/")
 
 
 def library_security_headers(response: Response) -> Response:
@@ -171,6 +173,26 @@ def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: di
     return resp
 
 
+def store_unavailable_into(response: BaseResponse) -> None:
+    """Turn ``response`` -- already made, when saving the session failed --
+    into the 503 of :class:`~flask_ccsso.exceptions.StoreUnavailable`, as
+    :func:`error_response` answers it anywhere else: JSON to API clients
+    (:func:`wants_json`), the library's page to browsers. Nothing of the
+    view's answer survives that could claim success: its body, its redirect
+    and its cookies go; headers an ``after_request`` hook added (CORS, say)
+    stay. (The session interface calls this; see
+    :attr:`~flask_ccsso.sessions.interface.CCSSOSessionInterface.unavailable_answer`.)"""
+    answer = error_response(StoreUnavailable())
+    for name in ("Location", "Set-Cookie", "Content-Type", "Content-Length", "Content-Encoding", "ETag",
+                 "Last-Modified", "Content-Disposition"):
+        response.headers.pop(name, None)
+    response.status_code = answer.status_code
+    response.set_data(answer.get_data())
+    for name, value in answer.headers.items():
+        if name != "Content-Length":  # set_data set it
+            response.headers[name] = value
+
+
 def handle_error(exc: CCSSOError) -> Response:
     """The app's error handler for every :class:`CCSSOError`: a browser that
     must sign in (again, or more strongly) is redirected; everything else is
@@ -252,4 +274,4 @@ def _q(text: str) -> str:
 
 __all__ = ["SECURITY_HEADERS", "add_security_headers", "bearer_challenge", "error_response", "handle_error",
            "is_library_request", "library_security_headers", "login_url_for", "page_settings", "render_page",
-           "retry_url", "wants_json"]
+           "retry_url", "store_unavailable_into", "wants_json"]

@@ -34,6 +34,14 @@ user_logged_out = _signals.signal("auth.logout")
 #: when known (e.g. a valid token for a disallowed tenant), else ``None``.
 login_failed = _signals.signal("auth.login_failed")
 
+#: ``auth.logout_failed`` -- a sign-out could not end the session (the session
+#: store was unreachable): nothing changed, the person is still signed in and
+#: the session stays listed and revocable. Its own type, so a store outage at
+#: sign-out never reads as a failed sign-in (nor counts toward
+#: ``auth.failure_threshold``). kwargs: ``identity``, ``provider``,
+#: ``reason``, ``detail``.
+logout_failed = _signals.signal("auth.logout_failed")
+
 #: ``auth.failure_threshold`` -- too many failed sign-ins for one user or one
 #: address within the configured window. kwargs: ``key_type``
 #: (``"user"``/``"address"``), ``key``, ``count``, ``window``. Also sent with
@@ -83,6 +91,7 @@ __all__ = [
     "backchannel_logout",
     "failure_threshold",
     "login_failed",
+    "logout_failed",
     "permission_denied",
     "session_expired",
     "session_revoked",

@@ -252,9 +252,12 @@ def _finish(provider: str, params_from_form: bool) -> Response:
         _refuse_another_person(provider, result.identity, safe_next(result.next_url))
     resubmit = take_resubmit()  # read before the sign-in clears the session
     try:
+        # the session and its index entries are stored here, in one batch,
+        # before the sign-in is announced: a sign-in that could not be stored
+        # is a refused one (login_failed, store_unavailable), never a login
         state.gate.establish(app, result.identity, tokens=result.tokens, logout_state=result.logout_state)
     except CCSSOError as exc:  # the store went away between the check and the write
-        session.clear()  # half-written: the 503 must not carry a signed-in session
+        _forget_here()  # nothing was stored: the 503 must not carry a signed-in session
         _fail(provider, exc)
         raise
     g._ccsso_identity = result.identity
@@ -489,27 +492,49 @@ class _LogoutNeedsPost(CCSSOError, MethodNotAllowed):
 
 
 def _end_session(record: SessionRecord | None) -> Response:
-    """End this browser's session here (and at the IdP, when it supports that)."""
+    """End this browser's session here (and at the IdP, when it supports that).
+
+    The session is ended in the store first (record and index entries, one
+    batch: :meth:`~flask_ccsso.sessions.index.SessionIndex.sign_out`), and
+    only then announced. When the store cannot be reached nothing changed:
+    the answer is 503 (JSON for API clients), the audit trail records a
+    refused sign-out (``auth.logout_failed``, reason ``store_unavailable``)
+    -- never ``auth.logout`` -- and the session
+    stays signed in, listed and revocable, for the person to sign out again."""
     state = _state()
     app = current_flask_app()
     target = url_for("ccsso.logged_out")
-    if record is not None:
-        identity = record.person()
-        prov = state.providers.get(identity.provider)
-        idp_url = None
-        if prov is not None:
-            try:
-                idp_url = prov.logout_url(record.logout, url_for("ccsso.logged_out", _external=True))
-            except CCSSOError:
-                idp_url = None
-        state.forget_session(identity, current_session().sid)
+    if record is None:
         session.clear()
-        signals.user_logged_out.send(app, identity=identity, provider=identity.provider, idp_logout=bool(idp_url))
-        if idp_url:
-            target = idp_url
-    else:
-        session.clear()
-    return redirect(target, 303)
+        return redirect(target, 303)
+    identity = record.person()
+    prov = state.providers.get(identity.provider)
+    idp_url = None
+    if prov is not None:
+        try:
+            idp_url = prov.logout_url(record.logout, url_for("ccsso.logged_out", _external=True))
+        except CCSSOError:
+            idp_url = None
+    try:
+        state.sessions.sign_out(identity, current_session())
+    except CCSSOError as exc:
+        g._ccsso_retry_url = url_for("ccsso.logout")  # "Try again" signs out again (the confirm page)
+        signals.logout_failed.send(app, identity=identity, provider=identity.provider, reason=exc.reason,
+                                   detail="the session could not be ended (session store unreachable); "
+                                          "it is still signed in")
+        raise
+    _forget_here()
+    signals.user_logged_out.send(app, identity=identity, provider=identity.provider, idp_logout=bool(idp_url))
+    return redirect(idp_url or target, 303)
+
+
+def _forget_here() -> None:
+    """Empty this request's session without another store write: the store
+    already holds what it should (the record deleted, or never written), so
+    the end of the request only removes the cookie."""
+    sess = current_session()
+    sess.clear()
+    sess.written = True
 
 
 @bp.route("/logged-out", methods=["GET"])

@@ -24,7 +24,7 @@ import tomllib
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # Extras that are tools for working on the project, not part of what users run.
-NOT_PINNED_EXTRAS = frozenset({"docs", "dev"})
+NOT_PINNED_EXTRAS = frozenset({"docs", "dev", "bench"})
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*?)\s*(?:;.*)?$")
 _CLASSIFIER = re.compile(r"^Programming Language :: Python :: (3\.\d+)$")
 

@@ -161,6 +161,40 @@ def redis_app(make_app: Any, op: Any, prefix: str, closers: list[Callable[[], No
 
 # --------------------------------------------------------------------------- SAML
 
+#: the signature verifiers every SAML test module runs against (``xmlsecBackend``)
+SAML_BACKENDS = ("xmlsec1", "binding")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of a SAML module (``*saml*`` file or folder) runs once per
+    verifier: the xmlsec1 program and the in-process ``xmlsec`` binding. The
+    binding is the default only because this whole suite passes against both."""
+    path = metafunc.definition.path
+    if "saml_backend" in metafunc.fixturenames and ("saml" in path.name or path.parent.name == "saml"):
+        metafunc.parametrize("saml_backend", SAML_BACKENDS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def saml_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The verifier a SAML module's test runs against (None elsewhere: the
+    default). A provider whose config leaves ``xmlsecBackend`` at ``auto``
+    gets this one; ``binding`` is skipped when the binding cannot be loaded."""
+    backend: str | None = getattr(request, "param", None)
+    if backend is None:
+        return None
+    from flask_ccsso.providers import saml_binding, saml_xmlsec
+
+    if backend == "binding" and saml_binding.available() is not None:
+        pytest.skip(f"xmlsecBackend binding: {saml_binding.available()}")
+    real = saml_xmlsec.in_process_verifier
+
+    def forced(asked: str, setting: str = "xmlsecBackend") -> Any:
+        return real(backend if asked == "auto" else asked, setting)
+
+    monkeypatch.setattr(saml_xmlsec, "in_process_verifier", forced)
+    return backend
+
+
 @pytest.fixture
 def idp(tmp_path: Any) -> SAMLIdP:
     """A real SAML IdP (pysaml2's server, xmlsec1 signatures) with its own key pair."""

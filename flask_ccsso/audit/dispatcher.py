@@ -1,10 +1,13 @@
 """Signals in, events out: :class:`AuditPipeline` and :func:`init_audit`.
 
-The pipeline connects to every signal in :mod:`flask_ccsso.signals` (strongly,
-filtered to its own app as sender). In the thread that sent the signal it
-only builds the event from allow-listed keyword arguments and the request
-(request id, ``request.remote_addr``, user agent) and appends it to each
-sink's bounded queue; every sink's own daemon thread does the I/O. A request
+The pipeline connects to each signal in :mod:`flask_ccsso.signals` it records
+(strongly, filtered to its own app as sender; a signal it neither records nor
+counts gets no receiver, so its sender skips it). In the thread that sent the
+signal it only *captures* the event (:func:`~flask_ccsso.audit.events.capture`:
+allow-listed keyword arguments and identity fields by reference, the request
+id, ``request.remote_addr`` and user agent) and appends it to each sink's
+bounded queue; the event is built (cleaned, JSON, hash) by the sink thread that
+first reads it, and every sink's own daemon thread does the I/O. A request
 never waits on a sink.
 
 Queue full: security events (``auth.*``, ``session.*``, ``stepup.*``,
@@ -25,7 +28,6 @@ import os
 import re
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -35,9 +37,11 @@ from flask import Flask, g, has_request_context, request
 
 from .. import signals as _signals_module
 from ..signals import _signals as _namespace
-from .events import AuditEvent, RequestInfo, build_event
+from .events import AuditEvent, RequestInfo, capture, new_event_id
+from .journal import Journal, encode_event
 from .settings import AuditSettings
 from .sinks import Sink, make_sink
+from .spool import SpoolError
 
 log = logging.getLogger("flask_ccsso.audit")
 
@@ -48,22 +52,51 @@ _notices_lock = threading.Lock()
 
 
 def request_id() -> str | None:
-    """This request's id: a sane ``X-Request-ID`` header, else a new one; kept on ``g.ccsso_request_id``."""
+    """This request's id: a sane ``X-Request-ID`` header, else a new one; kept on ``g.ccsso_request_id``
+    (and in the WSGI environ as ``ccsso.request_id``, where the audit receivers read it)."""
     if not has_request_context():
         return None
-    rid = g.get("ccsso_request_id")
+    environ = request.environ
+    rid = environ.get("ccsso.request_id")
     if rid is None:
-        header = request.headers.get("X-Request-ID", "")
-        rid = header if _REQUEST_ID.match(header) else uuid.uuid4().hex
-        g.ccsso_request_id = rid
+        rid = g.get("ccsso_request_id")
+        if rid is None:
+            header = environ.get("HTTP_X_REQUEST_ID", "")
+            # a new id: 32 hex digits, unique per process and time-ordered, no system call
+            rid = header if _REQUEST_ID.match(header) else new_event_id()
+            g.ccsso_request_id = rid
+        environ["ccsso.request_id"] = rid
     return str(rid)
 
 
 def _request_info() -> RequestInfo | None:
-    if not has_request_context():
-        return None
-    return RequestInfo(request_id=request_id(), client_ip=request.remote_addr,
-                       user_agent=request.headers.get("User-Agent"))
+    info = _request_tuple()
+    return RequestInfo(*info) if info is not None else None
+
+
+try:  # Flask 3.0/3.1: the request context's ContextVar (read directly: no proxy lookups per event)
+    from flask.globals import _cv_request
+except ImportError:  # pragma: no cover - a later Flask: the public path below
+    _cv_request = None  # type: ignore[assignment]
+
+
+def _request_tuple() -> tuple[str | None, str | None, str | None] | None:
+    """``(request_id, client_ip, user_agent)`` of the current request, ``None`` outside one.
+
+    The address and user agent are ``request.remote_addr`` and the ``User-Agent``
+    header, read from the WSGI environ they come from.
+    """
+    ctx = _cv_request.get(None) if _cv_request is not None else None
+    if ctx is None:
+        if _cv_request is not None or not has_request_context():
+            return None
+        environ = request.environ
+    else:
+        environ = ctx.request.environ
+    rid = environ.get("ccsso.request_id")
+    if rid is None:
+        rid = request_id()
+    return rid, environ.get("REMOTE_ADDR"), environ.get("HTTP_USER_AGENT")
 
 
 class FailureCounter:
@@ -124,6 +157,9 @@ class AuditPipeline:
             ]
         for sink in self.sinks:
             sink.on_alert = self._sink_lost_events
+        #: this process's crash journal (see :mod:`flask_ccsso.audit.journal`)
+        self.journal: Journal | None = Journal(self.spool_dir, settings.max_field_length) if self.sinks else None
+        self._recovered_at = 0.0
         ft = settings.failure_threshold
         self.failures = FailureCounter(ft.count, ft.window, clock) if ft is not None and settings.enabled else None
         self._closed = False
@@ -136,16 +172,24 @@ class AuditPipeline:
             self._started = True
             return self
         self._started = True
+        self._recover_journals()
+        if self.journal is not None:
+            self.sinks[0].on_tick = self._journal_upkeep
         for sink in self.sinks:
             sink.start()
         for name, signal in _namespace.items():
             receiver = self._make_receiver(name)
+            if receiver is None:
+                continue  # not recorded, not counted: no receiver, so senders do not even build kwargs
             signal.connect(receiver, sender=self._app_ref(), weak=False)
             self._receivers.append((signal, receiver))
         atexit.register(self._atexit)
         return self
 
-    def _make_receiver(self, name: str) -> Callable[..., None]:
+    def _make_receiver(self, name: str) -> Callable[..., None] | None:
+        if not (self.settings.records(name) or (name == "auth.login_failed" and self.failures is not None)):
+            return None
+
         def receiver(sender: Any, **kwargs: Any) -> None:
             try:
                 self._on_signal(name, sender, kwargs)
@@ -163,20 +207,21 @@ class AuditPipeline:
         count = name == "auth.login_failed" and self.failures is not None
         if not (record or count):
             return  # the hot path: an unrecorded skill.invoked costs no request introspection
-        info = _request_info()
+        info = _request_tuple()
         if record:
             self._submit(self._build(name, kwargs, info))
         if count:
             self._count_failure(app, kwargs, info)  # after: the alert follows the failure that tripped it
 
-    def _count_failure(self, app: Flask, kwargs: dict[str, Any], info: RequestInfo | None) -> None:
+    def _count_failure(self, app: Flask, kwargs: dict[str, Any],
+                       info: tuple[str | None, str | None, str | None] | None) -> None:
         assert self.failures is not None
         keys = []
         user = kwargs.get("email") or kwargs.get("subject")
         if isinstance(user, str) and user:
             keys.append(("user", user.strip().lower()))
-        if info is not None and info.client_ip:
-            keys.append(("address", info.client_ip))
+        if info is not None and info[1]:
+            keys.append(("address", info[1]))
         for key_type, key in keys:
             count = self.failures.hit(f"{key_type}:{key}")
             if count is not None:
@@ -196,20 +241,70 @@ class AuditPipeline:
             _signals_module.failure_threshold.send(app, key_type="audit_sink", key=sink_name, count=count,
                                                    window=window)
 
-    def _build(self, event_type: str, fields: dict[str, Any], info: RequestInfo | None) -> AuditEvent:
-        return build_event(event_type, fields, request=info, include_claims=self.settings.include_user_claims,
-                           include_groups=self.settings.include_group_memberships,
-                           max_field_length=self.settings.max_field_length, clock=self.clock)
+    def _build(self, event_type: str, fields: dict[str, Any],
+               info: tuple[str | None, str | None, str | None] | None) -> AuditEvent:
+        """Capture the event (request thread); its fields are worked out by the writer that first
+        reads them (:meth:`AuditEvent.materialize`): no cleaning, JSON or hashing here."""
+        settings = self.settings
+        captured = capture(event_type, fields, info, self.clock(), include_claims=settings.include_user_claims,
+                           include_groups=settings.include_group_memberships)
+        return AuditEvent.from_capture(captured, settings.max_field_length)
 
     def _submit(self, event: AuditEvent) -> None:
+        journal = self.journal
+        if journal is None:
+            for sink in self.sinks:
+                sink.offer(event)
+            return
+        record = encode_event(event)
+        with journal.lock:  # journaled and queued in one step: a rotation never falls in between
+            journal.append(record)
+            for sink in self.sinks:
+                sink.offer(event)
+
+    #: how often (seconds) the writer looks for dead processes' crash journals
+    journal_scan_interval = 5.0
+
+    def _journal_upkeep(self) -> None:
+        """In the first sink's worker: rotate and trim this process's journal, and now and then
+        recover the journals of processes that died (a SIGKILLed gunicorn worker's replacement
+        recovers its predecessor's events within seconds)."""
+        journal = self.journal
+        if journal is None:
+            return
+        self._trim_journal()
+        if time.monotonic() - self._recovered_at >= self.journal_scan_interval:
+            self._recover_journals()
+
+    def _trim_journal(self, force: bool = False) -> None:
+        if self.journal is not None:
+            self.journal.maintain(lambda: {id(s): s.journal_mark(True) for s in self.sinks},
+                                  lambda: {id(s): s.journal_mark(False) for s in self.sinks}, force=force)
+
+    def _recover_journals(self) -> None:
+        """Spool the events of dead processes' crash journals for every sink (they are then
+        replayed like any spooled event); a journal whose events cannot be spooled stays."""
+        self._recovered_at = time.monotonic()
+        if self.journal is None:
+            return
+        try:
+            self.journal.recover(self._spool_recovered)
+        except SpoolError as exc:
+            log.warning("audit: a dead process's crash journal in %s cannot be spooled yet (%s); tried again "
+                        "in %ds", self.spool_dir, exc.reason, int(self.journal_scan_interval))
+        except Exception:
+            log.exception("audit: could not recover a crash journal in %s; it is left in place and tried again",
+                          self.spool_dir)
+
+    def _spool_recovered(self, events: list[AuditEvent]) -> None:
         for sink in self.sinks:
-            sink.offer(event)
+            sink.spool.append(events)
 
     def emit(self, event_type: str, **fields: Any) -> AuditEvent | None:
         """Record an event directly (same allow-list as signals). Returns it, or ``None`` if not recorded."""
         if self._closed or not self.settings.records(event_type):
             return None
-        event = self._build(event_type, fields, _request_info())
+        event = self._build(event_type, fields, _request_tuple())
         self._submit(event)
         return event
 
@@ -219,6 +314,8 @@ class AuditPipeline:
         ok = True
         for sink in self.sinks:
             ok = sink.flush(max(deadline - time.monotonic(), 0.0)) and ok
+        if ok and not self._closed:
+            self._trim_journal(force=True)  # what is now delivered or spooled needs no journal copy
         return ok
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -234,6 +331,14 @@ class AuditPipeline:
         ok = True
         for sink in self.sinks:
             ok = sink.stop(max(deadline - time.monotonic(), 0.1)) and ok
+        if self.journal is not None:
+            # every event reached a sink or a spool, unless one was counted lost: then the journal
+            # stays, and the next start spools its events again (duplicates rather than a gap)
+            lost = any(sink.stats.lost for sink in self.sinks)
+            self.journal.close(keep_files=lost)
+            if lost:
+                log.error("audit: events were lost at shutdown; the crash journal in %s is kept so the next "
+                          "start can recover them", self.spool_dir)
         return ok
 
     def _atexit(self) -> None:
@@ -263,7 +368,11 @@ class AuditPipeline:
             status = "degraded"
         else:
             status = "ok"
-        return {"status": status, "enabled": self.settings.enabled, "sinks": sinks}
+        journal_error = self.journal.error if self.journal is not None else None
+        if journal_error is not None and status == "ok":
+            status = "degraded"
+        return {"status": status, "enabled": self.settings.enabled, "sinks": sinks,
+                "journal_ok": journal_error is None, "journal_error": journal_error}
 
     def __repr__(self) -> str:
         return f"<AuditPipeline level={self.settings.level!r} sinks={[s.name for s in self.sinks]}>"

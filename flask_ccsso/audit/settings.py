@@ -101,7 +101,7 @@ class SinkSettings:
     token: str | None = setting("token", None, secret=True)
     headers: Mapping[str, str] = setting("headers", default_factory=dict, secret=True)  # credentials, often
     connect_timeout: float = setting("connectTimeout", 3.05)
-    read_timeout: float = setting("readTimeout", 10.0)
+    read_timeout: float = setting("readTimeout", 4.0)  # below the 5 s shutdown budget
     verify: bool | str = setting("verify", True, read=_read_verify)
     max_batch_bytes: int = setting("maxBatchBytes", 900_000, minimum=1024, read=_read_count)
     sourcetype: str = setting("sourcetype", "ccsso:audit")

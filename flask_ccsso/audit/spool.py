@@ -240,6 +240,7 @@ class Spool:
         self._lock_path = self.path + ".lock"
         self._lock_fd: int | None = None
         self._closed = False
+        self._disk_signature: tuple[Any, ...] = ()
         # Nothing is created until the first append: a healthy sink leaves no files behind.
         # A spool left by an earlier process is opened (and then replayed) straight away.
         self._count = self._open_existing() if os.path.exists(self.path) else 0
@@ -308,6 +309,20 @@ class Spool:
     def refresh(self) -> int:
         self._count = self._count_rows()
         return self._count
+
+    def changed_on_disk(self) -> bool:
+        """Whether the spool file (or its write-ahead log) changed since the last call: another
+        process may have appended rows. Two ``stat`` calls; no SQLite work."""
+        sig: list[tuple[int, int, int] | None] = []
+        for path in (self.path, self.path + "-wal"):
+            try:
+                st = os.stat(path)
+            except OSError:
+                sig.append(None)
+                continue
+            sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        seen, self._disk_signature = self._disk_signature, tuple(sig)
+        return seen != self._disk_signature and self._disk_signature[0] is not None
 
     def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """Run ``sql`` for every row in one transaction; :class:`SpoolError` on failure.

@@ -43,7 +43,7 @@ def _when(ts: Any) -> str:
 
 def _index(state: CCSSOState) -> SessionIndex:
     """The app's one session index (every listing and revocation goes through it)."""
-    return SessionIndex(state.store, state.session_interface)
+    return state.sessions
 
 
 def session_rows(state: CCSSOState, user: str | None = None) -> list[dict[str, Any]]:

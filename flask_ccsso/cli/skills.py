@@ -19,7 +19,6 @@ import click
 from ..exceptions import CCSSOError
 from ..identity import Identity
 from ..providers.oidc import token_scopes
-from ..sessions.index import SessionIndex
 from ..state import CCSSOState
 from ._common import current_state, error_text, fail, with_app
 
@@ -33,7 +32,7 @@ def _fail(message: str) -> NoReturn:
 def _identity_from_store(state: CCSSOState, email: str) -> Identity:
     """The identity of ``email``'s most recently active live session."""
     best: tuple[float, Identity] | None = None
-    for live in SessionIndex(state.store, state.session_interface).sessions_of(email.lower()):
+    for live in state.sessions.sessions_of(email.lower()):
         try:
             ident = live.record.person()
         except (KeyError, TypeError, ValueError):

@@ -8,9 +8,10 @@ window.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
-from flask import g, request
+from flask import Flask, g, request
 from werkzeug.local import LocalProxy
 
 from .._context import current_flask_app, unproxied
@@ -25,16 +26,20 @@ if TYPE_CHECKING:
 def bearer_header() -> str | None:
     """The token of an ``Authorization: Bearer`` header (the WSGI environ key,
     as ``request.headers`` reads it), or ``None``."""
-    auth: str = request.environ.get("HTTP_AUTHORIZATION", "")
+    return _bearer_token(unproxied(request).environ)
+
+
+def _bearer_token(environ: Mapping[str, Any]) -> str | None:
+    auth: str = environ.get("HTTP_AUTHORIZATION", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
 
 
-def load_identity(state: CCSSOState) -> Identity | AnonymousIdentity:
+def load_identity(state: CCSSOState, app: Flask | None = None) -> Identity | AnonymousIdentity:
     """Who this request is, by the state's collaborators (uncached)."""
     token = bearer_header()
     if token is not None:
         return state.bearer_authenticator(token)
-    identity = state.gate.current(current_flask_app())
+    identity = state.gate.current(app if app is not None else current_flask_app())
     if isinstance(identity, Identity):
         return state.refresher(state, identity)
     return identity
@@ -46,9 +51,27 @@ def resolve_identity() -> Identity | AnonymousIdentity:
     ident: Identity | AnonymousIdentity | None = getattr(ctx_g, "_ccsso_identity", None)
     if ident is not None:
         return ident
-    ident = load_identity(get_state())
+    app = current_flask_app()
+    ident = load_identity(get_state(app), app)
     ctx_g._ccsso_identity = ident
     return ident
+
+
+def signed_in(app: Flask, state: CCSSOState) -> Identity:
+    """:func:`identity_required` for a caller that already holds the app and
+    its state (:func:`~flask_ccsso.gate.decorators.enforce`, on every
+    protected request: no context lookup is repeated)."""
+    ctx_g = unproxied(g)
+    ident: Identity | AnonymousIdentity | None = getattr(ctx_g, "_ccsso_identity", None)
+    if ident is None:
+        ident = load_identity(state, app)
+        ctx_g._ccsso_identity = ident
+    if isinstance(ident, Identity):
+        return ident
+    expired = getattr(ctx_g, "_ccsso_expired", None)
+    if expired:
+        raise SessionExpired(reason=expired)
+    raise LoginRequired()
 
 
 #: the former private name (tests and older code)
@@ -71,4 +94,4 @@ def identity_required() -> Identity:
 current_identity = cast("Identity | AnonymousIdentity", LocalProxy(resolve_identity))
 
 
-__all__ = ["bearer_header", "current_identity", "identity_required", "load_identity", "resolve_identity"]
+__all__ = ["bearer_header", "current_identity", "identity_required", "load_identity", "resolve_identity", "signed_in"]

@@ -38,7 +38,7 @@ from .. import reasons, signals
 from .._context import current_flask_app, unproxied
 from ..exceptions import ConfigError, LoginRequired, SkillRequired
 from ..state import get_state
-from .current import identity_required, resolve_identity
+from .current import identity_required, resolve_identity, signed_in
 from .policy import SKILL_NOT_CONFIGURED
 from .stepup import step_up
 
@@ -79,26 +79,30 @@ def enforce(*names: str, all_of: bool = False) -> Identity:
     :class:`LoginRequired` / :class:`SessionExpired`, :class:`StepUpRequired`
     or :class:`SkillRequired` otherwise (sending ``permission_denied`` or
     ``stepup_required``). With no names: signed in is enough.
+
+    Every protected request runs this: the app, its state and the request
+    are looked up once, and ``skill_invoked`` is only built when someone
+    listens.
     """
+    app = current_flask_app()
+    state = get_state(app)
     try:
-        identity = identity_required()
+        identity = signed_in(app, state)
     except LoginRequired as exc:
         _send_denied(None, names, exc.reason, None, _caller_via())
         raise
+    req = unproxied(request)
     if not names:
         if signals.skill_invoked.receivers:  # no listener: build no kwargs
-            signals.skill_invoked.send(current_flask_app(),
-                                       identity=identity, skill=None, skills=[], via=identity.via,
-                                       endpoint=request.endpoint)
+            signals.skill_invoked.send(app, identity=identity, skill=None, skills=[], via=identity.via,
+                                       endpoint=req.endpoint)
         return identity
-    req = unproxied(request)
-    verdict = get_state().policy.decide(names, identity, all_of=all_of, remote_addr=req.remote_addr, explain=False)
+    verdict = state.policy.decide(names, identity, all_of=all_of, remote_addr=req.remote_addr, explain=False)
     d = verdict.decision
     assert d is not None
     if verdict.outcome == "allowed":
         if signals.skill_invoked.receivers:
-            signals.skill_invoked.send(current_flask_app(),
-                                       identity=identity, skill=d.skill, skills=list(names), via=identity.via,
+            signals.skill_invoked.send(app, identity=identity, skill=d.skill, skills=list(names), via=identity.via,
                                        endpoint=req.endpoint)
         return identity
     if verdict.outcome == "step_up":

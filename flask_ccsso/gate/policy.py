@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import reasons
 from ..identity import DEFAULT_CLOCK_SKEW
-from .freshness import Freshness, check_freshness
+from .freshness import Freshness, check_freshness, freshness_applies
 
 if TYPE_CHECKING:
     from ..config import CCSSOConfig, SkillSettings
@@ -196,6 +196,9 @@ def has_mfa(identity: Any, skill: SkillSettings | None = None) -> bool:
     return skill is not None and acr in skill.acr_values and acr not in SINGLE_FACTOR_ACR_VALUES
 
 
+#: verdicts kept per identity (see :meth:`SkillPolicy.decide`) before the memo starts over
+MEMO_SIZE = 4096
+
 #: conditions a new sign-in at the IdP can satisfy: failing one is a step-up, not a 403
 STEP_UP_CONDITIONS = ("maxAuthAge", "acrValues")
 
@@ -208,6 +211,10 @@ class SkillPolicy:
         self.config = config
         self.providers = providers
         self.clock = clock
+        #: (identity id, names, all_of, freshness) -> (identity, verdict); see :meth:`decide`
+        self._memo: dict[tuple[int, tuple[str, ...], bool, bool], tuple[Any, Verdict]] = {}
+        self._pure: dict[tuple[tuple[str, ...], bool], bool] = {}
+        self._memo_config = config
 
     @property
     def skills(self) -> Mapping[str, SkillSettings]:
@@ -315,13 +322,56 @@ class SkillPolicy:
         return Decision(skill.name, outcome, tuple(checks), failed.reason, failed.condition, settled,
                         failed.missing_scopes)
 
+    def _identity_only(self, names: tuple[str, ...], freshness: bool) -> bool:
+        """Does the verdict on ``names`` depend on nothing but the identity --
+        no ``allowedNetworks`` (the address), no age check (the clock), every
+        name configured? Asked once per set of names (the config is frozen)."""
+        key = (names, freshness)
+        known = self._pure.get(key)
+        if known is None:
+            skills = [self.skills.get(n) for n in names]
+            known = all(sk is not None and not sk.allowed_networks
+                        and not (freshness and freshness_applies(sk, self.config.session)) for sk in skills)
+            self._pure[key] = known
+        return known
+
     def decide(self, names: Iterable[str], identity: Identity | AnonymousIdentity, *, all_of: bool = False,
                remote_addr: str | None = None, now: float | None = None, freshness: bool = True,
                explain: bool = True) -> Verdict:
         """``any_of`` (default): allowed when one skill allows; otherwise a
         step-up when some skill only lacks freshness, else the first denial.
         ``all_of``: a denial wins over a step-up (re-authenticating would not
-        help), a step-up asks for the strictest ``max_age`` involved."""
+        help), a step-up asks for the strictest ``max_age`` involved.
+
+        On the request path (``explain=False``, the policy's own clock) the
+        verdict on skills that depend on the identity alone (see
+        :meth:`_identity_only`) is kept per identity *object*: a session's
+        :class:`Identity` is rebuilt only when its stored data changes (a
+        refresh, a new sign-in, see
+        :func:`~flask_ccsso.identity.identity_from_stored`), and then it is a
+        new object and is evaluated afresh. The verdict is frozen, so one
+        instance serves every request. Bounded: the memo starts over when full."""
+        if explain or now is not None or not identity:
+            return self._decide(names, identity, all_of, remote_addr, now, freshness, explain)
+        names = names if type(names) is tuple else tuple(names)
+        if self._memo_config is not self.config:  # replaced config: nothing kept holds
+            self._memo.clear()
+            self._pure.clear()
+            self._memo_config = self.config
+        if not self._identity_only(names, freshness):
+            return self._decide(names, identity, all_of, remote_addr, now, freshness, explain)
+        key = (id(identity), names, all_of, freshness)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is identity:
+            return hit[1]
+        verdict = self._decide(names, identity, all_of, remote_addr, now, freshness, explain)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = (identity, verdict)  # the identity is kept: its id() is not reused meanwhile
+        return verdict
+
+    def _decide(self, names: Iterable[str], identity: Identity | AnonymousIdentity, all_of: bool,
+                remote_addr: str | None, now: float | None, freshness: bool, explain: bool) -> Verdict:
         decisions = []
         for name in names:
             skill = self.skills.get(name)

@@ -98,9 +98,14 @@ def refresh_if_needed(state: CCSSOState, identity: Identity) -> Identity | Anony
     if data is None:
         return identity
     expires_at = _expires_at(data)
-    if expires_at is None or expires_at - state.clock() > _window(data, expires_at,
-                                                                   state.config.session.refresh_window):
-        return identity  # the hot path
+    if expires_at is None:
+        return identity
+    left = expires_at - state.clock()
+    configured = state.config.session.refresh_window
+    # the hot path: outside refreshWindow, and so outside the narrower window
+    # _window() may make of it, there is nothing more to work out
+    if left > configured or left > _window(data, expires_at, configured):
+        return identity
     provider = state.providers.get(identity.provider)
     if provider is None or not hasattr(provider, "refresh"):
         return identity

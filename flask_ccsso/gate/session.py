@@ -20,13 +20,7 @@ from .._context import unproxied
 from ..exceptions import StoreUnavailable
 from ..identity import ANONYMOUS, AnonymousIdentity, Identity
 from ..sessions.index import SessionIndex
-from ..sessions.interface import (
-    CCSSOSessionInterface,
-    absolute_deadline,
-    current_session,
-    idle_deadline,
-    sliding_write_interval,
-)
+from ..sessions.interface import CCSSOSessionInterface, current_session, sliding_write_interval
 from ..sessions.record import BINDING_KEY, SCHEMA_VERSION, SESSION_KEY, Ended, InvalidRecord, SessionRecord, load
 
 if TYPE_CHECKING:
@@ -91,10 +85,14 @@ class SessionGate:
             return ANONYMOUS
         now = self.clock()
         s = self.settings
+        # the deadlines inline (absolute_deadline / idle_deadline say the same): every request runs this
+        created = record.created
+        sliding = s.enable_sliding_expiration
+        active = (record.last_seen if record.last_seen is not None else created) if sliding else created
         reason = None
-        if now >= absolute_deadline(record, s):
+        if now >= created + s.absolute_timeout:
             reason = reasons.ABSOLUTE_TIMEOUT
-        elif now >= idle_deadline(record, s):
+        elif now >= active + s.idle_timeout:
             reason = reasons.IDLE_TIMEOUT
         try:
             identity = record.person()
@@ -104,7 +102,7 @@ class SessionGate:
         if reason is not None:
             self.expire(app, identity, reason)
             return ANONYMOUS
-        if s.enable_sliding_expiration and now - (record.last_seen or 0.0) >= sliding_write_interval(s):
+        if sliding and now - (record.last_seen or 0.0) >= sliding_write_interval(s):
             dataclasses.replace(record, last_seen=now).put(sess)
         return identity
 
@@ -129,7 +127,7 @@ class SessionGate:
         now = self.clock()
         iface = _interface(app)
         binding = session.get(BINDING_KEY)
-        iface.rotate(session)
+        old = iface.renew_id(session)
         session.clear()
         if binding:  # other tabs of this browser may still be signing in
             session[BINDING_KEY] = binding
@@ -138,8 +136,10 @@ class SessionGate:
             tokens = {**tokens, "obtained_at": now}
         SessionRecord(identity=identity.to_dict(), tokens=tokens, logout=logout_state, created=now,
                       last_seen=now).put(session)
-        # the indexes hold store handles: nothing in the store is a cookie value
-        SessionIndex(self.store, iface).add(identity, current_session().sid, self.settings.absolute_timeout + 60)
+        # the record, its index entries (store handles: nothing in the store is
+        # a cookie value) and the old record's deletion: one batch, one round
+        # trip; StoreUnavailable when it could not be stored (nothing announced yet)
+        SessionIndex(iface).start(identity, current_session(), self.settings.absolute_timeout + 60, replaces=old)
 
     def data(self) -> dict[str, Any] | None:
         """The raw record block of this request's session (prefer :meth:`record`)."""

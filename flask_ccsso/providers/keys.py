@@ -310,6 +310,8 @@ class JWKSCache:
         self._clock = clock
         self._last_forced = float("-inf")
         self._keyset: KeySet | None = None
+        #: per (kid, key type, alg): the keys :meth:`signing_keys` picked from ``_keyset``
+        self._picked: dict[tuple[str | None, str | None, str], list[Any]] = {}
         self._source: dict[str, Any] | None = None
         self._lock = threading.Lock()
         #: how many times the JWKS was actually fetched (tests and metrics)
@@ -336,6 +338,7 @@ class JWKSCache:
             if not keys and raw:
                 raise IdPUnavailable("The identity provider published keys that could not be read.")
             self._keyset = KeySet(keys)
+            self._picked = {}
             self._source = doc
         assert self._keyset is not None
         return self._keyset
@@ -346,6 +349,24 @@ class JWKSCache:
         or every key when the token names none."""
         ks = self.keyset()
         return [k for k in ks.keys if kid is None or k.kid == kid]
+
+    #: at most this many (kid, type, alg) picks are remembered per JWKS document
+    MAX_PICKED = 64
+
+    def signing_keys(self, kid: str | None, kty: str | None, alg: str) -> list[Any]:
+        """:meth:`candidates` of key type ``kty`` that are not pinned to another
+        algorithm than ``alg`` (a key's own ``alg`` must match the token's).
+        Picked once per JWKS document: a token verification does not rescan
+        (and re-read the members of) every key."""
+        self.keyset()  # a new document resets the picks
+        picked = self._picked
+        key = (kid, kty, alg)
+        keys = picked.get(key)
+        if keys is None:
+            keys = [k for k in self.candidates(kid) if k.key_type == kty and k.get("alg") in (None, alg)]
+            if len(picked) < self.MAX_PICKED:
+                picked[key] = keys
+        return keys
 
     def keyset(self) -> KeySet:
         return self._build(self._doc.get())

@@ -37,7 +37,7 @@ from joserfc.errors import (
     MissingKeyError,
     UnsupportedAlgorithmError,
 )
-from joserfc.jws import JWSRegistry
+from joserfc.jws import CompactSignature, JWSRegistry
 
 from .. import reasons
 from ..config import OIDCSettings, OktaSettings, is_loopback_host
@@ -62,6 +62,13 @@ def _registry(algorithms: tuple[str, ...]) -> JWSRegistry:
     return reg
 
 
+def _registry_claims(registry: jwt.JWTClaimsRegistry) -> tuple[str, ...]:
+    """The claim names ``registry.validate`` acts on: those with a
+    ``validate_<name>`` method, and those it has options for."""
+    methods = {a[len("validate_"):] for a in dir(registry) if a.startswith("validate_") and a != "validate_"}
+    return tuple(sorted(methods | set(registry.options)))
+
+
 def _safe_code(value: str) -> str:
     """An IdP-supplied code, trimmed to what is safe to show and log."""
     return "".join(c for c in value[:64] if c.isalnum() or c in "_-.:") or "?"
@@ -75,15 +82,33 @@ def peek_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     attacker input can make the decoding raise -- bad base64, not UTF-8, not
     JSON, nesting deep enough for ``RecursionError``, no ``alg`` -- is
     "malformed" (a 401 / 400), never a traceback."""
+    _obj, header, claims = _extract(token)
+    return header, claims
+
+
+def _extract(token: str) -> tuple[CompactSignature, dict[str, Any], dict[str, Any]]:
+    """:func:`peek_jwt`, keeping joserfc's extracted object: :meth:`OIDCProvider.decode_jwt`
+    verifies the signature over *that* object, so the token is split, decoded and
+    parsed once, and the claims it returns are the very ones the signature covers."""
     try:
         obj = jws.extract_compact(token.encode("ascii"))
         header = dict(obj.headers())
-        claims = json.loads(obj.payload)  # what the verified decode will read too
+        claims = json.loads(obj.payload)
     except (JoseError, ValueError, UnicodeError, RecursionError, TypeError, AttributeError):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN) from None
-    if not isinstance(claims, dict) or _nested_deeper_than(MAX_JSON_DEPTH, header, claims):
+    if not isinstance(claims, dict) or _too_deep(header, claims, obj.payload):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
-    return header, claims
+    return obj, header, claims
+
+
+def _too_deep(header: dict[str, Any], claims: dict[str, Any], payload: bytes | None) -> bool:
+    """:func:`_nested_deeper_than` on header and claims. Each level of nesting
+    opens a ``{`` or ``[`` in the JSON text, so claims whose text has no more
+    of them than the limit cannot nest deeper (one inside a string only makes
+    the count larger) and need no walk -- which is every real token."""
+    if payload is not None and payload.count(b"{") + payload.count(b"[") <= MAX_JSON_DEPTH:
+        return _nested_deeper_than(MAX_JSON_DEPTH, header)
+    return _nested_deeper_than(MAX_JSON_DEPTH, header, claims)
 
 
 #: JSON nesting a token's header or claims may have; deeper is malformed. Explicit,
@@ -95,13 +120,13 @@ MAX_JSON_DEPTH = 32
 def _nested_deeper_than(limit: int, *values: Any) -> bool:
     """Whether any of ``values`` nests lists/objects more than ``limit`` deep
     (iteratively: the check itself must not recurse)."""
-    stack = [(value, 1) for value in values]
+    stack = [(value, 1) for value in values if isinstance(value, (dict, list))]
     while stack:
         value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        children = value.values() if isinstance(value, dict) else value
         if children and depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
 
 
@@ -234,6 +259,8 @@ class OIDCProvider(Provider):
         s = settings
         self.discovery = TTLDocument(self._load_discovery, s.discovery_ttl, self.clock)
         self.jwks = JWKSCache(self._load_jwks, s.jwks_ttl, s.jwks_refresh_cooldown, self.clock)
+        #: one claims registry per set of essential claims, built once (its clock is read per call)
+        self._claims_registries: dict[tuple[str, ...], tuple[jwt.JWTClaimsRegistry, tuple[str, ...]]] = {}
 
     # -- metadata ---------------------------------------------------------------
     def expected_issuer(self) -> str:
@@ -426,7 +453,7 @@ class OIDCProvider(Provider):
         algs = algorithms or self.settings.allowed_algorithms
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
             raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
-        header = peek_jwt(token)[0]
+        obj, header, claims = _extract(token)
         alg = header.get("alg")
         if alg not in algs:
             raise AuthenticationFailed(f"Token algorithm {str(alg)[:16]!r} is not allowed.", reason=reasons.INVALID_TOKEN)
@@ -443,29 +470,39 @@ class OIDCProvider(Provider):
         # another algorithm are skipped. jku / x5u / x5c / jwk headers are
         # never followed: only the IdP's published keys are tried.
         kty = _KTY_FOR_ALG.get(str(alg)[:2], "OKP" if alg == "EdDSA" else None)
-        keys = [k for k in self.jwks.candidates(kid)
-                if k.key_type == kty and k.get("alg") in (None, alg)][:_MAX_CANDIDATE_KEYS]
+        keys = self.jwks.signing_keys(kid, kty, str(alg))[:_MAX_CANDIDATE_KEYS]
         if not keys:
             raise AuthenticationFailed("The token was signed with an unknown key.", reason=reasons.INVALID_TOKEN)
+        registry = _registry(tuple(algs))
         last: Exception | None = None
         for key in keys:
+            # what jwt.decode does after splitting the token (jws.deserialize_compact):
+            # the registry's header checks and algorithm allow-list, the key/alg check, the signature
             try:
-                decoded = jwt.decode(token, key, algorithms=list(algs), registry=_registry(tuple(algs)))
-                break
+                if jws.validate_compact(obj, key, algorithms=algs, registry=registry):
+                    break
+                last = BadSignatureError()
             except (BadSignatureError, MissingKeyError, UnsupportedAlgorithmError, DecodeError) as exc:
                 last = exc
             except (JoseError, ValueError, TypeError) as exc:
                 raise AuthenticationFailed("The token could not be verified.", reason=reasons.INVALID_TOKEN) from exc
         else:
             raise AuthenticationFailed("The token signature is not valid.", reason=reasons.INVALID_TOKEN) from last
-        return dict(decoded.header), dict(decoded.claims)
+        return header, claims
 
     def _check_time_claims(self, claims: Mapping[str, Any], *, essential: tuple[str, ...]) -> None:
-        leeway = int(self.settings.clock_skew)
-        options: dict[str, Any] = {k: {"essential": True} for k in essential}
-        registry = jwt.JWTClaimsRegistry(now=lambda: int(self.clock()), leeway=leeway, **options)
+        built = self._claims_registries.get(essential)
+        if built is None:
+            options: dict[str, Any] = {k: {"essential": True} for k in essential}
+            registry = jwt.JWTClaimsRegistry(now=lambda: int(self.clock()), leeway=int(self.settings.clock_skew),
+                                             **options)
+            built = self._claims_registries[essential] = (registry, _registry_claims(registry))
+        registry, names = built
+        # the registry looks at a claim only when it has a validate_<claim> method or an
+        # option for it: it is handed those claims alone (the same checks, without a
+        # method lookup for every other claim the IdP sends)
         try:
-            registry.validate(dict(claims))
+            registry.validate({k: claims[k] for k in names if k in claims})
         except ExpiredTokenError as exc:
             raise AuthenticationFailed("The token has expired.", reason=reasons.TOKEN_EXPIRED) from exc
         except ClaimError as exc:

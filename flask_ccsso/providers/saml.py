@@ -253,7 +253,8 @@ class SAMLProvider(Provider):
         os.chmod(self._tmp, 0o700)
         weakref.finalize(self, _cleanup, self._tmp)
         #: the xmlsec1 runs that decide sign-in: ours, hardened (see saml_xmlsec)
-        self.xmlsec_runner = Xmlsec(self.xmlsec, self._tmp, max_input=s.max_response_size)
+        self.xmlsec_runner = Xmlsec(self.xmlsec, self._tmp, max_input=s.max_response_size,
+                                    backend=s.xmlsec_backend, setting=f"{s.path}.xmlsecBackend")
         quiet_pysaml2_logging()
         if s.want_assertions_encrypted and not (s.sp_private_key and s.sp_certificate):
             raise ConfigError(f"{s.path}.wantAssertionsEncrypted", "is true but no SP key pair is configured.",

@@ -28,6 +28,15 @@ the IdP metadata and nothing else:
   limit, an address-space limit (``RLIMIT_AS``), no core dumps, stdin closed
   and a minimal environment. Its stderr is never logged: it can quote the
   document.
+* No run loads a trust store: xmlsec1 (with OpenSSL) reads the system CA
+  bundle at start-up whatever it is asked to do -- about three quarters of
+  a verification's CPU -- though nothing here ever builds a certificate
+  chain (keys come from the one metadata certificate). ``SSL_CERT_FILE`` and
+  ``SSL_CERT_DIR`` point at ``/dev/null``, so there is none to read.
+
+Signature verification can also run in-process (:mod:`.saml_binding`, the
+``xmlsec`` binding, ``xmlsecBackend``), with each restriction above kept;
+decryption always runs here.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..exceptions import ConfigError
+from .saml_binding import BindingVerifier, available
 from .saml_xml import refuse
 
 log = logging.getLogger("flask_ccsso")
@@ -79,8 +90,10 @@ ENCRYPTED_DATA = (f"/{_el(SAMLP, 'Response')}/{_el(SAML, 'EncryptedAssertion')}/
 #: before xmlsec1 starts; as a second wall, libxml2's HTTP/FTP client is sent
 #: to a proxy that cannot answer (loopback port 1), so no request leaves.
 _DEAD_PROXY = "http://127.0.0.1:1/"
+#: ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``: no CA bundle is loaded (nothing here verifies a chain)
 _ENV = {"PATH": os.defpath, "LC_ALL": "C", "http_proxy": _DEAD_PROXY, "HTTP_PROXY": _DEAD_PROXY,
-        "ftp_proxy": _DEAD_PROXY, "FTP_PROXY": _DEAD_PROXY, "no_proxy": "", "NO_PROXY": ""}
+        "ftp_proxy": _DEAD_PROXY, "FTP_PROXY": _DEAD_PROXY, "no_proxy": "", "NO_PROXY": "",
+        "SSL_CERT_FILE": os.devnull, "SSL_CERT_DIR": os.devnull}
 
 _ID_ATTRS = ("--id-attr:ID", f"{SAMLP}:Response", "--id-attr:ID", f"{SAML}:Assertion")
 
@@ -126,15 +139,43 @@ def run(argv: Sequence[str], *, timeout: float = TIMEOUT, memory: int = MEMORY_B
     return Result(proc.returncode, out, err)
 
 
-class Xmlsec:
-    """One provider's xmlsec1: binary, private work directory, limits."""
+def in_process_verifier(backend: str, setting: str = "xmlsecBackend") -> BindingVerifier | None:
+    """The in-process verifier ``backend`` (an ``xmlsecBackend`` value) asks
+    for, or None for the xmlsec1 program. ``auto`` falls back to the program
+    when the binding cannot be loaded, and says so in one log line;
+    ``binding`` then is a :class:`ConfigError` naming ``setting``."""
+    if backend == "xmlsec1":
+        return None
+    reason = available()
+    if reason is None:
+        return BindingVerifier()
+    if backend == "binding":
+        raise ConfigError(setting, f"is binding, but {reason}.",
+                          "pip install 'flask-ccsso[saml-fast]' (xmlsec and a matching lxml), "
+                          "or set xmlsecBackend to auto or xmlsec1.")
+    log.info("flask-ccsso: SAML signatures are verified by the xmlsec1 program (%s; "
+             "pip install 'flask-ccsso[saml-fast]' verifies in-process)", reason)
+    return None
 
-    def __init__(self, binary: str, workdir: str, *, max_input: int, timeout: float = TIMEOUT) -> None:
+
+class Xmlsec:
+    """One provider's xmlsec1: binary, private work directory, limits -- and,
+    when ``binding`` is given, signatures verified in-process by it instead."""
+
+    def __init__(self, binary: str, workdir: str, *, max_input: int, timeout: float = TIMEOUT,
+                 backend: str = "xmlsec1", setting: str = "xmlsecBackend") -> None:
         self.binary = binary
         self.workdir = workdir
         self.timeout = timeout
         self.memory = MEMORY_BASE + MEMORY_PER_BYTE * max_input
         self._cert_files: dict[str, str] = {}
+        #: the in-process verifier (:mod:`.saml_binding`), None: the xmlsec1 program verifies
+        self.binding = in_process_verifier(backend, setting)
+
+    @property
+    def backend(self) -> str:
+        """Who verifies signatures: ``binding`` or ``xmlsec1``."""
+        return "xmlsec1" if self.binding is None else "binding"
 
     # -- files ----------------------------------------------------------------------------
     def _write(self, data: bytes, suffix: str) -> str:
@@ -170,6 +211,8 @@ class Xmlsec:
     def verify(self, document: bytes, signature_xpath: str, certs: Sequence[str]) -> bool:
         """True when the ds:Signature at ``signature_xpath`` verifies with one of
         ``certs`` (metadata certificates, base64 DER), tried in order."""
+        if self.binding is not None:
+            return self.binding.verify(document, signature_xpath, certs)
         for cert in certs:
             res = self._run(["--verify", "--pubkey-cert-pem", self.cert_file(cert),
                              "--enabled-key-data", "raw-x509-cert", "--enabled-reference-uris", "same-doc",

@@ -8,12 +8,25 @@ keyed hash of the session id, never a cookie value):
 * ``idpsid:<provider>:<IdP session>`` -- the sessions an IdP session (OIDC
   ``sid``, SAML ``SessionIndex``) started.
 
+The sets live in the session store, beside the records they name, so a
+sign-in writes its record and its index entries as one batch
+(:meth:`SessionIndex.start`, one round trip) and a revocation can never find
+one without the other.
+
 Revoking replaces a session's record by a tombstone
 (:meth:`~flask_ccsso.sessions.interface.CCSSOSessionInterface.end_sid`), so
 it ends on every worker and host and that browser's next request is told
 why. Every path that ends sessions -- the API, the operator's CLI, OIDC
 back-channel logout, SAML single logout, a failed refresh, sign-out -- goes
-through :class:`SessionIndex`.
+through :class:`SessionIndex`, and each takes a session out of the indexes
+only *after* ending it: a store failure in between leaves the session
+findable (``flask ccsso sessions list``) and revocable, never live and
+unlisted.
+
+Ordering of a revocation and a sign-in of the same person, as the store
+sees them: a session whose sign-in was stored before :meth:`SessionIndex.revoke_identity`
+returned is ended (also one stored while it ran -- it reads the index again
+until a read finds nothing new); one stored after it returned is valid.
 """
 
 from __future__ import annotations
@@ -28,14 +41,20 @@ from flask import has_app_context
 from .. import reasons, signals
 from .._context import current_flask_app
 from ..exceptions import CCSSOError
+from ..stores import Batch
+from .interface import SESSION_NAMESPACE
 from .record import SESSION_KEY, SessionRecord, load_live
 
 if TYPE_CHECKING:
     from ..identity import Identity
     from ..stores import SharedStore
-    from .interface import CCSSOSessionInterface
+    from .interface import CCSSOSession, CCSSOSessionInterface
 
 log = logging.getLogger("flask_ccsso")
+
+#: reads of one person's index a revocation makes at most: each pass ends
+#: what signed in since the last one (two passes unless sign-ins race it)
+REVOKE_PASSES = 16
 
 
 def user_key(identity_id: str) -> str:
@@ -60,32 +79,76 @@ class LiveSession:
 
 
 class SessionIndex:
-    """All revocation, over the shared store (indexes) and the session interface (records)."""
+    """All revocation, over the session interface: its records, and the
+    indexes in its store (:attr:`store`)."""
 
-    def __init__(self, store: SharedStore, sessions: CCSSOSessionInterface) -> None:
-        self.store = store
+    def __init__(self, sessions: CCSSOSessionInterface) -> None:
         self.sessions = sessions
 
+    @property
+    def store(self) -> SharedStore:
+        """The session store: records and indexes, so one batch writes both."""
+        return self.sessions.store
+
     # -- the index ---------------------------------------------------------------
-    def add(self, identity: Identity, sid: str, ttl: float) -> None:
-        """Index a new session of ``identity`` (at sign-in)."""
-        handle = self.sessions.handle_of(sid)
-        self.store.set_add(user_key(identity.id), handle, ttl)
+    def entries(self, batch: Batch, identity: Identity, handle: str, ttl: float) -> Batch:
+        """Add the index entries of ``identity``'s session ``handle`` to ``batch``."""
+        batch.set_add(user_key(identity.id), handle, ttl)
         if identity.email:
-            self.store.set_add(email_key(identity.email), identity.id, ttl)
+            batch.set_add(email_key(identity.email), identity.id, ttl)
         if identity.session_index:
-            self.store.set_add(idp_session_key(identity.provider, identity.session_index), handle, ttl)
+            batch.set_add(idp_session_key(identity.provider, identity.session_index), handle, ttl)
+        return batch
+
+    def start(self, identity: Identity, session: CCSSOSession, ttl: float, *, replaces: str | None = None) -> None:
+        """Store a new signed-in session (its id already rotated) -- its
+        record, its index entries (kept ``ttl`` seconds) and the deletion of
+        the record it ``replaces`` -- in one batch (one round trip,
+        all or nothing). Raises :class:`~flask_ccsso.exceptions.StoreUnavailable`
+        when it could not be stored: the sign-in must then fail, not be
+        announced."""
+        batch = Batch().delete(replaces) if replaces else Batch()
+        self.sessions.store_now(session, self.entries(batch, identity, self.sessions.handle_of(session.sid), ttl))
+
+    def add(self, identity: Identity, sid: str, ttl: float) -> None:
+        """Index a session of ``identity`` whose record is already stored (a
+        sign-in uses :meth:`start`, which writes both at once)."""
+        self._write(self.entries(Batch(), identity, self.sessions.handle_of(sid), ttl))
+
+    def _write(self, batch: Batch) -> None:
+        """``batch`` in one step; every backend error (a read-only replica
+        during a failover too) is :class:`~flask_ccsso.exceptions.StoreUnavailable`,
+        as for the records (the session interface's one guard)."""
+        self.sessions._guarded(self.store.write_many, batch)
+
+    def _unindex(self, batch: Batch, identity: Identity, handle: str) -> Batch:
+        batch.set_remove(user_key(identity.id), handle)
+        if identity.session_index:
+            batch.set_remove(idp_session_key(identity.provider, identity.session_index), handle)
+        return batch
 
     def forget_session(self, identity: Identity, sid: str) -> None:
-        """Drop a session (cookie id or store handle) from the per-user
-        indexes, which hold store handles (it is being ended)."""
-        handle = self.sessions.handle_of(sid)
+        """Drop a session that has already ended (cookie id or store handle)
+        from the per-user indexes, best effort: a member left behind names a
+        record that is gone, which listing and revocation skip."""
         try:
-            self.store.set_remove(user_key(identity.id), handle)
-            if identity.session_index:
-                self.store.set_remove(idp_session_key(identity.provider, identity.session_index), handle)
+            self._write(self._unindex(Batch(), identity, self.sessions.handle_of(sid)))
         except CCSSOError:
-            log.warning("flask-ccsso: could not update the session index at logout")
+            log.warning("flask-ccsso: could not update the session index after a session ended")
+
+    def sign_out(self, identity: Identity, session: CCSSOSession) -> None:
+        """End this browser's session at its person's request: delete its
+        record and take it out of the indexes, in one batch (all or
+        nothing). On a store failure this raises
+        :class:`~flask_ccsso.exceptions.StoreUnavailable` and nothing
+        changed: the session is still signed in, listed by ``flask ccsso
+        sessions list`` and ended by ``sessions revoke`` -- the sign-out
+        must then say it failed. (A backend without an atomic batch deletes
+        the record first, so a failure in between leaves at worst an index
+        entry naming nothing.)"""
+        key = session.store_key or self.sessions.store_key(session.sid)
+        handle = key[len(SESSION_NAMESPACE):]
+        self._write(self._unindex(Batch().delete(key), identity, handle))
 
     def identity_ids(self, user: str | None = None) -> list[str]:
         """``provider:subject`` ids: all indexed ones, those of an email, or ``user`` itself."""
@@ -119,9 +182,25 @@ class SessionIndex:
 
     def revoke_identity(self, identity_id: str, *, reason: str = "api") -> int:
         """End every session of ``provider:subject`` on every worker and host;
-        sends :data:`~flask_ccsso.signals.session_revoked`."""
-        count = self.revoke_sids(self.store.set_members(user_key(identity_id)))
-        self.store.delete(user_key(identity_id))
+        sends :data:`~flask_ccsso.signals.session_revoked`.
+
+        Every session whose sign-in was stored before this returns is ended
+        -- also one stored while it runs: the index is read again after each
+        pass until a read finds nothing (at most :data:`REVOKE_PASSES`). Only
+        the ended sessions leave the index, never the whole set, so a
+        sign-in stored after this returns stays indexed (and valid), and a
+        store failure midway leaves the rest findable for the next revocation."""
+        key = user_key(identity_id)
+        count = 0
+        for _ in range(REVOKE_PASSES):
+            members = self.store.set_members(key)
+            if not members:
+                break
+            count += self.revoke_sids(members)
+            self.store.set_remove(key, *members)  # only those just ended (or already gone)
+        else:
+            log.warning("flask-ccsso: %s kept signing in while their sessions were revoked; "
+                        "sessions that signed in during the last pass may remain (revoke again)", identity_id)
         provider, _, subject = identity_id.partition(":")
         _revoked(subject, provider, count, reason)
         return count

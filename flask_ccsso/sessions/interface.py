@@ -36,11 +36,12 @@ import msgspec
 from flask import Flask, Request, Response
 from flask import session as flask_session
 from flask.sessions import SessionInterface, SessionMixin
-from werkzeug.datastructures import CallbackDict
+from werkzeug.datastructures import CallbackDict, Headers
+from werkzeug.wrappers import Response as BaseResponse
 
 from .._context import unproxied
 from ..exceptions import StoreUnavailable
-from ..stores import Change, SharedStore, open_store
+from ..stores import Batch, Change, SharedStore, open_store
 from .keys import SessionKeys, is_handle
 from .record import SESSION_KEY, SessionRecord, finite, load, revision, tombstone
 
@@ -74,18 +75,23 @@ class CCSSOSession(CallbackDict[str, Any], SessionMixin):
 
     ``store_key``: where the record was found (an old key's handle during a
     key rotation); ``fresh``: the id was just rotated (no stored record to
-    reconcile with); ``unavailable``: the store could not be read."""
+    reconcile with); ``unavailable``: the store could not be read;
+    ``written``: the store already holds the session as it is now (the
+    sign-in wrote it with its index entries, :meth:`CCSSOSessionInterface.store_now`),
+    so the save only sends the cookie -- any change clears it."""
 
     def __init__(self, initial: Mapping[str, Any] | None = None, sid: str = "") -> None:
         def on_update(self: CCSSOSession) -> None:
             self.modified = True
             self.accessed = True
+            self.written = False
 
         super().__init__(initial, on_update)
         self.sid = sid
         self.store_key: str | None = None
         self.fresh = False
         self.unavailable = False
+        self.written = False
         self.modified = False
         self.accessed = False
 
@@ -195,6 +201,12 @@ class CCSSOSessionInterface(SessionInterface):
         self.seal_prefix = seal_prefix
         self._errors = _store_errors()
         self._unsealed_logged = 0.0
+        #: turns an already made response into the 503 for a store that failed
+        #: while saving. The face layer installs one that answers JSON to API
+        #: clients and the library's page to browsers, by the same rule as every
+        #: other error (:func:`flask_ccsso.responses.store_unavailable_into`);
+        #: this default is a plain HTML page.
+        self.unavailable_answer: Callable[[BaseResponse], None] = _unavailable
 
     # -- store keys ------------------------------------------------------------
     def handle_of(self, ref: str) -> str:
@@ -296,37 +308,50 @@ class CCSSOSessionInterface(SessionInterface):
     def _write(self, session: CCSSOSession, key: str) -> bool:
         """Write ``session`` at ``key``. A signed-in session that was read from
         the store is reconciled with what is stored, in one atomic step;
-        ``False`` if it ended meanwhile (it is then not written)."""
+        ``False`` if it ended meanwhile (it is then not written).
+
+        Concurrent requests of one session each record its activity stamp
+        (every request with ``slidingWriteInterval: 0``), so they race for the
+        same record: the loser of an optimistic transaction (Redis ``WATCH``)
+        re-reads and, after :func:`reconcile` kept the later stamp, usually
+        finds the store already says everything it would write -- then it
+        writes nothing and succeeds. A conflict is settled here, never taken
+        for an unreachable store."""
         block = session.get(SESSION_KEY)
         if not (isinstance(block, dict) and "identity" in block) or session.fresh:
             self.store.set(key, self.encode(session, key), self.ttl_for(session))
             return True
+        settled: list[bool] = []
 
         def decide(raw: str | None) -> Change:
-            if not reconcile(session, self.decode(raw, key)):
+            settled.clear()  # called again after a lost race
+            stored = self.decode(raw, key)
+            if not reconcile(session, stored):
+                return None
+            if stored is not None and dict(session) == stored:  # e.g. a peer recorded a later stamp
+                settled.append(True)
                 return None
             return self.encode(session, key), self.ttl_for(session)
 
-        return self.store.update(key, decide)
+        return self.store.update(key, decide) or bool(settled)
 
     def _save(self, app: Flask, session: CCSSOSession, response: Response) -> None:
+        if not session.modified:  # the steady state: nothing to write, only say the answer depends on the cookie
+            if session.accessed:
+                add_vary(response, "Cookie")
+            return
+        add_vary(response, "Cookie")
         name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
-        if session.accessed:
-            response.vary.add("Cookie")
-        if not session:
-            if session.modified:  # emptied: forget it here and in the browser
+        if not session:  # emptied: forget it here and in the browser
+            if not session.written:
                 self.store.delete(self._key_of(session))
-                response.delete_cookie(key=name, domain=domain, path=path)
-                response.vary.add("Cookie")
+            response.delete_cookie(key=name, domain=domain, path=path)
             return
-        if not session.modified:
-            return
-        if not self._write(session, self._key_of(session)):
+        if not session.written and not self._write(session, self._key_of(session)):
             log.info("flask-ccsso: not saving a session that ended meanwhile (revoked or refresh failed)")
         response.set_cookie(name, session.sid, expires=self.get_expiration_time(app, session),
                             httponly=self.get_cookie_httponly(app), domain=domain, path=path,
                             secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app))
-        response.vary.add("Cookie")
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, CCSSOSession)
@@ -338,18 +363,42 @@ class CCSSOSessionInterface(SessionInterface):
             # the response was already made; it must not claim success (a
             # sign-in whose session was not stored) -- turn it into a 503
             log.error("flask-ccsso: session store unreachable while saving: %s", exc.__class__.__name__)
-            _unavailable(response)
+            try:
+                self.unavailable_answer(response)
+            except Exception:  # the plain page below needs nothing that could fail
+                log.exception("flask-ccsso: could not render the 503 answer; sending the plain one")
+                _unavailable(response)
 
     # -- session ids -------------------------------------------------------------
     def rotate(self, session: SessionMixin) -> None:
         """New session id, old record deleted: session fixation defence."""
+        self._guarded(self.store.delete, self.renew_id(session))
+
+    def renew_id(self, session: SessionMixin) -> str:
+        """Give ``session`` a new id (fixation defence) and return where its
+        old record lives, for the caller to delete (:meth:`rotate`, or the
+        sign-in's batch)."""
         assert isinstance(session, CCSSOSession)
         old = self._key_of(session)
         session.sid = secrets.token_urlsafe(SID_BYTES)
         session.store_key = None
         session.modified = True
         session.fresh = True
-        self._guarded(self.store.delete, old)
+        return old
+
+    def store_now(self, session: SessionMixin, batch: Batch) -> None:
+        """Write ``session`` now, with ``batch``, as one step
+        (:meth:`~flask_ccsso.stores.SharedStore.write_many`: one round trip):
+        the sign-in's record, its index entries and the old record's
+        deletion land together or not at all (:class:`StoreUnavailable`).
+        The end of the request then only sends the cookie, unless the
+        session changes again."""
+        assert isinstance(session, CCSSOSession)
+        key = self._key_of(session)
+        self._guarded(self.store.write_many, batch.set(key, self.encode(session, key), self.ttl_for(session)))
+        session.store_key = key
+        session.fresh = False
+        session.written = True
 
     # The methods below take a cookie session id or a store handle (what the
     # per-user index, revocation and ``flask ccsso sessions`` work with).
@@ -398,7 +447,38 @@ class CCSSOSessionInterface(SessionInterface):
         self.store.close()
 
 
-def _unavailable(response: Response) -> None:
+def first_header(headers: Headers, lower_name: str) -> str | None:
+    """The first value of header ``lower_name`` (lower case), or ``None``.
+    ``headers.get()`` and ``in`` answer a missing header by building and
+    catching an exception (werkzeug's ``BadRequestKeyError``), which costs
+    more than looking through a response's few headers."""
+    for key, value in headers.items():
+        if key.lower() == lower_name:
+            return value
+    return None
+
+
+def add_vary(response: BaseResponse, name: str) -> None:
+    """Add ``name`` to the response's ``Vary`` header.
+
+    ``response.vary`` parses the header into a set and writes it back on
+    every change; on each protected response that was most of what saving an
+    unchanged session cost. The usual cases here are no ``Vary`` yet, or one
+    that already names ``name``: neither parses anything. Like
+    ``response.vary``, only the first ``Vary`` header is read, and writing
+    replaces it."""
+    headers = response.headers
+    current = first_header(headers, "vary")
+    if not current:
+        headers["Vary"] = name
+        return
+    wanted = name.lower()
+    if any(part.strip().lower() in (wanted, "*") for part in current.split(",")):
+        return
+    headers["Vary"] = f"{current}, {name}"
+
+
+def _unavailable(response: BaseResponse) -> None:
     err = StoreUnavailable()
     response.status_code = 503
     response.headers.pop("Location", None)

@@ -48,8 +48,12 @@ _HANDLE = re.compile(r"[0-9a-f]{64}")
 _V1 = "v1."
 _NONCE = 12
 _TAG = 16
-#: per-record AES keys kept derived (the hot path is then one HMAC and one decrypt)
+#: per-record AES keys kept derived (a miss of the opened-record cache is then one HMAC and one decrypt)
 _CACHE = 4096
+#: sealed records kept opened, by their exact sealed text and store key (the hot path: no decrypt)
+OPENED_CACHE = 1024
+#: sealed texts longer than this are opened every time (bounds the cache's memory)
+OPENED_CACHE_MAX_TEXT = 16384
 
 
 def is_handle(value: str) -> bool:
@@ -79,6 +83,7 @@ class SessionKeys:
         self._record_keys = [_derive(s, b"record v1") for s in unique]
         # per instance (keys differ between apps), bounded, thread-safe
         self._aead = lru_cache(maxsize=_CACHE)(self._make_aead)
+        self._opened = lru_cache(maxsize=OPENED_CACHE)(self._open)
 
     # -- store handles -------------------------------------------------------
     def handle(self, sid: str) -> str:
@@ -104,8 +109,26 @@ class SessionKeys:
 
     def open(self, sealed: object, store_id: str) -> bytes | None:
         """The plaintext, or ``None`` if ``sealed`` was not sealed for ``store_id``
-        by any of our keys (forged, tampered with, moved, or from before)."""
-        if not isinstance(sealed, str) or not sealed.startswith(_V1):
+        by any of our keys (forged, tampered with, moved, or from before).
+
+        Every request of a session opens the same stored text again until the
+        record changes, so the answer is kept (bounded LRU, per instance: per
+        set of keys) by the *exact* sealed text and store key. AES-GCM is
+        deterministic in that sense -- the same text under the same key and
+        associated data opens to the same plaintext or to nothing, every time
+        -- so a hit answers exactly what the decryption would. Nothing is
+        trusted for longer than that: the caller still reads the store on
+        every request, and a record that was revoked, ended or rewritten is a
+        different text (or none) and is opened afresh; the deadlines are
+        checked against the plaintext and the clock each time."""
+        if type(sealed) is not str:  # exactly str: JSON gives nothing else
+            return None
+        if len(sealed) > OPENED_CACHE_MAX_TEXT:
+            return self._open(sealed, store_id)
+        return self._opened(sealed, store_id)
+
+    def _open(self, sealed: str, store_id: str) -> bytes | None:
+        if not sealed.startswith(_V1):
             return None
         try:
             # validate=True: only the base64 alphabet, padding only at the end (binascii's

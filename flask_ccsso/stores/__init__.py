@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .base import Change, SharedStore
+from .base import Batch, Change, SharedStore, Write
 from .database import resolve_database_url
 from .memory import MemoryStore
 from .redis import RedisStore
@@ -19,7 +19,7 @@ from .sql import SQLStore
 if TYPE_CHECKING:
     from ..config import StoreSettings
 
-__all__ = ["Change", "MemoryStore", "RedisStore", "SQLStore", "SharedStore", "open_store"]
+__all__ = ["Batch", "Change", "MemoryStore", "RedisStore", "SQLStore", "SharedStore", "Write", "open_store"]
 
 
 def open_store(settings: StoreSettings, instance_path: str, *, key_prefix: str | None = None,
@@ -32,7 +32,10 @@ def open_store(settings: StoreSettings, instance_path: str, *, key_prefix: str |
     (:func:`~.database.resolve_database_url`), never to the current directory."""
     prefix = settings.key_prefix if key_prefix is None else key_prefix
     if settings.type == "redis":
-        return RedisStore.from_url(settings.url or "", prefix=prefix)
+        return RedisStore.from_url(settings.url or "", prefix=prefix, connect_timeout=settings.connect_timeout,
+                                   socket_timeout=settings.socket_timeout, breaker_failures=settings.breaker_failures,
+                                   breaker_cooldown=settings.breaker_cooldown, ssl_ca_certs=settings.ssl_ca_certs,
+                                   ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     if settings.type == "sqlalchemy":
         url = resolve_database_url(settings.url or "", instance_path, key="session.store.url")
         return SQLStore.from_url(url, clock=clock, key_prefix=prefix)

@@ -82,6 +82,22 @@ def resolve_database_url(url: str, instance_path: str | None, *, key: str = "url
     return f"{prefix}{'file:' if uri else ''}{bare}{query}"
 
 
+def multi_host_url(url: str) -> str:
+    """libpq's multi-host form ``postgresql://u@h1:5432,h2:5432/db?...`` as SQLAlchemy
+    reads it: ``postgresql://u@/db?host=h1:5432&host=h2:5432&...`` (psycopg then tries the
+    hosts in order; add ``target_session_attrs=read-write`` to skip a standby)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgres"):
+        return url
+    netloc, _, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, _, query = tail.partition("?")
+    extra = "&".join(f"host={h}" for h in hosts.split(",") if h)
+    return f"{scheme}://{userinfo}{at}/{path}?{extra}" + (f"&{query}" if query else "")
+
+
 def sqlite_file(url: str) -> str | None:
     """The file a ``sqlite:///`` URL names (``None``: another database, or in memory)."""
     match = _SQLITE.match(url) if is_sqlite(url) else None
@@ -184,5 +200,5 @@ def database_error_line(exc: BaseException, url: str, *, what: str = "database",
     return f"{what} {mask_url(url)}: {problem}. Fix: {fix}"
 
 
-__all__ = ["INSTANCE", "database_error_line", "describe_database_error", "is_sqlite", "resolve_database_url",
-           "sqlite_file"]
+__all__ = ["INSTANCE", "database_error_line", "describe_database_error", "is_sqlite", "multi_host_url",
+           "resolve_database_url", "sqlite_file"]

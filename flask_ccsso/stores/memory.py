@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import Change, SharedStore
+from .base import Batch, Change, SharedStore
 
 
 class MemoryStore(SharedStore):
@@ -95,3 +95,24 @@ class MemoryStore(SharedStore):
                 return count
             self._data[key] = ("1", self._clock() + ttl)
             return 1
+
+    def write_many(self, batch: Batch) -> None:
+        """Every write of ``batch`` under the lock: no reader sees part of it."""
+        with self._lock:
+            now = self._clock()
+            for w in batch.writes:
+                if w.op == "set":
+                    self._data[w.key] = (w.values[0], now + w.ttl)
+                elif w.op == "delete":
+                    self._data.pop(w.key, None)
+                elif w.op == "set_add":
+                    s = self._live(w.key)
+                    members = set(s) if isinstance(s, set) else set()
+                    members.update(w.values)
+                    self._data[w.key] = (members, now + w.ttl)
+                elif w.op == "set_remove":
+                    s = self._live(w.key)
+                    if isinstance(s, set):
+                        s.difference_update(w.values)
+                else:  # pragma: no cover - Batch makes no other
+                    raise ValueError(f"unknown write {w.op!r}")

@@ -18,10 +18,44 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import StoreUnavailable
-from .base import Change, SharedStore
+from .base import Batch, Change, SharedStore
+from .database import multi_host_url
 
 #: the embedded default's file, in the instance folder (or ``session.store.path``)
 EMBEDDED_FILE = "ccsso-state.sqlite"
+
+
+#: a pooled connection unused for longer than this is pinged before it is handed out
+PING_AFTER_IDLE = 10.0
+
+
+def _ping_when_idle(engine: Any) -> None:
+    """Ping a pooled connection before use only when it sat idle for more than
+    :data:`PING_AFTER_IDLE` seconds (a database restart or a firewall may
+    have dropped it meanwhile); a dead one is replaced by the pool
+    (SQLAlchemy's "pessimistic disconnect handling", without its round trip
+    on every checkout -- a busy connection is not pinged: the request path
+    stays one round trip)."""
+    import sqlalchemy as sa
+
+    @sa.event.listens_for(engine, "checkin")
+    def _idle_since(dbapi_conn: Any, record: Any) -> None:
+        record.info["ccsso_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("ccsso_idle_since")
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            dbapi_conn.rollback()  # leave no transaction open (autocommit is set after checkout)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc
 
 
 class SQLStore(SharedStore):
@@ -52,6 +86,7 @@ class SQLStore(SharedStore):
         # are closed, not left to the garbage collector (Python 3.13 warns, and a
         # SQLite file stays open until then).
         weakref.finalize(self, engine.dispose)
+        self._reader = self._read_path()
         with self._guard():
             md.create_all(engine)
 
@@ -65,12 +100,17 @@ class SQLStore(SharedStore):
     def from_url(cls, url: str, clock: Callable[[], float] = time.time, key_prefix: str = "") -> SQLStore:
         import sqlalchemy as sa
 
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # no pool_pre_ping: it costs a round trip on every checkout, i.e. on
+        # every request; _ping_when_idle pings only a connection that sat idle
+        # (the case pre-ping is for), and get() retries once on a connection
+        # that turned out dead (the pool then replaces all of its old ones)
+        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 15, "check_same_thread": False}
         elif url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": 3}  # a down database answers 503 soon
-        engine = sa.create_engine(url, **kwargs)
+        engine = sa.create_engine(multi_host_url(url), **kwargs)  # postgresql://h1,h2/db works too
+        _ping_when_idle(engine)
         if url.startswith("sqlite"):
             @sa.event.listens_for(engine, "connect")
             def _wal(dbapi_conn: Any, _: Any) -> None:  # several processes, one file
@@ -87,13 +127,71 @@ class SQLStore(SharedStore):
             conn.execute(self.kv.delete().where(self.kv.c.expires_at <= now))
             conn.execute(self.members.delete().where(self.members.c.expires_at <= now))
 
+    def _read_path(self) -> tuple[Any, str | None]:
+        """What :meth:`get` runs on: the engine in autocommit (a lone SELECT
+        needs no transaction: no ``BEGIN`` before it, no ``ROLLBACK`` after it,
+        and never a commit), and the SELECT as the driver's own SQL text when
+        its parameter style is known (no statement is built or compiled per
+        call; ``None``: build it with SQLAlchemy Core)."""
+        reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        dialect = self.engine.dialect
+        table = dialect.identifier_preparer.format_table(self.kv)
+        marks = {"qmark": ("?", "?"), "pyformat": ("%(key)s", "%(now)s"), "format": ("%s", "%s"),
+                 "named": (":key", ":now")}.get(dialect.paramstyle)
+        sql = None
+        if marks is not None:
+            sql = f"SELECT value FROM {table} WHERE key = {marks[0]} AND expires_at > {marks[1]}"
+        if dialect.name == "sqlite" and sql is not None:
+            # the pooled DBAPI connection itself (see _raw_get): no reader
+            return None, sql
+        return reader, sql
+
+    def _raw_get(self, sql: str, key: str, now: float) -> str | None:
+        """SQLite's read on the pooled DBAPI connection itself: ``sqlite3``
+        opens no transaction for a SELECT, and a SQLAlchemy ``Connection``
+        (with its isolation-level bookkeeping on every checkout) costs
+        several times the read. Driver errors fail closed like every other
+        store error (:meth:`_guard`)."""
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, (key, now))
+                row = cur.fetchone()
+            finally:
+                cur.close()
+        except self.engine.dialect.dbapi.Error as exc:
+            raise self.sa.exc.OperationalError(sql, (key, now), exc) from exc
+        finally:
+            conn.close()  # back to the pool
+        return str(row[0]) if row else None
+
     def get(self, key: str) -> str | None:
+        """The request path's one read (see :meth:`_read_path`): one round
+        trip. A pooled connection found dead (the database restarted) is
+        retried once on a new one -- a read can be repeated safely."""
         key = self.prefix + key
-        sa = self.sa
-        with self._guard(), self.engine.connect() as conn:
-            row = conn.execute(sa.select(self.kv.c.value).where(self.kv.c.key == key,
-                                                               self.kv.c.expires_at > self._clock())).first()
-            return row[0] if row else None
+        reader, sql = self._reader
+        now = self._clock()
+        with self._guard():
+            if reader is None:
+                assert sql is not None
+                return self._raw_get(sql, key, now)
+            for attempt in (1, 2):
+                try:
+                    with reader.connect() as conn:
+                        if sql is None:
+                            row = conn.execute(self.sa.select(self.kv.c.value).where(
+                                self.kv.c.key == key, self.kv.c.expires_at > now)).first()
+                        elif self.engine.dialect.paramstyle in ("qmark", "format"):
+                            row = conn.exec_driver_sql(sql, (key, now)).first()
+                        else:
+                            row = conn.exec_driver_sql(sql, {"key": key, "now": now}).first()
+                        return row[0] if row else None
+                except self.sa.exc.DBAPIError as exc:
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def set(self, key: str, value: str, ttl: float) -> None:
         key = self.prefix + key
@@ -184,6 +282,34 @@ class SQLStore(SharedStore):
                 except sa.exc.IntegrityError:
                     continue
         raise StoreUnavailable()
+
+    def write_many(self, batch: Batch) -> None:
+        """``batch`` in one transaction: other connections see all of its
+        writes or none. The statements are those of :meth:`set`,
+        :meth:`delete`, :meth:`set_add` and :meth:`set_remove`."""
+        if not batch.writes:
+            return
+        kv, members = self.kv, self.members
+        with self._guard(), self.engine.begin() as conn:
+            now = self._clock()
+            for w in batch.writes:
+                key = self.prefix + w.key
+                if w.op == "set":
+                    conn.execute(kv.delete().where(kv.c.key == key))
+                    conn.execute(kv.insert().values(key=key, value=w.values[0], expires_at=now + w.ttl))
+                elif w.op == "delete":
+                    conn.execute(kv.delete().where(kv.c.key == key))
+                    conn.execute(members.delete().where(members.c.key == key))
+                elif w.op == "set_add":
+                    conn.execute(members.delete().where(members.c.key == key, members.c.member.in_(w.values)))
+                    conn.execute(members.insert(), [{"key": key, "member": m, "expires_at": now + w.ttl}
+                                                    for m in w.values])
+                    conn.execute(members.update().where(members.c.key == key).values(expires_at=now + w.ttl))
+                elif w.op == "set_remove":
+                    conn.execute(members.delete().where(members.c.key == key, members.c.member.in_(w.values)))
+                else:  # pragma: no cover - Batch makes no other
+                    raise ValueError(f"unknown write {w.op!r}")
+            self._sweep(conn)
 
     def keys(self, prefix: str) -> list[str]:
         sa = self.sa

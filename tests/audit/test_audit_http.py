@@ -133,8 +133,12 @@ def test_collector_fails_mid_run_then_recovers(tmp_path, collector, failure):
     ids = sent_ids(collector)
     unique = first_seen(ids)
     assert len(unique) == 100
-    assert unique == sorted(unique)  # replayed in order
+    kept = sorted(unique)[:90]  # those sent before recovery: ids sort in the order events were made
     if failure != "slow":
+        # replayed in order (new events may overtake them). Not for "slow": the collector
+        # keeps what a timed-out attempt (a live batch or a recovery probe) sent, so what it
+        # saw first is the order of attempts, not of the replay
+        assert [i for i in unique if i in set(kept)] == kept
         assert len(ids) == 100  # nothing was half-accepted, so nothing is delivered twice
     assert sink.stats.replayed >= 60 and sink.stats.dead_lettered == 0
 

@@ -115,13 +115,21 @@ def test_xmlsec1_runs_once_per_response_and_never_for_refused_shapes(saml_portal
 
 def count_xmlsec(monkeypatch) -> list[list[str]]:
     """Every xmlsec1 run: flask-ccsso's own (``saml_xmlsec.run``, which
-    decides sign-in) and any pysaml2 would start (``saml2.sigver.Popen``)."""
+    decides sign-in), any pysaml2 would start (``saml2.sigver.Popen``), and
+    every in-process verification (``saml_binding.verify_node``, counted as
+    ``["xmlsec-binding", "--verify"]``)."""
     import saml2.sigver
 
-    from flask_ccsso.providers import saml_xmlsec
+    from flask_ccsso.providers import saml_binding, saml_xmlsec
 
     calls: list[list[str]] = []
-    real_popen, real_run = saml2.sigver.Popen, saml_xmlsec.run
+    real_popen, real_run, real_node = saml2.sigver.Popen, saml_xmlsec.run, saml_binding.verify_node
+
+    def counting_node(ctx, sig):
+        calls.append(["xmlsec-binding", "--verify"])
+        return real_node(ctx, sig)
+
+    monkeypatch.setattr(saml_binding, "verify_node", counting_node)
 
     def counting(args, *a, **kw):
         calls.append(list(args))

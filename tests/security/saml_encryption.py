@@ -107,7 +107,8 @@ def relay_of(location: str) -> str:
 
 
 def count_xmlsec(monkeypatch) -> list[list[str]]:
-    """Every xmlsec1 process started: by flask-ccsso (``saml_xmlsec.run``) or by pysaml2."""
+    """Every xmlsec1 process started: by flask-ccsso (``saml_xmlsec.run``) or by
+    pysaml2, and every in-process verification (``["xmlsec-binding", "--verify"]``)."""
     import saml2.sigver
 
     try:
@@ -123,6 +124,18 @@ def count_xmlsec(monkeypatch) -> list[list[str]]:
         return real_popen(args, *a, **kw)
 
     monkeypatch.setattr(saml2.sigver, "Popen", counting_popen)
+    try:  # in-process verifications (xmlsecBackend binding) count as runs too
+        from flask_ccsso.providers import saml_binding
+    except ImportError:  # before the binding backend existed
+        saml_binding = None  # type: ignore[assignment]
+    if saml_binding is not None:
+        real_node = saml_binding.verify_node
+
+        def counting_node(ctx, sig):
+            calls.append(["xmlsec-binding", "--verify"])
+            return real_node(ctx, sig)
+
+        monkeypatch.setattr(saml_binding, "verify_node", counting_node)
     if real_run is not None:
         def counting_run(args, *a, **kw):
             calls.append(list(args))

@@ -261,7 +261,7 @@ def test_unwritable_spool_and_dead_sink_keep_a_bounded_counted_backlog(tmp_path,
     spool_lines = [r.getMessage() for r in records if "cannot be used" in r.getMessage()]
     assert len(spool_lines) == 1 and errno_name in spool_lines[0]  # the real cause, once
     assert len([r for r in records if "LOST" in r.getMessage()]) == len(alerts)
-    _assert_quiet_log(caplog, max_lines=6)
+    _assert_quiet_log(caplog, max_lines=7)  # 6, and the crash journal's own failure in that directory, once
 
 
 def test_full_disk_reports_the_real_error_and_loses_nothing(tmp_path, collector, caplog, alerts):

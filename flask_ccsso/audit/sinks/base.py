@@ -133,8 +133,11 @@ AlertHook = Callable[[str, int, float], None]
 class Sink:
     """One audit destination with its queue, worker thread, spool and dead-letter file."""
 
-    #: how many spooled batches one worker iteration replays before looking at the queue again
-    replay_batches_per_turn = 20
+    #: how many spooled batches one worker iteration replays (each followed by the live events
+    #: queued meanwhile) before it looks at flushes, the stop flag and the shared spool again
+    replay_batches_per_turn = 50
+    #: how often (seconds) the worker looks for rows other processes appended to the shared spool
+    spool_scan_interval = 1.0
 
     def __init__(self, settings: SinkSettings, audit: AuditSettings, *, spool_dir: str) -> None:
         self.settings = settings
@@ -145,6 +148,8 @@ class Sink:
         self.stats = SinkStats()
         #: called (from the worker thread) when events were lost; see :class:`AuditPipeline`
         self.on_alert: AlertHook | None = None
+        #: called from the worker thread once per loop (the pipeline's crash-journal upkeep)
+        self.on_tick: Callable[[], None] | None = None
         self._queue: deque[AuditEvent] = deque()
         self._cv = threading.Condition()
         self._offered = 0
@@ -156,6 +161,10 @@ class Sink:
         self._opened = False
         self._failures = 0
         self._down_until = 0.0  # monotonic
+        #: another process held the shared spool's replay lock: look again at this time (monotonic)
+        self._replay_retry_at = 0.0
+        #: when the shared spool was last looked at for rows other processes appended (monotonic)
+        self._spool_scanned_at = 0.0
         self._last_drop_warning = 0.0
         self._dropped_since_warning = 0
         # the spool's own health, and the in-memory backlog used while it fails
@@ -273,6 +282,15 @@ class Sink:
         """Spool rows still to deliver (not counting delivered rows whose delete failed)."""
         return max(len(self.spool) - len(self._undeleted) - len(self._held), 0)
 
+    def journal_mark(self, offered: bool) -> tuple[int, int] | None:
+        """For the crash journal: ``(events offered or handled, events lost)``; ``None`` when
+        handled events may sit in memory only (the backlog), so not durable yet."""
+        if offered:
+            return self._offered, self.stats.lost
+        if self._backlog:
+            return None
+        return self._handled, self.stats.lost
+
     @property
     def backlog(self) -> int:
         """Events held in memory because the spool could not take them."""
@@ -379,7 +397,10 @@ class Sink:
             if not self._queue:
                 return []
             first_deadline = time.monotonic() + self.audit.flush_interval
-            while (len(self._queue) < size and not self._stopping and not self._flush_wanted):
+            # no waiting for a full batch while kept events are due: the replay serves the queue too
+            replay_due = due is not None and due <= time.monotonic()
+            while (len(self._queue) < size and not self._stopping and not self._flush_wanted
+                   and not replay_due):
                 remaining = first_deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -393,8 +414,8 @@ class Sink:
         candidates = []
         if self._spooled():
             # an unreadable spool is retried on its own backoff, not in a tight loop
-            candidates.append(max(self._down_until, self._spool_retry_at) if self._spool_unreadable
-                              else self._down_until)
+            candidates.append(max(self._down_until, self._replay_retry_at,
+                                  self._spool_retry_at if self._spool_unreadable else 0.0))
         if self._held:
             candidates.append(self._dead_letter_retry_at)
         if self._backlog:
@@ -418,8 +439,11 @@ class Sink:
                     finally:
                         self._inflight = []
                         self._mark_handled(len(batch))
+                self._scan_shared_spool()
                 self._replay()
                 self._report_losses()
+                if self.on_tick is not None:
+                    self.on_tick()
                 with self._cv:
                     if self._stopping:
                         break
@@ -429,6 +453,22 @@ class Sink:
                 self._worker_error()
                 time.sleep(0.1)
         self._drain_on_stop()
+
+    def _scan_shared_spool(self) -> None:
+        """Count the rows other processes appended to the shared spool (the ``sessions revoke``
+        CLI while the sink was down, a worker that exited while it was): this process then
+        replays them without a restart. Each row is delivered by one process only: the replay
+        lock (``flock``) lets one replay at a time, and rows are deleted once delivered."""
+        now = time.monotonic()
+        if now - self._spool_scanned_at < self.spool_scan_interval:
+            return
+        self._spool_scanned_at = now
+        if self._spool_unreadable or not self.spool.changed_on_disk():
+            return
+        try:
+            self.spool.refresh()
+        except SpoolError as exc:
+            self._spool_failed(exc)
 
     def _worker_error(self) -> None:
         """Log an unexpected worker error with its traceback at most once a minute."""
@@ -500,10 +540,13 @@ class Sink:
                       self.dead_letter.path)
 
     def _deliver(self, batch: list[AuditEvent], attempts: int | None = None) -> None:
-        if self._spooled() or self._backlog or time.monotonic() < self._down_until:
-            # keep order: while anything waits in the spool or backlog, new events queue up behind it
+        if self._backlog or time.monotonic() < self._down_until:
+            # the sink is down (or events wait in memory): keep the batch for the replay
             self._stash(batch)
             return
+        # A healthy sink takes new events straight away, even while spooled ones wait: the replay
+        # interleaves them with spool batches (see _replay_spool), so an outage's backlog drains
+        # under continued load instead of every new event queueing behind it.
         attempts = attempts if attempts is not None else self.audit.retry_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -732,6 +775,8 @@ class Sink:
             if time.monotonic() < self._down_until:
                 self._backlog_to_spool()
                 return
+            if time.monotonic() < self._replay_retry_at:
+                return  # another process holds the replay lock
             held_due = bool(self._held) and self._dead_letter_usable()
             if (self._spooled() or held_due) and not (self._spool_unreadable and not self._spool_usable()):
                 try:
@@ -747,9 +792,29 @@ class Sink:
                 self._cv.notify_all()
 
     def _next_turn(self, turns: int, deadline: float | None) -> bool:
+        """Whether the replay may write another batch now. At shutdown: until the deadline.
+        Otherwise up to :attr:`replay_batches_per_turn` batches back to back, each followed by
+        the live events queued meanwhile (:meth:`_serve_live`), so neither starves the other."""
         if deadline is not None:
             return time.monotonic() < deadline
-        return turns < self.replay_batches_per_turn and not (self._queue and not self._flush_wanted)
+        if turns >= self.replay_batches_per_turn or self._stopping:
+            return False
+        return self._serve_live()
+
+    def _serve_live(self) -> bool:
+        """Deliver the events queued while a replay batch was written (one batch at most).
+        ``False`` when the sink failed meanwhile (the batch was stashed behind the spool)."""
+        with self._cv:
+            n = min(self.audit.batch_size, len(self._queue))
+            batch = self._inflight = [self._queue.popleft() for _ in range(n)]
+        if not batch:
+            return True
+        try:
+            self._deliver(batch)
+        finally:
+            self._inflight = []
+            self._mark_handled(len(batch))
+        return not self.is_down
 
     def _replay_spool(self, deadline: float | None) -> bool:
         """Replay the spool in order. ``True`` when nothing is left to deliver from it.
@@ -759,7 +824,9 @@ class Sink:
         file that cannot be written (see :meth:`_quarantine`).
         """
         if not self.spool.try_acquire_replay():
-            self._down_until = time.monotonic() + self.audit.flush_interval
+            # another process is replaying the shared spool: it delivers those rows; this one
+            # keeps delivering its own new events and looks again later
+            self._replay_retry_at = time.monotonic() + self.audit.flush_interval
             return False
         if self._undeleted:
             self._delete_spooled(sorted(self._undeleted), retry=True)
@@ -787,6 +854,8 @@ class Sink:
             turns += 1
             if not self._next_turn(turns, deadline):
                 break
+        if self.is_down and time.monotonic() < self._down_until:
+            return False  # a live batch served between replay batches failed
         if delivered:
             self._back_up()  # only an answer from the sink says it is back
         try:
@@ -832,7 +901,8 @@ class Sink:
             turns += 1
             if not self._next_turn(turns, deadline):
                 break
-        self._back_up()
+        if not (self.is_down and time.monotonic() < self._down_until):
+            self._back_up()
 
     def _back_up(self) -> None:
         if self.is_down:

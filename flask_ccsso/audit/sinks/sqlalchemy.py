@@ -32,8 +32,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from ...stores.database import database_error_line
-from ..events import GENESIS_HASH, AuditEvent, canonical_json, chain_hash
+from ...stores.database import database_error_line, multi_host_url
+from ..events import GENESIS_HASH, AuditEvent, chain_hash
 from ..settings import DEFAULT_TABLE
 from .base import PoisonBatchError, Sink, TransientSinkError
 
@@ -68,13 +68,34 @@ def audit_table(name: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None) 
 _LIBPQ = ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://")
 
 
-def make_engine(url: str) -> sa.Engine:
-    """An engine for the audit database. A server that does not answer fails
-    the connection after 10 s (libpq's default is to wait forever)."""
+#: PostgreSQL timeouts, all below the 5 s shutdown budget (``AuditPipeline.close``), so a
+#: write to a database that stopped answering fails in time to be spooled: connecting
+#: (libpq ``connect_timeout``, seconds), waiting for a lock -- a ``LOCK TABLE`` held
+#: elsewhere, the chain's advisory lock -- (``lock_timeout``) and any one statement
+#: (``statement_timeout``), both milliseconds, and waiting for a pooled connection (seconds).
+PG_CONNECT_TIMEOUT = 3
+PG_LOCK_TIMEOUT_MS = 3000
+PG_STATEMENT_TIMEOUT_MS = 4000
+POOL_TIMEOUT = 3.0
+
+
+def make_engine(url: str, *, writer: bool = False) -> sa.Engine:
+    """An engine for the audit database. On PostgreSQL connections give up after
+    ``PG_CONNECT_TIMEOUT`` (libpq's default is to wait forever); the sink's own engine
+    (``writer``) also gets the lock and statement timeouts above (not the CLI's: ``audit
+    verify`` reads the whole table in one statement). Multi-host URLs work
+    (:func:`~flask_ccsso.stores.database.multi_host_url`)."""
     if url.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 30})
-    connect_args = {"connect_timeout": 10} if url.startswith(_LIBPQ) else {}
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=connect_args)
+    connect_args: dict[str, Any] = {}
+    if url.startswith(_LIBPQ):
+        url = multi_host_url(url)
+        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT}
+        if writer and "options=" not in url:  # the URL's own server options win
+            connect_args["options"] = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+                                       f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}")
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, pool_timeout=POOL_TIMEOUT,
+                            connect_args=connect_args)
 
 
 def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE) -> sa.Table:
@@ -115,27 +136,126 @@ def _row(event: dict[str, Any], event_json: str, prev: str) -> dict[str, Any]:
     return row
 
 
-def write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEvent]) -> int:
-    """Append events to the chain, skipping ids already stored. Returns the number inserted."""
+#: the columns written, in COPY order (``seq`` comes from its sequence, in row order)
+_COLUMNS = ("event_id", *_COPIED, "actor_subject", "actor_email", "event", "prev_hash", "hash")
+
+
+def _chain_rows(events: Sequence[AuditEvent], prev: str, skip: set[str] | None) -> list[tuple[Any, ...]]:
+    """The batch's rows in :data:`_COLUMNS` order, hash-chained from ``prev`` (one pass, one
+    ``sha256`` per event over the canonical JSON bytes the event already holds)."""
+    rows = []
+    sha256 = hashlib.sha256
+    for event in events:
+        eid = event.id
+        if skip is not None:
+            if eid in skip:
+                continue
+            skip.add(eid)
+        raw = event.to_json_bytes()
+        digest = sha256(prev.encode() + b"\n" + raw).hexdigest()
+        actor = event.actor
+        rows.append((eid, event.time, event.type, event.outcome, event.provider, event.skill, event.reason,
+                     event.request_id, event.client_ip,
+                     actor.get("subject") if actor else None, actor.get("email") if actor else None,
+                     event.to_json(), prev, digest))
+        prev = digest
+    return rows
+
+
+def _copy_field(value: Any) -> str:
+    """One field in COPY's text format."""
+    if value is None:
+        return "\\N"
+    text = str(value)
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\t" in text or "\n" in text or "\r" in text:
+        text = text.translate(_COPY_ESCAPES)
+    return text
+
+
+_COPY_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_TABS = len(_COLUMNS) - 1
+
+
+def _copy_text(rows: list[tuple[Any, ...]]) -> str:
+    """The rows in COPY's text format. A row of strings holding no tab, newline, CR or NUL
+    (every row but one rebuilt from a hand-edited spool row) is joined in one step, ``NULL``
+    as a NUL placeholder, and escaped as a whole; any other row field by field."""
+    lines = []
+    for row in rows:
+        try:
+            line = "\t".join([v if v is not None else "\x00" for v in row])
+        except TypeError:
+            line = ""
+        nulls = row.count(None)
+        if (line and line.count("\t") == _TABS and "\n" not in line and "\r" not in line
+                and line.count("\x00") == nulls):
+            if "\\" in line:
+                line = line.replace("\\", "\\\\")
+            lines.append(line.replace("\x00", "\\N") if nulls else line)
+        else:
+            lines.append("\t".join([_copy_field(v) for v in row]))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _copy_rows(dbapi_conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """``COPY table (columns) FROM STDIN`` on a psycopg 3 connection: the rows as one text buffer."""
+    import psycopg
+    from psycopg import sql
+
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS))
+    buf = _copy_text(rows).encode()
+    try:
+        with dbapi_conn.cursor() as cur, cur.copy(stmt) as copy:
+            copy.write(buf)
+    except psycopg.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, DataError, OperationalError...)
+        raise sa_exc.DBAPIError.instance(f"COPY {table}", None, exc, psycopg.Error) from exc
+
+
+def _uses_copy(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEvent], *, dedupe: bool = True) -> int:
+    """Append events to the chain in one transaction. Returns the number inserted.
+
+    ``dedupe`` (for a batch that may have been written before: a retry, a spool or
+    backlog replay) skips event ids already stored; a fresh batch skips that query.
+    Should a fresh batch hold a stored id after all (a write whose answer was lost),
+    the table's UNIQUE constraint refuses it and the batch is written again with
+    ``dedupe``. On PostgreSQL with psycopg 3 the rows go in with one ``COPY``;
+    elsewhere in one multi-row insert (``executemany``).
+    """
+    try:
+        return _write_events(engine, table, events, dedupe)
+    except sa_exc.IntegrityError:
+        if dedupe:
+            raise
+        return _write_events(engine, table, events, True)
+
+
+def _write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEvent], dedupe: bool) -> int:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table.name)})
-        ids = [e.id for e in events]
-        stored = set(conn.execute(sa.select(table.c.event_id).where(table.c.event_id.in_(ids))).scalars())
+        skip: set[str] | None = None
+        if dedupe:
+            ids = list({e.id for e in events})
+            skip = set()
+            for i in range(0, len(ids), 1000):
+                skip.update(conn.execute(sa.select(table.c.event_id).where(
+                    table.c.event_id.in_(ids[i:i + 1000]))).scalars())
         last = conn.execute(sa.select(table.c.hash).order_by(table.c.seq.desc()).limit(1)).scalar()
-        prev = last or GENESIS_HASH
-        rows = []
-        for event in events:
-            if event.id in stored:
-                continue
-            stored.add(event.id)
-            data = event.to_dict()
-            event_json = event.to_json()
-            row = _row(data, event_json, prev)
-            prev = row["hash"]
-            rows.append(row)
-        if rows:
-            conn.execute(table.insert(), rows)
+        rows = _chain_rows(events, last or GENESIS_HASH, skip)
+        if not rows:
+            return 0
+        if _uses_copy(conn):
+            _copy_rows(conn.connection.driver_connection, table.name, rows)
+        else:
+            conn.execute(table.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
         return len(rows)
 
 
@@ -145,6 +265,8 @@ def verify_chain(engine: sa.Engine, table: str = DEFAULT_TABLE) -> tuple[bool, s
     A row is broken when its ``prev_hash`` is not the previous row's hash (a
     row was removed or inserted before it), its ``hash`` does not match its
     content, or a query column disagrees with the stored JSON (an edit).
+    The hash is recomputed over the stored JSON text as it is: the bytes the
+    writer hashed, whichever JSON encoder made them.
     """
     t = audit_table(table)
     prev = GENESIS_HASH
@@ -162,9 +284,10 @@ def verify_chain(engine: sa.Engine, table: str = DEFAULT_TABLE) -> tuple[bool, s
 
 def _row_ok(row: Any, prev: str) -> bool:
     try:
-        data = json.loads(row["event"])
-        expected = _row(data, canonical_json(data), row["prev_hash"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+        text = row["event"]
+        data = json.loads(text)
+        expected = _row(data, text, row["prev_hash"])
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
         return False
     if row["prev_hash"] != prev or row["hash"] != expected["hash"]:
         return False
@@ -197,7 +320,7 @@ class SQLAlchemySink(Sink):
     def open(self) -> None:
         if self.engine is None:
             assert self.settings.url is not None
-            self.engine = make_engine(self.settings.url)
+            self.engine = make_engine(self.settings.url, writer=True)
         try:
             if self.settings.create_table:
                 self.table = create_table(self.engine, self.settings.table)
@@ -209,13 +332,17 @@ class SQLAlchemySink(Sink):
     def create_table(self) -> None:
         if self.engine is None:
             assert self.settings.url is not None
-            self.engine = make_engine(self.settings.url)
+            self.engine = make_engine(self.settings.url, writer=True)
         self.table = create_table(self.engine, self.settings.table)
 
     def write_batch(self, events: Sequence[AuditEvent]) -> None:
         assert self.engine is not None
+        # only a batch that may have been written before is checked for stored ids: events read
+        # back from the spool (built from their JSON) or recovered; a fresh batch's retry is
+        # caught by the UNIQUE constraint instead (see write_events)
+        dedupe = any(e.captured is None for e in events)
         try:
-            write_events(self.engine, self.table, events)
+            write_events(self.engine, self.table, events, dedupe=dedupe)
         except sa_exc.DataError as exc:
             raise PoisonBatchError(f"database refused the data ({type(exc.orig).__name__})") from exc
         except sa_exc.SQLAlchemyError as exc:

@@ -350,6 +350,7 @@ def test_malformed_id_tokens_are_refused(make_app, op, failures, token):
 
 
 def test_store_failure_while_establishing_session_is_503_and_audited(make_app, op, failures, clock):
+    # the session record and its index entries failing: tests/sessions/test_signin_store_write.py
     from flask_ccsso.exceptions import StoreUnavailable
     from flask_ccsso.stores import MemoryStore
 
@@ -360,6 +361,11 @@ def test_store_failure_while_establishing_session_is_503_and_audited(make_app, o
             if self.broken:
                 raise StoreUnavailable()
             return super().set_add(*a, **kw)
+
+        def pop(self, *a, **kw):  # the pending sign-in, taken by the callback
+            if self.broken:
+                raise StoreUnavailable()
+            return super().pop(*a, **kw)
 
     store = Flaky(clock)
     app = make_app(oidc_config(op), store=store)
