@@ -614,14 +614,23 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def standalone(run: Callable[[bool], dict[str, Any]]) -> None:
-    """``python benchmarks/bench_x.py [--quick] [--json]``: run one module and print its table."""
+def standalone(run: Callable[..., dict[str, Any]],
+               options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """``python benchmarks/bench_x.py [--quick] [--json]``: run one module and print its table.
+
+    ``options`` adds a module's own command-line options (default None: an option not given);
+    those given are passed to ``run`` as keyword arguments, so ``run(quick)`` alone, as
+    ``run.py`` calls it, keeps the module's defaults.
+    """
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny counts: proves the benchmark runs, figures mean nothing")
     ap.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    if options is not None:
+        options(ap)
     args = ap.parse_args()
+    given = {k: v for k, v in vars(args).items() if k not in ("quick", "json") and v is not None}
     with timer() as t:
-        res = run(args.quick)
+        res = run(args.quick, **given)
     res.setdefault("seconds", round(t["s"], 1))
     if args.json:
         print(json.dumps(res, indent=2, default=str))

@@ -5,7 +5,7 @@
 Every contender serves one GET in this process and run, called through
 ``app.wsgi_app(environ, start_response)`` directly (no test client, no HTTP
 server) with a prebuilt environ copied per call, timed in interleaved rounds
-(``_harness.interleave``):
+(``_harness.interleave``); the apps are built in ``_contenders.py``:
 
 * ``bare Flask``: a view returning a string -- the floor;
 * ``Flask-Login``: ``@login_required``, the user loaded from Flask's signed
@@ -52,93 +52,23 @@ import socket
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _contenders as c
 import _harness as h
-
-SKILL = "database-migration"
-USER = "alice@example.com"
+from _contenders import BASELINES, audit_block, bare_app, flask_login_app, flask_session_app, ratios_of
 
 
-# --------------------------------------------------------------------------- baselines
+class Portals(c.Portals):
+    """``_contenders.Portals``, its ``logging`` block looked up in this module: bench_audit.py
+    replaces ``bench_request.audit_block`` to give its apps other blocks."""
 
-def bare_app() -> tuple[Any, dict[str, Any]]:
-    from flask import Flask
-
-    app = Flask("bare")
-
-    @app.get("/migrations")
-    def migrations() -> str:
-        return "migrations ok"
-
-    return app, h.environ("/migrations")
+    def logging_block(self, audit: str) -> dict[str, Any]:
+        return audit_block(audit, self.tmp)
 
 
-def flask_login_app() -> tuple[Any, dict[str, Any]]:
-    from flask import Flask
-    from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
-
-    class User(UserMixin):
-        def __init__(self, uid: str) -> None:
-            self.id = uid
-
-    app = Flask("flask_login")
-    app.config.update(SECRET_KEY="x" * 32)
-    lm = LoginManager(app)
-    lm.user_loader(User)
-
-    @app.get("/login")
-    def login() -> str:
-        login_user(User(USER))
-        return "ok"
-
-    @app.get("/migrations")
-    @login_required
-    def migrations() -> str:
-        return f"migrations ok {current_user.id}"
-
-    # Sign in with the environ the timed requests use: Flask-Login's session protection
-    # compares the address / User-Agent hash, and a mismatch would rewrite the cookie each time.
-    resp = h.wsgi_response(app, h.environ("/login"))
-    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
-    env = h.environ("/migrations", {"Cookie": cookie})
-    again = h.wsgi_response(app, env)
-    assert again.code == 200 and again.header("Set-Cookie") is None, "Flask-Login rewrote its cookie"
-    return app, env
-
-
-def flask_session_app(prefix: str) -> tuple[Any, dict[str, Any]]:
-    """Flask-Session on Redis, no refresh write: a GET per request and nothing else."""
-    import redis
-    from flask import Flask, abort, session
-    from flask_session import Session
-
-    app = Flask("flask_session")
-    app.config.update(SECRET_KEY="x" * 32, SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(h.REDIS_URL),
-                      SESSION_KEY_PREFIX=prefix + "fs:", SESSION_REFRESH_EACH_REQUEST=False)
-    Session(app)
-
-    @app.get("/login")
-    def login() -> str:
-        session["user"] = USER
-        return "ok"
-
-    @app.get("/migrations")
-    def migrations() -> str:
-        user = session.get("user")
-        if user is None:
-            abort(401)
-        return f"migrations ok {user}"
-
-    resp = h.wsgi_response(app, h.environ("/login"))
-    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
-    env = h.environ("/migrations", {"Cookie": cookie})
-    again = h.wsgi_response(app, env)
-    assert again.code == 200 and again.header("Set-Cookie") is None, "Flask-Session wrote on a read"
-    return app, env
-
+# --------------------------------------------------------------------------- the floor
 
 def redis_floor(prefix: str) -> tuple[Any, Any, Any]:
     """The floor of a Redis-backed request: one redis-py GET, and one GET written and read
@@ -171,101 +101,6 @@ def redis_floor(prefix: str) -> tuple[Any, Any, Any]:
     return redis_py_get, raw_get, close
 
 
-# --------------------------------------------------------------------------- flask-ccsso
-
-def dead_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def audit_block(kind: str, tmp: str) -> dict[str, Any]:
-    if kind == "off":
-        return {"level": "off"}
-    block = dict(h.AUDIT_LOGGING, spoolDir=os.path.join(tmp, "spool-" + uuid.uuid4().hex[:6]))
-    if kind == "dead":
-        block.pop("destination")
-        block["destinations"] = [{"type": "http", "name": "dead", "url": f"http://127.0.0.1:{dead_port()}/events",
-                                  "connectTimeout": 0.5, "readTimeout": 0.5}]
-    return block
-
-
-@dataclass
-class Portals:
-    """flask-ccsso apps signed in through one in-process OpenID Provider."""
-
-    tmp: str
-    prefix: str
-    op: Any = None
-    apps: list[Any] = field(default_factory=list)
-
-    def start(self) -> None:
-        from tests.support.local_op import LocalOP
-
-        self.op = LocalOP()
-
-    def app(self, label: str, store: dict[str, Any] | None, audit: str, *,
-            session: dict[str, Any] | None = None) -> Any:
-        from flask import Flask
-
-        from flask_ccsso import CCSSO, current_identity, login_required, requires_skill
-        from tests.support.oidc import oidc_config
-
-        cfg = oidc_config(self.op)
-        if store is not None:
-            cfg["session"]["store"] = store
-        cfg["session"].update(session or {})
-        cfg["logging"] = audit_block(audit, self.tmp)
-        app = Flask(f"ccsso_{label}", instance_path=os.path.join(self.tmp, label))
-        app.config.update(SECRET_KEY="s" * 32, CCSSO=cfg)
-        CCSSO(app)
-
-        @app.get("/migrations")
-        @requires_skill(SKILL)
-        def migrations() -> str:
-            return f"migrations ok {current_identity.email}"
-
-        @app.get("/me")
-        @login_required
-        def me() -> str:
-            return str(current_identity.email)
-
-        state = app.extensions["ccsso"]
-        for st in (state.store, app.session_interface.store):
-            h.COUNTER.watch_engine(getattr(st, "engine", None))
-        self.apps.append(app)
-        return app
-
-    def sign_in(self, app: Any, path: str = "/migrations") -> dict[str, Any]:
-        """A real OIDC sign-in (code + PKCE + RS256 ID token); the environ of a signed-in GET ``path``."""
-        from tests.support.oidc import callback, start_login
-
-        c = app.test_client()
-        url = start_login(c, next_url=path)
-        resp = callback(c, self.op.issue_code(url, scope="openid profile email migration:write"))
-        assert resp.status_code == 302, (resp.status_code, resp.data[:300])
-        name = app.session_interface.get_cookie_name(app)
-        cookie = c.get_cookie(name)
-        assert cookie is not None, "no session cookie after the callback"
-        return h.environ(path, {"Cookie": f"{name}={cookie.value}"})
-
-    def close(self) -> None:
-        for app in self.apps:
-            state = app.extensions["ccsso"]
-            if state.audit is not None:
-                with contextlib.suppress(Exception):
-                    state.audit.close(timeout=2)
-            with contextlib.suppress(Exception):
-                app.session_interface.close()
-            with contextlib.suppress(Exception):
-                state.store.close()
-        if self.op is not None:
-            with contextlib.suppress(Exception):
-                self.op.close()
-                self.op.server.server_close()
-
-
 def cleanup_pg(prefix: str) -> None:
     """Delete this run's rows from the SQL store's tables on PostgreSQL."""
     with contextlib.suppress(Exception):
@@ -279,13 +114,6 @@ def cleanup_pg(prefix: str) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-
-BASELINES = ("bare_flask", "flask_login", "flask_session_redis")
-
-
-def ratios_of(stats: h.Stats | None, base: dict[str, h.Stats | None]) -> dict[str, float | None]:
-    return {k: h.ratio(stats, base.get(k)) for k in BASELINES}
-
 
 def run(quick: bool) -> dict[str, Any]:
     h.quiet_logs()
@@ -348,9 +176,7 @@ def run(quick: bool) -> dict[str, Any]:
                 continue
             app = portals.app(key, cfg, audit)
             envs[key] = (app, portals.sign_in(app))
-        # nothing below may reach the identity provider
-        portals.op.close()
-        portals.op.server.server_close()
+        portals.stop_provider()  # nothing below may reach the identity provider
         for key, (app, env) in envs.items():
             contenders[key] = h.caller(app, env)
 

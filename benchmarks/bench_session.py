@@ -3,7 +3,7 @@
     python benchmarks/bench_session.py [--quick]      (or: python benchmarks/run.py --only session)
 
 Contenders (same process, same run, interleaved; raw ``app.wsgi_app`` calls as in
-``bench_request.py``, whose app builders this reuses), every view reading the
+``bench_request.py``, the same apps from ``_contenders.py``), every view reading the
 signed-in user, audit off:
 
 * ``bare Flask``, ``Flask-Login`` (cookie session) and ``Flask-Session Redis``
@@ -31,36 +31,8 @@ import uuid
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _contenders as c
 import _harness as h
-import bench_request as br
-
-
-def flask_session_refreshing(prefix: str) -> tuple[Any, dict[str, Any]]:
-    """Flask-Session on Redis with its default: the session saved (a SET) on every request."""
-    import redis
-    from flask import Flask, abort, session
-    from flask_session import Session
-
-    app = Flask("flask_session_refresh")
-    app.config.update(SECRET_KEY="x" * 32, SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(h.REDIS_URL),
-                      SESSION_KEY_PREFIX=prefix + "fsr:", SESSION_REFRESH_EACH_REQUEST=True)
-    Session(app)
-
-    @app.get("/login")
-    def login() -> str:
-        session["user"] = br.USER
-        return "ok"
-
-    @app.get("/me")
-    def me() -> str:
-        user = session.get("user")
-        if user is None:
-            abort(401)
-        return str(user)
-
-    resp = h.wsgi_response(app, h.environ("/login"))
-    cookie = next(v.split(";", 1)[0] for k, v in resp.headers if k == "Set-Cookie" and v.startswith("session="))
-    return app, h.environ("/me", {"Cookie": cookie})
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -69,7 +41,7 @@ def run(quick: bool) -> dict[str, Any]:
     batch, rounds, io_calls = (20, 2, 10) if quick else (600, 11, 200)
     tmp = tempfile.mkdtemp(prefix="ccsso-bench-session-")
     prefix = f"benchsess{uuid.uuid4().hex[:8]}:"
-    portals = br.Portals(tmp, prefix)
+    portals = c.Portals(tmp, prefix)
     contenders: dict[str, Any] = {}
     labels: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -79,20 +51,20 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     try:
         labels["bare_flask"] = "bare Flask"
-        contenders["bare_flask"] = h.caller(*br.bare_app())
+        contenders["bare_flask"] = h.caller(*c.bare_app())
         labels["flask_login"] = "Flask-Login @login_required"
         why = h.missing("flask_login", "flask-login")
         if why:
             skipped["flask_login"] = why
         else:
-            contenders["flask_login"] = h.caller(*br.flask_login_app())
+            contenders["flask_login"] = h.caller(*c.flask_login_app())
         labels["flask_session_redis"] = "Flask-Session Redis, no refresh write"
         labels["flask_session_refresh"] = "Flask-Session Redis, default (write each request)"
         if no_fs:
             skipped["flask_session_redis"] = skipped["flask_session_refresh"] = no_fs
         else:
-            contenders["flask_session_redis"] = h.caller(*br.flask_session_app(prefix))
-            contenders["flask_session_refresh"] = h.caller(*flask_session_refreshing(prefix))
+            contenders["flask_session_redis"] = h.caller(*c.flask_session_app(prefix))
+            contenders["flask_session_refresh"] = h.caller(*c.flask_session_app(prefix, refresh=True))
 
         portals.start()
         plan = {
@@ -123,8 +95,7 @@ def run(quick: bool) -> dict[str, Any]:
         token = access_token(portals.op, _Clock, scope="migration:write", groups=["database-admins"])
         api_env = h.environ("/migrations", {"Authorization": f"Bearer {token}", "Accept": "application/json"})
         assert h.wsgi_response(api, api_env).code == 200
-        portals.op.close()
-        portals.op.server.server_close()
+        portals.stop_provider()
 
         for key, (app, env) in built.items():
             contenders[key] = h.caller(app, env)
@@ -141,7 +112,7 @@ def run(quick: bool) -> dict[str, Any]:
         io = {k: h.COUNTER.per_call(fn, io_calls) for k, fn in contenders.items()}
         h.COUNTER.uninstall()  # the timed runs carry no counting patch or listener
         stats = h.interleave(contenders, batch=batch, rounds=rounds)
-        base = {k: stats.get(k) for k in br.BASELINES}
+        base = {k: stats.get(k) for k in c.BASELINES}
         for key, label in labels.items():
             if key in skipped:
                 rows.append(h.skipped(label, skipped[key]))
@@ -150,7 +121,7 @@ def run(quick: bool) -> dict[str, Any]:
             i = io[key]
             extra: dict[str, Any] = {"p50_us": round(s.p50_us, 1), "cpu_us": round(s.cpu_us, 1),
                                      "store_rt": i["store_rt"], "store_writes": i["store_writes"], "net": i["net"]}
-            rows.append(h.row(label, s, ratios=br.ratios_of(s, base), extra=extra))
+            rows.append(h.row(label, s, ratios=c.ratios_of(s, base), extra=extra))
     finally:
         portals.close()
         if not no_redis:

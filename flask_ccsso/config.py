@@ -285,6 +285,22 @@ class OIDCSettings(ProviderSettings):
     introspection_default: bool = setting("introspectionDefault", False)
     #: an introspection answer must name an accepted ``aud`` (opt-out: weaker)
     introspection_require_audience: bool = setting("introspectionRequireAudience", True)
+    # client authentication at the token endpoint (see _check_client_auth)
+    #: ``client_secret_basic`` / ``client_secret_post`` / ``private_key_jwt`` / ``none``; unset: from the credentials
+    token_endpoint_auth_method: str | None = setting("tokenEndpointAuthMethod", None)
+    #: private_key_jwt: the private key, a PEM / JWK file path or the PEM / JWK text from ``${VAR}``
+    client_assertion_key: str | None = setting("clientAssertionKey", None, secret=True)
+    #: the assertion's ``kid`` header (Okta: the key's id in the app's JWKS); unset: the JWK's own
+    client_assertion_key_id: str | None = setting("clientAssertionKeyId", None)
+    #: the key's X.509 certificate (Entra ID certificate credentials: sent as ``x5t`` / ``x5t#S256``)
+    client_assertion_certificate: str | None = setting("clientAssertionCertificate", None)
+    #: RS256 (azure-ad: PS256) for RSA keys, ES256/384/512 by curve, EdDSA for Ed25519
+    client_assertion_algorithm: str | None = setting("clientAssertionAlgorithm", None)
+
+    @property
+    def auth_method(self) -> str:
+        """The client authentication method in effect (:func:`auth_method_for`)."""
+        return auth_method_for(self.token_endpoint_auth_method, self.client_secret, self.client_assertion_key)
 
     @classmethod
     def complete(cls, values: dict[str, Any], raw: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -299,6 +315,7 @@ class OIDCSettings(ProviderSettings):
             _check_url(values["redirect_uri"], join(path, "redirectUri"))
         if values["audience"] is None:
             values["audience"] = (values["client_id"],)
+        _check_client_auth(values, path)
         _check_algorithms(values["allowed_algorithms"], join(path, "allowedAlgorithms"))
         if values["post_logout_redirect_uri"]:
             _check_url(values["post_logout_redirect_uri"], join(path, "postLogoutRedirectUri"))
@@ -320,6 +337,61 @@ class OIDCSettings(ProviderSettings):
                               "set the issuer URL, e.g. https://your-org.okta.com/oauth2/default.")
         values["issuer"] = values["issuer"].rstrip("/")
         return values
+
+
+#: ``tokenEndpointAuthMethod`` values; keys that only private_key_jwt uses; its signature algorithms
+#: (which suits which key: ``providers.client_auth``)
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+_ASSERTION_KEYS = {"client_assertion_key_id": "clientAssertionKeyId",
+                   "client_assertion_certificate": "clientAssertionCertificate",
+                   "client_assertion_algorithm": "clientAssertionAlgorithm"}
+CLIENT_ASSERTION_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def auth_method_for(method: str | None, client_secret: str | None, assertion_key: str | None) -> str:
+    """``tokenEndpointAuthMethod``, or when unset what the credentials imply:
+    a key means private_key_jwt, a secret client_secret_basic, neither a public client."""
+    if method:
+        return method
+    return "private_key_jwt" if assertion_key else "client_secret_basic" if client_secret else "none"
+
+
+def _check_client_auth(values: dict[str, Any], path: str) -> None:
+    """``tokenEndpointAuthMethod`` and the credentials it needs: exactly the
+    secret or the key, never both (the key itself is read by the provider at
+    start-up, see :mod:`flask_ccsso.providers.client_auth`)."""
+    method, secret, key = values["token_endpoint_auth_method"], values["client_secret"], values["client_assertion_key"]
+    where = join(path, "tokenEndpointAuthMethod")
+    if method is None:
+        if secret and key:
+            raise ConfigError(where, "is needed: both clientSecret and clientAssertionKey are set.",
+                              "set it to private_key_jwt (and remove clientSecret) or to client_secret_basic.")
+        method = auth_method_for(None, secret, key)
+    elif method not in CLIENT_AUTH_METHODS:
+        close = difflib.get_close_matches(method, CLIENT_AUTH_METHODS, n=1)
+        raise ConfigError(where, f"{method!r} is not a client authentication method flask-ccsso knows.",
+                          f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(CLIENT_AUTH_METHODS)}.")
+    if method.startswith("client_secret_") and not secret:
+        raise ConfigError(join(path, "clientSecret"), f"is required with tokenEndpointAuthMethod {method}.",
+                          "set clientSecret from ${VAR}, or authenticate with a key (private_key_jwt and "
+                          "clientAssertionKey).")
+    if method in ("private_key_jwt", "none") and secret:
+        raise ConfigError(join(path, "clientSecret"), f"is not used with tokenEndpointAuthMethod {method}.",
+                          "remove clientSecret (and delete the secret at the IdP), or choose client_secret_basic.")
+    if method == "private_key_jwt" and not key:
+        raise ConfigError(join(path, "clientAssertionKey"), "is required with tokenEndpointAuthMethod private_key_jwt.",
+                          "point it at the PEM or JWK private key file (or give the key text from ${VAR}).")
+    if method != "private_key_jwt":
+        for name, k in {"client_assertion_key": "clientAssertionKey", **_ASSERTION_KEYS}.items():
+            if values[name]:
+                raise ConfigError(join(path, k), f"applies to private_key_jwt only (the method is {method}).",
+                                  f"set tokenEndpointAuthMethod to private_key_jwt, or remove {k}.")
+    alg = values["client_assertion_algorithm"]
+    if alg and alg not in CLIENT_ASSERTION_ALGORITHMS:
+        close = difflib.get_close_matches(alg.upper(), CLIENT_ASSERTION_ALGORITHMS, n=1)
+        raise ConfigError(join(path, "clientAssertionAlgorithm"), f"{alg!r} is not an assertion signing algorithm.",
+                          f"did you mean '{close[0]}'?" if close else
+                          f"use one of {', '.join(CLIENT_ASSERTION_ALGORITHMS)} (or leave it unset).")
 
 
 def _check_algorithms(algs: tuple[str, ...], path: str) -> None:
@@ -527,6 +599,37 @@ def _read_key_list(raw: Mapping[str, Any], key: str, path: str, default: Any, me
     return tuple(k for k in re.split(r"[\s,]+", expect(raw, key, str, path, "")) if k) or default
 
 
+#: shortest accepted SCIM bearer secret (characters)
+MIN_SCIM_TOKEN = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScimSettings:
+    """The ``scim`` block: the SCIM 2.0 endpoint an IdP provisions (and deprovisions) people through."""
+
+    enabled: bool = setting("enabled", False)
+    url_prefix: str = setting("urlPrefix", "/scim/v2")
+    #: the bearer secret the IdP sends (from the environment; never logged)
+    token: str | None = setting("token", None, secret=True)
+
+
+def _parse_scim(raw: Any) -> ScimSettings:
+    if raw is None:
+        return ScimSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError("scim", "must be an object.", "see docs/scim.md.")
+    s = parse_struct(ScimSettings, raw, "scim")
+    fix = ("set \"token\": \"${SCIM_TOKEN}\" and export SCIM_TOKEN from a long random value, e.g. "
+           "python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+    if s.enabled and not s.token:
+        raise ConfigError("scim.token", "is not set, but scim.enabled is true.", fix)
+    if s.token is not None and len(s.token) < MIN_SCIM_TOKEN:
+        raise ConfigError("scim.token", f"is shorter than {MIN_SCIM_TOKEN} characters.", fix)
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", s.url_prefix):
+        raise ConfigError("scim.urlPrefix", f"{s.url_prefix!r} is not a URL path.", 'use e.g. "/scim/v2".')
+    return s
+
+
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
     absolute_timeout: float = setting("absoluteTimeout", 28800.0)
@@ -561,6 +664,8 @@ class CCSSOConfig:
     #: the raw ``logging`` block (parsed by the audit package): it may hold sink tokens and headers
     logging: Mapping[str, Any] = field(repr=False)
     default_provider: str | None = None
+    #: the ``scim`` block (SCIM 2.0 provisioning, off by default; see docs/scim.md)
+    scim: ScimSettings = field(default_factory=ScimSettings)
 
 
 # --------------------------------------------------------------------------- provider types
@@ -621,7 +726,8 @@ def settings_class(ptype: str, path: str = "provider") -> type[ProviderSettings]
 # --------------------------------------------------------------------------- parsing
 
 def _introspects(p: ProviderSettings) -> bool:
-    return isinstance(p, OIDCSettings) and p.introspection and bool(p.client_secret)
+    # a confidential client (a secret or a key): a public one cannot authenticate to introspect
+    return isinstance(p, OIDCSettings) and p.introspection and p.auth_method != "none"
 
 
 def _check_introspection_routing(providers: Mapping[str, ProviderSettings]) -> None:
@@ -884,7 +990,7 @@ def _check_session_keys(s: SessionSettings, path: str) -> None:
                               "use a long random value, e.g. python -c 'import secrets; print(secrets.token_hex(32))'.")
 
 
-_TOP_KEYS = ("auth", "skills", "logging", "session")
+_TOP_KEYS = ("auth", "skills", "logging", "session", "scim")
 
 
 def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> CCSSOConfig:
@@ -896,8 +1002,9 @@ def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
     providers, default = _parse_auth(data.get("auth"))
     skills = _parse_skills(data.get("skills"), providers)
     session = _parse_session(data.get("session"))
+    scim = _parse_scim(data.get("scim"))
     logging_block = data.get("logging")
     if logging_block is not None and not isinstance(logging_block, dict):
         raise ConfigError("logging", "must be an object.", "see docs/audit.md.")
     return CCSSOConfig(providers=providers, skills=skills, session=session, logging=dict(logging_block or {}),
-                       default_provider=default)
+                       default_provider=default, scim=scim)

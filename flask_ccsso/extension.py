@@ -31,7 +31,7 @@ from ._validate import setting_int
 from .audit_glue import audit_settings, start_audit
 from .config import CCSSOConfig, load_file, parse_config
 from .exceptions import CCSSOError, ConfigError
-from .gate.bearer import make_bearer_authenticator
+from .gate.bearer import DeprovisionedCheck, make_bearer_authenticator
 from .gate.current import identity_required
 from .gate.decorators import check_skill_names, has_skill
 from .gate.policy import SkillPolicy
@@ -200,12 +200,18 @@ class CCSSO:
         check_skill_names(app, cfg.skills)
         app.before_request(_first_request_checks(app, cfg, providers, prefix))
 
+        if cfg.scim.enabled:  # imported only then: scim2-models is the optional extra "scim"
+            from .scim import register_scim
+            register_scim(app, cfg.scim)
+        bearer = make_bearer_authenticator(app, providers, clock, cfg.skills.values())
+        deprovisioned = DeprovisionedCheck(store) if cfg.scim.enabled else None
+        bearer.deprovisioned = deprovisioned
         state = CCSSOState(
             app_name=app.name, config=cfg, providers=providers, store=store, session_interface=iface,
             sessions=SessionIndex(iface), gate=SessionGate(cfg.session, store, clock), clock=clock, url_prefix=prefix,
-            bearer_authenticator=make_bearer_authenticator(app, providers, clock, cfg.skills.values()),
+            bearer_authenticator=bearer,
             refresher=refresh_if_needed, policy=SkillPolicy(cfg, providers, clock), audit_settings=settings,
-            audit=start_audit(app, settings, clock),
+            audit=start_audit(app, settings, clock), deprovisioned=deprovisioned,
         )
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)

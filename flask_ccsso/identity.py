@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -66,6 +66,75 @@ def auth_time_problem(auth_time: Any, *, now: float, max_age: float | None,
     return None
 
 
+def _read_only(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(f"{type(self).__name__} is read-only: identities are shared between requests "
+                    "(copy it first: .copy(), dict(...), list(...))")
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A ``dict`` that refuses every change (``TypeError``).
+
+    :attr:`Identity.claims` is one: the identity of a session is built once
+    per stored record and shared by every request of that session, in every
+    thread (:func:`identity_from_stored`), so an edit would leak into later
+    requests. A ``dict`` subclass rather than a ``MappingProxyType``: reading
+    costs exactly what it did, and ``json``, ``msgspec``, ``jsonify`` and
+    ``isinstance(..., dict)`` see the plain JSON object it came from.
+    ``.copy()`` (or ``dict(...)``) gives a mutable copy.
+    """
+
+    __slots__ = ()
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy/deepcopy/pickle rebuild it through __init__ (the default refills it item by item)
+        return (type(self), (dict(self),))
+
+
+class ReadOnlyList(list[Any]):
+    """A ``list`` that refuses every change (``TypeError``): the arrays inside
+    :attr:`Identity.claims` (see :class:`ReadOnlyDict`). Equal to the plain
+    list it came from; ``.copy()`` (or ``list(...)``) gives a mutable copy."""
+
+    __slots__ = ()
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self),))
+
+
+def read_only(value: Any) -> Any:
+    """``value`` with every JSON object and array in it made read-only
+    (:class:`ReadOnlyDict`, :class:`ReadOnlyList`; sets become frozensets),
+    always as new containers: whoever handed ``value`` in keeps theirs to
+    change. Scalars and other objects are returned as they are."""
+    if isinstance(value, Mapping):
+        return ReadOnlyDict((k, read_only(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ReadOnlyList(read_only(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """The plain JSON form of a :func:`read_only` value (new ``dict`` and ``list``)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return value
+
+
+_NO_CLAIMS = ReadOnlyDict()
+
+
 @dataclass(frozen=True)
 class Identity:
     """A signed-in person (or a bearer-token caller)."""
@@ -93,8 +162,10 @@ class Identity:
     session_index: str | None = None
     #: Azure AD ``tid`` and similar provider-specific facts
     tenant: str | None = None
-    #: selected extra claims (only those the provider is configured to keep)
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    #: selected extra claims (only those the provider is configured to keep);
+    #: read-only (:class:`ReadOnlyDict`, arrays in it :class:`ReadOnlyList`):
+    #: an identity is shared by the requests of its session
+    claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
 
     is_authenticated: bool = field(default=True, init=False, repr=False, compare=False)
 
@@ -105,6 +176,13 @@ class Identity:
         t = self.auth_time
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
             object.__setattr__(self, "auth_time", None)
+        # frozen means frozen all the way down: one identity serves every request of a session
+        # (identity_from_stored), so what it holds is made read-only here, once, not per request
+        # (a stored non-object raises here, as dict() always made it)
+        claims: Any = self.claims
+        if claims and not isinstance(claims, Mapping):
+            claims = dict(claims)
+        object.__setattr__(self, "claims", read_only(claims) if claims else _NO_CLAIMS)
 
     @property
     def id(self) -> str:
@@ -119,12 +197,11 @@ class Identity:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the server-side session (no pickle)."""
-        data = asdict(self)
-        data.pop("is_authenticated", None)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         for key in ("groups", "scopes", "roles"):
             data[key] = sorted(data[key])
         data["amr"] = list(self.amr)
-        data["claims"] = dict(self.claims)
+        data["claims"] = plain(self.claims)
         return data
 
     @classmethod
@@ -144,7 +221,7 @@ class Identity:
             via=data.get("via", "session"),
             session_index=data.get("session_index"),
             tenant=data.get("tenant"),
-            claims=dict(data.get("claims") or {}),
+            claims=data.get("claims") or _NO_CLAIMS,
         )
 
 
@@ -163,9 +240,12 @@ def identity_from_stored(data: Mapping[str, Any]) -> Identity:
 
     Every request of a session decodes the same stored identity again; the
     :class:`Identity` built from it is frozen, so one instance can serve each
-    request whose stored data is the same. The cache key is the data's JSON
-    encoding (bytes: nothing can change it afterwards), so any change to the
-    stored identity -- a refresh, a new sign-in -- builds a new one. Data
+    request whose stored data is the same, in any thread -- and nothing of it
+    can be edited (its ``claims`` are read-only all the way down; an edit
+    raises ``TypeError``), so no request sees what another did to it. The
+    cache key is the data's JSON encoding (bytes: nothing can change it
+    afterwards), so any change to the stored identity -- a refresh, a new
+    sign-in -- builds a new one. Data
     that is not plain JSON is built directly. Raises what ``from_dict``
     raises (``KeyError``, ``TypeError``, ``ValueError``).
     """

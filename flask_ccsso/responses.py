@@ -24,7 +24,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ._context import unproxied
 from .exceptions import CCSSOError, ConfigError, LoginRequired, StepUpRequired, StoreUnavailable
 from .gate.stepup import forget_resubmit, login_url_for, remember_resubmit
-from .state import get_state
+from .state import EXTENSION_KEY, get_state
 
 log = logging.getLogger("flask_ccsso")
 
@@ -165,12 +165,39 @@ def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: di
     resp.headers["Cache-Control"] = "no-store"
     add_security_headers(resp)  # a page of ours, whichever route it answers
     if code == 503:
-        resp.headers["Retry-After"] = "5"
+        resp.headers["Retry-After"] = str(_retry_after(exc))
     if code == 401 and isinstance(exc, CCSSOError) and (as_json or isinstance(exc, StepUpRequired)):
         resp.headers["WWW-Authenticate"] = bearer_challenge(exc)
     if isinstance(exc, CCSSOError):
         resp.headers.update(exc.response_headers())
     return resp
+
+
+#: the ``Retry-After`` of a 503 when nothing knows better (seconds)
+DEFAULT_RETRY_AFTER = 5
+
+
+def _retry_after(exc: HTTPException) -> int:
+    """The ``Retry-After`` of a 503 (an error raised with its own ``retry_after``
+    overrides it, :meth:`~flask_ccsso.exceptions.CCSSOError.response_headers`).
+
+    An unreachable store whose circuit breaker is open is not tried again
+    before the breaker's cool-down ends: the 503 says how long that is (whole
+    seconds, rounded up, at least 1). The error often cannot carry it itself:
+    a session that could not be read becomes a :class:`StoreUnavailable`
+    later, in the request gate, and a failed save is answered after the
+    fact. So the breakers of the app's stores (the session store's and the
+    shared state's) are asked here, at answer time; the longer wait wins.
+    Otherwise (a refused connection, which fails at once and opens no
+    breaker) it is :data:`DEFAULT_RETRY_AFTER`."""
+    if isinstance(exc, StoreUnavailable) and exc.extra.get("retry_after") is None:
+        state = current_app.extensions.get(EXTENSION_KEY)
+        stores = (getattr(current_app.session_interface, "store", None), getattr(state, "store", None))
+        breakers = [breaker for store in stores if (breaker := getattr(store, "breaker", None)) is not None]
+        waits: list[int] = [wait for breaker in breakers if (wait := breaker.retry_after()) is not None]
+        if waits:
+            return max(waits)
+    return DEFAULT_RETRY_AFTER
 
 
 def store_unavailable_into(response: BaseResponse) -> None:

@@ -87,6 +87,15 @@ stepup_required = _signals.signal("stepup.required")
 #: ``identity``, ``skill``, ``provider``.
 stepup_satisfied = _signals.signal("stepup.satisfied")
 
+#: ``user.deprovisioned`` -- the directory (SCIM: ``active: false`` or
+#: ``DELETE``) deprovisioned a person: every session of theirs was ended
+#: before this was sent, and their bearer tokens and sign-ins are refused
+#: until SCIM re-activates them. kwargs: ``subject`` (the SCIM
+#: ``externalId``, else ``None``), ``email`` (the SCIM ``userName``),
+#: ``scim_id``, ``count`` (sessions ended), ``reason`` (``"deactivated"`` or
+#: ``"deleted"``).
+user_deprovisioned = _signals.signal("user.deprovisioned")
+
 __all__ = [
     "backchannel_logout",
     "failure_threshold",
@@ -99,6 +108,7 @@ __all__ = [
     "stepup_required",
     "stepup_satisfied",
     "token_refreshed",
+    "user_deprovisioned",
     "user_logged_in",
     "user_logged_out",
 ]

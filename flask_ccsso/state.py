@@ -29,7 +29,7 @@ from .stores import SharedStore
 if TYPE_CHECKING:
     from .audit.dispatcher import AuditPipeline
     from .audit.settings import AuditSettings
-    from .gate.bearer import BearerAuthenticator
+    from .gate.bearer import BearerAuthenticator, DeprovisionedCheck
     from .gate.policy import SkillPolicy
     from .gate.session import SessionGate
 
@@ -71,6 +71,8 @@ class CCSSOState:
     audit_settings: AuditSettings
     #: the running audit pipeline (``None`` when ``logging.level`` is ``off``)
     audit: AuditPipeline | None = None
+    #: whether SCIM deprovisioned a person (``None`` unless ``scim.enabled``): the bearer path and sign-in ask it
+    deprovisioned: DeprovisionedCheck | None = None
 
     # -- revocation: the session index's, here for convenience -------------------------
     def forget_session(self, identity: Identity, sid: str) -> None:

@@ -34,6 +34,7 @@ from .exceptions import (
     RequestTooLarge,
     UnknownProvider,
 )
+from .gate.bearer import AccountDeprovisioned
 from .gate.freshness import max_auth_age
 from .gate.session import browser_binding, check_store
 from .gate.stepup import resubmit_notice_after, subject_mismatch, take_resubmit
@@ -248,6 +249,9 @@ def _finish(provider: str, params_from_form: bool) -> Response:
                              browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
                              content_length=request.content_length)
         result = prov.finish_login(cb)
+        if state.deprovisioned is not None and state.deprovisioned.any_marker(result.identity):
+            # SCIM deprovisioned this person: no new session until SCIM re-activates them
+            raise AccountDeprovisioned(subject=result.identity.subject, email=result.identity.email)
     if result.step_up:
         _refuse_another_person(provider, result.identity, safe_next(result.next_url))
     resubmit = take_resubmit()  # read before the sign-in clears the session

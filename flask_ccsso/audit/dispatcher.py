@@ -15,14 +15,16 @@ Queue full: security events (``auth.*``, ``session.*``, ``stepup.*``,
 other events (``skill.invoked``, ``token.refreshed``) are dropped, counted in
 :attr:`AuditPipeline.stats` and reported by a warning at most once a minute.
 
-Failed sign-ins are counted in memory, per process (see :class:`FailureCounter`):
-with several worker processes each one counts its own share, so the
-effective threshold is up to ``count`` times the number of processes.
+Failed sign-ins are counted in the app's shared store (see
+:class:`SharedFailureCounter`), so ``failureThreshold`` holds across workers and
+hosts and raises one alert per key per window; while the store cannot be
+reached, each process counts its own share in memory (:class:`FailureCounter`).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import re
@@ -31,17 +33,22 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, g, has_request_context, request
 
+from .. import reasons
 from .. import signals as _signals_module
+from ..exceptions import StoreUnavailable
 from ..signals import _signals as _namespace
 from .events import AuditEvent, RequestInfo, capture, new_event_id
 from .journal import Journal, encode_event
 from .settings import AuditSettings
 from .sinks import Sink, make_sink
 from .spool import SpoolError
+
+if TYPE_CHECKING:
+    from ..stores import SharedStore
 
 log = logging.getLogger("flask_ccsso.audit")
 
@@ -100,7 +107,9 @@ def _request_tuple() -> tuple[str | None, str | None, str | None] | None:
 
 
 class FailureCounter:
-    """Sliding-window counts of failed sign-ins per key, in this process's memory.
+    """Sliding-window counts of failed sign-ins per key, in this process's memory:
+    what :class:`SharedFailureCounter` falls back on while the store is down, and
+    the counter of a pipeline with no store (an app without flask-ccsso's state).
 
     ``hit(key)`` returns the count when it reaches ``count`` within ``window``
     seconds and no alert was raised for that key in the last ``window``
@@ -140,11 +149,98 @@ class FailureCounter:
             return len(hits)
 
 
+class SharedFailureCounter:
+    """Counts of failed sign-ins per key in the shared store: one threshold for
+    every worker and host, one alert per key per window.
+
+    The window slides approximately: counts go into fixed windows (one
+    :meth:`~flask_ccsso.stores.SharedStore.incr` per failure, atomic on every
+    backend) and the previous window's count is weighted by the share of it
+    that still overlaps the sliding window -- the estimate most rate limiters
+    use, one store key per key and window instead of one entry per failure.
+    The alert marker is written with :meth:`~flask_ccsso.stores.SharedStore.update`
+    (read-decide-write as one step), so exactly one process, the one whose
+    failure crossed the threshold, raises the alert.
+
+    Store keys hold a hash of the user or address, never the value: their
+    length is fixed whatever an attacker sends, and every key has a TTL (two
+    windows for a count, one for a marker), so the store holds nothing for
+    longer than that.
+
+    Counting must never fail the request that failed to sign in: when the
+    store cannot be reached, ``fallback`` (this process's own
+    :class:`FailureCounter`) counts instead, a warning is logged once per
+    outage, and the store is tried again after :attr:`retry_after` seconds
+    (a failed sign-in pays for a store that is down at most that often).
+    """
+
+    #: seconds the in-process counter stands in after a store error before the store is tried again
+    retry_after = 5.0
+    #: the store keys' prefix (below the store's own key prefix)
+    key_prefix = "audit:failures:"
+
+    def __init__(self, store: SharedStore, fallback: FailureCounter) -> None:
+        self.store = store
+        self.fallback = fallback
+        self.count = fallback.count
+        self.window = fallback.window
+        self.clock = fallback.clock
+        self._retry_at = 0.0
+        self._degraded = False
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> int | None:
+        """As :meth:`FailureCounter.hit`, across every process sharing the store."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            return self.fallback.hit(key)
+        try:
+            count = self._shared_hit(key)
+        except Exception as exc:  # whatever the store raises, the failed sign-in must not fail too
+            with self._lock:
+                self._retry_at = time.monotonic() + self.retry_after
+                first, self._degraded = not self._degraded, True
+            if first:
+                log.warning("audit: failed sign-ins cannot be counted in the shared store (%s); each process "
+                            "counts its own share until it answers again", type(exc).__name__,
+                            exc_info=not isinstance(exc, StoreUnavailable))  # an outage needs no traceback
+            return self.fallback.hit(key)
+        if self._degraded:
+            with self._lock:
+                back, self._degraded, self._retry_at = self._degraded, False, 0.0
+            if back:
+                log.info("audit: failed sign-ins are counted in the shared store again")
+        return count
+
+    def _shared_hit(self, key: str) -> int | None:
+        now = self.clock()
+        window = self.window
+        slot, into = divmod(now, window)
+        base = self.key_prefix + hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=16).hexdigest()
+        # a window's count is the previous window's too: it lives two windows
+        count = self.store.incr(f"{base}:{int(slot)}", 2 * window)
+        if count < self.count:
+            earlier = self.store.get(f"{base}:{int(slot) - 1}")
+            if earlier and earlier.isdigit():
+                count += int(int(earlier) * (1 - into / window) + 0.5)
+            if count < self.count:
+                return None
+
+        def alert_due(last: str | None) -> tuple[str, float] | None:
+            try:
+                recent = last is not None and now - float(last) < window
+            except ValueError:
+                recent = False
+            return None if recent else (repr(now), window)
+
+        return count if self.store.update(base + ":alerted", alert_due) else None
+
+
 class AuditPipeline:
     """Turns this app's signals into audit events and hands them to the sinks."""
 
     def __init__(self, app: Flask, settings: AuditSettings, *, clock: Callable[[], float] = time.time,
-                 spool_dir: str | None = None, sinks: list[Sink] | None = None) -> None:
+                 spool_dir: str | None = None, sinks: list[Sink] | None = None,
+                 store: SharedStore | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.spool_dir = spool_dir or settings.spool_dir or os.path.join(app.instance_path, "ccsso-audit-spool")
@@ -161,7 +257,11 @@ class AuditPipeline:
         self.journal: Journal | None = Journal(self.spool_dir, settings.max_field_length) if self.sinks else None
         self._recovered_at = 0.0
         ft = settings.failure_threshold
+        #: this process's failed sign-in counts: the fallback of :attr:`shared_failures`
         self.failures = FailureCounter(ft.count, ft.window, clock) if ft is not None and settings.enabled else None
+        #: the store failed sign-ins are counted in (``None``: the app's, see :meth:`failure_counter`)
+        self.store = store
+        self._shared_failures: SharedFailureCounter | None = None
         self._closed = False
         self._started = False
 
@@ -222,11 +322,29 @@ class AuditPipeline:
             keys.append(("user", user.strip().lower()))
         if info is not None and info[1]:
             keys.append(("address", info[1]))
+        # a sign-in refused because the store is down is not counted there: that would only wait on it again
+        counter = self.failures if kwargs.get("reason") == reasons.STORE_UNAVAILABLE else self.failure_counter(app)
         for key_type, key in keys:
-            count = self.failures.hit(f"{key_type}:{key}")
+            count = counter.hit(f"{key_type}:{key}")
             if count is not None:
                 _signals_module.failure_threshold.send(app, key_type=key_type, key=key, count=count,
                                                        window=self.failures.window)
+
+    def failure_counter(self, app: Flask) -> FailureCounter | SharedFailureCounter:
+        """Where failed sign-ins are counted: the :attr:`store` given, else the app's
+        shared store (``init_app`` builds the pipeline before the state that holds
+        the store, so it is looked up here, at the first failure), else -- an app
+        without flask-ccsso's state -- this process's memory."""
+        assert self.failures is not None
+        store = self.store
+        if store is None:
+            store = getattr(app.extensions.get("ccsso"), "store", None)
+        if store is None:
+            return self.failures
+        shared = self._shared_failures
+        if shared is None or shared.store is not store:
+            shared = self._shared_failures = SharedFailureCounter(store, self.failures)
+        return shared
 
     def _sink_lost_events(self, sink_name: str, count: int, window: float) -> None:
         """A sink lost ``count`` events: raise the alert signal (from the sink's worker thread).
@@ -378,7 +496,8 @@ class AuditPipeline:
         return f"<AuditPipeline level={self.settings.level!r} sinks={[s.name for s in self.sinks]}>"
 
 
-def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float] = time.time) -> AuditPipeline:
+def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float] = time.time,
+               store: SharedStore | None = None) -> AuditPipeline:
     """Start the audit pipeline for ``app`` and return it.
 
     Also kept in ``app.extensions["ccsso_audit"]`` (one per app; a second call
@@ -399,7 +518,7 @@ def init_audit(app: Flask, settings: AuditSettings, *, clock: Callable[[], float
         if first:
             log.warning(notice)
     log.info("flask-ccsso: audit events (level %s) go to %s", settings.level, where_events_go(settings))
-    pipeline = AuditPipeline(app, settings, clock=clock).start()
+    pipeline = AuditPipeline(app, settings, clock=clock, store=store).start()
     app.extensions[EXTENSION_KEY] = pipeline
     return pipeline
 
@@ -413,4 +532,4 @@ def get_pipeline(app: Flask) -> AuditPipeline | None:
     return app.extensions.get(EXTENSION_KEY)
 
 
-__all__ = ["AuditPipeline", "FailureCounter", "get_pipeline", "init_audit", "request_id", "where_events_go"]
+__all__ = ["AuditPipeline", "FailureCounter", "SharedFailureCounter", "get_pipeline", "init_audit", "request_id", "where_events_go"]

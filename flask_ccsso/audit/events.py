@@ -67,12 +67,13 @@ OUTCOMES: dict[str, str] = {
     "stepup.required": "info",
     "stepup.satisfied": "success",
     "token.refreshed": "success",
+    "user.deprovisioned": "info",
 }
 
 #: Events that are never silently dropped when the in-memory queue is full
 #: (they are written to the durable spool instead).
 SECURITY_PREFIXES = ("auth.", "session.", "stepup.")
-SECURITY_TYPES = frozenset({"permission.denied"})
+SECURITY_TYPES = frozenset({"permission.denied", "user.deprovisioned"})
 
 #: Top-level fields a signal keyword may fill (besides ``identity``).
 TOP_FIELDS = ("reason", "provider", "skill", "via", "detail")
@@ -93,6 +94,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "permission.denied": ("skills", "condition", "endpoint"),
     "stepup.required": ("max_age", "acr_values"),
     "stepup.satisfied": (),
+    "user.deprovisioned": ("scim_id", "count"),
 }
 
 #: Claim names never copied from ``Identity.claims`` even with

@@ -100,10 +100,22 @@ def _spool_error(exc: BaseException) -> SpoolError:
     return err
 
 
+#: how every file in the spool directory is opened: never through a symlink (one planted there
+#: would redirect audit events -- personal data -- or the replay lock into the file it names:
+#: ``ELOOP``, a :class:`SpoolError` like any other unwritable file), never inherited by a child
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open (creating it ``0600``: events hold personal data) the spool-directory file ``path``,
+    without following a symlink. Raises ``OSError``."""
+    return os.open(path, flags | os.O_CREAT | _NO_FOLLOW, 0o600)
+
+
 def _private_file(path: str) -> None:
-    """Create ``path`` readable by this user only (events hold personal data)."""
-    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
-    os.close(fd)
+    """Create ``path`` readable by this user only, before SQLite opens it: a symlink in its
+    place is refused here (SQLite itself would follow it)."""
+    os.close(_open_private(path, os.O_APPEND | os.O_WRONLY))
 
 
 def ensure_dir(path: str) -> str:
@@ -412,7 +424,7 @@ class Spool:
         fcntl = _fcntl()
         try:
             ensure_dir(self.directory)
-            fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+            fd = _open_private(self._lock_path, os.O_RDWR)
         except OSError as exc:
             raise _spool_error(exc) from exc
         try:
@@ -469,7 +481,7 @@ class DeadLetter:
         with self._lock:
             try:
                 ensure_dir(self.directory)
-                fd = os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+                fd = _open_private(self.path, os.O_APPEND | os.O_WRONLY)
                 try:
                     size = os.fstat(fd).st_size
                     try:

@@ -196,6 +196,7 @@ def _check_oidc(report: Report, name: str, prov: Any, tls_seen: set[str]) -> Non
     methods = meta.get("code_challenge_methods_supported")
     if isinstance(methods, list) and "S256" not in methods:
         report.add(WARN, f"{what}: the IdP does not announce PKCE S256 (code_challenge_methods_supported).")
+    _check_client_auth(report, what, prov, meta)
     try:
         keys = prov.jwks.keyset()
         report.add(OK, f"{what}: signing keys reachable ({len(keys.keys)} key(s)).")
@@ -212,6 +213,39 @@ def _check_oidc(report: Report, name: str, prov: Any, tls_seen: set[str]) -> Non
     else:
         report.add(OK, f"{what}: clock within {max(abs(skew), 1):.0f} s of the IdP's.")
     _check_tls(report, what, s.discovery_url, s.timeout, tls_seen)
+
+
+def _check_client_auth(report: Report, what: str, prov: Any, meta: dict[str, Any]) -> None:
+    """``tokenEndpointAuthMethod`` against the IdP's ``token_endpoint_auth_methods_supported``
+    (OIDC Discovery 3: absent means ``client_secret_basic``), a client secret
+    where the IdP takes a key, and the private_key_jwt key and certificate."""
+    auth = prov.client_auth
+    method = auth.method
+    announced = meta.get("token_endpoint_auth_methods_supported")
+    supported = [m for m in announced if isinstance(m, str)] if isinstance(announced, list) else ["client_secret_basic"]
+    if method not in supported:
+        report.add(WARN, f"{what}: tokenEndpointAuthMethod {method} is not in the IdP's "
+                         f"token_endpoint_auth_methods_supported ({', '.join(supported) or 'none'}): the token request "
+                         "will likely be refused. Choose one the IdP lists.")
+    elif method.startswith("client_secret_") and "private_key_jwt" in supported:
+        report.add(WARN, f"{what}: the client authenticates with a client secret, but the IdP supports "
+                         "private_key_jwt: register a public key (Okta) or a certificate (Entra ID) and set "
+                         "tokenEndpointAuthMethod private_key_jwt with clientAssertionKey -- no shared secret to "
+                         "leak or rotate (see docs/okta.md, docs/azure-ad.md).")
+    else:
+        report.add(OK, f"{what}: client authentication {method} (announced by the IdP).")
+    if auth.keys is None:
+        return
+    key = auth.keys.current()
+    algs = meta.get("token_endpoint_auth_signing_alg_values_supported")
+    if isinstance(algs, list) and algs and key.alg not in algs:
+        report.add(WARN, f"{what}: clientAssertionAlgorithm {key.alg} is not in the IdP's "
+                         f"token_endpoint_auth_signing_alg_values_supported ({', '.join(map(str, algs))}).")
+    named = ", ".join(f"{k} {v}" for k, v in key.header.items() if k != "typ")
+    report.add(OK, f"{what}: client assertion key loaded ({key.alg}{', ' + named if named else ''}).")
+    if key.not_after is not None:
+        _check_expiry(report, f"{what} client assertion", dt.datetime.fromtimestamp(key.not_after, tz=dt.timezone.utc),
+                      time.time())
 
 
 def _check_saml(report: Report, name: str, prov: Any, tls_seen: set[str]) -> None:

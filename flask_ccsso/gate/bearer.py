@@ -58,6 +58,12 @@ oauth2-proxy does), cached per token hash until the token expires. When
 userinfo has no groups either, the identity's groups are marked incomplete
 and a group-gated skill answers 403 ``groups_incomplete``.
 
+Deprovisioned people (SCIM ``active: false`` or ``DELETE``, when ``scim.enabled``):
+every bearer request reads its markers in the shared store (:class:`DeprovisionedCheck`),
+after the token caches, so a token verified before the deprovisioning is refused
+from its response on: a ``401`` with reason ``deprovisioned`` and a ``login_failed``
+signal. With SCIM off nothing is read.
+
 A bad token is a ``401`` with ``WWW-Authenticate: Bearer error="invalid_token"``
 and a ``login_failed`` signal (reason ``invalid_token``), never a 500; an
 unreachable IdP is a ``503``.
@@ -74,11 +80,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
 
 import requests
 from flask import Flask, g, has_request_context, request
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import Forbidden, TooManyRequests
 
 from .. import reasons, signals
 from .._context import current_flask_app
@@ -88,6 +93,7 @@ from ..identity import Identity, finite_time
 from ..providers.base import Provider
 from ..providers.keys import ResponseTooLarge, loads_strict, read_capped, unreachable
 from ..providers.oidc import OIDCProvider, check_access_token_type, peek_jwt
+from ..stores import SharedStore
 
 #: how many verified tokens each process remembers
 DEFAULT_CACHE_SIZE = 2048
@@ -234,9 +240,23 @@ class BearerAuthenticator:
         self.introspections = 0
         #: userinfo calls made (tests, metrics)
         self.userinfo_calls = 0
+        #: ``identity -> deprovisioned?``, set when SCIM is enabled (:class:`DeprovisionedCheck`):
+        #: asked on every bearer request, after the caches, so a deprovision counts from its response on
+        self.deprovisioned: Callable[[Identity], bool] | None = None
 
     # -- entry point -------------------------------------------------------------------
     def __call__(self, token: str) -> Identity:
+        identity = self._checked(token)
+        if self.deprovisioned is not None and self.deprovisioned(identity):
+            err = LoginRequired("This account has been deprovisioned.", reason=DEPROVISIONED)
+            signals.login_failed.send(current_flask_app(), provider=identity.provider, reason=DEPROVISIONED,
+                                      detail="bearer token of a deprovisioned person", subject=identity.subject,
+                                      email=identity.email)
+            g._ccsso_bearer_failure = err
+            raise err
+        return identity
+
+    def _checked(self, token: str) -> Identity:
         failure = getattr(g, "_ccsso_bearer_failure", None)
         if failure is not None:  # once per request, one signal
             raise failure
@@ -321,7 +341,7 @@ class BearerAuthenticator:
         """The one provider this opaque token may be sent to (see the module
         docstring); start-up validation (``config._check_introspection_routing``)
         guarantees that at most one matches."""
-        provs = [p for p in self._oidc_providers() if p.settings.introspection and p.settings.client_secret]
+        provs = [p for p in self._oidc_providers() if p.settings.introspection and p.settings.auth_method != "none"]
         if not provs:
             raise _invalid("The access token is not a JWT and no provider offers token introspection.")
         for prov in provs:
@@ -375,10 +395,9 @@ class BearerAuthenticator:
         s = prov.settings
         self.introspections += 1
         try:
-            # RFC 6749 2.3.1: client id and secret are form-encoded before Basic
-            resp = prov.http.post(endpoint, data={"token": token, "token_type_hint": "access_token"},
-                                  auth=(quote(s.client_id, safe=""), quote(s.client_secret or "", safe="")),
-                                  headers={"Accept": "application/json"}, timeout=s.timeout, stream=True)
+            # as this client, the way the token endpoint sees it (tokenEndpointAuthMethod)
+            resp = prov.authenticated_post(endpoint, {"token": token, "token_type_hint": "access_token"},
+                                           what="introspection endpoint")
             if resp.status_code != 200:
                 resp.close()
                 raise IdPUnavailable(f"The identity provider answered {resp.status_code} to token introspection.",
@@ -453,6 +472,71 @@ class BearerAuthenticator:
         return frozenset(prov._str_list(data[s.groups_claim]))
 
 
+#: reason code of a person the directory deprovisioned (SCIM ``active: false`` or ``DELETE``)
+DEPROVISIONED = "deprovisioned"
+#: shared-store key prefixes of the deprovisioned markers (:mod:`flask_ccsso.scim` writes them)
+DEPROVISIONED_EMAIL_PREFIX = "scim:deprovisioned:email:"
+DEPROVISIONED_ID_PREFIX = "scim:deprovisioned:id:"
+
+
+#: the longest value a store key holds as it is (a SQL store's keys are at most 255 characters)
+MAX_KEY_PART = 120
+
+
+def store_key_part(value: str) -> str:
+    """``value`` as the end of a store key: itself, or when longer than
+    :data:`MAX_KEY_PART` (or starting with ``#``, so the two never meet) ``#``
+    and its SHA-256 -- an email may have 254 characters, a key may not."""
+    if len(value) <= MAX_KEY_PART and not value.startswith("#"):
+        return value
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def deprovisioned_email_key(email: str) -> str:
+    """The marker of a deprovisioned email (case-insensitive, as the session index's)."""
+    return DEPROVISIONED_EMAIL_PREFIX + store_key_part(email.lower())
+
+
+def deprovisioned_id_key(identity_id: str) -> str:
+    """The marker of a deprovisioned ``provider:subject`` (case-sensitive: a subject is)."""
+    return DEPROVISIONED_ID_PREFIX + store_key_part(identity_id)
+
+
+class AccountDeprovisioned(CCSSOError, Forbidden):
+    """A sign-in of a person SCIM deprovisioned: HTTP 403 until SCIM re-activates them."""
+
+    reason = DEPROVISIONED
+    description = "This account has been deprovisioned. Ask your administrator to re-activate it."
+
+
+class DeprovisionedCheck:
+    """``identity -> bool``: whether SCIM deprovisioned this person.
+
+    Never cached (a deprovision counts from its response on): the email's
+    marker when the identity has an email (or a subject that is one), and
+    its ``provider:subject``'s (one to three store reads). The SCIM endpoint writes both kinds, for the
+    person's email addresses and every ``provider:subject`` it can tell.
+    """
+
+    def __init__(self, store: SharedStore) -> None:
+        self.store = store
+
+    def keys(self, identity: Identity) -> list[str]:
+        """Every marker that names ``identity`` (a sign-in reads them all)."""
+        emails = {e.lower() for e in (identity.email, identity.subject) if e and "@" in e}
+        # a subject that is an email (Okta's org server: the login, case-insensitive) is marked as one too
+        return [*(deprovisioned_email_key(e) for e in sorted(emails)), deprovisioned_id_key(identity.id)]
+
+    def any_marker(self, identity: Identity) -> bool:
+        """Whether any marker names ``identity`` (a sign-in: rare enough for a read per key)."""
+        return any(self.store.get(key) is not None for key in self.keys(identity))
+
+    def __call__(self, identity: Identity) -> bool:
+        # every marker, as a sign-in: a token's email may be one SCIM never listed (an
+        # alias, a UPN) while its subject is the person's externalId or userName
+        return self.any_marker(identity)
+
+
 class _UserinfoFailed(Exception):
     """userinfo gave no usable answer (never leaves this module)."""
 
@@ -477,5 +561,5 @@ def make_bearer_authenticator(app: Flask, providers: Mapping[str, Provider], clo
                                cache_size=size, refusal_seconds=refusal, introspection_limit=limit)
 
 
-__all__ = ["AddressLimiter", "BearerAuthenticator", "IntrospectionThrottled", "TokenCache",
-           "make_bearer_authenticator"]
+__all__ = ["DEPROVISIONED", "AccountDeprovisioned", "AddressLimiter", "BearerAuthenticator", "DeprovisionedCheck", "IntrospectionThrottled",
+           "TokenCache", "deprovisioned_email_key", "deprovisioned_id_key", "make_bearer_authenticator"]

@@ -12,6 +12,9 @@
   person's access token, following ``@odata.nextLink`` pages. If that fails
   the identity is marked ``groups_complete=False`` -- never "no groups" --
   and group-based skills are refused with ``groups_incomplete``.
+* Certificate credentials (``tokenEndpointAuthMethod: private_key_jwt``):
+  the assertion names the certificate by thumbprint and is signed PS256
+  unless ``clientAssertionAlgorithm`` says otherwise (see docs/azure-ad.md).
 * From Graph only the groups' **object ids** are kept. A display name is
   chosen by whoever creates the group (by default any member of the tenant
   can create one), so a group named ``database-admins`` -- or named after
@@ -41,6 +44,10 @@ _MAX_GRAPH_PAGES = 50
 class AzureADProvider(OIDCProvider):
     type: ClassVar[str] = "azure-ad"
     settings_class = AzureADSettings
+    # certificate credentials: Entra ID finds the key by the certificate's thumbprint
+    # (x5t / x5t#S256) and its current documentation asks for PS256
+    default_assertion_rsa_algorithm: ClassVar[str] = "PS256"
+    assertion_needs_certificate: ClassVar[bool] = True
 
     def expected_issuer(self) -> str:
         # with a domain as tenantId, Entra's issuer carries the tenant GUID;

@@ -22,7 +22,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import requests
@@ -44,6 +44,7 @@ from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
 from ..identity import Identity, finite_time
 from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated
+from .client_auth import AssertionKeySource, ClientAuthenticator
 from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, loads_strict, read_capped, unreachable
 
 # joserfc's registry knows which algorithms exist; the allow-list narrows it
@@ -258,6 +259,10 @@ class OIDCProvider(Provider):
     protocol: ClassVar[str] = "oidc"
     settings_class = OIDCSettings
     settings: OIDCSettings
+    #: the private_key_jwt algorithm for an RSA key when ``clientAssertionAlgorithm`` is unset
+    default_assertion_rsa_algorithm: ClassVar[str] = "RS256"
+    #: private_key_jwt needs the key's certificate (the IdP finds the key by its thumbprint)
+    assertion_needs_certificate: ClassVar[bool] = False
 
     def __init__(self, settings: OIDCSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -266,6 +271,36 @@ class OIDCProvider(Provider):
         self.jwks = JWKSCache(self._load_jwks, s.jwks_ttl, s.jwks_refresh_cooldown, self.clock)
         #: one claims registry per set of essential claims, built once (its clock is read per call)
         self._claims_registries: dict[tuple[str, ...], tuple[jwt.JWTClaimsRegistry, tuple[str, ...]]] = {}
+        self.client_auth = self._client_authenticator()
+
+    def _client_authenticator(self) -> ClientAuthenticator:
+        """``tokenEndpointAuthMethod`` with its credentials; a private_key_jwt key
+        is read here (inside the app context: relative paths are from the app
+        root), so a missing or unusable key fails at start-up naming its key."""
+        s = self.settings
+        method = s.auth_method
+        keys = None
+        if method == "private_key_jwt" and s.client_assertion_key:
+            from flask import current_app, has_app_context
+
+            keys = AssertionKeySource(
+                key=s.client_assertion_key, certificate=s.client_assertion_certificate,
+                key_id=s.client_assertion_key_id, algorithm=s.client_assertion_algorithm, path=s.path,
+                clock=self.clock, root=current_app.root_path if has_app_context() else None,
+                rsa_default=self.default_assertion_rsa_algorithm, need_certificate=self.assertion_needs_certificate)
+        return ClientAuthenticator(method=method, client_id=s.client_id, client_secret=s.client_secret, keys=keys,
+                                   clock=self.clock)
+
+    def authenticated_post(self, uri: str, form: Mapping[str, str], *, what: str) -> requests.Response:
+        """POST ``form`` to one of the IdP's endpoints (token, introspection ...)
+        as this client (``tokenEndpointAuthMethod``), through the provider's HTTP
+        session, streaming: the caller reads the answer with ``read_capped``."""
+        token_endpoint = self.metadata()["token_endpoint"]
+        headers, body = self.client_auth.prepare(uri, form, token_endpoint=token_endpoint)
+        try:
+            return self.http.post(uri, data=body, headers=headers, timeout=self.settings.timeout, stream=True)
+        except requests.RequestException as exc:
+            raise unreachable(exc, uri, what, timeout=self.settings.timeout) from exc
 
     # -- metadata ---------------------------------------------------------------
     def expected_issuer(self) -> str:
@@ -385,16 +420,9 @@ class OIDCProvider(Provider):
         worse, work somewhere it should not)."""
         meta = self.metadata()
         s = self.settings
-        data = dict(form)
-        auth = None
-        if s.client_secret:
-            # RFC 6749 2.3.1: client id and secret are form-encoded before Basic
-            auth = (quote(s.client_id, safe=""), quote(s.client_secret, safe=""))
-        else:
-            data["client_id"] = s.client_id
+        # the client authenticates by tokenEndpointAuthMethod (client_auth)
+        resp = self.authenticated_post(meta["token_endpoint"], form, what="token endpoint")
         try:
-            resp = self.http.post(meta["token_endpoint"], data=data, auth=auth, timeout=s.timeout, stream=True,
-                                  headers={"Accept": "application/json"})
             raw = read_capped(resp, s.timeout)
         except (ResponseTooLarge, requests.RequestException) as exc:
             raise unreachable(exc, meta["token_endpoint"], "token endpoint", timeout=s.timeout) from exc
@@ -802,7 +830,8 @@ class OIDCProvider(Provider):
     def describe(self) -> dict[str, Any]:
         s = self.settings
         return {"name": self.name, "type": self.type, "issuer": s.issuer, "client_id": s.client_id,
-                "client_secret": "***" if s.client_secret else None, "scopes": list(s.scopes),
+                "client_secret": "***" if s.client_secret else None,
+                "token_endpoint_auth_method": self.client_auth.method, "scopes": list(s.scopes),
                 "redirect_uri": s.redirect_uri, "audience": list(s.audience)}
 
 

@@ -42,6 +42,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .._context import unproxied
 from ..exceptions import StoreUnavailable
 from ..stores import Batch, Change, SharedStore, open_store
+from ..stores.breaker import refused_by_breaker
 from .keys import SessionKeys, is_handle
 from .record import SESSION_KEY, SessionRecord, finite, load, revision, tombstone
 
@@ -294,7 +295,8 @@ class CCSSOSessionInterface(SessionInterface):
         try:
             found = self._find(sid)
         except self._errors as exc:
-            log.error("flask-ccsso: session store unreachable: %s", exc.__class__.__name__)
+            if not refused_by_breaker(exc):  # an open breaker logs the outage itself, not each request
+                log.error("flask-ccsso: session store unreachable: %s", exc.__class__.__name__)
             s = self._new_session()
             s.unavailable = True
             return s
@@ -362,7 +364,8 @@ class CCSSOSessionInterface(SessionInterface):
         except self._errors as exc:
             # the response was already made; it must not claim success (a
             # sign-in whose session was not stored) -- turn it into a 503
-            log.error("flask-ccsso: session store unreachable while saving: %s", exc.__class__.__name__)
+            if not refused_by_breaker(exc):
+                log.error("flask-ccsso: session store unreachable while saving: %s", exc.__class__.__name__)
             try:
                 self.unavailable_answer(response)
             except Exception:  # the plain page below needs nothing that could fail

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .._validate import mask_url
 from ..config import split_redis_url
 from ..exceptions import StoreUnavailable
 from .base import Batch, Change, SharedStore
@@ -166,7 +167,8 @@ class RedisStore(SharedStore):
         ``breaker_failures=0`` turns the circuit breaker off."""
         client = connect(url, connect_timeout=connect_timeout, socket_timeout=socket_timeout,
                          ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-        breaker = Breaker(breaker_failures, breaker_cooldown) if breaker_failures > 0 else None
+        breaker = (Breaker(breaker_failures, breaker_cooldown, name=f"the Redis store {mask_url(url)}")
+                   if breaker_failures > 0 else None)
         store = cls(client, prefix, breaker=breaker)
         store.url = url
         return store

@@ -31,8 +31,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_ccsso.audit import create_table, init_audit, parse_logging_block
-from tests.audit.private_pg import PrivatePostgres
 from tests.support.audit import PG_URL, Collector, free_port, make_app, wait_for
+from tests.support.private_pg import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SINK = "siem"
@@ -182,10 +182,12 @@ def test_sigterm_while_the_collector_hangs_keeps_every_event(tmp_path):
 
 @pytest.fixture(name="private_pg")
 def private_pg_fixture() -> Any:
-    pg = PrivatePostgres()
-    if pg.bin is None:
-        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
+    pg = PrivatePostgres(prefix="ccsso-audit-pg-")
     try:
+        why = pg.available()
+        if why:
+            pytest.skip(why)
+        pg.init()
         pg.start()
         yield pg
     finally:

@@ -7,19 +7,14 @@ pausing or wiping it never touches the shared Redis (6379) or PostgreSQL (5432) 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
 import select
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,18 +22,12 @@ from typing import Any
 import redis
 
 from tests.scale.cluster import Proc, base_env, free_port
+from tests.support.private_pg import PrivatePostgres
+from tests.support.waiting import wait_for
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it is truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+#: the suite's waits (tests/support/waiting.py), under the name the fault tests use:
+#: ``wait_until(predicate, timeout, what)``
+wait_until = wait_for
 
 
 # --------------------------------------------------------------------------- Redis
@@ -100,111 +89,9 @@ class RedisServer:
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-class PostgresServer:
-    """A private PostgreSQL cluster (``initdb`` in a temp dir, ``postgres -p <port> -k <dir>``).
-
-    PostgreSQL refuses to run as root; as root the cluster belongs to the ``postgres`` user
-    (its directory is made outside pytest's 0700 temp folder so that user can reach it).
-    """
-
-    def __init__(self) -> None:
-        self.bin = _pg_bin()
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="ccsso-faults-pg-"))
-        self.data = self.dir / "data"
-        self.user: str | None = None
-        self.proc: Proc | None = None
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def available(self) -> str | None:
-        if self.bin is None:
-            return "PostgreSQL server binaries (initdb) are not installed"
-        return None
-
-    def _demote(self) -> dict[str, Any]:
-        if os.geteuid() != 0:
-            return {}
-        entry = pwd.getpwnam("postgres")
-        return {"user": entry.pw_uid, "group": entry.pw_gid}
-
-    def init(self) -> None:
-        assert self.bin is not None
-        kw = self._demote()
-        if kw:
-            os.chown(self.dir, kw["user"], kw["group"])
-        os.chmod(self.dir, 0o700)
-        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120,
-                       env=base_env(), cwd=str(self.dir), **kw)
-
-    def start(self) -> None:
-        assert self.bin is not None
-        argv = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.dir),
-                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=100", "-c", "shared_buffers=16MB"]
-        self.proc = _DemotedProc("postgres", argv, base_env(), self.dir, self._demote())
-        wait_until(self.ready, 30, "the private PostgreSQL server")
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if not self.proc.alive():
-            raise AssertionError(f"postgres exited:\n{self.proc.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                pass
-        except OSError:
-            return False
-        import psycopg
-
-        try:
-            with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                                 connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
-
-    def stop(self) -> None:
-        """A fast shutdown (SIGINT to the postmaster): connections are closed, the port refuses."""
-        if self.proc is not None:
-            self.resume()
-            self.proc.stop(timeout=20, sig=signal.SIGINT)
-
-    def pause(self) -> None:
-        """A hang: every process of the cluster stopped (the port still accepts, nothing answers)."""
-        assert self.proc is not None
-        os.killpg(self.proc.popen.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.proc is not None and self.proc.alive():
-            try:
-                os.killpg(self.proc.popen.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class _DemotedProc(Proc):
-    """:class:`Proc`, run as another user (PostgreSQL under root)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, demote: dict[str, Any]) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(log_dir), **demote)
-        self.returncode = None
+#: the private cluster of tests/support/private_pg.py: ``init()``, then ``start()``/``stop()`` (a restart
+#: keeps the data), ``pause()``/``resume()`` (a hang), ``remove()``
+PostgresServer = PrivatePostgres
 
 
 # --------------------------------------------------------------------------- a TCP proxy that can partition

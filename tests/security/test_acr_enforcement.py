@@ -27,11 +27,10 @@ from tests.support.oidc import authorize_params, oidc_config
 from tests.support.saml import login, post
 from tests.support.saml_idp import User
 from tests.support.skills import JSON, access_token, bearer, sign_in
+from tests.support.stepup import PPT, SAML_MFA, saml_stepup_app, step_up_location
 
 MFA = "urn:ccsso:mfa"
 LOA1 = "urn:ccsso:loa1"
-PPT = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
-SAML_MFA = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"
 GROUPS = ["devops-engineers"]
 
 #: every way to set acrValues on a skill; each must refuse a single-factor session
@@ -161,20 +160,7 @@ def test_bearer_token_with_the_acr_passes(app: Flask, op: Any, clock: Any) -> No
 
 def test_saml_password_session_steps_up_with_requested_authn_context(make_app: Any, idp: Any,
                                                                      tmp_path: Any) -> None:
-    from tests.support.saml import provider_block
-
-    meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
-    app = make_app({"auth": {"providers": {"google": provider_block(meta)}}, "session": {"cookieSecure": False},
-                    "skills": {"mfa-thing": {"allowedGroups": ["database-admins"], "acrValues": [SAML_MFA]},
-                               "database-migration": {"allowedGroups": ["database-admins"]}}})
-
-    @app.get("/mfa-thing")
-    @requires_skill("mfa-thing")
-    def mfa_thing() -> str:
-        return "ok"
-
-    client = app.test_client()
-    idp.trust_sp(client.get("/sso/google/metadata").data.decode())
+    _app, client = saml_stepup_app(make_app, idp, tmp_path)
     assert post(client, idp.respond(login(client), User(), authn_class=PPT)).status_code == 303
     resp = client.get("/mfa-thing")
     assert resp.status_code == 302 and "stepup=mfa-thing" in resp.headers["Location"]
@@ -185,7 +171,7 @@ def test_saml_password_session_steps_up_with_requested_authn_context(make_app: A
     # still PasswordProtectedTransport: refused, and the session stays too weak
     assert post(client, idp.respond(location, User(), authn_class=PPT)).status_code == 400
     assert client.get("/mfa-thing", headers=JSON).status_code == 401
-    location = client.get(client.get("/mfa-thing").headers["Location"]).headers["Location"]
+    location = step_up_location(client, "/mfa-thing")
     assert post(client, idp.respond(location, User(), authn_class=SAML_MFA)).status_code == 303
     assert client.get("/mfa-thing").status_code == 200
 

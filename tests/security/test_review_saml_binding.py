@@ -38,10 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 
-from tests.security.test_xmlsec_binding import RESPONSE, SAML, SAMLP, T, sign
-
-DS = "http://www.w3.org/2000/09/xmldsig#"
-ISSUER = "https://idp.example.test/saml"
+from tests.support.saml_signing import DS, RESPONSE, SAML, SAMLP, T, sign
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +119,6 @@ def test_namespaced_id_wrapping_of_a_real_idp_response_is_refused_at_the_acs(sam
     assert client.get("/me").status_code != 200
 
 
-def _hmac_signed(secret: bytes) -> bytes:
-    root = etree.fromstring(RESPONSE.replace("alice@", "admin@").encode())
-    el = root.find(f"{{{SAML}}}Assertion")
-    sig = xmlsec.template.create(el, T.EXCL_C14N, T.HMAC_SHA256)
-    el.insert(1, sig)
-    ref = xmlsec.template.add_reference(sig, T.SHA256, uri="#assert-1")
-    xmlsec.template.add_transform(ref, T.ENVELOPED)
-    xmlsec.template.add_transform(ref, T.EXCL_C14N)
-    ctx = xmlsec.SignatureContext()
-    ctx.register_id(el, "ID")
-    ctx.key = xmlsec.Key.from_binary_data(xmlsec.constants.KeyDataHmac, secret)
-    ctx.sign(sig)
-    return etree.tostring(root)
-
-
 @pytest.mark.parametrize("form_", ["der", "pem", "spki", "b64"])
 def test_hmac_keyed_with_the_metadata_certificate_is_refused(verifier, idp_keys, form_):
     cert = x509.load_pem_x509_certificate(idp_keys.cert_pem.encode())
@@ -147,7 +129,8 @@ def test_hmac_keyed_with_the_metadata_certificate_is_refused(verifier, idp_keys,
                                                serialization.PublicFormat.SubjectPublicKeyInfo),
         "b64": idp_keys.cert_b64.encode(),
     }[form_]
-    doc = _hmac_signed(secret)
+    hmac = xmlsec.Key.from_binary_data(xmlsec.constants.KeyDataHmac, secret)
+    doc = sign(RESPONSE.replace("alice@", "admin@"), hmac, method=T.HMAC_SHA256, key_info=None)
     assert b"hmac-sha256" in doc
     assert verifier.verify(doc, ASSERTION_SIGNATURE, [idp_keys.cert_b64]) is False
 
@@ -156,19 +139,8 @@ def test_an_attackers_ecdsa_key_in_keyinfo_is_not_used(verifier, idp_keys, tmp_p
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    root = etree.fromstring(RESPONSE.replace("alice@", "admin@").encode())
-    el = root.find(f"{{{SAML}}}Assertion")
-    sig = xmlsec.template.create(el, T.EXCL_C14N, T.ECDSA_SHA256)
-    el.insert(1, sig)
-    ref = xmlsec.template.add_reference(sig, T.SHA256, uri="#assert-1")
-    xmlsec.template.add_transform(ref, T.ENVELOPED)
-    xmlsec.template.add_transform(ref, T.EXCL_C14N)
-    xmlsec.template.add_key_value(xmlsec.template.ensure_key_info(sig))
-    ctx = xmlsec.SignatureContext()
-    ctx.register_id(el, "ID")
-    ctx.key = xmlsec.Key.from_memory(pem, xmlsec.KeyFormat.PEM)
-    ctx.sign(sig)
-    doc = etree.tostring(root)
+    attacker = xmlsec.Key.from_memory(pem, xmlsec.KeyFormat.PEM)
+    doc = sign(RESPONSE.replace("alice@", "admin@"), attacker, method=T.ECDSA_SHA256, key_info="value")
     assert b"ECKeyValue" in doc or b"KeyValue" in doc
     assert verifier.verify(doc, ASSERTION_SIGNATURE, [idp_keys.cert_b64]) is False
 

@@ -39,10 +39,9 @@ from tests.support.saml import post
 from tests.support.saml_idp import User
 from tests.support.sessions import COOKIE
 from tests.support.skills import JSON, add_skill_routes, sign_in, skills_config
+from tests.support.stepup import PPT, SAML_MFA, saml_stepup_app, step_up_location
 
 DEVOPS = ["devops-engineers"]
-SAML_MFA = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"
-PPT = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
 
 
 def _stored(app: Any, client: Any) -> dict[str, Any]:
@@ -52,15 +51,6 @@ def _stored(app: Any, client: Any) -> dict[str, Any]:
     record = dict(data[SESSION_KEY])
     record.pop("last_seen", None)  # activity is recorded as the person browses (sliding expiration)
     return record
-
-
-def _step_up_location(client: Any, path: str) -> str:
-    """The IdP URL of the step-up a stale request for ``path`` asks for."""
-    resp = client.get(path)
-    assert resp.status_code == 302 and "stepup=" in resp.headers["Location"], resp.get_data(as_text=True)
-    resp = client.get(resp.headers["Location"])
-    assert resp.status_code == 302
-    return str(resp.headers["Location"])
 
 
 # --------------------------------------------------------------------------- OIDC (LocalOP)
@@ -77,7 +67,7 @@ def test_oidc_step_up_answered_by_another_account_is_refused(make_app: Any, op: 
     sid = client.get_cookie(COOKIE).value
     before = _stored(app, client)
     clock.advance(90)  # "quick" needs a sign-in within 60 s
-    url = _step_up_location(client, "/s/quick")
+    url = step_up_location(client, "/s/quick")
     with listen_to(signals.login_failed) as failed, listen_to(signals.user_logged_in) as logged_in, \
             listen_to(signals.stepup_satisfied) as satisfied:
         resp = sign_in(client, op, clock, url=url, groups=DEVOPS, expect=400, **other)
@@ -96,7 +86,7 @@ def test_oidc_step_up_answered_by_another_account_is_refused(make_app: Any, op: 
     assert client.get("/me").get_json()["subject"] == "u-alice"
     assert client.get("/s/quick", headers=JSON).status_code == 401  # still needs its step-up
     # the person themself completes the step-up
-    url = _step_up_location(client, "/s/quick")
+    url = step_up_location(client, "/s/quick")
     sign_in(client, op, clock, url=url, groups=DEVOPS, next_url="/s/quick")
     assert client.get("/s/quick").status_code == 200
     assert client.get("/me").get_json()["subject"] == "u-alice"
@@ -109,7 +99,7 @@ def test_oidc_step_up_refusal_as_json(make_app: Any, op: Any, clock: Any) -> Non
     client = app.test_client()
     sign_in(client, op, clock, groups=DEVOPS)
     clock.advance(90)
-    url = _step_up_location(client, "/s/quick")
+    url = step_up_location(client, "/s/quick")
     now = int(clock.now)
     claims = op.id_claims(authorize_params(url)["nonce"], iat=now, exp=now + 300, auth_time=now, groups=DEVOPS,
                           sub="u-mallory", email="mallory@example.com")
@@ -191,36 +181,17 @@ def test_dev_idp_step_up_signed_in_as_another_user_is_refused(example_portal: Po
 
 # --------------------------------------------------------------------------- SAML (pysaml2 IdP)
 
-def _saml_app(make_app: Any, idp: Any, tmp_path: Any) -> tuple[Any, Any]:
-    from flask_ccsso import requires_skill
-    from tests.support.saml import provider_block
-
-    meta = idp.write_metadata(str(tmp_path / "idp-metadata.xml"))
-    app = make_app({"auth": {"providers": {"google": provider_block(meta)}}, "session": {"cookieSecure": False},
-                    "skills": {"mfa-thing": {"allowedGroups": ["database-admins"], "acrValues": [SAML_MFA]},
-                               "database-migration": {"allowedGroups": ["database-admins"]}}})
-
-    @app.get("/mfa-thing")
-    @requires_skill("mfa-thing")
-    def mfa_thing() -> str:
-        return "ok"
-
-    client = app.test_client()
-    idp.trust_sp(client.get("/sso/google/metadata").data.decode())
-    return app, client
-
-
 @pytest.mark.parametrize("other", [
     User(email="mallory@example.com", name="Mallory"),
     User(email="Alice@Example.com", name="Alice Example"),  # another NameID (NameIDs compare exactly)
 ])
 def test_saml_step_up_answered_with_another_name_id_is_refused(make_app: Any, idp: Any, tmp_path: Any,
                                                                 other: User) -> None:
-    app, client = _saml_app(make_app, idp, tmp_path)
+    app, client = saml_stepup_app(make_app, idp, tmp_path)
     assert post(client, idp.respond(saml_login(client), User(), authn_class=PPT)).status_code == 303
     sid = client.get_cookie(COOKIE).value
     before = _stored(app, client)
-    location = _step_up_location(client, "/mfa-thing")
+    location = step_up_location(client, "/mfa-thing")
     with listen_to(signals.login_failed) as failed, listen_to(signals.user_logged_in) as logged_in:
         resp = post(client, idp.respond(location, other, authn_class=SAML_MFA))
     assert resp.status_code == 400, resp.get_data(as_text=True)
@@ -233,13 +204,13 @@ def test_saml_step_up_answered_with_another_name_id_is_refused(make_app: Any, id
     assert client.get("/me").get_json()["subject"] == "alice@example.com"
     assert client.get("/mfa-thing", headers=JSON).status_code == 401  # the step-up was not satisfied
     # the same person, strongly: accepted
-    location = _step_up_location(client, "/mfa-thing")
+    location = step_up_location(client, "/mfa-thing")
     assert post(client, idp.respond(location, User(), authn_class=SAML_MFA)).status_code == 303
     assert client.get("/mfa-thing").status_code == 200
 
 
 def test_saml_plain_sign_in_as_someone_else_still_switches(make_app: Any, idp: Any, tmp_path: Any) -> None:
-    _app, client = _saml_app(make_app, idp, tmp_path)
+    _app, client = saml_stepup_app(make_app, idp, tmp_path)
     assert post(client, idp.respond(saml_login(client), User())).status_code == 303
     assert post(client, idp.respond(saml_login(client), User(email="bob@example.com"))).status_code == 303
     assert client.get("/me").get_json()["subject"] == "bob@example.com"

@@ -25,23 +25,7 @@ from tests.support.saml_idp import KeyPair, make_keypair
 if saml_binding.available() is not None:  # pragma: no cover - the test extra installs it
     pytest.skip(f"xmlsec binding: {saml_binding.available()}", allow_module_level=True)
 
-import xmlsec
-from lxml import etree
-
-SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
-SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
-DS = "http://www.w3.org/2000/09/xmldsig#"
-T = xmlsec.Transform
-
-RESPONSE = (
-    f'<samlp:Response xmlns:samlp="{SAMLP}" xmlns:saml="{SAML}" ID="resp-1" Version="2.0" '
-    'IssueInstant="2026-01-01T00:00:00Z" Destination="http://localhost/sso/google/acs">'
-    '<saml:Issuer>https://idp.example.test/saml</saml:Issuer>'
-    '<saml:Assertion ID="assert-1" Version="2.0" IssueInstant="2026-01-01T00:00:00Z">'
-    '<saml:Issuer>https://idp.example.test/saml</saml:Issuer>'
-    '<saml:Subject><saml:NameID>alice@example.com</saml:NameID></saml:Subject>'
-    '</saml:Assertion></samlp:Response>'
-)
+from tests.support.saml_signing import RESPONSE, T, sign
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +36,6 @@ def keys(tmp_path_factory: Any) -> dict[str, KeyPair]:
 
 def b64(kp: KeyPair) -> str:
     return kp.cert_b64
-
-
-def sign(xml: str, kp: KeyPair, *, where: str = "assertion", c14n: Any = T.EXCL_C14N, method: Any = T.RSA_SHA256,
-         digest: Any = T.SHA256, transforms: tuple[Any, ...] = (T.ENVELOPED, T.EXCL_C14N), uri: str | None = None,
-         key_info: bool = True) -> bytes:
-    """``xml`` with a real enveloped signature by ``kp`` on the Assertion (or the Response)."""
-    root = etree.fromstring(xml.encode())
-    el = root if where == "response" else root.find(f"{{{SAML}}}Assertion")
-    sig = xmlsec.template.create(el, c14n, method)
-    el.insert(1, sig)  # after the Issuer
-    ref = xmlsec.template.add_reference(sig, digest, uri=f"#{el.get('ID')}" if uri is None else uri)
-    for t in transforms:
-        node = xmlsec.template.add_transform(ref, t)
-        if t == T.XPATH:  # an XPath filter that keeps every node: the signature is genuine
-            etree.SubElement(node, f"{{{DS}}}XPath").text = "1"
-    if key_info:
-        xmlsec.template.add_x509_data(xmlsec.template.ensure_key_info(sig))
-    ctx = xmlsec.SignatureContext()
-    for e in (root, *root.iter(f"{{{SAML}}}Assertion")):
-        ctx.register_id(e, "ID")
-    key = xmlsec.Key.from_file(kp.key_path, xmlsec.KeyFormat.PEM)
-    key.load_cert_from_file(kp.cert_path, xmlsec.KeyFormat.PEM)
-    ctx.key = key
-    ctx.sign(sig)
-    return etree.tostring(root)
 
 
 @pytest.fixture
@@ -138,18 +97,7 @@ def test_ids_of_other_elements_are_not_registered(verifier, keys):
     """``--id-attr:ID`` names Response and Assertion only: a signature over an
     element of another name, referenced by its ID, does not verify."""
     other = RESPONSE.replace("<saml:Assertion ", "<saml:Advice ").replace("</saml:Assertion>", "</saml:Advice>")
-    root = etree.fromstring(other.encode())
-    advice = root.find(f"{{{SAML}}}Advice")
-    sig = xmlsec.template.create(advice, T.EXCL_C14N, T.RSA_SHA256)
-    advice.insert(1, sig)
-    ref = xmlsec.template.add_reference(sig, T.SHA256, uri="#assert-1")
-    xmlsec.template.add_transform(ref, T.ENVELOPED)
-    xmlsec.template.add_transform(ref, T.EXCL_C14N)
-    ctx = xmlsec.SignatureContext()
-    ctx.register_id(advice, "ID")
-    ctx.key = xmlsec.Key.from_file(keys["idp"].key_path, xmlsec.KeyFormat.PEM)
-    ctx.sign(sig)
-    doc = etree.tostring(root)
+    doc = sign(other, keys["idp"], where="advice", uri="#assert-1", key_info=None)
     xpath = ASSERTION_SIGNATURE.replace("'Assertion'", "'Advice'")
     assert verifier.verify(doc, xpath, [b64(keys["idp"])]) is False
 

@@ -12,7 +12,6 @@ out again works.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,8 @@ from flask_ccsso.cli import cli
 from flask_ccsso.sessions.index import user_key
 from flask_ccsso.testing import csrf_token_in, listen_to
 from tests.sessions.partition import Partition
-from tests.support.sessions import SpareRedis, login
+from tests.support.sessions import login
+from tests.support.store_partition import cut_mid_request, partitioned_redis, until_store_answers
 
 pytestmark = pytest.mark.redis
 
@@ -32,23 +32,8 @@ JSON = {"Accept": "application/json"}
 
 @pytest.fixture
 def net() -> Iterator[Partition]:
-    server = SpareRedis()
-    server.start()
-    proxy = Partition(server.port)
-    yield proxy
-    proxy.close()
-    server.stop()
-
-
-def _until_store_answers(client: Any) -> Any:
-    """The first answer that is not a 503 (the client reconnects after the heal; a
-    circuit breaker may hold the store closed a little longer)."""
-    deadline = time.monotonic() + 30
-    while True:
-        resp = client.get("/me", headers=JSON)
-        if resp.status_code != 503 or time.monotonic() > deadline:
-            return resp
-        time.sleep(0.05)
+    with partitioned_redis() as proxy:
+        yield proxy
 
 
 def _run(app: Any, *args: str) -> Any:
@@ -59,16 +44,7 @@ def _signed_in(redis_app: Any, op: Any, net: Partition, mode: Any) -> tuple[Any,
     """Signed in, with the partition armed to fall on the next sign-out post
     after its session was read (mid-request, as the issue saw it)."""
     app = redis_app(url=net.url)
-    armed = [True]
-
-    @app.before_request
-    def partition_mid_request() -> None:
-        from flask import request
-
-        if request.path == "/sso/logout" and request.method == "POST" and armed:
-            armed.clear()
-            net.cut(mode)
-
+    cut_mid_request(app, net, lambda request: request.path == "/sso/logout" and request.method == "POST", mode)
     client = app.test_client()
     login(client, op)
     assert client.get("/me", headers=JSON).status_code == 200
@@ -93,7 +69,7 @@ def test_logout_during_a_partition_fails_and_leaves_the_session_revocable(redis_
     assert "still signed in" in kw["detail"]
 
     net.heal()
-    resp = _until_store_answers(client)
+    resp = until_store_answers(client)
     assert resp.status_code == 200 and resp.get_json()["subject"] == "u-alice"  # nothing changed
 
     listed = _run(app, "sessions", "list", "--user", "alice@example.com", "--json")
@@ -115,7 +91,7 @@ def test_logout_after_the_partition_heals_ends_the_session(redis_app: Any, op: A
     assert resp.status_code == 503 and resp.mimetype == "text/html"
     assert 'href="/sso/logout"' in resp.get_data(as_text=True)  # "Try again" signs out again
     net.heal()
-    assert _until_store_answers(client).status_code == 200
+    assert until_store_answers(client).status_code == 200
 
     with listen_to(signals.user_logged_out) as out, listen_to(signals.logout_failed) as failed:
         resp = client.post("/sso/logout", data={"csrf_token": token})

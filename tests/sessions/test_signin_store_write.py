@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from flask import request
 
 from flask_ccsso import signals
 from flask_ccsso.sessions import SESSION_KEY
@@ -36,7 +34,8 @@ from tests.support.saml import login as saml_login
 from tests.support.saml import post as saml_post
 from tests.support.saml import provider_block
 from tests.support.saml_idp import User
-from tests.support.sessions import REDIS_URL, SpareRedis, login, session_config
+from tests.support.sessions import REDIS_URL, login, session_config
+from tests.support.store_partition import cut_mid_request, partitioned_redis, until_store_answers
 
 pytestmark = pytest.mark.redis
 
@@ -128,12 +127,8 @@ def _nonce(url: str) -> str:
 
 @pytest.fixture
 def net() -> Iterator[Partition]:
-    server = SpareRedis()
-    server.start()
-    proxy = Partition(server.port)
-    yield proxy
-    proxy.close()
-    server.stop()
+    with partitioned_redis() as proxy:
+        yield proxy
 
 
 def _partitioned_app(make_app: Any, config: dict[str, Any], net: Partition, prefix: str, endpoint: str | None,
@@ -146,25 +141,9 @@ def _partitioned_app(make_app: Any, config: dict[str, Any], net: Partition, pref
     app = make_app(config, store=shared)
     closers.append(app.session_interface.close)
     closers.append(shared.close)
-
-    armed = [True]
-
-    @app.before_request
-    def partition_mid_request() -> None:
-        if endpoint is not None and request.endpoint == endpoint and armed:
-            armed.clear()
-            net.cut("reset")
-
+    if endpoint is not None:
+        cut_mid_request(app, net, lambda request: request.endpoint == endpoint)
     return app
-
-
-def _until_store_answers(client: Any) -> Any:
-    deadline = time.monotonic() + 30
-    while True:
-        resp = client.get("/me", headers=JSON)
-        if resp.status_code != 503 or time.monotonic() > deadline:
-            return resp
-        time.sleep(0.05)
 
 
 def _refused_not_logged_in(resp: Any, logins: list[Any], failed: list[Any], provider: str) -> None:
@@ -177,7 +156,7 @@ def _refused_not_logged_in(resp: Any, logins: list[Any], failed: list[Any], prov
 
 def _nothing_stored(app: Any, client: Any, net: Partition) -> None:
     net.heal()
-    resp = _until_store_answers(client)
+    resp = until_store_answers(client)
     assert resp.status_code == 401  # signed out, not half signed in
     store = app.session_interface.store
     assert [k for kind in ("user:", "email:", "idpsid:") for k in store.keys(kind)] == []
@@ -231,5 +210,5 @@ def test_a_sign_in_is_announced_only_once_it_is_stored(make_app: Any, op: Any, n
         resp = callback(client, params)
     assert resp.status_code == 302 and failed == [], resp.data  # what was announced is what happened
     net.heal()
-    resp = _until_store_answers(client)
+    resp = until_store_answers(client)
     assert resp.status_code == 200 and resp.get_json()["subject"] == "u-alice"

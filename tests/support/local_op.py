@@ -1,7 +1,10 @@
 """A small in-process OpenID Provider for fast unit tests.
 
 It serves real HTTP on 127.0.0.1 (discovery, JWKS, token endpoint) from a
-thread, checks PKCE and client authentication at its token endpoint, and signs
+thread, checks PKCE and client authentication at its token endpoint (leniently
+by default; strictly, by one registered method -- including RFC 7523
+``private_key_jwt`` against registered public keys -- once
+``client_auth_method`` is set), and signs
 ID tokens with real RSA keys through joserfc. Tests decide what an ID token
 says (or hand over a forged one) for each authorization code. The real,
 third-party provider is in tests/interop/.
@@ -19,13 +22,18 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from joserfc import jwt
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 CLIENT_ID = "portal"
 CLIENT_SECRET = "portal-secret"
+#: RFC 7523 2.2
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: the algorithms this OP accepts for client assertions
+ASSERTION_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
 
 class LocalOP:
@@ -37,10 +45,13 @@ class LocalOP:
         self.discovery_hits = 0
         self.token_hits = 0
         self.extra_metadata: dict[str, Any] = {}
+        #: RFC 7662 answers by opaque token (served at /introspect, see :meth:`_introspect`)
+        self.introspection_answers: dict[str, dict[str, Any]] = {}
         self.refresh_handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.graph_pages: list[dict[str, Any]] = []
         self.graph_fail = False
         self.down = False
+        self.reset_client_auth()
         self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.port = self.server.server_port
         self.issuer = f"http://127.0.0.1:{self.port}"
@@ -49,6 +60,22 @@ class LocalOP:
 
     def close(self) -> None:
         self.server.shutdown()
+
+    def reset_client_auth(self) -> None:
+        """Back to the lenient check of every existing test (Basic, or the form, with the secret or none)."""
+        #: ``None``: lenient; else the one method the client is registered with
+        self.client_auth_method: str | None = None
+        #: private_key_jwt: the client's registered public keys (joserfc keys)
+        self.client_keys: list[Any] = []
+        #: private_key_jwt: when set, the assertion's ``x5t#S256`` must be one of these (Entra ID style)
+        self.client_thumbprints: set[str] | None = None
+        #: ``jti`` of every assertion accepted: a second use is refused
+        self.seen_jtis: set[str] = set()
+        #: one entry per token request: method, verdict and (for assertions) header and claims
+        self.client_auth_log: list[dict[str, Any]] = []
+        #: the OP's own time (a test hands in its Clock) and its leeway for assertion times
+        self.clock: Callable[[], float] = time.time
+        self.assertion_leeway = 30
 
     # -- keys & tokens ----------------------------------------------------------
     def rotate(self, keep_old: bool = False) -> RSAKey:
@@ -122,6 +149,8 @@ class LocalOP:
         if req.path == "/token" and req.method == "POST":
             self.token_hits += 1
             return self._token(req)
+        if req.path == "/introspect" and req.method == "POST":
+            return self._introspect(req)
         if req.path.startswith("/graph/"):
             return self._graph(req)
         return Response("not found", status=404)
@@ -136,8 +165,95 @@ class LocalOP:
             return unquote(cid) == CLIENT_ID and unquote(secret) == CLIENT_SECRET
         return req.form.get("client_id") == CLIENT_ID and req.form.get("client_secret") in (CLIENT_SECRET, None)
 
+    def _client_strict(self, req: Request) -> str | None:
+        """Why the request does not authenticate as the client by
+        :attr:`client_auth_method` (``None``: it does)."""
+        method = self.client_auth_method
+        form = req.form
+        auth = req.headers.get("Authorization", "")
+        entry: dict[str, Any] = {"method": method, "basic": auth.startswith("Basic "),
+                                 "form_secret": "client_secret" in form, "assertion": "client_assertion" in form}
+        self.client_auth_log.append(entry)
+        if method == "client_secret_basic":
+            if not auth.startswith("Basic ") or "client_secret" in form or "client_assertion" in form:
+                return "expected client_secret_basic"
+            return None if self._client_ok(req) else "wrong client id or secret"
+        if auth or (method != "private_key_jwt" and "client_assertion" in form):
+            return "unexpected credentials for " + str(method)
+        if method == "client_secret_post":
+            ok = form.get("client_id") == CLIENT_ID and form.get("client_secret") == CLIENT_SECRET
+            return None if ok else "wrong client id or secret"
+        if method != "private_key_jwt":
+            return "unsupported method"
+        if "client_secret" in form:
+            return "a secret was sent"
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            return "wrong client_assertion_type"
+        if "client_id" in form and form["client_id"] != CLIENT_ID:
+            return "client_id does not match"
+        return self._check_assertion(form.get("client_assertion", ""), entry)
+
+    def _check_assertion(self, assertion: str, entry: dict[str, Any]) -> str | None:
+        try:
+            header = dict(jws.extract_compact(assertion.encode()).headers())
+        except (JoseError, ValueError, UnicodeError):
+            return "malformed assertion"
+        entry["header"] = header
+        if self.client_thumbprints is not None and header.get("x5t#S256") not in self.client_thumbprints:
+            return "unknown certificate thumbprint"
+        keys = [k for k in self.client_keys if not header.get("kid") or k.kid in (None, header.get("kid"))]
+        token = None
+        for key in keys:
+            try:
+                token = jwt.decode(assertion, key, algorithms=ASSERTION_ALGORITHMS)
+                break
+            except JoseError:
+                continue
+        if token is None:
+            return "bad signature"
+        claims = token.claims
+        entry["claims"] = claims
+        now = self.clock()
+        leeway = self.assertion_leeway
+        if claims.get("iss") != CLIENT_ID or claims.get("sub") != CLIENT_ID:
+            return "iss/sub is not the client id"
+        aud = claims.get("aud")
+        if f"{self.issuer}/token" not in (aud if isinstance(aud, list) else [aud]):
+            return "wrong aud"
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, (int, float)) or exp < now - leeway:
+            return "expired"
+        if isinstance(iat, (int, float)) and iat > now + leeway:
+            return "issued in the future"
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            return "no jti"
+        if jti in self.seen_jtis:
+            return "jti replayed"
+        self.seen_jtis.add(jti)
+        return None
+
+    def _introspect(self, req: Request) -> Response:
+        """RFC 7662 for the opaque tokens in :attr:`introspection_answers`, the
+        client authenticated as at the token endpoint (strictly when
+        :attr:`client_auth_method` is set). Served only once the test names it in
+        ``extra_metadata["introspection_endpoint"]``."""
+        if self.client_auth_method is not None:
+            problem = self._client_strict(req)
+            self.client_auth_log[-1]["problem"] = problem
+            if problem is not None:
+                return self._json({"error": "invalid_client", "error_description": problem}, 401)
+        elif not self._client_ok(req):
+            return self._json({"error": "invalid_client"}, 401)
+        return self._json(self.introspection_answers.get(req.form.get("token", ""), {"active": False}))
+
     def _token(self, req: Request) -> Response:
-        if not self._client_ok(req):
+        if self.client_auth_method is not None:
+            problem = self._client_strict(req)
+            self.client_auth_log[-1]["problem"] = problem
+            if problem is not None:
+                return self._json({"error": "invalid_client", "error_description": problem}, 401)
+        elif not self._client_ok(req):
             return self._json({"error": "invalid_client"}, 401)
         if req.form.get("grant_type") == "refresh_token":
             if self.refresh_handler is None:

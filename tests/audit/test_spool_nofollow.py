@@ -1,0 +1,80 @@
+"""The spool directory's files are opened without following a symlink (``O_NOFOLLOW``): a link
+planted where the spool, its replay lock or the dead-letter file will be created cannot redirect
+audit events (personal data) or the lock into a file the link names. The open fails, as any other
+unwritable spool file does (:class:`SpoolError`), and the link's target is left untouched."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from flask_ccsso.audit.events import AuditEvent, build_event
+from flask_ccsso.audit.spool import BadRow, DeadLetter, Spool, SpoolError
+from flask_ccsso.exceptions import ConfigError
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="O_NOFOLLOW is POSIX")
+
+
+def _event() -> AuditEvent:
+    return build_event("auth.login", {"provider": "op"})
+
+
+@pytest.mark.parametrize("target_exists", [True, False], ids=["existing-target", "dangling-link"])
+def test_a_planted_dead_letter_link_is_not_written_through(tmp_path: Path, target_exists: bool) -> None:
+    spool_dir, target = tmp_path / "spool", tmp_path / "elsewhere.txt"
+    spool_dir.mkdir()
+    if target_exists:
+        target.write_text("precious\n")
+    dead = DeadLetter(str(spool_dir), "http")
+    os.symlink(target, dead.path)
+    with pytest.raises(SpoolError):
+        dead.write_rows([BadRow(seq=1, event_id=None, raw=b"junk", problem="not an event")])
+    with pytest.raises(SpoolError):
+        dead.write([_event()], "refused")
+    if target_exists:
+        assert target.read_text() == "precious\n"
+    else:
+        assert not target.exists()
+
+
+def test_a_planted_spool_link_is_not_written_through(tmp_path: Path) -> None:
+    spool_dir, target = tmp_path / "spool", tmp_path / "elsewhere.sqlite3"
+    spool_dir.mkdir()
+    path = spool_dir / "ccsso-audit-http.spool.sqlite3"
+    os.symlink(target, path)  # dangling: the spool counts as empty until its first append
+    spool = Spool(str(spool_dir), "http")
+    with pytest.raises(SpoolError):
+        spool.append([_event()])
+    spool.close()
+    assert not target.exists()
+
+    target.write_bytes(b"")  # a link to an existing file stops start-up, as an unreadable spool does
+    with pytest.raises(ConfigError):
+        Spool(str(spool_dir), "http")
+    assert target.read_bytes() == b""
+
+
+def test_a_planted_lock_link_is_not_followed(tmp_path: Path) -> None:
+    spool_dir, target = tmp_path / "spool", tmp_path / "elsewhere.lock"
+    spool_dir.mkdir()
+    spool = Spool(str(spool_dir), "http")
+    os.symlink(target, spool.path + ".lock")
+    with pytest.raises(SpoolError):
+        spool.try_acquire_replay()
+    spool.close()
+    assert not target.exists()
+
+
+def test_the_spool_files_are_private_and_not_inherited(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), "http")
+    assert spool.append([_event()]) >= 1
+    assert spool.try_acquire_replay()
+    assert spool._lock_fd is not None and not os.get_inheritable(spool._lock_fd)
+    dead = DeadLetter(str(tmp_path), "http")
+    dead.write([_event()], "refused")
+    for path in (spool.path, spool.path + ".lock", dead.path):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    spool.close()
