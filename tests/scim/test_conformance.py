@@ -12,7 +12,7 @@ from __future__ import annotations
 from scim2_client.engines.wsgi import WSGISCIMClient
 from scim2_tester import Status, check_server
 
-from tests.scim.conftest import TOKEN
+from tests.support.scim import TOKEN
 
 #: the checks allowed to be skipped, and why (see the module docstring)
 SKIPPED = {"search_with_attributes"}

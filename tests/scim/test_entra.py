@@ -13,7 +13,7 @@ from typing import Any
 
 from flask_ccsso import signals
 from flask_ccsso.testing import listen_to
-from tests.scim.conftest import audit_db, audit_rows, scim_headers
+from tests.support.scim import audit_db, audit_rows, scim_headers
 from tests.support.skills import JSON, access_token, bearer, sign_in
 from tests.support.waiting import wait_for
 

@@ -11,8 +11,8 @@ import pytest
 from flask_ccsso.config import parse_config
 from flask_ccsso.exceptions import ConfigError
 from flask_ccsso.gate.bearer import deprovisioned_email_key, deprovisioned_id_key
-from tests.scim.conftest import TOKEN, scim_headers
 from tests.support.oidc import oidc_config
+from tests.support.scim import TOKEN, scim_headers
 from tests.support.skills import access_token, bearer
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"

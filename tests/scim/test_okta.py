@@ -11,39 +11,11 @@ re-activation through SCIM undoes it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask_ccsso import signals
 from flask_ccsso.testing import listen_to
-from tests.scim.conftest import audit_db, audit_rows, scim_headers
+from tests.support.scim import GROUP, PATCH_OP, audit_db, audit_rows, create, okta_active, okta_user, scim_headers
 from tests.support.skills import JSON, access_token, bearer, sign_in
 from tests.support.waiting import wait_for
-
-PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-
-
-def okta_user(login: str = "alice@example.com") -> dict[str, Any]:
-    """Okta's documented "Create the user" body (its login domain made a real one: see
-    :func:`test_okta_sample_domain_is_a_clean_400`)."""
-    return {"schemas": [USER], "userName": login, "name": {"givenName": "Test", "familyName": "User"},
-            "emails": [{"primary": True, "value": login, "type": "work"}], "displayName": "Test User",
-            "locale": "en-US", "externalId": "00ujl29u0le5T6Aj10h7", "groups": [], "password": "1mz050nq",
-            "active": True}
-
-
-def okta_active(active: bool) -> dict[str, Any]:
-    """Okta's documented deactivation (and re-activation) PATCH."""
-    return {"schemas": [PATCH_OP], "Operations": [{"op": "replace", "value": {"active": active}}]}
-
-
-def create(client: Any, body: dict[str, Any], kind: str = "Users") -> dict[str, Any]:
-    resp = client.post(f"/scim/v2/{kind}", headers=scim_headers(), json=body)
-    assert resp.status_code == 201, resp.get_data(as_text=True)
-    assert resp.mimetype == "application/scim+json"
-    assert resp.headers["Location"].endswith(f"/scim/v2/{kind}/{resp.get_json()['id']}")
-    return resp.get_json()
 
 
 def test_okta_deprovisioning_ends_everything_on_every_host(host, op, clock, tmp_path):

@@ -1,0 +1,84 @@
+"""Security review, round 3: SCIM deprovisioning."""
+
+from __future__ import annotations
+
+from flask_ccsso.stores.sql import SQLStore
+from tests.support.scim import TOKEN, create, okta_active, okta_user, scim_headers
+from tests.support.sessions import PG_URL, session_config
+from tests.support.skills import access_token, add_skill_routes, bearer
+
+
+def test_bearer_token_is_refused_by_its_subject_even_when_it_carries_another_email(host, op, clock):
+    """The bearer check reads the same markers as a sign-in: a token whose ``sub`` is the
+    person's externalId but whose email is one SCIM never listed (an alias, a UPN) must
+    not outlive the deprovisioning."""
+    idp, api = host().test_client(), host().test_client()
+    user = create(idp, okta_user())
+    token = access_token(op, clock, sub=user["externalId"], email="alice.alias@example.com")
+    assert api.get("/me", headers=bearer(token)).status_code == 200
+    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
+                     json=okta_active(False)).status_code == 200
+    denied = api.get("/me", headers=bearer(token))
+    assert denied.status_code == 401
+    assert denied.get_json()["error"] == "deprovisioned"
+
+
+def test_a_lone_surrogate_in_a_scim_body_is_a_400_not_a_500(host):
+    """``"\\ud800"`` is valid JSON but cannot be encoded for the store: a client error, not a crash."""
+    idp = host().test_client()
+    body = '{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "\\ud800@example.com"}'
+    resp = idp.post("/scim/v2/Users", headers=scim_headers(), data=body)
+    assert resp.status_code == 400
+    assert resp.get_json()["scimType"] == "invalidSyntax"
+
+
+def test_creating_someone_who_shares_an_email_does_not_reactivate_a_deactivated_user(host, op, clock):
+    """Re-activation clears the markers a *deleted* user left on a shared address; a user
+    who still exists and is still deactivated keeps every other marker of theirs."""
+    idp, api = host().test_client(), host().test_client()
+    alice = create(idp, {**okta_user(), "emails": [{"value": "alice@example.com", "primary": True},
+                                                   {"value": "team@example.com"}]})
+    assert idp.patch(f"/scim/v2/Users/{alice['id']}", headers=scim_headers(),
+                     json=okta_active(False)).status_code == 200
+    create(idp, {**okta_user("carol@example.com"), "externalId": "00u-carol",
+                 "emails": [{"value": "carol@example.com", "primary": True}, {"value": "team@example.com"}]})
+    token = access_token(op, clock, sub="u-alice", email="alice@example.com")
+    denied = api.get("/me", headers=bearer(token))
+    assert denied.status_code == 401
+    assert denied.get_json()["error"] == "deprovisioned"
+
+
+def test_a_token_whose_subject_is_the_login_in_another_case_is_refused(host, op, clock):
+    """Okta's org server puts the login in ``sub`` and logins are case-insensitive: a token
+    without an email, whose ``sub`` differs from the SCIM userName only in case, is the same person."""
+    idp, api = host().test_client(), host().test_client()
+    user = create(idp, okta_user("Alice@Example.com"))
+    token = access_token(op, clock, sub="alice@example.com", email=None)
+    assert api.get("/me", headers=bearer(token)).status_code == 200
+    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
+                     json=okta_active(False)).status_code == 200
+    denied = api.get("/me", headers=bearer(token))
+    assert denied.status_code == 401
+    assert denied.get_json()["error"] == "deprovisioned"
+
+
+def test_a_long_user_name_is_provisioned_and_deprovisioned_on_a_sql_store(make_app, op, clock, prefix, closers,
+                                                                          monkeypatch):
+    """The SQL store's keys are at most 255 characters: a long userName (an email may have
+    254) must neither crash the create nor, worse, leave the person's deprovisioning unwritten."""
+    monkeypatch.setenv("SCIM_TOKEN", TOKEN)
+    store = SQLStore.from_url(PG_URL, clock=clock, key_prefix=prefix)
+    closers.append(store.close)
+    cfg = session_config(op)
+    cfg["scim"] = {"enabled": True, "token": "${SCIM_TOKEN}"}
+    app = add_skill_routes(make_app(cfg, store=store))
+    idp, api = app.test_client(), app.test_client()
+    login = "a" * 64 + "." + "b" * 150 + "@example.com"
+    user = create(idp, {**okta_user(login), "externalId": "x" * 240})
+    token = access_token(op, clock, sub="u-long", email=login)
+    assert api.get("/me", headers=bearer(token)).status_code == 200
+    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
+                     json=okta_active(False)).status_code == 200
+    assert api.get("/me", headers=bearer(token)).get_json()["error"] == "deprovisioned"
+    found = idp.get("/scim/v2/Users", headers=scim_headers(), query_string={"filter": f'userName eq "{login}"'})
+    assert found.get_json()["totalResults"] == 1
