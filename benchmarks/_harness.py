@@ -253,7 +253,9 @@ class IOCounter:
       statements are counted by the ``sqlite3`` connection itself (a trace callback set at
       each pool checkout), so a store reading on the raw DBAPI connection is counted too.
       On a networked database also ``sql_pings`` (``pool_pre_ping`` on checkout) and
-      ``sql_resets`` (the ROLLBACK when a connection goes back to the pool): round trips too;
+      ``sql_resets`` (the ROLLBACK when a connection goes back to the pool with a transaction
+      open; the driver sends nothing for an idle connection -- psycopg 3 skips it -- so that
+      one is not counted): round trips too;
     * ``connects``: ``socket.connect`` calls (new outbound connections),
       ``http``: requests sent through a ``requests`` adapter.
     """
@@ -372,6 +374,14 @@ class IOCounter:
             counters["sql_commits"] += 1
 
         def reset(dbapi_conn: Any, record: Any, *a: Any) -> None:  # ROLLBACK when a connection goes back
+            # only a connection inside a transaction sends it: psycopg 3 returns at once when idle
+            # (libpq's trace shows nothing sent), as does sqlite3 outside a transaction
+            info = getattr(dbapi_conn, "info", None)
+            status = getattr(info, "transaction_status", None)
+            if status is not None and int(status) == 0:  # psycopg.pq.TransactionStatus.IDLE
+                return
+            if getattr(dbapi_conn, "in_transaction", None) is False:  # sqlite3
+                return
             counters["sql_resets"] += 1
 
         listen("before_cursor_execute", before)
