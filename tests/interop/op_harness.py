@@ -24,7 +24,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -33,6 +32,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
 from joserfc.jwk import RSAKey
+
+from tests.support.waiting import wait_for as wait_until  # kept under its old name (exported)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -670,18 +671,6 @@ class Browser:
             )
         snippet = " ".join(resp.text.split())[:500]
         raise OPError(f"{what}; got HTTP {resp.status_code} at {resp.url}: {snippet}")
-
-
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until truthy (returns its value) or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
 
 
 def callback_params(callback_url: str) -> dict[str, str]:

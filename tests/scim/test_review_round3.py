@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_ccsso.stores.sql import SQLStore
 from tests.support.scim import TOKEN, create, okta_active, okta_user, scim_headers
 from tests.support.sessions import PG_URL, session_config
 from tests.support.skills import access_token, add_skill_routes, bearer
+
+
+def _refused_once_deactivated(idp: Any, api: Any, user: dict[str, Any], token: str) -> None:
+    """The token works, SCIM deactivates the user, and the token is refused as deprovisioned."""
+    assert api.get("/me", headers=bearer(token)).status_code == 200
+    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
+                     json=okta_active(False)).status_code == 200
+    denied = api.get("/me", headers=bearer(token))
+    assert denied.status_code == 401
+    assert denied.get_json()["error"] == "deprovisioned"
 
 
 def test_bearer_token_is_refused_by_its_subject_even_when_it_carries_another_email(host, op, clock):
@@ -15,12 +27,7 @@ def test_bearer_token_is_refused_by_its_subject_even_when_it_carries_another_ema
     idp, api = host().test_client(), host().test_client()
     user = create(idp, okta_user())
     token = access_token(op, clock, sub=user["externalId"], email="alice.alias@example.com")
-    assert api.get("/me", headers=bearer(token)).status_code == 200
-    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
-                     json=okta_active(False)).status_code == 200
-    denied = api.get("/me", headers=bearer(token))
-    assert denied.status_code == 401
-    assert denied.get_json()["error"] == "deprovisioned"
+    _refused_once_deactivated(idp, api, user, token)
 
 
 def test_a_lone_surrogate_in_a_scim_body_is_a_400_not_a_500(host):
@@ -54,12 +61,7 @@ def test_a_token_whose_subject_is_the_login_in_another_case_is_refused(host, op,
     idp, api = host().test_client(), host().test_client()
     user = create(idp, okta_user("Alice@Example.com"))
     token = access_token(op, clock, sub="alice@example.com", email=None)
-    assert api.get("/me", headers=bearer(token)).status_code == 200
-    assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
-                     json=okta_active(False)).status_code == 200
-    denied = api.get("/me", headers=bearer(token))
-    assert denied.status_code == 401
-    assert denied.get_json()["error"] == "deprovisioned"
+    _refused_once_deactivated(idp, api, user, token)
 
 
 def test_a_long_user_name_is_provisioned_and_deprovisioned_on_a_sql_store(make_app, op, clock, prefix, closers,

@@ -238,16 +238,14 @@ class LocalOP:
         client authenticated as at the token endpoint (strictly when
         :attr:`client_auth_method` is set). Served only once the test names it in
         ``extra_metadata["introspection_endpoint"]``."""
-        if self.client_auth_method is not None:
-            problem = self._client_strict(req)
-            self.client_auth_log[-1]["problem"] = problem
-            if problem is not None:
-                return self._json({"error": "invalid_client", "error_description": problem}, 401)
-        elif not self._client_ok(req):
-            return self._json({"error": "invalid_client"}, 401)
+        refused = self._refuse_client(req)
+        if refused is not None:
+            return refused
         return self._json(self.introspection_answers.get(req.form.get("token", ""), {"active": False}))
 
-    def _token(self, req: Request) -> Response:
+    def _refuse_client(self, req: Request) -> Response | None:
+        """The 401 for a request that does not authenticate as the client (token
+        and introspection endpoints alike), or ``None`` when it does."""
         if self.client_auth_method is not None:
             problem = self._client_strict(req)
             self.client_auth_log[-1]["problem"] = problem
@@ -255,6 +253,12 @@ class LocalOP:
                 return self._json({"error": "invalid_client", "error_description": problem}, 401)
         elif not self._client_ok(req):
             return self._json({"error": "invalid_client"}, 401)
+        return None
+
+    def _token(self, req: Request) -> Response:
+        refused = self._refuse_client(req)
+        if refused is not None:
+            return refused
         if req.form.get("grant_type") == "refresh_token":
             if self.refresh_handler is None:
                 return self._json({"error": "invalid_grant"}, 400)
