@@ -264,6 +264,8 @@ def _finish(provider: str, params_from_form: bool) -> Response:
         _forget_here()  # nothing was stored: the 503 must not carry a signed-in session
         _fail(provider, exc)
         raise
+    if state.deprovisioned is not None:
+        _refuse_if_deprovisioned_meanwhile(state, provider, result.identity)
     g._ccsso_identity = result.identity
     signals.user_logged_in.send(app, identity=result.identity, provider=provider, method=prov.protocol,
                                 step_up=result.step_up)
@@ -273,6 +275,26 @@ def _finish(provider: str, params_from_form: bool) -> Response:
         resubmit_notice_after(resubmit, skill=result.step_up_skill, landing=landing, now=state.clock(),
                               max_age=float(getattr(prov.settings, "login_state_ttl", 600.0)))
     return redirect(landing, 303 if params_from_form else 302)
+
+
+def _refuse_if_deprovisioned_meanwhile(state: CCSSOState, provider: str, identity: Identity) -> None:
+    """The deprovisioning race, closed: SCIM writes its markers, then revokes the
+    person's indexed sessions; a sign-in checked the markers before they were
+    written, then stores its session (and index entries) in one batch. Checked
+    again now that it is stored, either the markers are seen here (this session
+    is ended and the sign-in refused) or they were written after the session was
+    indexed, and the revocation that follows them finds it. One store read per
+    sign-in, only with SCIM on."""
+    assert state.deprovisioned is not None
+    if not state.deprovisioned.any_marker(identity):
+        return
+    exc = AccountDeprovisioned(subject=identity.subject, email=identity.email)
+    try:
+        state.sessions.sign_out(identity, current_session())
+    finally:  # stored or not, this browser leaves without it; the record is ended or unreachable
+        _forget_here()
+        _fail(provider, exc)
+    raise exc
 
 
 def _refuse_another_person(provider: str, answered: Identity, asked_from: str) -> None:

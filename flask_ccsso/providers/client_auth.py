@@ -293,7 +293,23 @@ class AssertionKeySource:
             raise
         self._seen = seen
         self._checked_at = self._clock()
+        self._warn_if_others_can_read()
         return loaded
+
+    def _warn_if_others_can_read(self) -> None:
+        """A private key file that other accounts on the host can read is a
+        credential they can use: said once per load, as a warning rather than
+        a refusal (Kubernetes mounts secrets 0644 unless told ``defaultMode``)."""
+        if self._key_file is None or os.name != "posix":
+            return
+        try:
+            mode = os.stat(self._key_file).st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            log.warning("flask-ccsso: %s.clientAssertionKey: the key file is readable by other users "
+                        "(mode %s). Fix: chmod 600 it (Kubernetes: defaultMode 0400 on the secret volume).",
+                        self._path, oct(mode & 0o777))
 
     def current(self) -> SigningKey:
         """The key to sign with now; at most every :attr:`recheck` seconds the

@@ -148,14 +148,32 @@ class Directory:
         user.meta = Meta(resource_type="User", created=now, last_modified=now, location=location(user.id),
                          version='W/"1"')
         user.groups = None  # read-only: the Group resources hold memberships
-        if not self.store.add(USERNAME_PREFIX + store_key_part(str(user.user_name).lower()), user.id, KEEP):
-            raise UniquenessException(detail=f"userName {user.user_name!r} is already taken")
+        # the record first: an index entry then always names a stored user, and one that names
+        # none is a create that failed between its two writes (taken over, _claim_user_name)
         self.store.set(USER_PREFIX + user.id, _dump(user), KEEP)
+        if not self._claim_user_name(str(user.user_name), user.id):
+            self.store.delete(USER_PREFIX + user.id)
+            raise UniquenessException(detail=f"userName {user.user_name!r} is already taken")
         if user.active is False:
             self.deprovision(user, "deactivated")
         else:
             self.reactivate(user)
         return user
+
+    def _claim_user_name(self, user_name: str, user_id: str) -> bool:
+        """Make ``user_name`` (any case) name ``user_id``; ``False`` when another
+        stored user has it. An entry naming no stored user is left by a write that
+        failed halfway; it is taken over with a compare-and-set on that entry, so
+        two claimants never both win."""
+        key = USERNAME_PREFIX + store_key_part(user_name.lower())
+        if self.store.add(key, user_id, KEEP):
+            return True
+        owner = self.store.get(key)
+        if owner is None:  # freed meanwhile
+            return self.store.add(key, user_id, KEEP)
+        if owner == user_id or self.store.get(USER_PREFIX + owner) is not None:
+            return owner == user_id
+        return self.store.update(key, lambda current: (user_id, KEEP) if current == owner else None)
 
     def replace_user(self, user_id: str, new: User[Any]) -> User[Any]:
         """PUT: ``new`` replaces the user (id, meta and created kept)."""
@@ -177,7 +195,7 @@ class Directory:
         new.meta = Meta(resource_type="User", created=old.meta.created, last_modified=_now(),
                         location=old.meta.location, version=f'W/"{version + 1}"')
         renamed = str(new.user_name).lower() != str(old.user_name).lower()
-        if renamed and not self.store.add(USERNAME_PREFIX + store_key_part(str(new.user_name).lower()), old.id, KEEP):
+        if renamed and not self._claim_user_name(str(new.user_name), old.id):
             raise UniquenessException(detail=f"userName {new.user_name!r} is already taken")
         self.store.set(USER_PREFIX + old.id, _dump(new), KEEP)
         if renamed:

@@ -84,3 +84,54 @@ def test_a_long_user_name_is_provisioned_and_deprovisioned_on_a_sql_store(make_a
     assert api.get("/me", headers=bearer(token)).get_json()["error"] == "deprovisioned"
     found = idp.get("/scim/v2/Users", headers=scim_headers(), query_string={"filter": f'userName eq "{login}"'})
     assert found.get_json()["totalResults"] == 1
+
+
+def test_a_sign_in_racing_the_deprovisioning_is_refused(host, op, clock):
+    """The race the first marker check leaves: SCIM deactivates the person after the
+    sign-in checked the markers but before it stored its session (so the revocation
+    finds nothing to end). The sign-in checks again once stored: 403, its session
+    ended, nothing left in the index for that person."""
+    from flask_ccsso import signals
+    from flask_ccsso.state import get_state
+    from flask_ccsso.testing import listen_to
+    from tests.support.skills import sign_in
+
+    scim_host, web_host = host(), host()
+    idp, browser = scim_host.test_client(), web_host.test_client()
+    user = create(idp, okta_user())
+    gate = get_state(web_host).gate
+    establish = gate.establish
+
+    def deprovisioned_meanwhile(*args: Any, **kwargs: Any) -> None:
+        # the IdP's deactivation lands here: after the sign-in's first check, before its store write
+        assert idp.patch(f"/scim/v2/Users/{user['id']}", headers=scim_headers(),
+                         json=okta_active(False)).status_code == 200
+        establish(*args, **kwargs)
+
+    gate.establish = deprovisioned_meanwhile  # type: ignore[method-assign]
+    with listen_to(signals.login_failed) as failed, listen_to(signals.user_logged_in) as logged_in:
+        page = sign_in(browser, op, clock, expect=403)
+    assert "deprovisioned" in page.get_data(as_text=True)
+    assert [f.kwargs["reason"] for f in failed] == ["deprovisioned"] and not logged_in
+    assert browser.get("/me", headers={"Accept": "application/json"}).status_code == 401
+    assert get_state(web_host).sessions.sessions_of("alice@example.com") == []
+
+
+def test_a_user_name_left_by_a_half_failed_create_is_taken_over(host):
+    """A store failure between a create's two writes left a userName entry naming
+    no user: the next create of that person succeeds (no 409 forever), and the
+    filter finds them; a userName a stored user has is still a 409."""
+    from flask_ccsso.scim.directory import USERNAME_PREFIX
+    from flask_ccsso.state import get_state
+
+    app = host()
+    idp = app.test_client()
+    get_state(app).store.add(USERNAME_PREFIX + "alice@example.com", "0" * 32, 3600)  # the orphan
+    user = create(idp, okta_user())
+    found = idp.get("/scim/v2/Users", headers=scim_headers(),
+                    query_string={"filter": 'userName eq "alice@example.com"'}).get_json()
+    assert [r["id"] for r in found["Resources"]] == [user["id"]]
+    again = idp.post("/scim/v2/Users", headers=scim_headers(), json=okta_user())
+    assert again.status_code == 409
+    listed = idp.get("/scim/v2/Users", headers=scim_headers()).get_json()
+    assert [r["id"] for r in listed["Resources"]] == [user["id"]]  # the refused create left no record

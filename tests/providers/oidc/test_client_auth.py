@@ -65,6 +65,7 @@ def _write(path: Any, data: bytes) -> str:
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as fh:
         fh.write(data)
+    os.chmod(tmp, 0o600)  # a private key, as an operator keeps it
     os.replace(tmp, path)
     return str(path)
 
@@ -417,3 +418,21 @@ def test_introspection_authenticates_as_the_token_endpoint_does(make_app: Any, s
     finally:
         strict_op.extra_metadata.pop("introspection_endpoint", None)
         strict_op.introspection_answers.clear()
+
+
+def test_a_key_file_others_can_read_is_warned_about(make_app: Any, strict_op: LocalOP, tmp_path: Any,
+                                                     caplog: Any) -> None:
+    """Other accounts on the host could sign as the portal: a warning naming the
+    key and the fix (never the key), and none for a 0600 file."""
+    key = _rsa()
+    strict_op.client_auth_method = "private_key_jwt"
+    strict_op.client_keys = [_public(key)]
+    path = _write(tmp_path / "key.pem", _pem(key))
+    with caplog.at_level(logging.WARNING, logger="flask_ccsso"):
+        _pkjwt(make_app, strict_op, path)
+    assert "readable by other users" not in caplog.text
+    os.chmod(path, 0o644)
+    with caplog.at_level(logging.WARNING, logger="flask_ccsso"):
+        _pkjwt(make_app, strict_op, path)
+    assert "clientAssertionKey: the key file is readable by other users (mode 0o644)" in caplog.text
+    assert "chmod 600" in caplog.text and "PRIVATE KEY" not in caplog.text
