@@ -42,7 +42,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .._context import unproxied
 from ..exceptions import StoreUnavailable
 from ..stores import Batch, Change, SharedStore, open_store
-from ..stores.breaker import refused_by_breaker
+from ..stores.breaker import ThrottledLog, refused_by_breaker
 from .keys import SessionKeys, is_handle
 from .record import SESSION_KEY, SessionRecord, finite, load, revision, tombstone
 
@@ -197,6 +197,8 @@ class CCSSOSessionInterface(SessionInterface):
         self.keys = keys
         self.settings = settings
         self.clock = clock
+        #: "store unreachable" once a minute at most, however many requests meet it
+        self._unreachable_log = ThrottledLog(log)
         #: what the record's seal is bound to besides its store key: the
         #: store's key prefix (a record moved to another deployment does not open)
         self.seal_prefix = seal_prefix
@@ -296,7 +298,8 @@ class CCSSOSessionInterface(SessionInterface):
             found = self._find(sid)
         except self._errors as exc:
             if not refused_by_breaker(exc):  # an open breaker logs the outage itself, not each request
-                log.error("flask-ccsso: session store unreachable: %s", exc.__class__.__name__)
+                self._unreachable_log.log(logging.ERROR, "flask-ccsso: session store unreachable: %s",
+                                          exc.__class__.__name__)
             s = self._new_session()
             s.unavailable = True
             return s
@@ -365,7 +368,8 @@ class CCSSOSessionInterface(SessionInterface):
             # the response was already made; it must not claim success (a
             # sign-in whose session was not stored) -- turn it into a 503
             if not refused_by_breaker(exc):
-                log.error("flask-ccsso: session store unreachable while saving: %s", exc.__class__.__name__)
+                self._unreachable_log.log(logging.ERROR, "flask-ccsso: session store unreachable while saving: %s",
+                                          exc.__class__.__name__)
             try:
                 self.unavailable_answer(response)
             except Exception:  # the plain page below needs nothing that could fail

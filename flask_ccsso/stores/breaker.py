@@ -49,6 +49,37 @@ class BreakerOpen(Exception):
                          f"calls fail at once for up to {left:.1f} s more, then one probe is tried")
 
 
+class ThrottledLog:
+    """One log record per ``interval`` seconds for one recurring message; the next
+    one says how many were held back. For failures every request meets while a
+    store is down without the breaker opening (a refused connection fails at
+    once, so it never trips the breaker): the log says it once, not per request.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._next = -math.inf
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def log(self, level: int, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless one was logged less than ``interval`` ago
+        (then count it); ``True`` when it was logged."""
+        now = self.clock()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return False
+            held, self._held = self._held, 0
+            self._next = now + self.interval
+        if held:
+            msg, args = msg + " (and %d more like it in the last %ds, not logged)", (*args, held, int(self.interval))
+        self.logger.log(level, msg, *args)
+        return True
+
+
 def refused_by_breaker(exc: BaseException) -> bool:
     """``exc`` (a :class:`~flask_ccsso.exceptions.StoreUnavailable`) is a call an
     open breaker refused: the breaker has logged the outage, the caller does not

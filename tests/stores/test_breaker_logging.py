@@ -182,3 +182,35 @@ def test_a_refused_connection_keeps_the_default_retry_after(make_app: Any, op: A
         resp = client.get("/me", headers=headers)
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     assert app.session_interface.store.breaker.state == "closed"
+
+
+def test_a_refused_connection_is_logged_once_a_minute_not_per_request(make_app: Any, op: Any, closers: list[Any],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that refuses connections (stopped, restarting) fails every call at
+    once and never opens the breaker: the "unreachable" ERROR is still said once,
+    then held back for a minute, and the next one counts what was held back."""
+    from flask_ccsso.stores.breaker import ThrottledLog
+    from tests.support.sessions import free_port
+
+    cfg = oidc_config(op)
+    cfg["session"]["store"] = {"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0",
+                               "keyPrefix": f"t{uuid.uuid4().hex[:8]}:"}
+    app = make_app(cfg)
+    closers.append(app.session_interface.close)
+    clock = Clock()
+    app.session_interface._unreachable_log = ThrottledLog(logging.getLogger("flask_ccsso"), 60.0, clock)
+    client = _client(app)
+    caplog.set_level(logging.DEBUG, logger="flask_ccsso")
+
+    def unreachable() -> list[str]:
+        return [r.getMessage() for r in _records(caplog) if "unreachable" in r.getMessage()]
+
+    for _ in range(25):
+        assert client.get("/me", headers=JSON).status_code == 503
+    assert unreachable() == ["flask-ccsso: session store unreachable: StoreUnavailable"]
+    assert [r.levelno for r in _records(caplog) if "unreachable" in r.getMessage()] == [logging.ERROR]
+    caplog.clear()
+    clock.now += 61
+    assert client.get("/me", headers=JSON).status_code == 503
+    assert unreachable() == ["flask-ccsso: session store unreachable: StoreUnavailable "
+                             "(and 24 more like it in the last 60s, not logged)"]
