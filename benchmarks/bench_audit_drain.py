@@ -13,7 +13,7 @@
    end (or from the event's time, for an event recorded later: ``within_s``); events
    spooled when the collector came back, lost, and delivered twice. The pipeline runs with
    its default settings (``batchSize`` 100, ``flushInterval`` 1 s, ``retryBackoff`` 0.5 s,
-   ``maxBackoff`` 60 s).
+   ``maxBackoff`` 15 s).
 2. Journal: microseconds per event on the request thread for the crash journal's
    encode + ``os.write`` (best of 5 rounds).
 
@@ -215,7 +215,7 @@ def run(quick: bool, *, rate: float | None = None, outage: float | None = None) 
             "note": (f"{rate:g} events/s recorded throughout; after {plan.lead:g} s the collector refuses "
                      f"connections for {outage:g} s; recording goes on {plan.after:g} s after the drain. "
                      "The pipeline's defaults (batchSize 100, flushInterval 1 s, retryBackoff 0.5 s, "
-                     "maxBackoff 60 s). within_s: the latest delivery after the fault's end (or after the "
+                     "maxBackoff 15 s). within_s: the latest delivery after the fault's end (or after the "
                      "event's time, if later).")}
 
 

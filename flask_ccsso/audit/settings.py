@@ -187,7 +187,7 @@ class AuditSettings:
         "failureThreshold", default_factory=FailureThresholdSettings, read=_read_threshold)
     retry_attempts: int = setting("retryAttempts", 3, read=_read_count)
     retry_backoff: float = setting("retryBackoff", 0.5, allow_zero=True)
-    max_backoff: float = setting("maxBackoff", 60.0)
+    max_backoff: float = setting("maxBackoff", 15.0)
     max_field_length: int = setting("maxFieldLength", 1024, minimum=64, read=_read_count)
     #: events kept in memory per sink while the sink is down *and* its spool cannot be written
     backlog_size: int = setting("backlogSize", 10_000, minimum=0, read=_read_count)

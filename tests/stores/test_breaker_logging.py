@@ -212,5 +212,5 @@ def test_a_refused_connection_is_logged_once_a_minute_not_per_request(make_app: 
     caplog.clear()
     clock.now += 61
     assert client.get("/me", headers=JSON).status_code == 503
-    assert unreachable() == ["flask-ccsso: session store unreachable: StoreUnavailable "
-                             "(and 24 more like it in the last 60s, not logged)"]
+    assert unreachable() == [("flask-ccsso: session store unreachable: StoreUnavailable "
+                              "(and 24 more like it in the last 60s, not logged)")]
