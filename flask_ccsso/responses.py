@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers import Response as BaseResponse
 
 from ._context import unproxied
-from .exceptions import CCSSOError, ConfigError, LoginRequired, StepUpRequired, StoreUnavailable
+from .exceptions import CCSSOError, ConfigError, LoginRequired, SkillRequired, StepUpRequired, StoreUnavailable
 from .gate.stepup import forget_resubmit, login_url_for, remember_resubmit
 from .state import EXTENSION_KEY, get_state
 
@@ -168,6 +168,8 @@ def error_response(exc: HTTPException, *, as_json: bool | None = None, extra: di
         resp.headers["Retry-After"] = str(_retry_after(exc))
     if code == 401 and isinstance(exc, CCSSOError) and (as_json or isinstance(exc, StepUpRequired)):
         resp.headers["WWW-Authenticate"] = bearer_challenge(exc)
+    elif code == 403 and isinstance(exc, SkillRequired) and exc.missing_scopes and _sent_bearer():
+        resp.headers["WWW-Authenticate"] = bearer_challenge(exc)  # RFC 6750 3.1 insufficient_scope
     if isinstance(exc, CCSSOError):
         resp.headers.update(exc.response_headers())
     return resp
@@ -280,7 +282,8 @@ def _form_page() -> str:
 
 
 def bearer_challenge(exc: CCSSOError) -> str:
-    """``WWW-Authenticate`` for API clients (RFC 6750, RFC 9470 for step-up)."""
+    """``WWW-Authenticate`` for API clients (RFC 6750: ``invalid_token``, ``insufficient_scope``;
+    RFC 9470 for step-up)."""
     if isinstance(exc, StepUpRequired):
         parts = ['Bearer error="insufficient_user_authentication"',
                  f'error_description="{_q(exc.description or "")}"']
@@ -289,10 +292,19 @@ def bearer_challenge(exc: CCSSOError) -> str:
         if exc.acr_values:
             parts.append(f'acr_values="{_q(" ".join(exc.acr_values))}"')
         return ", ".join(parts)
+    if isinstance(exc, SkillRequired) and exc.missing_scopes:
+        # RFC 6750 3.1: the token lacks scopes the skill requires; scope= names what to ask for
+        return (f'Bearer error="insufficient_scope", error_description="{_q(exc.description or "")}", '
+                f'scope="{_q(" ".join(exc.missing_scopes))}"')
     if getattr(exc, "code", None) == 401:
-        err = "invalid_token" if request.headers.get("Authorization", "").lower().startswith("bearer ") else None
+        err = "invalid_token" if _sent_bearer() else None
         return 'Bearer' + (f' error="{err}", error_description="{_q(exc.description or "")}"' if err else "")
     return "Bearer"
+
+
+def _sent_bearer() -> bool:
+    """Whether this request presented a bearer token (``Authorization: Bearer ...``)."""
+    return request.headers.get("Authorization", "").lower().startswith("bearer ")
 
 
 def _q(text: str) -> str:

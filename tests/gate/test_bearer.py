@@ -73,10 +73,15 @@ def test_missing_scope_and_group_are_403_json(client, op, clock):
                                "missing_scopes": ["migration:write"],
                                "error_description": resp.get_json()["error_description"]}
     assert denied[0].kwargs["via"] == "bearer" and denied[0].kwargs["identity"].via == "bearer"
+    # RFC 6750 3.1: the challenge says insufficient_scope and which scope to ask for
+    challenge = resp.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", error_description="')
+    assert challenge.endswith(', scope="migration:write"')
     tok = access_token(op, clock, scope="security:read", groups=["staff", "top-secret"])
     resp = client.get("/s/security-audit", headers=bearer(tok))
     assert resp.status_code == 403 and resp.get_json()["condition"] == "allowedGroups"
     assert "top-secret" not in resp.get_data(as_text=True)
+    assert "WWW-Authenticate" not in resp.headers  # a missing group is no scope the client could ask for
 
 
 def test_no_scopes_claim_means_no_scopes(client, op, clock):

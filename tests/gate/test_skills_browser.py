@@ -55,6 +55,7 @@ def test_missing_scope_is_403(client, op, clock):
     resp = client.get("/s/database-migration", headers=JSON)
     assert resp.status_code == 403
     assert resp.get_json()["error"] == reasons.MISSING_SCOPE and resp.get_json()["condition"] == "requiredScopes"
+    assert "WWW-Authenticate" not in resp.headers  # a session, not a bearer token: no RFC 6750 challenge
 
 
 def test_several_users_several_skills(make_app, op, clock):
