@@ -238,6 +238,7 @@ def test_bearer_token_without_the_scope_asked_for(client, real_op):
     tokens = op_tokens(real_op, "alice", scope="openid profile email")
     resp = client.get("/migrations", headers=bearer(tokens["access_token"]))
     assert_denied_json(resp, "database-migration", "requiredScopes", reasons.MISSING_SCOPE)
+    assert resp.headers["WWW-Authenticate"].startswith('Bearer error="insufficient_scope"')  # RFC 6750 3.1
 
 
 def _assert_invalid_token(resp: Any) -> None:
