@@ -308,7 +308,10 @@ def _sent_bearer() -> bool:
 
 
 def _q(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")
+    """``text`` as a quoted-string's content within RFC 6750's charset (``%x20-21 / %x23-5B /
+    %x5D-7E``): a description may echo a token's header (its ``alg``), and a character a WSGI
+    server cannot send as latin-1 (or a control character) would turn the 401 into a 500."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else ("'" if c == '"' else "?") for c in text)
 
 
 __all__ = ["SECURITY_HEADERS", "add_security_headers", "bearer_challenge", "error_response", "handle_error",

@@ -286,7 +286,13 @@ def _refuse_if_deprovisioned_meanwhile(state: CCSSOState, provider: str, identit
     indexed, and the revocation that follows them finds it. One store read per
     sign-in, only with SCIM on."""
     assert state.deprovisioned is not None
-    if not state.deprovisioned.any_marker(identity):
+    try:
+        deprovisioned = state.deprovisioned.any_marker(identity)
+    except CCSSOError as err:  # unknown either way: this browser leaves without the stored session
+        _forget_here()  # (indexed: a revocation still finds the record)
+        _fail(provider, err)
+        raise
+    if not deprovisioned:
         return
     exc = AccountDeprovisioned(subject=identity.subject, email=identity.email)
     try:

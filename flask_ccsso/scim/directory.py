@@ -32,6 +32,7 @@ in tokens, display names over SCIM).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -151,7 +152,14 @@ class Directory:
         # the record first: an index entry then always names a stored user, and one that names
         # none is a create that failed between its two writes (taken over, _claim_user_name)
         self.store.set(USER_PREFIX + user.id, _dump(user), KEEP)
-        if not self._claim_user_name(str(user.user_name), user.id):
+        try:
+            claimed = self._claim_user_name(str(user.user_name), user.id)
+        except BaseException:
+            # no record without its index entry: the client never learns this id to delete it
+            with contextlib.suppress(Exception):
+                self.store.delete(USER_PREFIX + user.id)
+            raise
+        if not claimed:
             self.store.delete(USER_PREFIX + user.id)
             raise UniquenessException(detail=f"userName {user.user_name!r} is already taken")
         if user.active is False:

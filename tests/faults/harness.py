@@ -372,9 +372,16 @@ class FaultCluster:
     def missing_from_ledger(self, answers: list[Answer]) -> list[str]:
         """Skill-route answers the portal must have emitted an event for (200 skill.invoked, 401/403
         permission.denied) but its ledger lacks: the ledger is checked, not trusted."""
-        by_rid = Counter(rid for _t, rid, _s in self.emitted().values())
-        return [f"{a.host}{a.path} {a.status} {a.rid}" for a in answers
-                if a.path in SKILL_PATHS and a.status in (200, 401, 403) and by_rid[a.rid] != 1]
+        # counted by the event each answer owes: the first request that meets an ended session
+        # also emits session.expired (same request id), which is not this check's business
+        emitted = self.emitted().values()
+        by_rid = Counter((etype, rid) for etype, rid, _s in emitted)
+        types: dict[str, list[str]] = {}
+        for etype, rid, _s in emitted:
+            types.setdefault(rid, []).append(etype)
+        return [f"{a.host}{a.path} {a.status} {a.rid} emitted={types.get(a.rid, [])}" for a in answers
+                if a.path in SKILL_PATHS and a.status in (200, 401, 403)
+                and by_rid[("skill.invoked" if a.status == 200 else "permission.denied", a.rid)] != 1]
 
     def close(self) -> None:
         self._pg_stop.set()

@@ -262,3 +262,13 @@ def test_public_view_ignores_nothing_but_never_500s(client, op):
     assert resp.status_code == 200
     resp = client.get("/me", headers={**bearer("garbage"), **JSON})
     assert resp.status_code == 401
+
+
+def test_challenge_description_stays_within_rfc6750_charset(client, op, clock):
+    """error_description echoes the token's alg; RFC 6750 3 allows %x20-21 / %x23-5B / %x5D-7E only,
+    and a header value a WSGI server cannot encode as latin-1 turns the 401 into a 500."""
+    tok = _raw_jwt({"alg": "\u20ac\u2603\u00e9", "typ": "at+jwt"}, token_claims(op, clock))
+    resp = client.get("/s/database-migration", headers=bearer(tok))
+    challenge = resp.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer error="invalid_token"'), challenge
+    assert all(0x20 <= ord(c) <= 0x7E for c in challenge), challenge

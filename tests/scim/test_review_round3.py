@@ -135,3 +135,56 @@ def test_a_user_name_left_by_a_half_failed_create_is_taken_over(host):
     assert again.status_code == 409
     listed = idp.get("/scim/v2/Users", headers=scim_headers()).get_json()
     assert [r["id"] for r in listed["Resources"]] == [user["id"]]  # the refused create left no record
+
+
+def test_a_create_whose_user_name_claim_fails_leaves_no_user_record(host):
+    """The record is written before the userName is claimed: a store failure in the
+    claim must not leave a user no index entry names (listed, unreachable by the
+    client, a duplicate of the retried create's user)."""
+    from flask_ccsso.exceptions import StoreUnavailable
+    from flask_ccsso.state import get_state
+
+    app = host()
+    idp = app.test_client()
+    store = get_state(app).store
+    real_add = store.add
+
+    def add_fails_once(*args: Any, **kwargs: Any) -> Any:
+        store.add = real_add  # type: ignore[method-assign]
+        raise StoreUnavailable("the store went away")
+
+    store.add = add_fails_once  # type: ignore[method-assign]
+    assert idp.post("/scim/v2/Users", headers=scim_headers(), json=okta_user()).status_code == 503
+    user = create(idp, okta_user())
+    listed = idp.get("/scim/v2/Users", headers=scim_headers()).get_json()
+    assert [r["id"] for r in listed["Resources"]] == [user["id"]]
+
+
+def test_a_failed_second_marker_check_signs_no_one_in(host, op, clock):
+    """The re-check after the session is stored cannot reach the store: the 503 must
+    not carry the stored session's cookie (a sign-in never announced, and no one
+    knows whether the person was deprovisioned meanwhile)."""
+    from flask_ccsso.exceptions import StoreUnavailable
+    from flask_ccsso.state import get_state
+    from tests.support.skills import sign_in
+
+    web_host = host()
+    browser = web_host.test_client()
+    state = get_state(web_host)
+    assert state.deprovisioned is not None
+    markers, establish = state.deprovisioned.store, state.gate.establish
+
+    class Unreachable:
+        def get(self, key: str) -> Any:
+            raise StoreUnavailable("the store went away")
+
+    def then_the_store_goes(*args: Any, **kwargs: Any) -> None:
+        establish(*args, **kwargs)
+        state.deprovisioned.store = Unreachable()  # type: ignore[union-attr]
+
+    state.gate.establish = then_the_store_goes  # type: ignore[method-assign]
+    try:
+        sign_in(browser, op, clock, expect=503)
+    finally:
+        state.deprovisioned.store = markers
+    assert browser.get("/me", headers={"Accept": "application/json"}).status_code == 401
