@@ -95,7 +95,8 @@ def _extract(token: str) -> tuple[CompactSignature, dict[str, Any], dict[str, An
         obj = jws.extract_compact(token.encode("ascii"))
         header = dict(obj.headers())
         claims = _decode_json(obj.payload)
-    except (JoseError, ValueError, UnicodeError, RecursionError, TypeError, AttributeError):
+    # msgspec.DecodeError is a ValueError only from msgspec 0.19 on: named too
+    except (JoseError, ValueError, msgspec.DecodeError, UnicodeError, RecursionError, TypeError, AttributeError):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN) from None
     if not isinstance(claims, dict) or _too_deep(header, claims, obj.payload):
         raise AuthenticationFailed("The token is malformed.", reason=reasons.INVALID_TOKEN)
