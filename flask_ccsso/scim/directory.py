@@ -149,39 +149,47 @@ class Directory:
         user.meta = Meta(resource_type="User", created=now, last_modified=now, location=location(user.id),
                          version='W/"1"')
         user.groups = None  # read-only: the Group resources hold memberships
-        # the record first: an index entry then always names a stored user, and one that names
-        # none is a create that failed between its two writes (taken over, _claim_user_name)
-        self.store.set(USER_PREFIX + user.id, _dump(user), KEEP)
-        try:
-            claimed = self._claim_user_name(str(user.user_name), user.id)
-        except BaseException:
-            # no record without its index entry: the client never learns this id to delete it
-            with contextlib.suppress(Exception):
-                self.store.delete(USER_PREFIX + user.id)
-            raise
-        if not claimed:
-            self.store.delete(USER_PREFIX + user.id)
-            raise UniquenessException(detail=f"userName {user.user_name!r} is already taken")
+        self._store_new(user, USER_PREFIX, USERNAME_PREFIX, str(user.user_name), "userName")
         if user.active is False:
             self.deprovision(user, "deactivated")
         else:
             self.reactivate(user)
         return user
 
-    def _claim_user_name(self, user_name: str, user_id: str) -> bool:
-        """Make ``user_name`` (any case) name ``user_id``; ``False`` when another
-        stored user has it. An entry naming no stored user is left by a write that
-        failed halfway; it is taken over with a compare-and-set on that entry, so
-        two claimants never both win."""
-        key = USERNAME_PREFIX + store_key_part(user_name.lower())
-        if self.store.add(key, user_id, KEEP):
+    # -- the unique names (userName, a group's displayName) -----------------------------
+    def _store_new(self, resource: Resource[Any], record_prefix: str, name_prefix: str, name: str,
+                   attribute: str) -> None:
+        """Store a new resource and claim its unique ``name``: the record first,
+        so a name entry always names a stored resource (one that names none is a
+        create that failed between its two writes, taken over by
+        :meth:`_claim_name`); when the claim fails the record goes again (the
+        client never learns this id to delete it)."""
+        assert resource.id is not None
+        self.store.set(record_prefix + resource.id, _dump(resource), KEEP)
+        try:
+            claimed = self._claim_name(record_prefix, name_prefix, name, resource.id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.delete(record_prefix + resource.id)
+            raise
+        if not claimed:
+            self.store.delete(record_prefix + resource.id)
+            raise UniquenessException(detail=f"{attribute} {name!r} is already taken")
+
+    def _claim_name(self, record_prefix: str, name_prefix: str, name: str, resource_id: str) -> bool:
+        """Make ``name`` (any case) name ``resource_id``; ``False`` when another
+        stored resource has it. An entry naming no stored resource is left by a
+        write that failed halfway; it is taken over with a compare-and-set on
+        that entry, so two claimants never both win."""
+        key = name_prefix + store_key_part(name.lower())
+        if self.store.add(key, resource_id, KEEP):
             return True
         owner = self.store.get(key)
         if owner is None:  # freed meanwhile
-            return self.store.add(key, user_id, KEEP)
-        if owner == user_id or self.store.get(USER_PREFIX + owner) is not None:
-            return owner == user_id
-        return self.store.update(key, lambda current: (user_id, KEEP) if current == owner else None)
+            return self.store.add(key, resource_id, KEEP)
+        if owner == resource_id or self.store.get(record_prefix + owner) is not None:
+            return owner == resource_id
+        return self.store.update(key, lambda current: (resource_id, KEEP) if current == owner else None)
 
     def replace_user(self, user_id: str, new: User[Any]) -> User[Any]:
         """PUT: ``new`` replaces the user (id, meta and created kept)."""
@@ -203,7 +211,7 @@ class Directory:
         new.meta = Meta(resource_type="User", created=old.meta.created, last_modified=_now(),
                         location=old.meta.location, version=f'W/"{version + 1}"')
         renamed = str(new.user_name).lower() != str(old.user_name).lower()
-        if renamed and not self._claim_user_name(str(new.user_name), old.id):
+        if renamed and not self._claim_name(USER_PREFIX, USERNAME_PREFIX, str(new.user_name), old.id):
             raise UniquenessException(detail=f"userName {new.user_name!r} is already taken")
         self.store.set(USER_PREFIX + old.id, _dump(new), KEEP)
         if renamed:
@@ -301,9 +309,7 @@ class Directory:
         now = _now()
         group.meta = Meta(resource_type="Group", created=now, last_modified=now, location=location(group.id),
                           version='W/"1"')
-        if not self.store.add(GROUPNAME_PREFIX + store_key_part(str(group.display_name).lower()), group.id, KEEP):
-            raise UniquenessException(detail=f"displayName {group.display_name!r} is already taken")
-        self.store.set(GROUP_PREFIX + group.id, _dump(group), KEEP)
+        self._store_new(group, GROUP_PREFIX, GROUPNAME_PREFIX, str(group.display_name), "displayName")
         self._members_changed(set(), _members(group))
         return group
 
@@ -324,7 +330,7 @@ class Directory:
         new.meta = Meta(resource_type="Group", created=old.meta.created, last_modified=_now(),
                         location=old.meta.location, version=f'W/"{_version(old.meta.version) + 1}"')
         renamed = str(new.display_name).lower() != str(old.display_name).lower()
-        if renamed and not self.store.add(GROUPNAME_PREFIX + store_key_part(str(new.display_name).lower()), old.id, KEEP):
+        if renamed and not self._claim_name(GROUP_PREFIX, GROUPNAME_PREFIX, str(new.display_name), old.id):
             raise UniquenessException(detail=f"displayName {new.display_name!r} is already taken")
         self.store.set(GROUP_PREFIX + old.id, _dump(new), KEEP)
         if renamed:

@@ -137,6 +137,27 @@ def test_a_user_name_left_by_a_half_failed_create_is_taken_over(host):
     assert [r["id"] for r in listed["Resources"]] == [user["id"]]  # the refused create left no record
 
 
+def test_a_group_name_left_by_a_half_failed_create_is_taken_over(host):
+    """Groups keep the same rule as users: a displayName entry naming no group is
+    taken over by the next create; a name a stored group has is still a 409, and
+    the refused create leaves no record."""
+    from flask_ccsso.scim.directory import GROUPNAME_PREFIX
+    from flask_ccsso.state import get_state
+    from tests.support.scim import GROUP
+
+    app = host()
+    idp = app.test_client()
+    get_state(app).store.add(GROUPNAME_PREFIX + "db admins", "0" * 32, 3600)  # the orphan
+    body = {"schemas": [GROUP], "displayName": "DB Admins", "members": []}
+    group = create(idp, body, "Groups")
+    found = idp.get("/scim/v2/Groups", headers=scim_headers(),
+                    query_string={"filter": 'displayName eq "db admins"'}).get_json()
+    assert [r["id"] for r in found["Resources"]] == [group["id"]]
+    assert idp.post("/scim/v2/Groups", headers=scim_headers(), json=body).status_code == 409
+    listed = idp.get("/scim/v2/Groups", headers=scim_headers()).get_json()
+    assert [r["id"] for r in listed["Resources"]] == [group["id"]]
+
+
 def test_a_create_whose_user_name_claim_fails_leaves_no_user_record(host):
     """The record is written before the userName is claimed: a store failure in the
     claim must not leave a user no index entry names (listed, unreachable by the
