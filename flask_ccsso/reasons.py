@@ -25,6 +25,7 @@ STEPUP_SUBJECT_MISMATCH = "stepup_subject_mismatch"  # a step-up answered by ano
 BAD_REQUEST = "bad_request"
 REQUEST_TOO_LARGE = "request_too_large"  # a body over the route's limit, refused unparsed
 RATE_LIMITED = "rate_limited"              # too many sign-ins started from one address
+DEPROVISIONED = "deprovisioned"            # SCIM deprovisioned the person (active: false / DELETE)
 
 # session
 IDLE_TIMEOUT = "idle_timeout"

@@ -248,8 +248,8 @@ class BearerAuthenticator:
     def __call__(self, token: str) -> Identity:
         identity = self._checked(token)
         if self.deprovisioned is not None and self.deprovisioned(identity):
-            err = LoginRequired("This account has been deprovisioned.", reason=DEPROVISIONED)
-            signals.login_failed.send(current_flask_app(), provider=identity.provider, reason=DEPROVISIONED,
+            err = LoginRequired("This account has been deprovisioned.", reason=reasons.DEPROVISIONED)
+            signals.login_failed.send(current_flask_app(), provider=identity.provider, reason=reasons.DEPROVISIONED,
                                       detail="bearer token of a deprovisioned person", subject=identity.subject,
                                       email=identity.email)
             g._ccsso_bearer_failure = err
@@ -472,8 +472,6 @@ class BearerAuthenticator:
         return frozenset(prov._str_list(data[s.groups_claim]))
 
 
-#: reason code of a person the directory deprovisioned (SCIM ``active: false`` or ``DELETE``)
-DEPROVISIONED = "deprovisioned"
 #: shared-store key prefixes of the deprovisioned markers (:mod:`flask_ccsso.scim` writes them)
 DEPROVISIONED_EMAIL_PREFIX = "scim:deprovisioned:email:"
 DEPROVISIONED_ID_PREFIX = "scim:deprovisioned:id:"
@@ -505,7 +503,7 @@ def deprovisioned_id_key(identity_id: str) -> str:
 class AccountDeprovisioned(CCSSOError, Forbidden):
     """A sign-in of a person SCIM deprovisioned: HTTP 403 until SCIM re-activates them."""
 
-    reason = DEPROVISIONED
+    reason = reasons.DEPROVISIONED
     description = "This account has been deprovisioned. Ask your administrator to re-activate it."
 
 
@@ -561,5 +559,5 @@ def make_bearer_authenticator(app: Flask, providers: Mapping[str, Provider], clo
                                cache_size=size, refusal_seconds=refusal, introspection_limit=limit)
 
 
-__all__ = ["DEPROVISIONED", "AccountDeprovisioned", "AddressLimiter", "BearerAuthenticator", "DeprovisionedCheck", "IntrospectionThrottled",
+__all__ = ["AccountDeprovisioned", "AddressLimiter", "BearerAuthenticator", "DeprovisionedCheck", "IntrospectionThrottled",
            "TokenCache", "deprovisioned_email_key", "deprovisioned_id_key", "make_bearer_authenticator"]
