@@ -203,13 +203,12 @@ class CCSSO:
         if cfg.scim.enabled:  # imported only then: scim2-models is the optional extra "scim"
             from .scim import register_scim
             register_scim(app, cfg.scim)
-        bearer = make_bearer_authenticator(app, providers, clock, cfg.skills.values())
         deprovisioned = DeprovisionedCheck(store) if cfg.scim.enabled else None
-        bearer.deprovisioned = deprovisioned
         state = CCSSOState(
             app_name=app.name, config=cfg, providers=providers, store=store, session_interface=iface,
             sessions=SessionIndex(iface), gate=SessionGate(cfg.session, store, clock), clock=clock, url_prefix=prefix,
-            bearer_authenticator=bearer,
+            bearer_authenticator=make_bearer_authenticator(app, providers, clock, cfg.skills.values(),
+                                                           deprovisioned=deprovisioned),
             refresher=refresh_if_needed, policy=SkillPolicy(cfg, providers, clock), audit_settings=settings,
             audit=start_audit(app, settings, clock), deprovisioned=deprovisioned,
         )

@@ -225,7 +225,8 @@ class BearerAuthenticator:
     def __init__(self, providers: Mapping[str, Provider], clock: Callable[[], float], *, groups_needed: bool = True,
                  cache_size: int = DEFAULT_CACHE_SIZE,
                  refusal_seconds: float = REFUSAL_CACHE_SECONDS, introspection_limit: int = INTROSPECTION_LIMIT,
-                 limit_window: float = INTROSPECTION_LIMIT_WINDOW) -> None:
+                 limit_window: float = INTROSPECTION_LIMIT_WINDOW,
+                 deprovisioned: Callable[[Identity], bool] | None = None) -> None:
         self.providers = providers
         self.clock = clock
         self.groups_needed = groups_needed
@@ -240,9 +241,9 @@ class BearerAuthenticator:
         self.introspections = 0
         #: userinfo calls made (tests, metrics)
         self.userinfo_calls = 0
-        #: ``identity -> deprovisioned?``, set when SCIM is enabled (:class:`DeprovisionedCheck`):
+        #: ``identity -> deprovisioned?`` when SCIM is enabled (:class:`DeprovisionedCheck`):
         #: asked on every bearer request, after the caches, so a deprovision counts from its response on
-        self.deprovisioned: Callable[[Identity], bool] | None = None
+        self.deprovisioned = deprovisioned
 
     # -- entry point -------------------------------------------------------------------
     def __call__(self, token: str) -> Identity:
@@ -545,7 +546,8 @@ def _app_number(app: Flask, key: str, default: float, low: float, high: float, *
 
 
 def make_bearer_authenticator(app: Flask, providers: Mapping[str, Provider], clock: Callable[[], float],
-                              skills: Iterable[Any]) -> BearerAuthenticator:
+                              skills: Iterable[Any], *,
+                              deprovisioned: Callable[[Identity], bool] | None = None) -> BearerAuthenticator:
     """Built by ``init_app``: accept bearer tokens from the OIDC providers.
     ``CCSSO_BEARER_CACHE_SIZE`` (default 2048) bounds the token caches;
     ``CCSSO_BEARER_REFUSAL_CACHE_SECONDS`` (30) is how long a refused opaque
@@ -556,7 +558,8 @@ def make_bearer_authenticator(app: Flask, providers: Mapping[str, Provider], clo
     refusal = _app_number(app, "CCSSO_BEARER_REFUSAL_CACHE_SECONDS", REFUSAL_CACHE_SECONDS, 0, 3600)
     limit = int(_app_number(app, "CCSSO_BEARER_INTROSPECTION_LIMIT", INTROSPECTION_LIMIT, 1, 1_000_000, whole=True))
     return BearerAuthenticator(providers, clock, groups_needed=any(getattr(s, "allowed_groups", None) for s in skills),
-                               cache_size=size, refusal_seconds=refusal, introspection_limit=limit)
+                               cache_size=size, refusal_seconds=refusal, introspection_limit=limit,
+                               deprovisioned=deprovisioned)
 
 
 __all__ = ["AccountDeprovisioned", "AddressLimiter", "BearerAuthenticator", "DeprovisionedCheck", "IntrospectionThrottled",
