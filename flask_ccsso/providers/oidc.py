@@ -301,7 +301,7 @@ class OIDCProvider(Provider):
         try:
             return self.http.post(uri, data=body, headers=headers, timeout=self.settings.timeout, stream=True)
         except requests.RequestException as exc:
-            raise unreachable(exc, uri, what, timeout=self.settings.timeout) from exc
+            raise unreachable(exc, uri, what, timeout=self.settings.timeout, provider=self.name) from exc
 
     # -- metadata ---------------------------------------------------------------
     def expected_issuer(self) -> str:

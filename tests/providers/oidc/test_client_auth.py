@@ -436,3 +436,22 @@ def test_a_key_file_others_can_read_is_warned_about(make_app: Any, strict_op: Lo
         _pkjwt(make_app, strict_op, path)
     assert "clientAssertionKey: the key file is readable by other users (mode 0o644)" in caplog.text
     assert "chmod 600" in caplog.text and "PRIVATE KEY" not in caplog.text
+
+
+def test_an_unreachable_introspection_endpoint_is_a_503_naming_the_provider(make_app: Any, strict_op: LocalOP) -> None:
+    """The introspection POST goes through the client's authentication; when it cannot
+    reach the IdP the 503's audit signal still says which provider failed."""
+    from flask_ccsso import reasons, signals
+    from flask_ccsso.testing import listen_to
+    from tests.support.sessions import free_port
+    from tests.support.skills import add_skill_routes, bearer, skills_config
+
+    strict_op.extra_metadata["introspection_endpoint"] = f"http://127.0.0.1:{free_port()}/introspect"
+    try:
+        client = add_skill_routes(make_app(skills_config(strict_op))).test_client()
+        with listen_to(signals.login_failed) as failed:
+            resp = client.get("/s/database-migration", headers=bearer("opaque-1"))
+    finally:
+        strict_op.extra_metadata.pop("introspection_endpoint", None)
+    assert resp.status_code == 503
+    assert [(f.kwargs["provider"], f.kwargs["reason"]) for f in failed] == [("op", reasons.IDP_UNAVAILABLE)]
