@@ -29,9 +29,7 @@ naming the key.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
 import re
@@ -49,8 +47,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+from joserfc.util import urlsafe_b64encode
 
 from ..exceptions import ConfigError
+from .keys import loads_strict
 
 log = logging.getLogger("flask_ccsso")
 
@@ -68,10 +68,6 @@ _MIN_RSA_BITS = 2048
 _KEY_TEXT = re.compile(r"[A-Za-z0-9+/=_\-\s]{60,}")
 
 AssertionKey = RSAKey | ECKey | OKPKey
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ def _private_key(data: bytes) -> tuple[AssertionKey, str | None, list[bytes]]:
     text = data.strip()
     if text.startswith(b"{"):
         try:
-            jwk = json.loads(text)
+            jwk = loads_strict(text)
         except ValueError:
             raise KeyProblem("clientAssertionKey", "is not valid JSON (a JWK was expected).",
                              "give a PEM private key or a private JWK (with \"d\").") from None
@@ -205,8 +201,8 @@ def build_signing_key(key_data: bytes, cert_data: bytes | None, *, key_id: str |
         der = cert.public_bytes(serialization.Encoding.DER)
         # Entra ID finds the certificate by thumbprint: x5t (SHA-1, the long-standing one)
         # and x5t#S256 (SHA-256, what its current documentation asks for)
-        header["x5t"] = _b64url(hashlib.sha1(der).digest())  # a thumbprint, not a security hash
-        header["x5t#S256"] = _b64url(hashlib.sha256(der).digest())
+        header["x5t"] = urlsafe_b64encode(hashlib.sha1(der).digest()).decode("ascii")  # a thumbprint, not a security hash
+        header["x5t#S256"] = urlsafe_b64encode(hashlib.sha256(der).digest()).decode("ascii")
         not_after = cert.not_valid_after_utc.timestamp()
     elif need_certificate:
         raise KeyProblem("clientAssertionCertificate", "is required: Entra ID identifies the key by its certificate.",
