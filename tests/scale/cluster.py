@@ -8,7 +8,6 @@ import html
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from tests.support.network import free_port  # noqa: F401 - importers of this module use it
+
 TESTS_DIR = Path(__file__).resolve().parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -30,12 +31,6 @@ COOKIE = "ccsso_session"
 WORKERS = 3
 JSON = {"Accept": "application/json"}
 HOLD = 0.3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unreachable_services() -> str | None:

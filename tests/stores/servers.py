@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,13 +19,9 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.support.network import free_port
+
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 20.0, poll: float = 0.02, what: str = "condition") -> T:

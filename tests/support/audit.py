@@ -6,7 +6,6 @@ The ``collector`` and ``pg_table`` fixtures built on these live in tests/conftes
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from flask import Flask, request
 
 from flask_ccsso import signals
 from flask_ccsso.identity import Identity
+from tests.support.network import free_port
 from tests.support.waiting import wait_for  # noqa: F401  (the audit tests import it from here)
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -30,12 +30,6 @@ SECRETS = {
     "cookie": "session=ck-SECRET-12ab34cd",
     "password": "pw-SECRET-hunter22",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Collector:

@@ -7,7 +7,6 @@ the same servers.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 
 import redis
 
+from tests.support.network import free_port
 from tests.support.oidc import authorize_params, callback, oidc_config, start_login
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -84,12 +84,6 @@ def count_writes(app: Any) -> CountingRedis:
     counting = CountingRedis(connection_pool=store.client.connection_pool)
     store.client = counting
     return counting
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SpareRedis:

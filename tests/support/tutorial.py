@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from tests.support.network import free_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,12 +90,6 @@ def write_files(dest: Path) -> dict[str, Path]:
         path.write_text(code, encoding="utf-8")
         written[name] = path
     return written
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
