@@ -530,10 +530,9 @@ class DeprovisionedCheck:
         """Whether any marker names ``identity`` (a sign-in: rare enough for a read per key)."""
         return any(self.store.get(key) is not None for key in self.keys(identity))
 
-    def __call__(self, identity: Identity) -> bool:
-        # every marker, as a sign-in: a token's email may be one SCIM never listed (an
-        # alias, a UPN) while its subject is the person's externalId or userName
-        return self.any_marker(identity)
+    # the bearer path asks the same as a sign-in, every marker: a token's email may be one SCIM
+    # never listed (an alias, a UPN) while its subject is the person's externalId or userName
+    __call__ = any_marker
 
 
 class _UserinfoFailed(Exception):
