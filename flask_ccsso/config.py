@@ -631,6 +631,48 @@ def _parse_scim(raw: Any) -> ScimSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConsoleSettings:
+    """The ``console`` block: the operator console (sessions, audit, charts, skills, providers)."""
+
+    enabled: bool = setting("enabled", False)
+    #: the configured skill an operator needs; it must be ``sensitive`` (step-up) unless
+    #: ``requireSensitiveSkill`` is false, because the console ends other people's sessions
+    skill: str | None = setting("skill", None)
+    url_prefix: str = setting("urlPrefix", "/sso-console")
+    require_sensitive_skill: bool = setting("requireSensitiveSkill", True)
+    #: the audit destination (its ``name``) the audit explorer reads; default: the first ``sqlalchemy`` one
+    audit_destination: str | None = setting("auditDestination", None)
+
+
+def _parse_console(raw: Any, skills: Mapping[str, SkillSettings]) -> ConsoleSettings:
+    if raw is None:
+        return ConsoleSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError("console", "must be an object.", "see docs/console.md.")
+    c = parse_struct(ConsoleSettings, raw, "console")
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", c.url_prefix):
+        raise ConfigError("console.urlPrefix", f"{c.url_prefix!r} is not a URL path.", 'use e.g. "/sso-console".')
+    if not c.enabled:
+        return c
+    if not c.skill:
+        raise ConfigError("console.skill", "is not set, but console.enabled is true.",
+                          'name the skill operators need, e.g. "skill": "sso-operator", and define it in "skills" '
+                          'with "allowedGroups" and "sensitive": true.')
+    skill = skills.get(c.skill)
+    if skill is None:
+        raise ConfigError("console.skill", f"names {c.skill!r}, which is not a configured skill.",
+                          f"define {c.skill!r} in the skills block, or name one of: {', '.join(sorted(skills)) or '(none)'}.")
+    if not skill.allowed_groups:
+        raise ConfigError("console.skill", f"names {c.skill!r}, which any signed-in person has (no allowedGroups).",
+                          f"give skills.{c.skill}.allowedGroups the operators' group.")
+    if c.require_sensitive_skill and not skill.sensitive:
+        raise ConfigError("console.skill", f"names {c.skill!r}, which is not sensitive: the console ends other "
+                          "people's sessions, so it asks operators to have signed in recently.",
+                          f'set "sensitive": true on skills.{c.skill} (or, knowingly, console.requireSensitiveSkill: false).')
+    return c
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionSettings:
     absolute_timeout: float = setting("absoluteTimeout", 28800.0)
     idle_timeout: float = setting("idleTimeout", 3600.0)
@@ -666,6 +708,8 @@ class CCSSOConfig:
     default_provider: str | None = None
     #: the ``scim`` block (SCIM 2.0 provisioning, off by default; see docs/scim.md)
     scim: ScimSettings = field(default_factory=ScimSettings)
+    #: the ``console`` block (the operator console, off by default; see docs/console.md)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
 # --------------------------------------------------------------------------- provider types
@@ -990,7 +1034,7 @@ def _check_session_keys(s: SessionSettings, path: str) -> None:
                               "use a long random value, e.g. python -c 'import secrets; print(secrets.token_hex(32))'.")
 
 
-_TOP_KEYS = ("auth", "skills", "logging", "session", "scim")
+_TOP_KEYS = ("auth", "skills", "logging", "session", "scim", "console")
 
 
 def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> CCSSOConfig:
@@ -1003,8 +1047,9 @@ def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
     skills = _parse_skills(data.get("skills"), providers)
     session = _parse_session(data.get("session"))
     scim = _parse_scim(data.get("scim"))
+    console = _parse_console(data.get("console"), skills)
     logging_block = data.get("logging")
     if logging_block is not None and not isinstance(logging_block, dict):
         raise ConfigError("logging", "must be an object.", "see docs/audit.md.")
     return CCSSOConfig(providers=providers, skills=skills, session=session, logging=dict(logging_block or {}),
-                       default_provider=default, scim=scim)
+                       default_provider=default, scim=scim, console=console)

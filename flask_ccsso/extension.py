@@ -203,6 +203,9 @@ class CCSSO:
         if cfg.scim.enabled:  # imported only then: scim2-models is the optional extra "scim"
             from .scim import register_scim
             register_scim(app, cfg.scim)
+        if cfg.console.enabled:
+            from .console import register_console
+            register_console(app, cfg.console)
         deprovisioned = DeprovisionedCheck(store) if cfg.scim.enabled else None
         state = CCSSOState(
             app_name=app.name, config=cfg, providers=providers, store=store, session_interface=iface,

@@ -31,6 +31,7 @@ DEPROVISIONED = "deprovisioned"            # SCIM deprovisioned the person (acti
 IDLE_TIMEOUT = "idle_timeout"
 ABSOLUTE_TIMEOUT = "absolute_timeout"
 REVOKED = "revoked"
+OPERATOR = "operator"                      # an operator ended it (CLI, operator console)
 REFRESH_FAILED = "refresh_failed"
 STORE_UNAVAILABLE = "store_unavailable"
 
@@ -44,3 +45,4 @@ STALE_AUTHENTICATION = "stale_authentication"
 INSUFFICIENT_ACR = "insufficient_acr"        # the sign-in's acr is not one of the skill's acrValues
 GROUPS_INCOMPLETE = "groups_incomplete"
 CSRF_FAILED = "csrf_failed"                # a state-changing request without a valid CSRF token
+BROWSER_ONLY = "browser_only"              # a bearer token at a browser-only page (the operator console)

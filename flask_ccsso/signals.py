@@ -96,8 +96,17 @@ stepup_satisfied = _signals.signal("stepup.satisfied")
 #: ``"deleted"``).
 user_deprovisioned = _signals.signal("user.deprovisioned")
 
+#: ``console.action`` -- an operator changed something through the operator
+#: console (:mod:`flask_ccsso.console`), after confirming it. kwargs:
+#: ``identity`` (the operator), ``action`` (e.g. ``"revoke_session"``,
+#: ``"revoke_user"``), ``target`` (whom or what it acted on: an email,
+#: ``provider:subject`` or a session fingerprint, never a session id),
+#: ``count`` (how many things it changed).
+console_action = _signals.signal("console.action")
+
 __all__ = [
     "backchannel_logout",
+    "console_action",
     "failure_threshold",
     "login_failed",
     "logout_failed",

@@ -68,12 +68,13 @@ OUTCOMES: dict[str, str] = {
     "stepup.satisfied": "success",
     "token.refreshed": "success",
     "user.deprovisioned": "info",
+    "console.action": "info",
 }
 
 #: Events that are never silently dropped when the in-memory queue is full
 #: (they are written to the durable spool instead).
 SECURITY_PREFIXES = ("auth.", "session.", "stepup.")
-SECURITY_TYPES = frozenset({"permission.denied", "user.deprovisioned"})
+SECURITY_TYPES = frozenset({"permission.denied", "user.deprovisioned", "console.action"})
 
 #: Top-level fields a signal keyword may fill (besides ``identity``).
 TOP_FIELDS = ("reason", "provider", "skill", "via", "detail")
@@ -95,6 +96,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "stepup.required": ("max_age", "acr_values"),
     "stepup.satisfied": (),
     "user.deprovisioned": ("scim_id", "count"),
+    "console.action": ("action", "target", "count"),
 }
 
 #: Claim names never copied from ``Identity.claims`` even with

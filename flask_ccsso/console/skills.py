@@ -1,0 +1,15 @@
+"""The console's skills section (placeholder: being built)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from . import page
+
+
+def register(bp: Blueprint) -> None:
+    """Add this section's routes to the console blueprint."""
+
+    @bp.get("/skills", endpoint="skills")
+    def skills_page() -> str:
+        return page("placeholder.html", title="skills")
