@@ -154,9 +154,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
         os.environ.setdefault("CCSSO_EXAMPLE_DEV_SECRET", "dev-secret")
     if app.config.get("CCSSO") is None and not app.config.get("CCSSO_CONFIG_FILE"):
         app.config["CCSSO"] = load_example_config(app.instance_path, idp)
-    if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ and isinstance(app.config.get("CCSSO"), dict):
-        # demo knob: how old a sign-in may be for the sensitive skill (seconds)
-        app.config["CCSSO"].setdefault("session", {})["maxAuthAge"] = float(os.environ["CCSSO_EXAMPLE_MAX_AUTH_AGE"])
+    if isinstance(app.config.get("CCSSO"), dict):
+        _apply_demo_knobs(app.config["CCSSO"])
 
     if idp == "dev":
         _mount_dev_idp(app, clock)
@@ -173,6 +172,27 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
     _add_template_helpers(app)
     _add_views(app)
     return app
+
+
+def _apply_demo_knobs(cfg: dict[str, Any]) -> None:
+    """The example's environment knobs, each changing one block of the config:
+
+    * ``CCSSO_EXAMPLE_MAX_AUTH_AGE`` -- how old a sign-in may be for a sensitive skill (seconds);
+    * ``CCSSO_EXAMPLE_REDIS_URL`` -- keep sessions in Redis (``CCSSO_EXAMPLE_REDIS_PREFIX``, default
+      ``ccsso-example:``), so several portal processes or hosts share them (and a revoke in the
+      operator console ends a session on all of them);
+    * ``CCSSO_EXAMPLE_SCIM_TOKEN`` -- serve SCIM 2.0 at ``/scim/v2`` with this bearer secret (≥ 32
+      characters; needs ``pip install 'flask-ccsso[scim]'``, Python 3.11 or later), as an IdP's
+      provisioning app would call it.
+    """
+    if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ:
+        cfg.setdefault("session", {})["maxAuthAge"] = float(os.environ["CCSSO_EXAMPLE_MAX_AUTH_AGE"])
+    if os.environ.get("CCSSO_EXAMPLE_REDIS_URL"):
+        cfg.setdefault("session", {})["store"] = {
+            "type": "redis", "url": "${CCSSO_EXAMPLE_REDIS_URL}",
+            "keyPrefix": os.environ.get("CCSSO_EXAMPLE_REDIS_PREFIX") or "ccsso-example:"}
+    if os.environ.get("CCSSO_EXAMPLE_SCIM_TOKEN"):
+        cfg["scim"] = {"enabled": True, "token": "${CCSSO_EXAMPLE_SCIM_TOKEN}"}
 
 
 def _under_flask_command() -> bool:

@@ -33,10 +33,12 @@ from flask_ccsso.audit.settings import (
 )
 from flask_ccsso.config import (
     AzureADSettings,
+    ConsoleSettings,
     OIDCSettings,
     OktaSettings,
     ProviderSettings,
     SAMLSettings,
+    ScimSettings,
     SessionSettings,
     SkillSettings,
     StoreSettings,
@@ -101,7 +103,7 @@ def test_the_source_check_sees_a_second_default():
 
 
 STRUCTS = [OIDCSettings, OktaSettings, AzureADSettings, SAMLSettings, SkillSettings, StoreSettings, SessionSettings,
-           AuditSettings, SinkSettings, FailureThresholdSettings]
+           AuditSettings, SinkSettings, FailureThresholdSettings, ScimSettings, ConsoleSettings]
 
 
 @pytest.mark.parametrize("struct", STRUCTS, ids=lambda s: s.__name__)
@@ -212,6 +214,7 @@ RULES = {
     ("session", "tokenEncryptionKeyFallbacks"): "SECRET_KEY_FALLBACKS",
     ("logging", "events"): "every event except skill.invoked",
     ("logging", "spoolDir"): "<instance>/ccsso-audit-spool",
+    ("console", "auditDestination"): "the first sqlalchemy destination",
 }
 #: keys of a table that are not fields of its struct (read by the parser around it)
 NOT_FIELDS = {("provider", "provider"), ("logging", "destination"), ("logging", "destinations"),
@@ -219,7 +222,8 @@ NOT_FIELDS = {("provider", "provider"), ("logging", "destination"), ("logging", 
 #: heading -> (table name, struct)
 SECTIONS = {"`auth`": ("auth", None), "OIDC providers (`okta`, `azure-ad`, `oidc`)": ("oidc", OIDCSettings),
             "SAML providers (`saml`)": ("saml", SAMLSettings), "`skills`": ("skills", SkillSettings),
-            "`session`": ("session", SessionSettings), "`logging`": ("logging", AuditSettings)}
+            "`session`": ("session", SessionSettings), "`logging`": ("logging", AuditSettings),
+            "`scim`": ("scim", ScimSettings), "`console`": ("console", ConsoleSettings)}
 
 
 def _documented() -> list[tuple[str, str, type | None, str, str]]:
@@ -247,7 +251,7 @@ DOCUMENTED = _documented()
 
 def test_the_docs_tables_are_found():
     tables = {t for t, *_ in DOCUMENTED}
-    assert tables == {"auth", "provider", "oidc", "saml", "skills", "session", "logging"}
+    assert tables == {"auth", "provider", "oidc", "saml", "skills", "session", "logging", "scim", "console"}
     assert len(DOCUMENTED) > 80
 
 
@@ -281,6 +285,7 @@ def test_the_documented_default_is_the_struct_default(table, key, struct, cell, 
 @pytest.mark.parametrize("struct, tables", [
     (OIDCSettings, {"oidc", "provider"}), (AzureADSettings, {"oidc", "provider"}), (SAMLSettings, {"saml", "provider"}),
     (SkillSettings, {"skills"}), (SessionSettings, {"session"}), (AuditSettings, {"logging"}),
+    (ScimSettings, {"scim"}), (ConsoleSettings, {"console"}),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else "")
 def test_every_key_is_documented(struct, tables):
     documented = {k for t, k, *_ in DOCUMENTED if t in tables}
