@@ -513,7 +513,7 @@ class DeprovisionedCheck:
 
     Never cached (a deprovision counts from its response on): the email's
     marker when the identity has an email (or a subject that is one), and
-    its ``provider:subject``'s (one to three store reads). The SCIM endpoint writes both kinds, for the
+    its ``provider:subject``'s (one to three keys, one store read). The SCIM endpoint writes both kinds, for the
     person's email addresses and every ``provider:subject`` it can tell.
     """
 
@@ -527,8 +527,10 @@ class DeprovisionedCheck:
         return [*(deprovisioned_email_key(e) for e in sorted(emails)), deprovisioned_id_key(identity.id)]
 
     def any_marker(self, identity: Identity) -> bool:
-        """Whether any marker names ``identity`` (a sign-in: rare enough for a read per key)."""
-        return any(self.store.get(key) is not None for key in self.keys(identity))
+        """Whether any marker names ``identity``: all of them in one read
+        (:meth:`~flask_ccsso.stores.SharedStore.get_many`), as a bearer
+        request may make only one."""
+        return any(value is not None for value in self.store.get_many(self.keys(identity)))
 
     # the bearer path asks the same as a sign-in, every marker: a token's email may be one SCIM
     # never listed (an alias, a UPN) while its subject is the person's externalId or userName

@@ -30,7 +30,7 @@ import contextlib
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 #: what an :meth:`SharedStore.update` decision returns: the new value and its
@@ -88,6 +88,14 @@ class SharedStore(ABC):
 
     @abstractmethod
     def get(self, key: str) -> str | None: ...
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys``, in order (``None`` for an absent one), in
+        one round trip where the backend can: Redis ``MGET`` (split by slot
+        on a cluster), one SQL ``SELECT ... IN``. For a check that must read
+        several keys on the request path (the deprovision markers of a bearer
+        token) without a round trip per key. This fallback reads them one by one."""
+        return [self.get(key) for key in keys]
 
     @abstractmethod
     def set(self, key: str, value: str, ttl: float) -> None: ...

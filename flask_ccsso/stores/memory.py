@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Batch, Change, SharedStore
@@ -32,6 +32,10 @@ class MemoryStore(SharedStore):
         with self._lock:
             v = self._live(key)
             return v if isinstance(v, str) else None
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        with self._lock:
+            return [v if isinstance(v := self._live(key), str) else None for key in keys]
 
     def set(self, key: str, value: str, ttl: float) -> None:
         with self._lock:

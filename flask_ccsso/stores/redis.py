@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._validate import mask_url
@@ -188,6 +188,16 @@ class RedisStore(SharedStore):
             with self._guard():
                 return self._s(self.client.get(self.prefix + key))
         return self._s(self._lean_get(self.prefix + key))
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """``MGET`` (one round trip); on a cluster redis-py's ``mget_nonatomic``
+        sends one ``MGET`` per slot, in one pipeline."""
+        if not keys:
+            return []
+        names = [self.prefix + key for key in keys]
+        with self._guard():
+            values = self.client.mget_nonatomic(names) if self._cluster else self.client.mget(names)
+        return [self._s(v) for v in values]
 
     def _lean_get(self, name: str) -> Any:
         """``GET name`` on a connection of our own; the accounting of

@@ -14,7 +14,7 @@ import builtins
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..exceptions import StoreUnavailable
@@ -192,6 +192,18 @@ class SQLStore(SharedStore):
                     if attempt == 2 or not exc.connection_invalidated:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """One ``SELECT ... WHERE key IN (...)`` (one round trip)."""
+        if not keys:
+            return []
+        names = [self.prefix + key for key in keys]
+        now = self._clock()
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(self.sa.select(self.kv.c.key, self.kv.c.value).where(
+                self.kv.c.key.in_(names), self.kv.c.expires_at > now)).all()
+        found = {str(k): str(v) for k, v in rows}
+        return [found.get(name) for name in names]
 
     def set(self, key: str, value: str, ttl: float) -> None:
         key = self.prefix + key

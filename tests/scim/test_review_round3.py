@@ -196,7 +196,7 @@ def test_a_failed_second_marker_check_signs_no_one_in(host, op, clock):
     markers, establish = state.deprovisioned.store, state.gate.establish
 
     class Unreachable:
-        def get(self, key: str) -> Any:
+        def get_many(self, keys: Any) -> Any:
             raise StoreUnavailable("the store went away")
 
     def then_the_store_goes(*args: Any, **kwargs: Any) -> None:

@@ -75,6 +75,7 @@ def test_every_operation_with_keys_on_different_masters(store: RedisStore) -> No
     assert store.update(a, lambda v: (f"{v}+", 60)) and store.get(a) == "1+"
     assert store.update(c, lambda v: ("new" if v is None else "bad", 60)) and store.get(c) == "new"
     assert not store.update(c, lambda v: None)
+    assert store.get_many([b, "absent", a]) == ["2", None, "1+"]  # MGET per slot, in order
     store.delete(a, b, c)  # one call, three slots on three masters
     assert [store.get(k) for k in (a, b, c)] == [None, None, None]
 
