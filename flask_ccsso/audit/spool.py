@@ -31,6 +31,7 @@ import math
 import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -119,7 +120,23 @@ def _private_file(path: str) -> None:
 
 
 def ensure_dir(path: str) -> str:
+    """Create the spool (or journal) directory ``0700`` and check that it is private: a real
+    directory (not a symlink), this user's own, writable by nobody else.
+
+    Only then do the no-follow opens of the files in it hold: SQLite opens the spool by
+    name, so another user who could write to the directory could swap a symlink in
+    between our check of the file and SQLite's open of it. A directory that fails the
+    check is refused (``EACCES``), like an unwritable one: the events go on to the
+    next fallback (memory, then the loss counter), never into a file someone else steers.
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EACCES, "the audit spool directory is a symlink or not a directory")
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise OSError(errno.EACCES, "the audit spool directory belongs to another user (chown it to this one)")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(errno.EACCES, "the audit spool directory is writable by other users (chmod 700 it)")
     return path
 
 

@@ -78,3 +78,42 @@ def test_the_spool_files_are_private_and_not_inherited(tmp_path: Path) -> None:
     for path in (spool.path, spool.path + ".lock", dead.path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     spool.close()
+
+
+# The directory itself must be private: SQLite opens the spool by name, so another user who can
+# write to the directory could swap a link in between the no-follow check and SQLite's open.
+
+def test_a_spool_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "shared"
+    spool_dir.mkdir()
+    spool_dir.chmod(0o777)
+    spool = Spool(str(spool_dir), "http")
+    with pytest.raises(SpoolError) as err:
+        spool.append([_event()])
+    assert "writable by other users" in err.value.reason and str(tmp_path) not in err.value.reason
+    spool.close()
+    assert list(spool_dir.iterdir()) == []  # nothing written there
+    spool_dir.chmod(0o700)
+    spool = Spool(str(spool_dir), "http")
+    assert spool.append([_event()]) == 1  # fixed: it works again
+    spool.close()
+
+
+def test_a_spool_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "spool"
+    os.symlink(real, link)
+    spool = Spool(str(link), "http")
+    with pytest.raises(SpoolError) as err:
+        spool.append([_event()])
+    assert "symlink" in err.value.reason
+    spool.close()
+    assert list(real.iterdir()) == []
+
+
+def test_a_new_spool_directory_is_made_private(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "new" / "spool"), "http")
+    assert spool.append([_event()]) == 1
+    spool.close()
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "spool").st_mode) == 0o700
