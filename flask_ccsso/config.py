@@ -207,6 +207,8 @@ class ProviderSettings:
     path: str
     #: the chooser's button text; empty: :meth:`default_display_name`
     display_name: str = setting("displayName", "")
+    #: other configured providers offered while this one's IdP cannot be reached (see :func:`_check_fallbacks`)
+    fallback: tuple[str, ...] = setting("fallback", ())
 
     @classmethod
     def config_keys(cls) -> tuple[str, ...]:
@@ -825,6 +827,46 @@ def unrouted_introspection(providers: Mapping[str, ProviderSettings]) -> str | N
             "issue no opaque tokens for this API.")
 
 
+def _check_fallbacks(providers: Mapping[str, ProviderSettings]) -> None:
+    """Each provider's ``fallback`` names other configured providers, each
+    once, and no chain of fallbacks leads back to where it started: the
+    fallback offered while an IdP is down must not itself send people back
+    to that IdP (and every fallback sign-in raises an alert, so the chain
+    must be one an operator can read)."""
+    for prov in providers.values():
+        where = join(prov.path, "fallback")
+        for i, name in enumerate(prov.fallback):
+            if name == prov.name:
+                raise ConfigError(join(where, i), "names this provider itself.",
+                                  "name another configured provider, the one to offer while this one is unreachable.")
+            if name not in providers:
+                others = [n for n in providers if n != prov.name]
+                raise ConfigError(join(where, i), f"names provider {name!r}, which is not configured.",
+                                  f"use one of {', '.join(others)}." if others else
+                                  "configure the fallback provider under auth.providers first.")
+            if name in prov.fallback[:i]:
+                raise ConfigError(join(where, i), f"names {name!r} twice.", "list each fallback once.")
+    for start in providers.values():
+        # depth-first along the fallbacks; at most one walk per provider, and configs hold a handful
+        trail = [start.name]
+        stack = [(start.name, iter(start.fallback))]
+        while stack:
+            step = next(stack[-1][1], None)
+            if step is None:
+                stack.pop()
+                trail.pop()
+                continue
+            if step == start.name:
+                raise ConfigError(join(start.path, "fallback"),
+                                  f"makes a cycle: {' -> '.join([*trail, step])}.",
+                                  "a fallback must not fall back (directly or through others) to the provider it "
+                                  "stands in for; remove one of these fallback entries.")
+            if step in trail:
+                continue  # a cycle not through start: reported when the walk starts there
+            trail.append(step)
+            stack.append((step, iter(providers[step].fallback)))
+
+
 def _parse_provider(name: str, raw: Any, path: str) -> ProviderSettings:
     if not isinstance(raw, dict):
         raise ConfigError(path, "must be an object.", "write the provider's settings as { ... }.")
@@ -848,6 +890,7 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
             raise ConfigError("auth.providers", "is empty.", "configure at least one provider.")
         out = {n: _parse_provider(n, p, f"auth.providers.{n}") for n, p in provs.items()}
         _check_introspection_routing(out)
+        _check_fallbacks(out)
         default = expect(raw, "default", str, "auth")
         if default is not None and default not in out:
             raise ConfigError("auth.default", f"names {default!r}, which is not configured.",
@@ -857,6 +900,7 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
     name = ptype if isinstance(ptype, str) and re.match(r"^[a-z0-9][a-z0-9_-]*$", ptype or "") else "default"
     prov = _parse_provider(name, raw, "auth")
     _check_introspection_routing({name: prov})
+    _check_fallbacks({name: prov})
     return {name: prov}, name
 
 

@@ -23,6 +23,15 @@ _signals = Namespace()
 #: satisfied a step-up request).
 user_logged_in = _signals.signal("auth.login")
 
+#: ``auth.fallback_used`` -- a person signed in through a fallback provider
+#: because the provider they came for could not be reached (its discovery,
+#: JWKS or SAML metadata; see the ``fallback`` provider key). Sent after
+#: ``auth.login`` for the same sign-in, once; :data:`failure_threshold` is sent
+#: too (``key_type="idp_fallback"``), so the hook that pages for repeated
+#: failures pages for this. kwargs: ``identity``, ``provider`` (the fallback
+#: that signed them in), ``primary`` (the unreachable provider), ``method``.
+fallback_used = _signals.signal("auth.fallback_used")
+
 #: ``auth.logout`` -- a session ended at the person's request. kwargs:
 #: ``identity``, ``provider``, ``idp_logout`` (bool: the IdP session is being
 #: ended too).
@@ -46,7 +55,9 @@ logout_failed = _signals.signal("auth.logout_failed")
 #: address within the configured window. kwargs: ``key_type``
 #: (``"user"``/``"address"``), ``key``, ``count``, ``window``. Also sent with
 #: ``key_type="audit_sink"`` (``key`` the sink name, ``count`` events lost)
-#: when an audit sink lost events (see docs/audit.md).
+#: when an audit sink lost events, and with ``key_type="idp_fallback"``
+#: (``key`` the person, ``count`` 1, ``window`` 0) for every sign-in through a
+#: fallback provider (:data:`fallback_used`; see docs/audit.md).
 failure_threshold = _signals.signal("auth.failure_threshold")
 
 #: ``session.expired`` -- a session was found past a deadline and cleared.
@@ -108,6 +119,7 @@ __all__ = [
     "backchannel_logout",
     "console_action",
     "failure_threshold",
+    "fallback_used",
     "login_failed",
     "logout_failed",
     "permission_denied",

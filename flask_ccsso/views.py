@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from .exceptions import (
     CCSSOError,
     ConfigError,
     CSRFError,
+    IdPUnavailable,
     LoginRateLimited,
     RequestTooLarge,
     UnknownProvider,
@@ -39,10 +41,10 @@ from .gate.freshness import max_auth_age
 from .gate.session import browser_binding, check_store
 from .gate.stepup import resubmit_notice_after, subject_mismatch, take_resubmit
 from .identity import Identity
-from .providers.base import CallbackRequest, LoginRequest, Provider, limit_per_browser, saved_pending
+from .providers.base import CallbackRequest, LoginRequest, LoginResult, Provider, limit_per_browser, saved_pending
 from .providers.oidc import OIDCProvider
 from .providers.saml import SAMLProvider
-from .responses import error_response, render_page, wants_json
+from .responses import DEFAULT_RETRY_AFTER, error_response, render_page, wants_json
 from .sessions.interface import current_session
 from .sessions.record import SESSION_KEY, SessionRecord, load_live
 from .state import CCSSOState, get_state
@@ -138,6 +140,10 @@ def login(provider: str) -> Response:
         return refused
     next_url = safe_next(request.args.get("next"))
     step_up_skill = request.args.get("stepup")
+    if not step_up_skill:
+        known = _known_outage(prov, next_url)
+        if known is not None:
+            return known
     req = LoginRequest(redirect_uri=redirect_uri_for(prov), next_url=next_url,
                        browser_binding=browser_binding(create=True) if prov.protocol == "oidc" else None)
     if step_up_skill:
@@ -149,10 +155,115 @@ def login(provider: str) -> Response:
             req.acr_values = tuple(skill.acr_values)
             req.step_up_skill = step_up_skill
             req.previous_auth_time = _current_auth_time(provider)
-    with _audited(provider):
-        url = prov.begin_login(req)
-        _bound_per_browser(state)
+    else:
+        req.fallback_for = _standing_in_for(state, prov)
+    try:
+        with _audited(provider):
+            url = prov.begin_login(req)
+            _bound_per_browser(state)
+    except IdPUnavailable as exc:
+        # a step-up must come back from the provider of the session: no other is offered
+        if req.step_up_skill or not prov.settings.fallback:
+            raise
+        return _fallback_page(prov, exc, next_url)
     return redirect(url, 302)
+
+
+# -- IdP outage: offering the fallback providers --------------------------------------
+
+@dataclass(frozen=True)
+class FallbackOffer:
+    """A fallback provider offered while another is unreachable, with its sign-in link."""
+
+    provider: Provider
+    #: its login URL, keeping ``next`` and naming the provider it stands in for
+    url: str
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A provider known to be unreachable, and the fallbacks offered instead (the sign-in page's banner)."""
+
+    provider: Provider
+    offers: tuple[FallbackOffer, ...]
+
+
+def _outage(prov: Provider, next_url: str) -> Outage:
+    providers = _state().providers
+    offers = tuple(FallbackOffer(providers[name], url_for("ccsso.login", provider=name, next=next_url,
+                                                          fallback_for=prov.name))
+                   for name in prov.settings.fallback if name in providers)
+    return Outage(prov, offers)
+
+
+def _known_outage(prov: Provider, next_url: str) -> Response | None:
+    """A provider with fallbacks whose IdP could not be reached a moment ago
+    (:data:`~flask_ccsso.providers.availability.RECHECK_AFTER`) is not tried
+    again yet: the sign-in page offers its fallbacks straight away, so a dead
+    IdP does not make every sign-in wait for its timeout. The refusal is
+    announced like any other (``login_failed``, ``idp_unavailable``)."""
+    if not prov.settings.fallback:
+        return None
+    known = prov.availability()
+    if not known.down_within(prov.clock()):
+        return None
+    exc = IdPUnavailable(known.last_error, failure=known.failure)
+    _fail(prov.name, exc)
+    return _fallback_page(prov, exc, next_url)
+
+
+def _fallback_page(prov: Provider, exc: IdPUnavailable, next_url: str) -> Response:
+    """The answer to a sign-in at ``prov`` that failed because its IdP is
+    unreachable, when ``prov`` names fallbacks: 503 either way -- the sign-in
+    page with a banner and a link to each fallback for browsers, the usual
+    JSON error with the fallbacks' login URLs for API clients."""
+    outage = _outage(prov, next_url)
+    if wants_json():
+        return error_response(exc, as_json=True, extra={"provider": prov.name, "fallbacks": [
+            {"provider": o.provider.name, "display_name": o.provider.settings.display_name, "login_url": o.url}
+            for o in outage.offers]})
+    html = render_page("ccsso/choose.html", providers=[o.provider for o in outage.offers], next_url=next_url,
+                       outages=[outage], links={o.provider.name: o.url for o in outage.offers},
+                       problem=exc.description,
+                       retry_url=url_for("ccsso.login", provider=prov.name, next=next_url))
+    resp = Response(html, status=503, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
+    return resp  # a page of the library: responses.library_security_headers adds the security headers
+
+
+def _standing_in_for(state: CCSSOState, prov: Provider) -> str | None:
+    """The provider this sign-in is a fallback for, or ``None``.
+
+    The sign-in page's fallback links say it (``fallback_for``), and anyone
+    can write that into a URL; it counts only when the provider named lists
+    ``prov`` as a fallback *and* is really unreachable -- known to be, or
+    found so now (a cached copy of its documents means it is not) -- so a
+    forged link can neither invent an outage nor raise the fallback alert
+    while the IdP is up. The verdict goes into the pending sign-in, so the
+    alert fires once, when that sign-in completes."""
+    name = request.args.get("fallback_for")
+    primary = state.providers.get(name) if isinstance(name, str) else None
+    if primary is None or prov.name not in primary.settings.fallback:
+        return None
+    if primary.availability().down_within(primary.clock()):
+        return primary.name
+    try:
+        primary.ensure_published()
+    except IdPUnavailable:
+        return primary.name
+    except Exception:  # a provider bug must not turn the fallback's sign-in into a 500
+        log.exception("flask-ccsso: could not tell whether provider %r is reachable", primary.name)
+    return None
+
+
+def _announce_fallback(app: Flask, identity: Identity, provider: str, primary: str, method: str) -> None:
+    """``auth.fallback_used``, then the alert signal of repeated failures
+    (``key_type="idp_fallback"``, the person as ``key``): every sign-in
+    through a fallback pages whoever is hooked to the alert."""
+    signals.fallback_used.send(app, identity=identity, provider=provider, primary=primary, method=method)
+    signals.failure_threshold.send(app, key_type="idp_fallback", key=identity.email or identity.id, count=1,
+                                   window=0.0)
 
 
 def _client_key(addr: str | None) -> str:
@@ -242,16 +353,14 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     state = _state()
     prov = _provider(provider)
     app = current_flask_app()
-    with _audited(provider):
-        check_store(session)
-        cb = CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
-                             url=request.url, redirect_uri=redirect_uri_for(prov),
-                             browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
-                             content_length=request.content_length)
-        result = prov.finish_login(cb)
-        if state.deprovisioned is not None and state.deprovisioned.any_marker(result.identity):
-            # SCIM deprovisioned this person: no new session until SCIM re-activates them
-            raise AccountDeprovisioned(subject=result.identity.subject, email=result.identity.email)
+    try:
+        result = _finish_at_provider(state, prov, params_from_form)
+    except IdPUnavailable as exc:
+        # the IdP went away between the sign-in's start and its return (its JWKS, its metadata):
+        # a provider with fallbacks offers them, as the login page does
+        if not prov.settings.fallback or not prov.availability().unavailable:
+            raise
+        return _fallback_page(prov, exc, "/")
     if result.step_up:
         _refuse_another_person(provider, result.identity, safe_next(result.next_url))
     resubmit = take_resubmit()  # read before the sign-in clears the session
@@ -269,12 +378,29 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     g._ccsso_identity = result.identity
     signals.user_logged_in.send(app, identity=result.identity, provider=provider, method=prov.protocol,
                                 step_up=result.step_up)
+    if result.fallback_for and not result.step_up:
+        _announce_fallback(app, result.identity, provider, result.fallback_for, prov.protocol)
     landing = safe_next(result.next_url)
     if result.step_up and result.step_up_skill:
         signals.stepup_satisfied.send(app, identity=result.identity, skill=result.step_up_skill, provider=provider)
         resubmit_notice_after(resubmit, skill=result.step_up_skill, landing=landing, now=state.clock(),
                               max_age=float(getattr(prov.settings, "login_state_ttl", 600.0)))
     return redirect(landing, 303 if params_from_form else 302)
+
+
+def _finish_at_provider(state: CCSSOState, prov: Provider, params_from_form: bool) -> LoginResult:
+    """The provider checks the IdP's answer (every refusal announced, :func:`_audited`)."""
+    with _audited(prov.name):
+        check_store(session)
+        cb = CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
+                             url=request.url, redirect_uri=redirect_uri_for(prov),
+                             browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
+                             content_length=request.content_length)
+        result = prov.finish_login(cb)
+        if state.deprovisioned is not None and state.deprovisioned.any_marker(result.identity):
+            # SCIM deprovisioned this person: no new session until SCIM re-activates them
+            raise AccountDeprovisioned(subject=result.identity.subject, email=result.identity.email)
+    return result
 
 
 def _refuse_if_deprovisioned_meanwhile(state: CCSSOState, provider: str, identity: Identity) -> None:
@@ -609,4 +735,10 @@ def choose() -> Response | str:
     if len(state.providers) == 1 or state.config.default_provider and request.args.get("choose") is None:
         name = state.config.default_provider or next(iter(state.providers))
         return redirect(url_for("ccsso.login", provider=name, next=next_url))
-    return render_page("ccsso/choose.html", providers=list(state.providers.values()), next_url=next_url)
+    # providers known to be unreachable (their last fetch failed: no network I/O here) get a banner
+    # offering their fallbacks, whose buttons then say whom they stand in for
+    outages = [_outage(p, next_url) for p in state.providers.values()
+               if p.settings.fallback and p.availability().unavailable]
+    links = {o.provider.name: o.url for outage in outages for o in outage.offers}
+    return render_page("ccsso/choose.html", providers=list(state.providers.values()), next_url=next_url,
+                       outages=outages, links=links)

@@ -33,6 +33,7 @@ from flask import g, has_request_context
 from .. import reasons
 from ..exceptions import AuthenticationFailed, CCSSOError
 from ..identity import FUTURE, Identity, auth_time_problem
+from .availability import Availability, FetchStatus
 
 if TYPE_CHECKING:
     from ..config import ProviderSettings
@@ -50,6 +51,10 @@ class LoginRequest:
     #: opaque value tying the pending sign-in to this browser (``None`` where
     #: the protocol cannot carry the cookie back, i.e. SAML POST)
     browser_binding: str | None = None
+    #: the unreachable provider this sign-in stands in for (the views checked
+    #: that it names this one as a ``fallback`` and is down); kept in the
+    #: pending sign-in, so the finished sign-in is announced as a fallback
+    fallback_for: str | None = None
     #: step-up: force a fresh authentication
     force_authn: bool = False
     max_age: int | None = None
@@ -85,6 +90,8 @@ class LoginResult:
     #: the pending request asked for step-up (skill name), and it was verified
     step_up_skill: str | None = None
     step_up: bool = False
+    #: the pending request was a fallback for this unreachable provider (:attr:`LoginRequest.fallback_for`)
+    fallback_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,21 @@ class Provider(ABC):
         self.store = store
         self.clock = clock
         self.http = http or requests.Session()
+        #: how fetching what the IdP publishes went (:meth:`availability`); the document caches write it
+        self.status = FetchStatus(clock)
+
+    def availability(self) -> Availability:
+        """Whether this provider's IdP could be reached lately: the last
+        successful fetch, the last error, and whether a sign-in here fails
+        now for want of a document (no network I/O: see
+        :mod:`~flask_ccsso.providers.availability`)."""
+        return self.status.snapshot()
+
+    def ensure_published(self) -> None:
+        """Fetch -- or take from the cache -- what starting a sign-in here
+        needs from the IdP (discovery, metadata), raising
+        :class:`~flask_ccsso.exceptions.IdPUnavailable` when it cannot be had.
+        A provider type that fetches nothing has nothing to do."""
 
     def startup(self) -> None:
         """Load what can be checked at start-up (runs inside an app context).

@@ -26,6 +26,7 @@ from joserfc.jwk import KeySet
 
 from .._validate import mask_url
 from ..exceptions import IdPUnavailable, exception_chain
+from .availability import FetchStatus
 
 log = logging.getLogger("flask_ccsso")
 
@@ -263,11 +264,14 @@ class TTLDocument:
     """
 
     def __init__(self, loader: Callable[[], dict[str, Any]], ttl: float, clock: Callable[[], float],
-                 retry_after: float = 30.0) -> None:
+                 retry_after: float = 30.0, *, status: FetchStatus | None = None, what: str = "document") -> None:
         self._loader = loader
         self._ttl = ttl
         self._clock = clock
         self._retry_after = retry_after
+        #: where each fetch's outcome is reported (the provider's availability), as ``what``
+        self._status = status
+        self._what = what
         self._value: dict[str, Any] | None = None
         self._fresh_until = 0.0
         self._lock = threading.Lock()
@@ -282,10 +286,16 @@ class TTLDocument:
             try:
                 self._value = self._loader()
                 self._fresh_until = self._clock() + self._ttl
-            except IdPUnavailable:
+            except IdPUnavailable as exc:
+                if self._status is not None:
+                    self._status.failed(self._what, exc.description, cached=self._value is not None,
+                                        failure=exc.extra.get("failure"))
                 if self._value is None:
                     raise
                 self._fresh_until = self._clock() + self._retry_after
+            else:
+                if self._status is not None:
+                    self._status.succeeded(self._what)
             return self._value
 
     def invalidate(self) -> None:
@@ -296,7 +306,7 @@ class JWKSCache:
     """The IdP's signing keys, with TTL and a cooldown on forced refetches."""
 
     def __init__(self, loader: Callable[[], dict[str, Any]], ttl: float, cooldown: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, status: FetchStatus | None = None) -> None:
         def counted() -> dict[str, Any]:
             self.fetches += 1
             doc = loader()
@@ -305,7 +315,7 @@ class JWKSCache:
                 raise IdPUnavailable("The identity provider's signing keys (JWKS) have no 'keys' list.")
             return doc
 
-        self._doc = TTLDocument(counted, ttl, clock)
+        self._doc = TTLDocument(counted, ttl, clock, status=status, what="signing keys (JWKS)")
         self._cooldown = cooldown
         self._clock = clock
         self._last_forced = float("-inf")

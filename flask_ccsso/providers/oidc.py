@@ -268,8 +268,9 @@ class OIDCProvider(Provider):
     def __init__(self, settings: OIDCSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         s = settings
-        self.discovery = TTLDocument(self._load_discovery, s.discovery_ttl, self.clock)
-        self.jwks = JWKSCache(self._load_jwks, s.jwks_ttl, s.jwks_refresh_cooldown, self.clock)
+        self.discovery = TTLDocument(self._load_discovery, s.discovery_ttl, self.clock, status=self.status,
+                                     what="discovery document")
+        self.jwks = JWKSCache(self._load_jwks, s.jwks_ttl, s.jwks_refresh_cooldown, self.clock, status=self.status)
         #: one claims registry per set of essential claims, built once (its clock is read per call)
         self._claims_registries: dict[tuple[str, ...], tuple[jwt.JWTClaimsRegistry, tuple[str, ...]]] = {}
         self.client_auth = self._client_authenticator()
@@ -337,6 +338,9 @@ class OIDCProvider(Provider):
     def metadata(self) -> dict[str, Any]:
         return self.discovery.get()
 
+    def ensure_published(self) -> None:
+        self.metadata()
+
     # -- sign-in ------------------------------------------------------------------
     def authorize_params(self, req: LoginRequest) -> dict[str, str]:
         """Extra authorization-request parameters (presets add theirs)."""
@@ -369,6 +373,7 @@ class OIDCProvider(Provider):
             "nonce": nonce, "verifier": verifier, "next": req.next_url, "bind": req.browser_binding,
             "redirect_uri": req.redirect_uri, "max_age": req.max_age, "acr_values": list(req.acr_values),
             "force": req.force_authn, "step_up_skill": req.step_up_skill, "prev_auth_time": req.previous_auth_time,
+            "fallback_for": req.fallback_for,
         }, self.settings.login_state_ttl)
         endpoint = meta["authorization_endpoint"]
         parts = urlsplit(endpoint)
@@ -409,6 +414,7 @@ class OIDCProvider(Provider):
             logout_state={"id_token": id_token, "sid": claims.get("sid")},
             step_up_skill=pending.get("step_up_skill"),
             step_up=bool(pending.get("force") or pending.get("max_age") is not None),
+            fallback_for=pending.get("fallback_for"),
         )
 
     def _token_request(self, **form: str) -> dict[str, Any]:

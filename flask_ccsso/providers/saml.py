@@ -273,7 +273,8 @@ class SAMLProvider(Provider):
                               "set spCertificate and spPrivateKey, or signAuthnRequests false.")
         self.metadata = MetadataSource(s.idp_metadata, entity_id=s.idp_entity_id, refresh=s.metadata_refresh,
                                        timeout=s.timeout, http=self.http, clock=self.clock, root_path=self._root_path,
-                                       signing_cert=s.idp_metadata_certificate, xmlsec=self.xmlsec)
+                                       signing_cert=s.idp_metadata_certificate, xmlsec=self.xmlsec,
+                                       status=self.status)
         if not self.metadata.is_url and os.path.isabs(s.idp_metadata):
             self._startup_metadata()
         self._clients: dict[tuple[int, str], Any] = {}
@@ -364,6 +365,9 @@ class SAMLProvider(Provider):
 
     def idp(self) -> IdPMetadata:
         return self.metadata.get()
+
+    def ensure_published(self) -> None:
+        self.idp()
 
     # -- pysaml2 ---------------------------------------------------------------------------
     def _sp_config(self, acs_url: str, slo_url: str | None, idp: IdPMetadata | None) -> Any:
@@ -473,6 +477,7 @@ class SAMLProvider(Provider):
         self._save_pending(reqid, {
             "next": req.next_url, "relay": relay, "acs": acs, "force": req.force_authn, "max_age": req.max_age,
             "classes": list(classes), "step_up_skill": req.step_up_skill, "prev_auth_time": req.previous_auth_time,
+            "fallback_for": req.fallback_for,
         }, s.login_state_ttl)
         return str(dict(info["headers"])["Location"])
 
@@ -550,7 +555,7 @@ class SAMLProvider(Provider):
             logout_state={"name_id": facts["name_id"], "name_id_format": facts["name_id_format"],
                           "name_qualifier": facts["name_qualifier"], "sp_name_qualifier": facts["sp_name_qualifier"],
                           "session_index": facts["session_index"]},
-            step_up_skill=pending.get("step_up_skill"), step_up=step_up,
+            step_up_skill=pending.get("step_up_skill"), step_up=step_up, fallback_for=pending.get("fallback_for"),
         )
 
     def _seen_keys(self, response_id: str | None, assertion_id: str | None) -> list[str]:

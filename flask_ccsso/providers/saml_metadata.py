@@ -44,6 +44,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ..exceptions import AuthenticationFailed, IdPUnavailable
+from .availability import FetchStatus
 from .keys import ResponseTooLarge, read_capped, unreachable
 from .saml_verify import SignatureInvalid, check_root_signature, verify_enveloped
 from .saml_xml import DS, MD, parse_instant, parse_xml, serialize
@@ -195,8 +196,10 @@ class MetadataSource:
     def __init__(self, location: str, *, entity_id: str | None, refresh: float, timeout: float,
                  http: requests.Session, clock: Callable[[], float], root_path: Callable[[], str | None],
                  retry_after: float = 30.0, cooldown: float = 60.0, signing_cert: str | None = None,
-                 xmlsec: str | None = None) -> None:
+                 xmlsec: str | None = None, status: FetchStatus | None = None) -> None:
         self.location = location
+        #: where each load's outcome is reported (the provider's availability)
+        self.status = status
         #: PEM text or a file path (relative to the app root): the metadata must be signed by it
         self.signing_cert = signing_cert
         self.xmlsec = xmlsec
@@ -315,6 +318,13 @@ class MetadataSource:
             except (IdPUnavailable, MetadataError) as exc:
                 old = self._value
                 problem = exc.description if isinstance(exc, IdPUnavailable) else str(exc)
+                if self.status is not None:
+                    served = old is not None and (old.valid_until is None or old.valid_until > now)
+                    if isinstance(exc, IdPUnavailable):
+                        self.status.failed("SAML metadata", problem, cached=served, failure=exc.extra.get("failure"))
+                    else:
+                        self.status.failed("SAML metadata", f"The identity provider's SAML metadata is not usable: "
+                                           f"{exc}", cached=served, failure="bad_answer")
                 if old is None or (old.valid_until is not None and old.valid_until <= now):
                     log.warning("flask-ccsso: the SAML metadata %s was refused: %s", self.location, problem)
                     if isinstance(exc, IdPUnavailable):
@@ -326,6 +336,9 @@ class MetadataSource:
                 self._fresh_until = now + self.retry_after
                 if old.valid_until is not None:
                     self._fresh_until = min(self._fresh_until, old.valid_until)
+            else:
+                if self.status is not None:
+                    self.status.succeeded("SAML metadata")
             assert self._value is not None
             return self._value
 

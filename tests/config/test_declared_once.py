@@ -239,7 +239,7 @@ def _documented() -> list[tuple[str, str, type | None, str, str]]:
                 continue
             key, default, meaning = m.group(1), cells[2], cells[3]
             # the "Every provider has" table sits under `auth` with the provider keys
-            if name == "auth" and key in ("provider", "displayName"):
+            if name == "auth" and (key == "provider" or key in config_keys(ProviderSettings)):
                 rows.append(("provider", key, ProviderSettings, default, meaning))
             else:
                 rows.append((name, key, struct, default, meaning))
