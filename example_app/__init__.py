@@ -183,7 +183,9 @@ def _apply_demo_knobs(cfg: dict[str, Any]) -> None:
       operator console ends a session on all of them);
     * ``CCSSO_EXAMPLE_SCIM_TOKEN`` -- serve SCIM 2.0 at ``/scim/v2`` with this bearer secret (≥ 32
       characters; needs ``pip install 'flask-ccsso[scim]'``, Python 3.11 or later), as an IdP's
-      provisioning app would call it.
+      provisioning app would call it;
+    * ``CCSSO_EXAMPLE_OUTAGE_DEMO=1`` -- an everyday IdP that is down, with a break-glass fallback
+      (:func:`_add_outage_demo`).
     """
     if "CCSSO_EXAMPLE_MAX_AUTH_AGE" in os.environ:
         cfg.setdefault("session", {})["maxAuthAge"] = float(os.environ["CCSSO_EXAMPLE_MAX_AUTH_AGE"])
@@ -193,6 +195,25 @@ def _apply_demo_knobs(cfg: dict[str, Any]) -> None:
             "keyPrefix": os.environ.get("CCSSO_EXAMPLE_REDIS_PREFIX") or "ccsso-example:"}
     if os.environ.get("CCSSO_EXAMPLE_SCIM_TOKEN"):
         cfg["scim"] = {"enabled": True, "token": "${CCSSO_EXAMPLE_SCIM_TOKEN}"}
+    if os.environ.get("CCSSO_EXAMPLE_OUTAGE_DEMO") == "1" and "dev" in cfg.get("auth", {}).get("providers", {}):
+        _add_outage_demo(cfg["auth"]["providers"])
+
+
+#: where the outage demo's everyday IdP "lives": the discard port, where nothing answers
+OUTAGE_DEMO_ISSUER = "http://127.0.0.1:9/corp"
+
+
+def _add_outage_demo(providers: dict[str, Any]) -> None:
+    """``CCSSO_EXAMPLE_OUTAGE_DEMO=1``: an everyday provider ``corp`` whose IdP cannot be
+    reached, with the development IdP as its ``fallback`` (the break-glass provider of
+    docs/production.md). Its sign-in answers with the fallback page; signing in there
+    records ``auth.fallback_used``."""
+    dev = providers["dev"]
+    dev["displayName"] = "Break-glass: development IdP"
+    providers["corp"] = {**{k: v for k, v in dev.items() if k in ("provider", "clientId", "clientSecret", "scopes")},
+                         "displayName": "Corp SSO", "issuer": OUTAGE_DEMO_ISSUER,
+                         "redirectUri": "${CCSSO_EXAMPLE_BASE_URL:-http://127.0.0.1:5000}/sso/corp/callback",
+                         "fallback": ["dev"]}
 
 
 def _under_flask_command() -> bool:
