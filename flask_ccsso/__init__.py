@@ -22,8 +22,9 @@ from .exceptions import (
                          StoreUnavailable,
 )
 from .extension import CCSSO
-from .gate.current import current_identity
+from .gate.current import current_identity, current_outage_grace
 from .gate.decorators import has_skill, login_required, requires_skill, skill_guard
+from .gate.refresh import OutageGrace
 from .gate.stepup import StepUpNotice, stepup_notice
 from .identity import AnonymousIdentity, Identity
 from .state import get_state
@@ -50,6 +51,7 @@ __all__ = [
                          "Identity",
                          "LoginRateLimited",
                          "LoginRequired",
+                         "OutageGrace",
                          "SessionExpired",
                          "SkillRequired",
                          "StepUpNotice",
@@ -58,6 +60,7 @@ __all__ = [
                          "csrf_protect",
                          "csrf_token",
                          "current_identity",
+                         "current_outage_grace",
                          "get_state",
                          "has_skill",
                          "login_required",

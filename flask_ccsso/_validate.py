@@ -62,7 +62,7 @@ LIMITS: dict[str, float] = {
     "loginStateTtl": DAY,
     # sessions
     "absoluteTimeout": YEAR, "idleTimeout": YEAR, "maxAuthAge": YEAR, "refreshWindow": DAY,
-    "slidingWriteInterval": DAY,
+    "slidingWriteInterval": DAY, "outageGrace": 7 * DAY,
     # audit pipeline
     "flushInterval": HOUR, "retryBackoff": HOUR, "maxBackoff": DAY, "window": DAY,
     "queueSize": 10_000_000, "batchSize": 100_000, "retryAttempts": 100, "count": 1_000_000,

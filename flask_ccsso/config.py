@@ -693,6 +693,9 @@ class SessionSettings:
     #: ``Path=/`` and host-only (see session.cookie_settings)
     cookie_host_prefix: bool | None = setting("cookieHostPrefix", None)
     refresh_lock_timeout: float = setting("refreshLockTimeout", 10.0)
+    #: how long past its expiry an access token the IdP cannot renew (unreachable, not a
+    #: refusal) still serves the session; ``0``: fail closed at once (see gate/refresh.py)
+    outage_grace: float = setting("outageGrace", 3600.0, allow_zero=True)
     #: seals session records (else SECRET_KEY); never stored with them
     token_encryption_key: str | None = setting("tokenEncryptionKey", None, secret=True)
     #: old keys that still open records (else SECRET_KEY_FALLBACKS)

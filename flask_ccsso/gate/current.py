@@ -3,7 +3,9 @@
 Resolved once per request and cached on ``g``: an ``Authorization: Bearer``
 header goes to the bearer authenticator; otherwise the session gate reads the
 session (deadlines), and the refresher renews tokens inside the refresh
-window.
+window. :func:`current_outage_grace` tells whether this request is served on
+an expired access token the identity provider could not renew
+(``session.outageGrace``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .._context import current_flask_app, unproxied
 from ..exceptions import LoginRequired, SessionExpired
 from ..identity import AnonymousIdentity, Identity
 from ..state import get_state
+from .refresh import G_OUTAGE_GRACE, OutageGrace
 
 if TYPE_CHECKING:
     from ..state import CCSSOState
@@ -89,9 +92,22 @@ def identity_required() -> Identity:
     return ident
 
 
+def current_outage_grace() -> OutageGrace | None:
+    """How this request's session is served while its identity provider is
+    unreachable: an :class:`~flask_ccsso.gate.refresh.OutageGrace` when the
+    session's access token has expired and could not be renewed (it is
+    stale; within ``session.outageGrace``), else ``None`` (a fresh or still
+    valid token, a bearer caller, nobody signed in). Resolves the identity
+    first, as ``current_identity`` does."""
+    resolve_identity()
+    grace: OutageGrace | None = getattr(unproxied(g), G_OUTAGE_GRACE, None)
+    return grace
+
+
 #: The identity of the current request (an :class:`Identity`, or a falsy
 #: :class:`AnonymousIdentity`).
 current_identity = cast("Identity | AnonymousIdentity", LocalProxy(resolve_identity))
 
 
-__all__ = ["bearer_header", "current_identity", "identity_required", "load_identity", "resolve_identity", "signed_in"]
+__all__ = ["bearer_header", "current_identity", "current_outage_grace", "identity_required", "load_identity",
+           "resolve_identity", "signed_in"]

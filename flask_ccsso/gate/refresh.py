@@ -22,7 +22,16 @@ Outcomes:
   ends everywhere (a tombstone with reason ``refresh_failed``),
   ``session_expired`` is sent, and the request continues signed out;
 * the IdP is unreachable -- the session is kept while the access token is
-  still valid, and the request fails closed (503) once it has expired;
+  still valid, and for ``session.outageGrace`` seconds (default 3600) after it
+  has expired: so an IdP outage does not sign out everyone within one token
+  lifetime. Those requests are *degraded*: :func:`current_outage_grace
+  <flask_ccsso.gate.current.current_outage_grace>` says so (the app's access
+  token is stale), a throttled WARNING (once a minute per worker and provider)
+  says so in the log, and nothing is written per request -- the back-off marker
+  lets one request across all workers try the IdP again every :data:`BACKOFF`
+  seconds. Past the grace (or at once with ``outageGrace: 0``) the request
+  fails closed (503, ``idp_unavailable``); the session survives either way and
+  refreshes when the IdP is back. A refusal ends the session, grace or not;
 * a new ID token -- the stored identity is rebuilt from it (a person removed
   from a group loses the skill at the next refresh); ``token_refreshed`` is
   sent.
@@ -36,9 +45,11 @@ import logging
 import math
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import session
+from flask import g, session
 
 from .. import reasons, signals
 from .._context import current_flask_app
@@ -46,6 +57,7 @@ from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, Store
 from ..identity import ANONYMOUS, AnonymousIdentity, Identity
 from ..sessions.interface import current_session
 from ..sessions.record import SESSION_KEY, load_live, revision
+from ..stores.breaker import ThrottledLog
 
 if TYPE_CHECKING:
     from ..state import CCSSOState
@@ -60,6 +72,43 @@ BACKOFF = 15.0
 #: a new access token is used at least this long (or half its lifetime, if
 #: shorter) before the next refresh, whatever ``refreshWindow`` says
 MIN_TOKEN_USE = 60.0
+#: the ``g`` attribute of a degraded request (see :func:`current_outage_grace
+#: <flask_ccsso.gate.current.current_outage_grace>`)
+G_OUTAGE_GRACE = "_ccsso_outage_grace"
+
+
+@dataclass(frozen=True)
+class OutageGrace:
+    """This request's session is served on an expired access token: the
+    identity provider could not renew it (unreachable, not a refusal) and the
+    token expired less than ``session.outageGrace`` seconds ago.
+
+    Times are the extension's clock (epoch seconds). An app that calls APIs
+    with the person's access token should expect them to refuse it, and may
+    say that the sign-in cannot be renewed right now.
+    """
+
+    #: the configured name of the provider that could not be reached
+    provider: str
+    #: when the session's access token expired (it is stale now)
+    token_expired_at: float
+    #: when the grace ends: from then on the session's requests answer 503
+    #: until the provider is back
+    grace_ends_at: float
+
+
+#: one throttled log per provider object (so per app and per worker): an outage
+#: is said once a minute, not once per request of every signed-in person
+_outage_logs: weakref.WeakKeyDictionary[Any, ThrottledLog] = weakref.WeakKeyDictionary()
+_outage_logs_lock = threading.Lock()
+
+
+def _outage_log(provider: Any) -> ThrottledLog:
+    with _outage_logs_lock:
+        throttled = _outage_logs.get(provider)
+        if throttled is None:
+            throttled = _outage_logs[provider] = ThrottledLog(log)
+        return throttled
 
 
 def _number(value: Any) -> float | None:
@@ -172,19 +221,50 @@ class _SingleFlight:
     def _still_valid(self) -> bool:
         return self.state.clock() < self.expires_at
 
+    def _kept_while_down(self, what: str) -> Identity | None:
+        """The identity to serve while the IdP cannot renew the token: the
+        token is still valid, or it expired less than ``outageGrace`` ago
+        (then the request is marked degraded and the outage logged, throttled).
+        ``None``: past the grace, fail closed. Writes nothing to the store."""
+        now = self.state.clock()
+        if now < self.expires_at:
+            return self.identity
+        grace_ends_at = self.expires_at + self.state.config.session.outage_grace
+        if now >= grace_ends_at:
+            return None
+        setattr(g, G_OUTAGE_GRACE, OutageGrace(self.identity.provider, self.expires_at, grace_ends_at))
+        _outage_log(self.provider).log(
+            logging.WARNING, "flask-ccsso: identity provider %r cannot renew expired access tokens (%s); their "
+            "sessions are served for up to %gs past expiry (session.outageGrace), then answer 503 until it is back",
+            self.identity.provider, what, self.state.config.session.outage_grace)
+        return self.identity
+
     def _unavailable(self, what: str) -> Identity:
-        """IdP or peer could not deliver: keep a still-valid token, else fail closed."""
+        """IdP or peer could not deliver: keep a still-valid token or one within
+        the outage grace, else fail closed."""
         if self._still_valid():
             log.warning("flask-ccsso: token refresh postponed (%s); the access token is still valid", what)
-            return self.identity
+        kept = self._kept_while_down(what)
+        if kept is not None:
+            return kept
         raise IdPUnavailable("Your sign-in could not be renewed because the identity provider is not reachable. "
                              "Try again in a moment.", reason=reasons.IDP_UNAVAILABLE)
+
+    def _backing_off(self) -> Identity | None:
+        """The IdP was unreachable a moment ago (the marker lives :data:`BACKOFF`
+        s, for every worker): do not hammer it, serve what
+        :meth:`_kept_while_down` allows. ``None``: try the IdP."""
+        if self.state.store.get(self.backoff_key) is None:
+            return None
+        return self._kept_while_down("the identity provider was not reachable; it is retried every "
+                                     f"{BACKOFF:g}s")
 
     # ---------------------------------------------------------------- protocol
     def run(self) -> Identity | AnonymousIdentity:
         store = self.state.store
-        if store.get(self.backoff_key) is not None and self._still_valid():
-            return self.identity  # the IdP was down a moment ago: do not hammer it
+        kept = self._backing_off()
+        if kept is not None:
+            return kept
         deadline = time.monotonic() + self.ttl
         while True:
             token = store.acquire_lock(self.lock_name, self.ttl)
@@ -212,8 +292,9 @@ class _SingleFlight:
         adopted = self._adopt(self.state.session_interface.read_sid(self.sid))
         if adopted is not None:
             return adopted
-        if self.state.store.get(self.backoff_key) is not None and self._still_valid():
-            return self.identity
+        kept = self._backing_off()
+        if kept is not None:
+            return kept
         with _LockRenewer(self.state, self.lock_name, token, self.ttl):
             try:
                 new_tokens, new_identity = self.provider.refresh(self.data.get("tokens") or {})
@@ -261,4 +342,4 @@ class _SingleFlight:
         return Identity.from_dict(d)
 
 
-__all__ = ["refresh_if_needed"]
+__all__ = ["OutageGrace", "refresh_if_needed"]

@@ -118,7 +118,7 @@ def test_refused_refresh_ends_the_session(redis_app: Any, op: Any, clock: Any) -
 
 
 def test_idp_unreachable_keeps_a_valid_token_then_fails_closed(redis_app: Any, op: Any, clock: Any) -> None:
-    app = redis_app(refreshWindow=300, idleTimeout=7200)
+    app = redis_app(refreshWindow=300, idleTimeout=7200, outageGrace=0)  # the grace: test_refresh_outage.py
     client = app.test_client()
     sid = login(client, op, expires_in=3600)
     RotatingOP(op, clock)

@@ -349,7 +349,7 @@ def test_unreachable_jwks_at_the_callback_offers_the_fallback(make_app, op, own_
 
 def test_a_signed_in_session_keeps_working_while_the_idp_is_down(make_app, op, own_op, clock):
     cfg = config(op, primary(own_op.issuer, clientId=CLIENT_ID, clientSecret=CLIENT_SECRET))
-    cfg["session"].update(refreshWindow=300, idleTimeout=7200)
+    cfg["session"].update(refreshWindow=300, idleTimeout=7200, outageGrace=0)  # the grace: gate/test_refresh_outage.py
     app = make_app(cfg)
     client = app.test_client()
     url = start_login(client, "corp")
