@@ -249,9 +249,9 @@ class Journal:
 
     def _take_lock(self) -> None:
         fcntl = _fcntl()
-        if not os.path.isdir(self.directory):
-            ensure_dir(self.directory)
-            self._created_dir = True
+        existed = os.path.lexists(self.directory)
+        ensure_dir(self.directory)  # every time: an existing directory must be private too (spool.ensure_dir)
+        self._created_dir = self._created_dir or not existed
         token = f"{os.getpid()}-{secrets.token_hex(6)}"
         # locked under a name no scan looks at, then renamed: a scan never finds it unlocked
         # (and takes this live process for a dead one)
@@ -331,7 +331,12 @@ class Journal:
     def recover(self, keep: Callable[[list[AuditEvent]], None]) -> int:
         """Hand the events of every dead process's journal to ``keep`` (which must make them
         durable, or raise), then delete that journal. Returns how many events were recovered."""
-        if not os.path.isdir(self.directory):
+        if not os.path.lexists(self.directory):
+            return 0
+        try:
+            ensure_dir(self.directory)
+        except OSError as exc:
+            log.error("audit: crash journals in %s were not recovered: %s", self.directory, describe_io_error(exc))
             return 0
         fcntl = _fcntl()
         total = 0

@@ -137,7 +137,18 @@ def ensure_dir(path: str) -> str:
         raise OSError(errno.EACCES, "the audit spool directory belongs to another user (chown it to this one)")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise OSError(errno.EACCES, "the audit spool directory is writable by other users (chmod 700 it)")
-    return path
+    # and no directory above it lets everyone rename entries (which would move the spool directory
+    # away and put another in its place): world-writable without the sticky bit (/tmp has it)
+    parent = os.path.dirname(os.path.realpath(path))
+    while True:
+        up = os.stat(parent)
+        if up.st_mode & stat.S_IWOTH and not up.st_mode & stat.S_ISVTX:
+            raise OSError(errno.EACCES, "a directory above the audit spool directory is writable by everyone "
+                                        "(without the sticky bit); put spoolDir somewhere private")
+        above = os.path.dirname(parent)
+        if above == parent:
+            return path
+        parent = above
 
 
 def _finish(db: sqlite3.Connection, exc: BaseException) -> None:

@@ -36,6 +36,7 @@ from flask import Flask, url_for
 
 from ..audit.dispatcher import where_events_go
 from ..audit.settings import AuditSettings
+from ..audit.spool import describe_io_error, ensure_dir
 from ..config import is_loopback_host, unrouted_introspection
 from ..exceptions import CCSSOError, ConfigError, StoreUnavailable
 from ..gate.decorators import check_skill_names
@@ -61,9 +62,12 @@ class Report:
     def __init__(self, echo: Callable[[str], None]) -> None:
         self.echo = echo
         self.counts = {OK: 0, WARN: 0, ERROR: 0, INFO: 0}
+        #: ``(level, message)`` of every finding, in order (the operator console shows them)
+        self.findings: list[tuple[str, str]] = []
 
     def add(self, level: str, message: str) -> None:
         self.counts[level] += 1
+        self.findings.append((level, message))
         label, colour = _LABEL[level]
         self.echo(f"[{click.style(label, fg=colour) if colour else label}] {message}")
 
@@ -436,6 +440,15 @@ def _audit(report: Report, state: CCSSOState) -> None:
         report.add(INFO, "audit: logging.level is off; no audit events are written.")
     else:
         report.add(INFO, f"audit: events (level {settings.level}) go to {where_events_go(settings)}.")
+        if settings.spool_dir:
+            try:
+                ensure_dir(settings.spool_dir)
+            except OSError as exc:
+                report.add(ERROR, f"audit: the spool directory {settings.spool_dir} cannot be used "
+                                  f"({describe_io_error(exc)}): while a sink is down, events would be held in memory "
+                                  "only, and a crash would lose them.")
+            else:
+                report.add(OK, f"audit: the spool directory {settings.spool_dir} is private.")
 
 
 def _store(report: Report, state: CCSSOState) -> None:
@@ -451,6 +464,35 @@ def _store(report: Report, state: CCSSOState) -> None:
         report.add(ERROR, f"session store ({st.type}): not usable ({type(exc).__name__}).")
         return
     report.add(OK, f"session store ({st.type}) reachable.")
+
+
+def run_checks(report: Report, app: Flask, state: CCSSOState, *, offline: bool = False) -> None:
+    """Every check of ``check-config`` into ``report``: URLs, cookies, the
+    store, the audit destinations, each IdP (network I/O with each provider's
+    ``timeout``, unless ``offline``), the skills. The command prints the
+    findings; the operator console shows them (``report.findings``)."""
+    report.add(OK, f"configuration is valid: {len(state.providers)} provider(s), {len(state.config.skills)} skill(s).")
+    with app.app_context():
+        _redirect_urls(report, app, state)
+        _cookies(report, app, state)
+        _store(report, state)
+        _audit(report, state)
+        tls_seen: set[str] = set()
+        for name, prov in state.providers.items():
+            if offline:
+                report.add(INFO, f"provider {name}: not contacted (--offline).")
+            elif prov.protocol == "saml":
+                _check_saml(report, name, prov, tls_seen)
+            else:
+                _check_oidc(report, name, prov, tls_seen)
+        try:  # views and guards the app registered after init_app (init_app checked the others)
+            check_skill_names(app, state.config.skills)
+        except ConfigError as exc:
+            report.add(ERROR, str(exc.description))
+        _skills(report, state, offline)
+        unrouted = unrouted_introspection({n: p.settings for n, p in state.providers.items()})
+        if unrouted:
+            report.add(WARN, unrouted)
 
 
 # --------------------------------------------------------------------------- the commands
@@ -475,28 +517,7 @@ def check_config(offline: bool, as_json: bool, strict: bool) -> None:
     click.echo("Resolved configuration (secrets masked):")
     click.echo(json.dumps(resolved, indent=2, sort_keys=True))
     click.echo("")
-    report.add(OK, f"configuration is valid: {len(state.providers)} provider(s), {len(state.config.skills)} skill(s).")
-    with app.app_context():
-        _redirect_urls(report, app, state)
-        _cookies(report, app, state)
-        _store(report, state)
-        _audit(report, state)
-        tls_seen: set[str] = set()
-        for name, prov in state.providers.items():
-            if offline:
-                report.add(INFO, f"provider {name}: not contacted (--offline).")
-            elif prov.protocol == "saml":
-                _check_saml(report, name, prov, tls_seen)
-            else:
-                _check_oidc(report, name, prov, tls_seen)
-        try:  # views and guards the app registered after init_app (init_app checked the others)
-            check_skill_names(app, state.config.skills)
-        except ConfigError as exc:
-            report.add(ERROR, str(exc.description))
-        _skills(report, state, offline)
-        unrouted = unrouted_introspection({n: p.settings for n, p in state.providers.items()})
-        if unrouted:
-            report.add(WARN, unrouted)
+    run_checks(report, app, state, offline=offline)
     c = report.counts
     click.echo(f"\n{c[ERROR]} error(s), {c[WARN]} warning(s)."
                + (" --strict: warnings count as errors." if strict and c[WARN] else ""))
@@ -536,4 +557,4 @@ def sp_metadata(provider: str, base_url: str | None) -> None:
     click.echo(xml)
 
 
-__all__ = ["check_config", "resolved_config", "sp_metadata"]
+__all__ = ["Report", "check_config", "resolved_config", "run_checks", "sp_metadata"]

@@ -15,7 +15,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..exceptions import StoreUnavailable
 from .base import Batch, Change, SharedStore
@@ -57,6 +57,8 @@ def _ping_when_idle(engine: Any) -> None:
         except Exception as exc:
             raise sa.exc.DisconnectionError() from exc
 
+
+_T = TypeVar("_T")
 
 class SQLStore(SharedStore):
     """SQLAlchemy Core backend (PostgreSQL, SQLite). Expired rows are ignored
@@ -177,31 +179,43 @@ class SQLStore(SharedStore):
             if reader is None:
                 assert sql is not None
                 return self._raw_get(sql, key, now)
-            for attempt in (1, 2):
-                try:
-                    with reader.connect() as conn:
-                        if sql is None:
-                            row = conn.execute(self.sa.select(self.kv.c.value).where(
-                                self.kv.c.key == key, self.kv.c.expires_at > now)).first()
-                        elif self.engine.dialect.paramstyle in ("qmark", "format"):
-                            row = conn.exec_driver_sql(sql, (key, now)).first()
-                        else:
-                            row = conn.exec_driver_sql(sql, {"key": key, "now": now}).first()
-                        return row[0] if row else None
-                except self.sa.exc.DBAPIError as exc:
-                    if attempt == 2 or not exc.connection_invalidated:
-                        raise
+
+            def read(conn: Any) -> str | None:
+                if sql is None:
+                    row = conn.execute(self.sa.select(self.kv.c.value).where(
+                        self.kv.c.key == key, self.kv.c.expires_at > now)).first()
+                elif self.engine.dialect.paramstyle in ("qmark", "format"):
+                    row = conn.exec_driver_sql(sql, (key, now)).first()
+                else:
+                    row = conn.exec_driver_sql(sql, {"key": key, "now": now}).first()
+                return row[0] if row else None
+
+            return self._on_reader(reader, read)
+
+    def _on_reader(self, reader: Any, read: Callable[[Any], _T]) -> _T:
+        """``read(connection)`` on the autocommit reader: a pooled connection
+        found dead (the database restarted, a failover) is retried once on a
+        new one -- a read can be repeated safely. Call inside :meth:`_guard`."""
+        for attempt in (1, 2):
+            try:
+                with reader.connect() as conn:
+                    return read(conn)
+            except self.sa.exc.DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def get_many(self, keys: Sequence[str]) -> list[str | None]:
-        """One ``SELECT ... WHERE key IN (...)`` (one round trip)."""
+        """One ``SELECT ... WHERE key IN (...)`` (one round trip, on :meth:`get`'s reader)."""
         if not keys:
             return []
         names = [self.prefix + key for key in keys]
         now = self._clock()
-        with self._guard(), self.engine.connect() as conn:
-            rows = conn.execute(self.sa.select(self.kv.c.key, self.kv.c.value).where(
-                self.kv.c.key.in_(names), self.kv.c.expires_at > now)).all()
+        query = self.sa.select(self.kv.c.key, self.kv.c.value).where(self.kv.c.key.in_(names),
+                                                                     self.kv.c.expires_at > now)
+        # the reader of get(): autocommit (no BEGIN/ROLLBACK round trips), a dead connection retried once
+        with self._guard():
+            rows = self._on_reader(self._reader[0] or self.engine, lambda conn: conn.execute(query).all())
         found = {str(k): str(v) for k, v in rows}
         return [found.get(name) for name in names]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from flask_ccsso.audit.events import AuditEvent, build_event
-from flask_ccsso.audit.spool import BadRow, DeadLetter, Spool, SpoolError
+from flask_ccsso.audit.journal import Journal
+from flask_ccsso.audit.spool import BadRow, DeadLetter, Spool, SpoolError, ensure_dir
 from flask_ccsso.exceptions import ConfigError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="O_NOFOLLOW is POSIX")
@@ -117,3 +118,45 @@ def test_a_new_spool_directory_is_made_private(tmp_path: Path) -> None:
     assert spool.append([_event()]) == 1
     spool.close()
     assert stat.S_IMODE(os.stat(tmp_path / "new" / "spool").st_mode) == 0o700
+
+
+def test_the_crash_journal_refuses_a_symlinked_spool_directory(tmp_path: Path) -> None:
+    """P1: the crash journal shares spoolDir but calls ensure_dir only when the directory does
+    not exist yet (os.path.isdir follows links): it writes every event (personal data) into a
+    spool directory that is a symlink, or group/other-writable, which the spool refuses."""
+    real = tmp_path / "elsewhere"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "spool"
+    os.symlink(real, link)
+    journal = Journal(str(link))
+    with journal.lock:
+        journal.append(b"event with personal data")
+    journal.close(keep_files=True)
+    assert list(real.iterdir()) == [], "the journal wrote through the symlinked spool directory"
+
+
+def test_the_crash_journal_refuses_a_world_writable_spool_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    journal = Journal(str(shared))
+    with journal.lock:
+        journal.append(b"event")
+    journal.close(keep_files=True)
+    assert list(shared.iterdir()) == [], "the journal wrote into a world-writable spool directory"
+
+
+def test_a_spool_directory_under_a_symlinked_or_foreign_parent_is_refused(tmp_path: Path) -> None:
+    """P2: only the last component is lstat'ed. A parent that is a symlink into a directory
+    others can write (so they can rename 'spool' away and put a link in its place after the
+    check) passes."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # another user may rename entries here
+    os.symlink(shared, tmp_path / "app")
+    with pytest.raises(OSError) as err:
+        ensure_dir(str(tmp_path / "app" / "spool"))
+    assert "writable by everyone" in str(err.value)
+    # with the sticky bit (as /tmp has), another user can rename only their own entries: accepted
+    shared.chmod(0o1777)
+    assert ensure_dir(str(tmp_path / "app" / "spool"))

@@ -256,3 +256,18 @@ def test_allowed_networks_without_trusted_proxies_warns(tmp_path):
     result = app.test_cli_runner().invoke(cli, ["check-config", "--offline"])
     assert "allowedNetworks" in result.output and "CCSSO_TRUSTED_PROXIES" in result.output
     assert result.exit_code == 1
+
+
+def test_a_spool_directory_others_can_write_is_an_error(tmp_path: Any, op: Any) -> None:
+    """Found now, not during the first sink outage (when the spool is first needed)."""
+    shared = tmp_path / "shared-spool"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cfg = oidc(op)
+    cfg["logging"] = {"level": "audit", "spoolDir": str(shared), "destinations": [{"type": "logging"}]}
+    result = run(make(tmp_path, cfg), "check-config")
+    assert result.exit_code == 2, result.output
+    assert "spool directory" in result.output and "writable by other users" in result.output
+    shared.chmod(0o700)
+    result = run(make(tmp_path, cfg), "check-config")
+    assert "spool directory" in result.output and "is private" in result.output

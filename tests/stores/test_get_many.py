@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from flask_ccsso.stores import MemoryStore, RedisStore, SharedStore, SQLStore
 from tests.support.clock import Clock
@@ -58,3 +59,28 @@ def test_an_expired_key_reads_as_absent(store: tuple[SharedStore, Clock]) -> Non
     s.set("long", "y", 600)
     clock.advance(10)
     assert s.get_many(["short", "long"]) == [None, "y"]
+
+
+def _kill_own_connections(app_name: str) -> int:
+    """Terminate the server side of this store's connections only (what a restart does to them)."""
+    admin = sa.create_engine(PG_URL)
+    with admin.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = :n AND pid <> pg_backend_pid()"), {"n": app_name}).scalar()
+    admin.dispose()
+    return int(n or 0)
+
+
+def test_postgresql_get_many_survives_a_dropped_connection_as_get_does() -> None:
+    """A pooled connection found dead (PostgreSQL restarted, a failover) is retried once on a
+    new one: the first bearer request after a restart is answered, not a 503."""
+    name = f"getmany{uuid.uuid4().hex[:8]}"
+    store = SQLStore.from_url(f"{PG_URL}?application_name={name}", key_prefix=f"{name}:")
+    try:
+        store.set("a", "1", 60)
+        assert store.get_many(["a"]) == ["1"]  # a pooled connection exists now
+        assert _kill_own_connections(name) >= 1
+        assert store.get_many(["a", "b"]) == ["1", None]
+    finally:
+        store.delete("a")
+        store.close()
