@@ -46,14 +46,28 @@ def _index(state: CCSSOState) -> SessionIndex:
     return state.sessions
 
 
-def session_rows(state: CCSSOState, user: str | None = None) -> list[dict[str, Any]]:
-    """Live sessions (all, or of one person by email or ``provider:subject``)."""
+def session_rows(state: CCSSOState, user: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Live sessions (all, or of one person by email or ``provider:subject``):
+    who, through which provider, since when, last activity, from which
+    address and browser, and when it ends. ``limit``: stop after that many
+    rows (whole people at a time are read, so a person is never half
+    listed; at most ``limit`` rows are returned)."""
     s = state.config.session
-    return [{
-        "session": fingerprint(live.handle), "user": live.identity_id, "email": live.record.identity.get("email"),
-        "signed_in": _when(live.record.created), "last_seen": _when(live.record.last_seen),
-        "expires": _when(min(absolute_deadline(live.record, s), idle_deadline(live.record, s))),
-    } for live in _index(state).sessions_of(user)]
+    index = _index(state)
+    rows: list[dict[str, Any]] = []
+    for identity_id in index.identity_ids(user):
+        if limit is not None and len(rows) >= limit:
+            break
+        for live in index.sessions_of(identity_id):
+            record, client = live.record, live.record.client or {}
+            rows.append({
+                "session": fingerprint(live.handle), "user": live.identity_id,
+                "email": record.identity.get("email"), "provider": record.provider,
+                "signed_in": _when(record.created), "last_seen": _when(record.last_seen),
+                "expires": _when(min(absolute_deadline(record, s), idle_deadline(record, s))),
+                "ip": client.get("ip"), "user_agent": client.get("ua"),
+            })
+    return rows[:limit] if limit is not None else rows
 
 
 @sessions.command("list")

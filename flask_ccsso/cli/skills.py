@@ -19,29 +19,38 @@ import click
 from ..exceptions import CCSSOError
 from ..identity import Identity
 from ..providers.oidc import token_scopes
+from ..sessions.index import LiveSession
 from ..state import CCSSOState
 from ._common import current_state, error_text, fail, with_app
 
-__all__ = ["explain"]
+__all__ = ["explain", "latest_session"]
 
 
 def _fail(message: str) -> NoReturn:
     fail(f"explain: {message}")
 
 
-def _identity_from_store(state: CCSSOState, email: str) -> Identity:
-    """The identity of ``email``'s most recently active live session."""
-    best: tuple[float, Identity] | None = None
-    for live in state.sessions.sessions_of(email.lower()):
+def latest_session(state: CCSSOState, user: str) -> tuple[Identity, LiveSession] | None:
+    """The identity of ``user``'s (email or ``provider:subject``) most
+    recently active live session, and that session; ``None`` when they have
+    none (the CLI's ``explain --user`` and the operator console's explain)."""
+    best: tuple[float, Identity, LiveSession] | None = None
+    for live in state.sessions.sessions_of(user):
         try:
             ident = live.record.person()
         except (KeyError, TypeError, ValueError):
             continue
         if best is None or live.record.active_at > best[0]:
-            best = (live.record.active_at, ident)
-    if best is None:
+            best = (live.record.active_at, ident, live)
+    return (best[1], best[2]) if best is not None else None
+
+
+def _identity_from_store(state: CCSSOState, email: str) -> Identity:
+    """The identity of ``email``'s most recently active live session."""
+    found = latest_session(state, email)
+    if found is None:
         _fail(f"no stored session for {email} (they need to be signed in, or use --claims).")
-    return best[1]
+    return found[0]
 
 
 def _unknown_skill(name: str, configured: Iterable[str]) -> str:

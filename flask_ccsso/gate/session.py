@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, g, session
+from flask import Flask, g, request, session
 
 from .. import reasons, signals
 from .._context import unproxied
@@ -21,7 +21,16 @@ from ..exceptions import StoreUnavailable
 from ..identity import ANONYMOUS, AnonymousIdentity, Identity
 from ..sessions.index import SessionIndex
 from ..sessions.interface import CCSSOSessionInterface, current_session, sliding_write_interval
-from ..sessions.record import BINDING_KEY, SCHEMA_VERSION, SESSION_KEY, Ended, InvalidRecord, SessionRecord, load
+from ..sessions.record import (
+    BINDING_KEY,
+    SCHEMA_VERSION,
+    SESSION_KEY,
+    Ended,
+    InvalidRecord,
+    SessionRecord,
+    client_of,
+    load,
+)
 
 if TYPE_CHECKING:
     from ..config import SessionSettings
@@ -135,7 +144,7 @@ class SessionGate:
             # the token's lifetime bounds the refresh window (refresh.py)
             tokens = {**tokens, "obtained_at": now}
         SessionRecord(identity=identity.to_dict(), tokens=tokens, logout=logout_state, created=now,
-                      last_seen=now).put(session)
+                      last_seen=now, client=client_of(request.remote_addr, request.user_agent.string)).put(session)
         # the record, its index entries (store handles: nothing in the store is
         # a cookie value) and the old record's deletion: one batch, one round
         # trip; StoreUnavailable when it could not be stored (nothing announced yet)

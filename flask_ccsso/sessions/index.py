@@ -57,6 +57,15 @@ log = logging.getLogger("flask_ccsso")
 REVOKE_PASSES = 16
 
 
+def names_email(user: str) -> bool:
+    """Does ``user`` name a person by email (every provider), not by
+    ``provider:subject``? A subject may itself be an email (a SAML NameID:
+    ``google:alice@example.com``), so an ``@`` alone does not tell: an email's
+    local part has no ``:`` before the ``@``, an identity id does."""
+    local, at, _ = user.partition("@")
+    return bool(at) and ":" not in local
+
+
 def user_key(identity_id: str) -> str:
     return f"user:{identity_id}"
 
@@ -154,7 +163,7 @@ class SessionIndex:
         """``provider:subject`` ids: all indexed ones, those of an email, or ``user`` itself."""
         if user is None:
             return sorted(k[len("user:"):] for k in self.store.keys("user:"))
-        if "@" in user:
+        if names_email(user):
             return sorted(self.store.set_members(email_key(user)))
         return [user]
 
@@ -207,7 +216,7 @@ class SessionIndex:
 
     def revoke_user(self, email_or_id: str, *, reason: str = "operator") -> int:
         """Revoke by email (every provider) or by ``provider:subject``."""
-        ids = self.store.set_members(email_key(email_or_id)) if "@" in email_or_id else {email_or_id}
+        ids = self.store.set_members(email_key(email_or_id)) if names_email(email_or_id) else {email_or_id}
         return sum(self.revoke_identity(i, reason=reason) for i in ids)
 
     def revoke_at_idp(self, provider: str, subject: str | None, idp_sessions: Sequence[str] = ()) -> int:

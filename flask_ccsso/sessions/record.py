@@ -4,7 +4,11 @@ It lives in the server-side session under :data:`SESSION_KEY` as a JSON
 object of schema version :data:`SCHEMA_VERSION`::
 
     {"v": 1, "rev": 0, "identity": {...}, "tokens": {...} | null,
-     "logout": {...}, "created": <epoch s>, "last_seen": <epoch s>}
+     "logout": {...}, "created": <epoch s>, "last_seen": <epoch s>,
+     "client": {"ip": ..., "ua": ...}}
+
+(``client``, the browser that signed in, is optional: records written
+before it existed load without it, see :func:`client_of`)
 
 or, once revoked or ended by a failed refresh, as a *tombstone*
 ``{"ended": <reason>, "identity": {...}}`` that tells the browser's next
@@ -20,6 +24,7 @@ a 500.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +37,11 @@ SESSION_KEY = "_ccsso"
 BINDING_KEY = "_ccsso_bind"
 #: the session record's schema version (``"v"``)
 SCHEMA_VERSION = 1
+#: the most of a browser's ``User-Agent`` a record keeps (enough to tell browsers apart)
+MAX_USER_AGENT = 200
+#: the longest client address kept (an IPv6 address with a zone id fits)
+MAX_ADDRESS = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class InvalidRecord(ValueError):
@@ -41,6 +51,25 @@ class InvalidRecord(ValueError):
 def finite(value: object) -> bool:
     """A JSON number that is a real, finite number (not a bool, NaN or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _clean(value: object, limit: int) -> str | None:
+    """One line of printable text, at most ``limit`` characters (``None`` when nothing is left)."""
+    if not isinstance(value, str):
+        return None
+    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    return text or None
+
+
+def client_of(address: object, user_agent: object) -> dict[str, str] | None:
+    """The ``client`` block of a record: the address (``request.remote_addr``,
+    after ``ProxyFix``) and ``User-Agent`` a browser signed in from, so an
+    operator can tell its sessions apart. Both are what the browser or its
+    network sent -- shown, never trusted -- so they are cut to a bounded
+    length and control characters are dropped; ``None`` when neither is known."""
+    block = {name: text for name, value, limit in (("ip", address, MAX_ADDRESS), ("ua", user_agent, MAX_USER_AGENT))
+             if (text := _clean(value, limit)) is not None}
+    return block or None
 
 
 def revision(block: Mapping[str, Any]) -> int:
@@ -68,6 +97,8 @@ class SessionRecord:
     rev: int = 0
     tokens: dict[str, Any] | None = None
     logout: dict[str, Any] = field(default_factory=dict)
+    #: the browser that signed in (:func:`client_of`); ``None`` in records written before it was kept
+    client: dict[str, str] | None = None
 
     def person(self) -> Identity:
         """The signed-in :class:`~flask_ccsso.identity.Identity` (raises
@@ -94,6 +125,8 @@ class SessionRecord:
                                "tokens": self.tokens, "logout": self.logout, "created": self.created}
         if self.last_seen is not None:
             out["last_seen"] = self.last_seen
+        if self.client:
+            out["client"] = self.client
         return out
 
     def put(self, session: MutableMapping[str, Any]) -> None:
@@ -118,7 +151,19 @@ def _parse_record(block: Mapping[str, Any]) -> SessionRecord:
         raise InvalidRecord("tokens")
     return SessionRecord(identity=identity, created=float(created), rev=rev, tokens=tokens,
                          last_seen=float(last_seen) if last_seen is not None else None,
-                         logout=logout if isinstance(logout, dict) else {})
+                         logout=logout if isinstance(logout, dict) else {},
+                         client=_stored_client(block.get("client")))
+
+
+def _stored_client(block: object) -> dict[str, str] | None:
+    """The ``client`` block as stored (cleaned when written by :func:`client_of`):
+    informative only, so an odd one is dropped, never signs anyone out. Every
+    request reads the record, so this only checks types and bounds."""
+    if not isinstance(block, dict):
+        return None
+    out = {name: value[:limit] for name, limit in (("ip", MAX_ADDRESS), ("ua", MAX_USER_AGENT))
+           if isinstance(value := block.get(name), str)}
+    return out or None
 
 
 def _ended(block: Mapping[str, Any]) -> Ended:

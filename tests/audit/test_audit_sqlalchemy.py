@@ -148,3 +148,38 @@ def test_cli_finds_the_url_in_the_app(tmp_path):
     # no app, no url: a usage error that says what to do
     res = CliRunner().invoke(audit, ["verify"])
     assert res.exit_code == 2 and "--url" in res.output
+
+
+def test_writers_with_their_own_engines_keep_one_chain(db):
+    """Several processes (here: threads with engines of their own) write one table at once:
+    each reads the last hash under the chain's lock, so the chain never forks. On SQLite the
+    write lock is taken before that read (BEGIN IMMEDIATE); without it, pysqlite began the
+    transaction only at the INSERT and two writers chained onto the same hash."""
+    import threading
+
+    from flask_ccsso.audit.sinks.sqlalchemy import make_engine
+
+    engine, url, table = db
+    create_table(engine, table)
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        own = make_engine(url, writer=True)
+        try:
+            start.wait()
+            for _ in range(20):
+                write_events(own, audit_table(table), events(5))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert verify_chain(engine, table) == (True, None)
+    assert len(rows(engine, table)) == 300

@@ -1,4 +1,5 @@
-"""Console fixtures: an app with the operator console on (memory store, SQLite audit table)."""
+"""Console fixtures: an app with the operator console on (memory store, SQLite audit table), and app
+instances sharing the real Redis."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from flask_ccsso.stores import RedisStore
 from flask_ccsso.testing import CCSSOTestClient
 from tests.support.console import console_config
+from tests.support.sessions import REDIS_URL
 
 
 @pytest.fixture
@@ -24,6 +27,25 @@ def console_app(make_app: Any, op: Any, audit_url: str) -> Callable[..., Flask]:
     def factory(**console: Any) -> Flask:
         app = make_app(console_config(op, audit_url=audit_url, **console))
         app.test_client_class = CCSSOTestClient
+        return app
+
+    return factory
+
+
+@pytest.fixture
+def console_host(make_app: Any, op: Any, audit_url: str, prefix: str,
+                 closers: list[Callable[[], None]]) -> Callable[..., Flask]:
+    """``console_host()``: an app instance ("host") with the console on, on the real Redis under this
+    test's prefix; every instance made in a test shares its sessions (as tests/scim's ``host``)."""
+
+    def factory(**console: Any) -> Flask:
+        store = RedisStore.from_url(REDIS_URL, prefix=prefix)
+        cfg = console_config(op, store={"type": "redis", "url": REDIS_URL, "keyPrefix": prefix},
+                             audit_url=audit_url, **console)
+        app = make_app(cfg, store=store)
+        app.test_client_class = CCSSOTestClient
+        closers.append(app.session_interface.close)
+        closers.append(store.close)
         return app
 
     return factory

@@ -15,6 +15,14 @@ PostgreSQL; SQLite's own write lock), read the last hash, skip event ids that
 are already stored and insert the rest in one ``executemany``. So any number of
 processes can share the table and the chain stays one line.
 
+Indexes: ``time``, and (:data:`QUERY_INDEXES`) one ``(column, seq)`` per column the
+operator console's audit explorer filters on, so a filtered page newest-first is one
+index range read from its keyset (``seq < last seen``), never a scan of the table;
+``(type, time)`` serves the console's charts (counts per type and time bucket).
+:func:`create_table` adds any that an existing table lacks (``flask ccsso audit
+init-db`` after an upgrade); the sink itself never indexes an existing table (on a
+large table that takes longer than its statement timeout).
+
 :func:`verify_chain` recomputes every hash in ``seq`` order and checks the
 query columns against the stored JSON: an edited, inserted or deleted row is
 found and named. (Deleting the newest rows cannot be seen from the table alone:
@@ -40,19 +48,47 @@ from .base import PoisonBatchError, Sink, TransientSinkError
 _COPIED = ("time", "type", "outcome", "provider", "skill", "reason", "request_id", "client_ip")
 
 
+#: the query indexes besides ``time``: (index suffix, columns). A ``(column, seq)`` index
+#: answers "newest events where column = x, older than seq n" (the console's keyset pages)
+#: as one backward range read; ``(type, time)`` answers the charts' per-type counts in a
+#: time range without reading the events themselves.
+QUERY_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("type_seq", ("type", "seq")),
+    ("type_time", ("type", "time")),
+    ("outcome_seq", ("outcome", "seq")),
+    ("actor_email_seq", ("actor_email", "seq")),
+    ("actor_subject_seq", ("actor_subject", "seq")),
+    ("provider_seq", ("provider", "seq")),
+    ("skill_seq", ("skill", "seq")),
+)
+
+#: PostgreSQL's identifier limit (longer names are cut, and then never found again by name)
+_MAX_NAME = 63
+
+
+def index_name(table: str, suffix: str) -> str:
+    """``ix_<table>_<suffix>``, or, when that exceeds 63 characters, a name that keeps the
+    suffix and a hash of the table name (stable, so create-if-missing finds it again)."""
+    name = f"ix_{table}_{suffix}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:10]
+    return f"ix_{table[:_MAX_NAME - len(suffix) - 15]}_{digest}_{suffix}"
+
+
 def audit_table(name: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None) -> sa.Table:
-    """The :class:`sqlalchemy.Table` for the audit events."""
+    """The :class:`sqlalchemy.Table` for the audit events, with its indexes (:data:`QUERY_INDEXES`)."""
     metadata = metadata if metadata is not None else sa.MetaData()
-    return sa.Table(
+    t = sa.Table(
         name, metadata,
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
                   autoincrement=True),
         sa.Column("event_id", sa.String(40), nullable=False, unique=True),
-        sa.Column("time", sa.String(40), nullable=False, index=True),
-        sa.Column("type", sa.Text(), nullable=False, index=True),
+        sa.Column("time", sa.String(40), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("actor_subject", sa.Text()),
-        sa.Column("actor_email", sa.Text(), index=True),
+        sa.Column("actor_email", sa.Text()),
         sa.Column("provider", sa.Text()),
         sa.Column("skill", sa.Text()),
         sa.Column("reason", sa.Text()),
@@ -62,6 +98,19 @@ def audit_table(name: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None) 
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
     )
+    # named here, not by SQLAlchemy's index=True (the same name for any table name that fits, but
+    # SQLAlchemy shortens a long one at DDL time only, and then "create if missing" never finds it)
+    sa.Index(index_name(name, "time"), t.c.time)
+    for suffix, columns in QUERY_INDEXES:
+        sa.Index(index_name(name, suffix), *(t.c[c] for c in columns))
+    return t
+
+
+def missing_indexes(engine: sa.Engine, table: str = DEFAULT_TABLE) -> list[str]:
+    """The names of :func:`audit_table`'s indexes the table in the database lacks
+    (an existing table from before they were added: ``flask ccsso audit init-db`` adds them)."""
+    present = {ix["name"] for ix in sa.inspect(engine).get_indexes(table)}
+    return sorted(str(ix.name) for ix in audit_table(table).indexes if ix.name not in present)
 
 
 #: URL schemes whose driver takes libpq's ``connect_timeout`` (seconds)
@@ -98,8 +147,13 @@ def make_engine(url: str, *, writer: bool = False) -> sa.Engine:
                             connect_args=connect_args)
 
 
-def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE) -> sa.Table:
-    """Create the audit table (and its indexes) if it does not exist yet.
+def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE, *, add_indexes: bool = True) -> sa.Table:
+    """Create the audit table (and its indexes) if it does not exist yet; with ``add_indexes``
+    also create each index an existing table lacks (``CREATE INDEX`` only for those missing).
+
+    ``flask ccsso audit init-db`` adds them (so it is the upgrade step when a release adds
+    an index); the sink passes ``add_indexes=False``: indexing a large existing table takes
+    longer than its statement timeout, and writers would wait on it.
 
     Every worker process creates the table on its first write, often at the same moment
     (the first requests after a deploy, or the shutdown flush). "Check, then CREATE" is not
@@ -113,15 +167,27 @@ def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE) -> sa.Table:
         with engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table)})
             t.metadata.create_all(conn, checkfirst=True)
+            if add_indexes:
+                _add_missing_indexes(conn, t)
         return t
     for attempt in range(3):
         try:
             t.metadata.create_all(engine, checkfirst=True)
-            return t
+            break
         except sa_exc.SQLAlchemyError:
             if attempt == 2 or not sa.inspect(engine).has_table(table):
                 raise  # a real failure, not another process creating the same table
+    if add_indexes:
+        with engine.begin() as conn:
+            _add_missing_indexes(conn, t)
     return t
+
+
+def _add_missing_indexes(conn: sa.Connection, t: sa.Table) -> None:
+    """``create_all(checkfirst=True)`` skips an existing table together with its indexes:
+    create each index the table lacks, one by one (each checked first)."""
+    for index in sorted(t.indexes, key=lambda ix: str(ix.name)):
+        index.create(conn, checkfirst=True)
 
 
 def _lock_key(table: str) -> int:
@@ -239,8 +305,13 @@ def write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEvent
 
 def _write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEvent], dedupe: bool) -> int:
     with engine.begin() as conn:
+        # the chain's lock, taken before the last hash is read (two writers reading the same
+        # last hash would fork the chain): PostgreSQL's advisory lock; on SQLite the write lock
+        # itself, now -- pysqlite would only begin the transaction at the INSERT, after the read
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table.name)})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         skip: set[str] | None = None
         if dedupe:
             ids = list({e.id for e in events})
@@ -323,7 +394,7 @@ class SQLAlchemySink(Sink):
             self.engine = make_engine(self.settings.url, writer=True)
         try:
             if self.settings.create_table:
-                self.table = create_table(self.engine, self.settings.table)
+                self.table = create_table(self.engine, self.settings.table, add_indexes=False)
             else:
                 self.table = audit_table(self.settings.table)
         except sa_exc.SQLAlchemyError as exc:
@@ -333,7 +404,7 @@ class SQLAlchemySink(Sink):
         if self.engine is None:
             assert self.settings.url is not None
             self.engine = make_engine(self.settings.url, writer=True)
-        self.table = create_table(self.engine, self.settings.table)
+        self.table = create_table(self.engine, self.settings.table, add_indexes=False)
 
     def write_batch(self, events: Sequence[AuditEvent]) -> None:
         assert self.engine is not None
@@ -359,4 +430,5 @@ class SQLAlchemySink(Sink):
             self.engine = None
 
 
-__all__ = ["SQLAlchemySink", "audit_table", "create_table", "tail", "verify_chain", "write_events"]
+__all__ = ["QUERY_INDEXES", "SQLAlchemySink", "audit_table", "create_table", "index_name", "missing_indexes", "tail",
+           "verify_chain", "write_events"]
