@@ -132,6 +132,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, clock: Callable[
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY"),
         CCSSO_TRUSTED_PROXIES=int(os.environ.get("CCSSO_TRUSTED_PROXIES", "0")),
+        CCSSO_APP_NAME="Internal portal",  # "Back to Internal portal" on the library's pages
     )
     if test_config:
         app.config.from_mapping({k: v for k, v in test_config.items() if k != "INSTANCE_PATH"})
@@ -206,10 +207,12 @@ OUTAGE_DEMO_ISSUER = "http://127.0.0.1:9/corp"
 def _add_outage_demo(providers: dict[str, Any]) -> None:
     """``CCSSO_EXAMPLE_OUTAGE_DEMO=1``: an everyday provider ``corp`` whose IdP cannot be
     reached, with the development IdP as its ``fallback`` (the break-glass provider of
-    docs/production.md). Its sign-in answers with the fallback page; signing in there
-    records ``auth.fallback_used``."""
+    docs/production.md), marked ``fallbackOnly``: it shows only once Corp SSO is known to
+    be down. Corp's sign-in answers with the fallback page; signing in at the development
+    IdP records ``auth.fallback_used``."""
     dev = providers["dev"]
     dev["displayName"] = "Break-glass: development IdP"
+    dev["fallbackOnly"] = True
     providers["corp"] = {**{k: v for k, v in dev.items() if k in ("provider", "clientId", "clientSecret", "scopes")},
                          "displayName": "Corp SSO", "issuer": OUTAGE_DEMO_ISSUER,
                          "redirectUri": "${CCSSO_EXAMPLE_BASE_URL:-http://127.0.0.1:5000}/sso/corp/callback",

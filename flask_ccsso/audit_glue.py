@@ -14,6 +14,7 @@ from flask import Flask
 from .audit.dispatcher import AuditPipeline, init_audit
 from .audit.settings import AuditSettings, parse_logging_block
 from .config import CCSSOConfig
+from .exceptions import ConfigError
 
 
 def audit_settings(config: CCSSOConfig, instance_path: str | None = None) -> AuditSettings:
@@ -21,6 +22,13 @@ def audit_settings(config: CCSSOConfig, instance_path: str | None = None) -> Aud
     its SQLite URLs and spool folder resolved against ``instance_path``
     (:meth:`AuditSettings.resolved`)."""
     settings = parse_logging_block(config.logging or None)
+    if config.console.enabled and not settings.records("console.action"):
+        # the console changes other people's sessions: every action it takes is audited, or it is not served
+        if settings.level == "off":
+            raise ConfigError("console.enabled", "is true, but logging.level is off: the operator console's "
+                              "actions would go unaudited.", 'set logging.level to "audit" (see docs/audit.md).')
+        raise ConfigError("logging.events", "does not list console.action, but the operator console is enabled: "
+                          "its actions would go unaudited.", 'add "console.action" to logging.events.')
     return settings if instance_path is None else settings.resolved(instance_path)
 
 

@@ -86,3 +86,17 @@ def test_a_skill_granted_to_everyone_is_refused_as_the_console_skill(make_app: A
     with pytest.raises(ConfigError) as err:
         make_app(cfg)
     assert err.value.path == "console.skill"
+
+
+def test_the_console_is_not_served_without_its_audit_trail(make_app: Any, op: Any) -> None:
+    """Every console action is audited, or there is no console: a ``logging.events`` list
+    without ``console.action`` (or audit off) is refused at start-up, naming the fix."""
+    cfg = console_config(op)
+    cfg["logging"] = {"level": "audit", "events": ["auth.login"], "destinations": [{"type": "logging"}]}
+    with pytest.raises(ConfigError) as err:
+        make_app(cfg)
+    assert err.value.path == "logging.events" and "console.action" in (err.value.fix or "")
+    cfg["logging"] = {"level": "off"}
+    with pytest.raises(ConfigError) as err:
+        make_app(cfg)
+    assert err.value.path == "console.enabled"
