@@ -209,6 +209,9 @@ class ProviderSettings:
     display_name: str = setting("displayName", "")
     #: other configured providers offered while this one's IdP cannot be reached (see :func:`_check_fallbacks`)
     fallback: tuple[str, ...] = setting("fallback", ())
+    #: a break-glass provider: hidden from the chooser and refused at sign-in while every provider
+    #: listing it as a ``fallback`` can be reached (see :func:`_check_fallbacks`)
+    fallback_only: bool = setting("fallbackOnly", False)
 
     @classmethod
     def config_keys(cls) -> tuple[str, ...]:
@@ -613,9 +616,16 @@ class ScimSettings:
     url_prefix: str = setting("urlPrefix", "/scim/v2")
     #: the bearer secret the IdP sends (from the environment; never logged)
     token: str | None = setting("token", None, secret=True)
+    #: the OIDC provider whose JWT access tokens are accepted instead of (or besides) ``token``
+    token_provider: str | None = setting("tokenProvider", None)
+    #: the OAuth clients that may provision (``client_id`` / ``azp`` / ``cid`` / ``appid``):
+    #: an access token's audience is the portal, but only these clients may change its directory
+    token_clients: tuple[str, ...] = setting("tokenClients", ())
+    #: the scope (``scp`` / ``scope``) or app role (``roles``, Entra ID) such a token must carry
+    token_scope: str = setting("tokenScope", "scim")
 
 
-def _parse_scim(raw: Any) -> ScimSettings:
+def _parse_scim(raw: Any, providers: Mapping[str, ProviderSettings]) -> ScimSettings:
     if raw is None:
         return ScimSettings()
     if not isinstance(raw, dict):
@@ -623,13 +633,42 @@ def _parse_scim(raw: Any) -> ScimSettings:
     s = parse_struct(ScimSettings, raw, "scim")
     fix = ("set \"token\": \"${SCIM_TOKEN}\" and export SCIM_TOKEN from a long random value, e.g. "
            "python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
-    if s.enabled and not s.token:
-        raise ConfigError("scim.token", "is not set, but scim.enabled is true.", fix)
+    if s.enabled and not s.token and not s.token_provider:
+        raise ConfigError("scim.token", "is not set (nor scim.tokenProvider), but scim.enabled is true.",
+                          f"{fix} Or accept the IdP's OAuth access tokens: \"tokenProvider\" (see docs/scim.md).")
     if s.token is not None and len(s.token) < MIN_SCIM_TOKEN:
         raise ConfigError("scim.token", f"is shorter than {MIN_SCIM_TOKEN} characters.", fix)
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", s.url_prefix):
         raise ConfigError("scim.urlPrefix", f"{s.url_prefix!r} is not a URL path.", 'use e.g. "/scim/v2".')
+    _check_scim_oauth(s, providers)
     return s
+
+
+def _check_scim_oauth(s: ScimSettings, providers: Mapping[str, ProviderSettings]) -> None:
+    """``tokenProvider`` names a configured OIDC provider (SAML issues no access
+    tokens), with the clients that may provision and a scope to require."""
+    oidc = sorted(n for n, p in providers.items() if isinstance(p, OIDCSettings))
+    if s.token_provider is None:
+        if s.token_clients:
+            raise ConfigError("scim.tokenClients", "is set, but scim.tokenProvider is not.",
+                              "name the OIDC provider that issues the provisioning client's tokens in "
+                              "\"tokenProvider\", or remove tokenClients.")
+        return
+    prov = providers.get(s.token_provider)
+    if prov is None:
+        raise ConfigError("scim.tokenProvider", f"names {s.token_provider!r}, which is not configured.",
+                          f"name one of the OIDC providers in auth.providers: {', '.join(oidc) or '(none)'}.")
+    if not isinstance(prov, OIDCSettings):
+        raise ConfigError("scim.tokenProvider", f"names {s.token_provider!r}, a {prov.type} provider, which issues "
+                          "no OAuth access tokens.",
+                          f"name an OIDC provider (okta, azure-ad, oidc): {', '.join(oidc) or '(none configured)'}.")
+    if not s.token_clients or not all(c.strip() for c in s.token_clients):
+        raise ConfigError("scim.tokenClients", "is empty (or lists an empty id), but scim.tokenProvider is set.",
+                          "list the client id(s) of the IdP's provisioning client, e.g. \"tokenClients\": "
+                          "[\"0oa...\"]: a token's audience is the portal, but only these clients may provision.")
+    if not re.fullmatch(r"\S+", s.token_scope):
+        raise ConfigError("scim.tokenScope", f"{s.token_scope!r} is not one scope or app role name.",
+                          'use the scope or app role the provisioning client is granted, e.g. "scim".')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -637,8 +676,9 @@ class ConsoleSettings:
     """The ``console`` block: the operator console (sessions, audit, charts, skills, providers)."""
 
     enabled: bool = setting("enabled", False)
-    #: the configured skill an operator needs; it must be ``sensitive`` (step-up) unless
-    #: ``requireSensitiveSkill`` is false, because the console ends other people's sessions
+    #: the configured skill an operator needs; it must ask for a recent sign-in (``sensitive``
+    #: with re-authentication on, or its own ``maxAuthAge``; checked by init_app with the gate's
+    #: freshness rule) unless ``requireSensitiveSkill`` is false: the console ends other people's sessions
     skill: str | None = setting("skill", None)
     url_prefix: str = setting("urlPrefix", "/sso-console")
     require_sensitive_skill: bool = setting("requireSensitiveSkill", True)
@@ -667,10 +707,8 @@ def _parse_console(raw: Any, skills: Mapping[str, SkillSettings]) -> ConsoleSett
     if not skill.allowed_groups:
         raise ConfigError("console.skill", f"names {c.skill!r}, which any signed-in person has (no allowedGroups).",
                           f"give skills.{c.skill}.allowedGroups the operators' group.")
-    if c.require_sensitive_skill and not skill.sensitive:
-        raise ConfigError("console.skill", f"names {c.skill!r}, which is not sensitive: the console ends other "
-                          "people's sessions, so it asks operators to have signed in recently.",
-                          f'set "sensitive": true on skills.{c.skill} (or, knowingly, console.requireSensitiveSkill: false).')
+    # whether the skill asks for a recent sign-in is the gate's freshness rule, which sits above the
+    # config: init_app checks it right after parsing (flask_ccsso.console.recent_sign_in)
     return c
 
 
@@ -849,6 +887,12 @@ def _check_fallbacks(providers: Mapping[str, ProviderSettings]) -> None:
                                   "configure the fallback provider under auth.providers first.")
             if name in prov.fallback[:i]:
                 raise ConfigError(join(where, i), f"names {name!r} twice.", "list each fallback once.")
+    for prov in providers.values():
+        if prov.fallback_only and not any(prov.name in other.fallback for other in providers.values()):
+            raise ConfigError(join(prov.path, "fallbackOnly"),
+                              f"is true, but no provider lists {prov.name!r} as a fallback, so it could never be used.",
+                              f"add {prov.name!r} to the 'fallback' list of the provider it stands in for, "
+                              "or remove fallbackOnly.")
     for start in providers.values():
         # depth-first along the fallbacks; at most one walk per provider, and configs hold a handful
         trail = [start.name]
@@ -898,6 +942,9 @@ def _parse_auth(raw: Any) -> tuple[dict[str, ProviderSettings], str | None]:
         if default is not None and default not in out:
             raise ConfigError("auth.default", f"names {default!r}, which is not configured.",
                               f"use one of {', '.join(out)}.")
+        if default is not None and out[default].fallback_only:
+            raise ConfigError("auth.default", f"names {default!r}, a fallbackOnly provider (refused while the "
+                              "providers it stands in for can be reached).", "name the everyday provider.")
         return out, default or (next(iter(out)) if len(out) == 1 else None)
     ptype = raw.get("provider")
     name = ptype if isinstance(ptype, str) and re.match(r"^[a-z0-9][a-z0-9_-]*$", ptype or "") else "default"
@@ -1093,7 +1140,7 @@ def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
     providers, default = _parse_auth(data.get("auth"))
     skills = _parse_skills(data.get("skills"), providers)
     session = _parse_session(data.get("session"))
-    scim = _parse_scim(data.get("scim"))
+    scim = _parse_scim(data.get("scim"), providers)
     console = _parse_console(data.get("console"), skills)
     logging_block = data.get("logging")
     if logging_block is not None and not isinstance(logging_block, dict):

@@ -165,6 +165,9 @@ class CCSSO:
         cfg = parse_config(_load_raw(app))
         if not cfg.providers:
             raise ConfigError("auth", "configures no provider.", "add a provider.")
+        if cfg.console.enabled:  # the gate's freshness rule, which the config (a lower layer) cannot ask
+            from .console.recent_sign_in import require_recent_sign_in
+            require_recent_sign_in(cfg)
         if not app.secret_key:
             raise ConfigError("SECRET_KEY", "is not set; flask-ccsso signs values with it.",
                               "set app.config['SECRET_KEY'] from an environment variable.")

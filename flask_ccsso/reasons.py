@@ -26,6 +26,7 @@ BAD_REQUEST = "bad_request"
 REQUEST_TOO_LARGE = "request_too_large"  # a body over the route's limit, refused unparsed
 RATE_LIMITED = "rate_limited"              # too many sign-ins started from one address
 DEPROVISIONED = "deprovisioned"            # SCIM deprovisioned the person (active: false / DELETE)
+FALLBACK_NOT_NEEDED = "fallback_not_needed"  # a fallbackOnly provider while every provider it stands in for is up
 
 # session
 IDLE_TIMEOUT = "idle_timeout"

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, g, redirect, request, session, url_for
-from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import Forbidden, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, reasons, signals
@@ -41,7 +41,16 @@ from .gate.freshness import max_auth_age
 from .gate.session import browser_binding, check_store
 from .gate.stepup import resubmit_notice_after, subject_mismatch, take_resubmit
 from .identity import Identity
-from .providers.base import CallbackRequest, LoginRequest, LoginResult, Provider, limit_per_browser, saved_pending
+from .providers import fallback
+from .providers.base import (
+    CallbackRequest,
+    LoginRequest,
+    LoginResult,
+    Provider,
+    limit_per_browser,
+    pending_step_up,
+    saved_pending,
+)
 from .providers.oidc import OIDCProvider
 from .providers.saml import SAMLProvider
 from .responses import DEFAULT_RETRY_AFTER, error_response, render_page, wants_json
@@ -139,26 +148,32 @@ def login(provider: str) -> Response:
     if refused is not None:
         return refused
     next_url = safe_next(request.args.get("next"))
+    # a step-up only when the skill exists: a made-up ``stepup`` is a plain sign-in, and waits like one
     step_up_skill = request.args.get("stepup")
-    if not step_up_skill:
+    skill = state.config.skills.get(step_up_skill) if isinstance(step_up_skill, str) and step_up_skill else None
+    if skill is None:
         known = _known_outage(prov, next_url)
         if known is not None:
             return known
+    primary = _standing_in_for(state, prov)
+    if primary is None and prov.settings.fallback_only:
+        return _fallback_not_needed(state, prov, next_url)
     req = LoginRequest(redirect_uri=redirect_uri_for(prov), next_url=next_url,
-                       browser_binding=browser_binding(create=True) if prov.protocol == "oidc" else None)
-    if step_up_skill:
+                       browser_binding=browser_binding(create=True) if prov.protocol == "oidc" else None,
+                       fallback_for=primary)
+    if skill is not None:
         # stricter only: a step-up request can never weaken a sign-in
-        skill = state.config.skills.get(step_up_skill)
-        if skill is not None:
-            req.force_authn = True
-            req.max_age = int(max_auth_age(skill, state.config.session))
-            req.acr_values = tuple(skill.acr_values)
-            req.step_up_skill = step_up_skill
-            req.previous_auth_time = _current_auth_time(provider)
-    else:
-        req.fallback_for = _standing_in_for(state, prov)
+        req.force_authn = True
+        req.max_age = int(max_auth_age(skill, state.config.session))
+        req.acr_values = tuple(skill.acr_values)
+        req.step_up_skill = step_up_skill
+        req.previous_auth_time = _current_auth_time(provider)
     try:
         with _audited(provider):
+            if prov.settings.fallback:
+                # the signing keys too (cached: no network I/O), so a JWKS outage is met here, where
+                # the fallbacks can be offered, rather than at the callback
+                prov.ensure_published()
             url = prov.begin_login(req)
             _bound_per_browser(state)
     except IdPUnavailable as exc:
@@ -232,29 +247,86 @@ def _fallback_page(prov: Provider, exc: IdPUnavailable, next_url: str) -> Respon
     return resp  # a page of the library: responses.library_security_headers adds the security headers
 
 
-def _standing_in_for(state: CCSSOState, prov: Provider) -> str | None:
-    """The provider this sign-in is a fallback for, or ``None``.
+def _listing(state: CCSSOState, prov: Provider) -> list[Provider]:
+    """The providers that name ``prov`` as a ``fallback`` (none for most providers)."""
+    return fallback.listing(state.providers, prov)
 
-    The sign-in page's fallback links say it (``fallback_for``), and anyone
-    can write that into a URL; it counts only when the provider named lists
-    ``prov`` as a fallback *and* is really unreachable -- known to be, or
-    found so now (a cached copy of its documents means it is not) -- so a
-    forged link can neither invent an outage nor raise the fallback alert
-    while the IdP is up. The verdict goes into the pending sign-in, so the
-    alert fires once, when that sign-in completes."""
-    name = request.args.get("fallback_for")
-    primary = state.providers.get(name) if isinstance(name, str) else None
-    if primary is None or prov.name not in primary.settings.fallback:
-        return None
-    if primary.availability().down_within(primary.clock()):
-        return primary.name
+
+def _standing_in_for(state: CCSSOState, prov: Provider) -> str | None:
+    """The unavailable provider a sign-in at ``prov`` stands in for, or ``None``.
+
+    What counts is the use of a fallback, not the link that led there: a
+    sign-in at a provider some other provider lists as a ``fallback``, while
+    that one is unavailable, is a fallback sign-in however it was started
+    (the banner's link, the chooser, a typed URL). Unavailable means known
+    to be, however long ago (the status changes only when a fetch succeeds
+    -- the 30 s of :func:`_known_outage` only say when to try the IdP again),
+    or found so now by :meth:`~flask_ccsso.providers.base.Provider.ensure_published`,
+    which costs no network I/O while the documents are cached and shares one
+    fetch's failure among the callers that waited for it. The recorded status is read for every
+    candidate before anything is fetched, so a break-glass sign-in never
+    waits on a primary known to be dead. A cached copy means the primary is
+    up: a crafted URL can neither invent an outage nor raise the alert.
+
+    ``fallback_for`` (the banner's links carry it) only says which primary
+    to name first when several list ``prov``. The verdict goes into the pending
+    sign-in, so the alert fires once, when that sign-in completes."""
+    primaries = _listing(state, prov)
+    named = request.args.get("fallback_for")
+    picked = next((p for p in primaries if p.name == named), None)
+    if picked is not None and _down(picked):
+        return picked.name
+    others = [p for p in primaries if p is not picked]
+    known = next((p for p in others if p.availability().unavailable), None)
+    if known is not None:
+        return known.name
+    return next((p.name for p in others if _down(p)), None)
+
+
+def _down(primary: Provider) -> bool:
+    """``primary`` is known to be unavailable, or found so now (cheaply:
+    see :func:`_standing_in_for`)."""
+    if primary.availability().unavailable:
+        return True
     try:
         primary.ensure_published()
     except IdPUnavailable:
-        return primary.name
+        return True
     except Exception:  # a provider bug must not turn the fallback's sign-in into a 500
         log.exception("flask-ccsso: could not tell whether provider %r is reachable", primary.name)
-    return None
+    return False
+
+
+def _needed(state: CCSSOState, prov: Provider) -> bool:
+    """Whether a provider that some other provider lists as a fallback is
+    needed now: one of those is known to be unavailable (no network I/O)."""
+    return fallback.needed(state.providers, prov)
+
+
+class FallbackNotNeeded(CCSSOError, Forbidden):
+    """A sign-in at a ``fallbackOnly`` provider while every provider listing
+    it can be reached. HTTP 403."""
+
+    reason = reasons.FALLBACK_NOT_NEEDED
+    description = "This sign-in is for emergencies only, and the everyday one can be reached."
+    title = "Emergency sign-in not available"
+
+
+def _fallback_not_needed(state: CCSSOState, prov: Provider, next_url: str) -> Response:
+    """Refuse a sign-in at ``fallbackOnly`` ``prov``: 403 (the message page
+    with a link to the everyday provider, or JSON naming it), announced as
+    ``login_failed`` with reason ``fallback_not_needed``."""
+    primaries = _listing(state, prov)
+    names = " or ".join(p.settings.display_name for p in primaries)
+    exc = FallbackNotNeeded(f"{prov.settings.display_name} is for emergencies only: it can be used while "
+                            f"{names} cannot be reached, and {names} can be reached now. Sign in with {names}.")
+    _fail(prov.name, exc)
+    links = [(p, url_for("ccsso.login", provider=p.name, next=next_url)) for p in primaries]
+    g._ccsso_retry_url = url_for("ccsso.choose", next=next_url)
+    return error_response(exc, action_url=links[0][1], action_label=f"Sign in with {primaries[0].settings.display_name}",
+                          extra={"provider": prov.name, "sign_in_with": [
+                              {"provider": p.name, "display_name": p.settings.display_name, "login_url": url}
+                              for p, url in links]})
 
 
 def _announce_fallback(app: Flask, identity: Identity, provider: str, primary: str, method: str) -> None:
@@ -357,10 +429,17 @@ def _finish(provider: str, params_from_form: bool) -> Response:
         result = _finish_at_provider(state, prov, params_from_form)
     except IdPUnavailable as exc:
         # the IdP went away between the sign-in's start and its return (its JWKS, its metadata):
-        # a provider with fallbacks offers them, as the login page does
-        if not prov.settings.fallback or not prov.availability().unavailable:
+        # a provider with fallbacks offers them, as the login page does -- not to a step-up
+        landing = _fallback_landing(prov, params_from_form)
+        if landing is None:
             raise
-        return _fallback_page(prov, exc, "/")
+        return _fallback_page(prov, exc, landing)
+    if prov.settings.fallback_only and not result.fallback_for:
+        # not started as a fallback sign-in (an unsolicited SAML response): refused as at the login
+        refused = FallbackNotNeeded(f"{prov.settings.display_name} is for emergencies only, and this sign-in "
+                                    "was not started while the provider it stands in for was unreachable.")
+        _fail(provider, refused)
+        raise refused
     if result.step_up:
         _refuse_another_person(provider, result.identity, safe_next(result.next_url))
     resubmit = take_resubmit()  # read before the sign-in clears the session
@@ -388,15 +467,32 @@ def _finish(provider: str, params_from_form: bool) -> Response:
     return redirect(landing, 303 if params_from_form else 302)
 
 
+def _callback_request(prov: Provider, params_from_form: bool) -> CallbackRequest:
+    return CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
+                           url=request.url, redirect_uri=redirect_uri_for(prov),
+                           browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
+                           content_length=request.content_length)
+
+
+def _fallback_landing(prov: Provider, params_from_form: bool) -> str | None:
+    """For a callback whose IdP became unreachable: the ``next`` of its
+    pending sign-in, which the fallback page's links keep -- or ``None``
+    when no fallback is offered: ``prov`` names none or is not unavailable,
+    the pending sign-in is a step-up (it must come back from this provider),
+    or it cannot be told whether it is one."""
+    if not prov.settings.fallback or not prov.availability().unavailable:
+        return None
+    pending = prov.pending_sign_in(_callback_request(prov, params_from_form))
+    if pending is None or pending_step_up(pending):
+        return None
+    return safe_next(pending.get("next"))
+
+
 def _finish_at_provider(state: CCSSOState, prov: Provider, params_from_form: bool) -> LoginResult:
     """The provider checks the IdP's answer (every refusal announced, :func:`_audited`)."""
     with _audited(prov.name):
         check_store(session)
-        cb = CallbackRequest(args=request.args, form=request.form if params_from_form else {}, method=request.method,
-                             url=request.url, redirect_uri=redirect_uri_for(prov),
-                             browser_binding=browser_binding(create=False) if prov.protocol == "oidc" else None,
-                             content_length=request.content_length)
-        result = prov.finish_login(cb)
+        result = prov.finish_login(_callback_request(prov, params_from_form))
         if state.deprovisioned is not None and state.deprovisioned.any_marker(result.identity):
             # SCIM deprovisioned this person: no new session until SCIM re-activates them
             raise AccountDeprovisioned(subject=result.identity.subject, email=result.identity.email)
@@ -740,5 +836,6 @@ def choose() -> Response | str:
     outages = [_outage(p, next_url) for p in state.providers.values()
                if p.settings.fallback and p.availability().unavailable]
     links = {o.provider.name: o.url for outage in outages for o in outage.offers}
-    return render_page("ccsso/choose.html", providers=list(state.providers.values()), next_url=next_url,
-                       outages=outages, links=links)
+    # a fallbackOnly provider shows only while a provider it stands in for is known to be unavailable
+    shown = [p for p in state.providers.values() if not p.settings.fallback_only or _needed(state, p)]
+    return render_page("ccsso/choose.html", providers=shown, next_url=next_url, outages=outages, links=links)

@@ -1,20 +1,25 @@
 """The console's audit explorer: the SQL audit table, filtered, paged on the database, exported.
 
-Pages (all GET: reading changes nothing):
+Pages (reading changes nothing; what reads the whole table, or writes the
+audit trail, is a POST with the CSRF token, so no other site can start it):
 
-* ``/audit`` -- filters (time range, person, event type, skill, outcome,
+* ``GET /audit`` -- filters (time range, person, event type, skill, outcome,
   provider), 50 events a page newest first with an "older" link carrying the
   last ``seq`` (keyset: :mod:`.audit_query`), the audit pipeline's health in
-  this process (sink backlog, spool size, lost counters), and, when asked
-  (``?verify=1``: it reads the whole table), the hash chain's verification;
-* ``/audit/events/<seq>`` -- one stored event, every field, and its hashes;
-* ``/audit/export.csv`` and ``/audit/export.ndjson`` -- the filtered events,
-  newest first, streamed, at most :data:`~.audit_query.EXPORT_LIMIT`; each
-  export is audited (``console.action``, action ``audit_export``).
+  this process (sink backlog, spool size, lost counters);
+* ``POST /audit`` (the "Verify chain" button, filters in the query string) --
+  the same page with the hash chain's verification (it reads the whole table);
+* ``GET /audit/events/<seq>`` -- one stored event, every field, and its hashes;
+* ``POST /audit/export.csv`` and ``/audit/export.ndjson`` (the export
+  buttons: the filters as form fields) -- the filtered events, newest first,
+  streamed as a download, at most :data:`~.audit_query.EXPORT_LIMIT`; each
+  export is audited (``console.action``, action ``audit_export``, ``count``
+  the rows sent) when the download ends, or is abandoned.
 
 Bad filter input is answered with the page, a 400 and the reason, and audited
 (``console.action``, action ``audit_filter_refused``: a record of what was
-tried, e.g. an injection attempt in a filter); no SQL
+tried, e.g. an injection attempt in a filter -- the console's guard refuses a
+request another site started, so it is the operator's own); no SQL
 destination with a page saying how to add one; a database that cannot be read
 with a 503 naming the database (password masked) and the fix. Never a 500.
 """
@@ -23,23 +28,25 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import exc as sa_exc
 
+from .._context import current_flask_app
 from ..audit.sinks.sqlalchemy import audit_table, missing_indexes, verify_chain
 from ..state import get_state
 from ..stores.database import database_error_line
-from . import page, record_action, settings
+from . import operator, page, record_action, settings
 from .audit_query import (
     EVENT_TYPES,
     EXPORT_LIMIT,
+    MAX_SEQ,
     OUTCOME_VALUES,
     PAGE_SIZE,
     AuditFilters,
@@ -71,7 +78,7 @@ def _source() -> AuditSource:
 def _common(**context: Any) -> dict[str, Any]:
     """What every explorer page shows besides its events: the choices of the filter form and the health."""
     state = get_state()
-    context.setdefault("form", request.args)
+    context.setdefault("form", request.values)  # a GET's query string; an export's form fields
     context.setdefault("event_types", EVENT_TYPES)
     context.setdefault("outcomes", OUTCOME_VALUES)
     context.setdefault("known_providers", sorted(state.providers))
@@ -131,7 +138,7 @@ def explorer() -> ResponseReturnValue:
         before = parse_before(request.args.get("before"))
     except FilterError as exc:
         return _refused(source, exc)
-    verify = request.args.get("verify") == "1"
+    verify = request.method == "POST"  # the "Verify chain" form (its CSRF token checked by the guard)
     try:
         with reading(source) as engine:
             with engine.connect() as conn:
@@ -147,8 +154,8 @@ def explorer() -> ResponseReturnValue:
         title="Audit", source=source, filters=filters, rows=result.rows, before=before,
         older_url=url_for(".audit", **params, before=result.older) if result.older is not None else None,
         newest_url=url_for(".audit", **params) if before is not None else None,
-        verify_url=url_for(".audit", **params, verify=1),
-        export_urls={fmt: url_for(".audit_export", fmt=fmt, **params) for fmt in EXPORTS},
+        verify_url=url_for(".audit", **params),
+        export_urls={fmt: url_for(".audit_export", fmt=fmt) for fmt in EXPORTS}, export_fields=params,
         missing_indexes=missing, verification=verification))
 
 
@@ -177,18 +184,17 @@ def export(fmt: str) -> ResponseReturnValue:
     except SourceUnavailable as exc:
         return _unavailable(exc)
     try:
-        filters = parse_filters(request.args)
+        filters = parse_filters(request.form)
     except FilterError as exc:
         return _refused(source, exc)
     mimetype, lines = EXPORTS[fmt]
-    # the connection is opened and the query run here, so a database that cannot be read is a 503
-    # page, not a download cut short; the response closes them when it is done (or abandoned)
+    # the first rows are read here, so a database that cannot be read is a 503 page, not a
+    # download cut short; the engine is disposed of when the response is done (or abandoned)
     stack = ExitStack()
     try:
         engine = stack.enter_context(reading(source))
-        conn = stack.enter_context(engine.connect())
-        rows: Generator[dict[str, Any], None, None] = stream_rows(conn, audit_table(source.table), filters)
-        stack.callback(rows.close)  # before the connection closes (callbacks run last-in, first-out)
+        rows = stream_rows(engine, audit_table(source.table), filters)
+        stack.callback(rows.close)  # before the engine is disposed of (callbacks run last-in, first-out)
         first = next(rows, None)
     except SourceUnavailable as exc:
         stack.close()
@@ -199,24 +205,58 @@ def export(fmt: str) -> ResponseReturnValue:
     except BaseException:
         stack.close()
         raise
-    params = filters.params()
-    record_action("audit_export", " ".join(f"{k}={v}" for k, v in params.items()) or "all events",
-                  count=1)
-
-    body = lines(itertools.chain([first], rows) if first is not None else ())
+    record = _ExportRecord(" ".join(f"{k}={v}" for k, v in filters.params().items()) or "all events")
+    stack.callback(record.emit)  # a response closed before its first line: recorded all the same
+    body = record.body(lines, itertools.chain([first], rows) if first is not None else iter(()))
     stamp = datetime.fromtimestamp(get_state().clock(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(body, mimetype=mimetype)
+    response = Response(stream_with_context(body), mimetype=mimetype)
     response.call_on_close(stack.close)
     response.headers["Content-Disposition"] = f'attachment; filename="audit-events-{stamp}.{fmt}"'
     response.headers["X-Export-Limit"] = str(EXPORT_LIMIT)
     return response
 
 
+class _ExportRecord:
+    """The export's ``console.action``, with the number of rows handed to the server (``count``).
+
+    That number is known only when the download ends, so the event is recorded
+    then: at the end of the body (in the request's context, kept by
+    ``stream_with_context``), or, when the client goes away, as the body is
+    closed -- with the rows sent until then. Once, either way.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.app = current_flask_app()
+        self.identity = operator()
+        self.sent = 0
+        self.recorded = False
+
+    def body(self, lines: Callable[[Iterable[dict[str, Any]]], Iterator[str]],
+             rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+        def counted() -> Iterator[dict[str, Any]]:
+            for row in rows:
+                self.sent += 1  # each writer turns a row into its line at once, and hands that on
+                yield row
+
+        try:
+            yield from lines(counted())
+        finally:
+            self.emit()
+
+    def emit(self) -> None:
+        if not self.recorded:
+            self.recorded = True
+            record_action("audit_export", self.target, count=self.sent, app=self.app, identity=self.identity)
+
+
 def register(bp: Blueprint) -> None:
     """Add this section's routes to the console blueprint."""
-    bp.add_url_rule("/audit", endpoint="audit", view_func=explorer, methods=["GET"])
-    bp.add_url_rule("/audit/events/<int:seq>", endpoint="audit_event", view_func=event_detail, methods=["GET"])
-    bp.add_url_rule("/audit/export.<fmt>", endpoint="audit_export", view_func=export, methods=["GET"])
+    bp.add_url_rule("/audit", endpoint="audit", view_func=explorer, methods=["GET", "POST"])
+    # a seq the column cannot hold (above 2**63 - 1) matches no route: a 404, never an OverflowError
+    bp.add_url_rule(f"/audit/events/<int(max={MAX_SEQ}):seq>", endpoint="audit_event", view_func=event_detail,
+                    methods=["GET"])
+    bp.add_url_rule("/audit/export.<fmt>", endpoint="audit_export", view_func=export, methods=["POST"])
 
 
 __all__ = ["EXPORTS", "pipeline_health", "register"]

@@ -13,7 +13,19 @@ Every query runs on the database and reads through an index
 * the time range compares the ``time`` column as text: every stored time has
   the one fixed-width form ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
   (:func:`~flask_ccsso.audit.events.iso_time`), so text order is time order,
-  on SQLite and PostgreSQL alike, and the ``time`` index serves it.
+  on SQLite and PostgreSQL alike. A range with no other filter is paged in
+  ``(time, seq)`` order instead, ``WHERE time in range AND (time, seq) <
+  (time of :before, :before)``: one backward read of the ``time`` index
+  however wide the range (SQLite's index holds ``seq``, the rowid, after
+  ``time``; PostgreSQL orders the few events of one microsecond by ``seq``
+  with an incremental sort). (In ``seq`` order the database would read the whole
+  range through the time index and sort it, for every page. ``time`` follows
+  ``seq`` except when writers' clocks disagree, so the range cannot be turned
+  into a ``seq`` range exactly.) With another filter too, its ``(column, seq)``
+  index serves the page and the range is checked on the rows it reads.
+* an export reads the same pages, 1000 rows at a time (:func:`stream_rows`),
+  each on a connection of its own that is returned before the rows are sent:
+  no statement or read transaction stays open while a slow client downloads.
 
 Bad input (an unparseable date, an over-long or unknown value) is a
 :class:`FilterError` naming the field; the page answers 400 with it.
@@ -48,6 +60,10 @@ EVENT_TYPES = tuple(sorted(OUTCOMES))
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,3}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SEQ = re.compile(r"^[0-9]{1,18}$")
+#: the largest ``seq`` the column holds (a signed 64-bit integer on SQLite and PostgreSQL)
+MAX_SEQ = 2**63 - 1
+#: rows an export reads at a time, each batch in a short read of its own
+EXPORT_CHUNK = 1000
 _STORED_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -174,22 +190,41 @@ def conditions(t: sa.Table, filters: AuditFilters, *, person: bool = True) -> li
     return where
 
 
-def page_query(t: sa.Table, filters: AuditFilters, before: int | None, size: int = PAGE_SIZE) -> sa.Select[Any]:
-    """One page, newest first: ``size + 1`` rows (the extra one says whether there is an older page).
+def time_ordered(filters: AuditFilters) -> bool:
+    """A time range and nothing else: pages go in ``(time, seq)`` order, read down the ``time`` index."""
+    return bool(filters.start or filters.end) and not filters.person and \
+        not any(getattr(filters, name) for name in ("type", "skill", "outcome", "provider"))
+
+
+def newest_query(t: sa.Table, filters: AuditFilters, before: int | None, limit: int) -> sa.Select[Any]:
+    """The newest ``limit`` events matching ``filters`` older than the event ``before`` (keyset), each
+    kind of filter read through its index.
 
     A person is an email *or* a subject: an ``OR`` would make the database collect every event of
     both and sort them, however many there are. Instead each alternative takes its newest
-    ``size + 1`` by its own index, and the page is the newest of those (at most twice a page read).
+    ``limit`` by its own index, and the result is the newest of those (at most twice ``limit`` read).
+    A time range alone is read in ``(time, seq)`` order (:func:`time_ordered`); "older than
+    ``before``" is then older in that order, the event's time looked up by its primary key.
     """
     where = conditions(t, filters, person=False)
+    if time_ordered(filters):
+        if before is not None:
+            before_time = sa.select(t.c.time).where(t.c.seq == before).scalar_subquery()
+            where.append(sa.tuple_(t.c.time, t.c.seq) < sa.tuple_(before_time, sa.literal(before)))
+        return sa.select(t).where(*where).order_by(t.c.time.desc(), t.c.seq.desc()).limit(limit)
     if before is not None:
         where.append(t.c.seq < before)
     if not filters.person:
-        return sa.select(t).where(*where).order_by(t.c.seq.desc()).limit(size + 1)
-    newest = [sa.select(t.c.seq).where(*where, alternative).order_by(t.c.seq.desc()).limit(size + 1).subquery()
+        return sa.select(t).where(*where).order_by(t.c.seq.desc()).limit(limit)
+    newest = [sa.select(t.c.seq).where(*where, alternative).order_by(t.c.seq.desc()).limit(limit).subquery()
               for alternative in person_conditions(t, filters.person)]
     seqs = sa.union(*(sa.select(sub.c.seq) for sub in newest))
-    return sa.select(t).where(t.c.seq.in_(seqs)).order_by(t.c.seq.desc()).limit(size + 1)
+    return sa.select(t).where(t.c.seq.in_(seqs)).order_by(t.c.seq.desc()).limit(limit)
+
+
+def page_query(t: sa.Table, filters: AuditFilters, before: int | None, size: int = PAGE_SIZE) -> sa.Select[Any]:
+    """One page, newest first: ``size + 1`` rows (the extra one says whether there is an older page)."""
+    return newest_query(t, filters, before, size + 1)
 
 
 @dataclass(frozen=True)
@@ -226,22 +261,25 @@ def _with_event(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def export_query(t: sa.Table, filters: AuditFilters, limit: int) -> sa.Select[Any]:
-    return sa.select(t).where(*conditions(t, filters)).order_by(t.c.seq.desc()).limit(limit)
+def stream_rows(engine: sa.Engine, t: sa.Table, filters: AuditFilters, limit: int | None = None,
+                chunk: int = EXPORT_CHUNK) -> Generator[dict[str, Any], None, None]:
+    """The filtered rows, newest first, at most ``limit`` (default :data:`EXPORT_LIMIT`).
 
-
-def stream_rows(conn: sa.Connection, t: sa.Table, filters: AuditFilters,
-                limit: int | None = None) -> Generator[dict[str, Any], None, None]:
-    """The filtered rows, newest first, at most ``limit`` (default :data:`EXPORT_LIMIT`), fetched
-    1000 at a time (a server-side cursor where the driver has one: an export never holds the
-    whole result in memory)."""
-    limit = EXPORT_LIMIT if limit is None else limit
-    result = conn.execution_options(yield_per=1000).execute(export_query(t, filters, limit))
-    try:
-        for row in result.mappings():
-            yield dict(row)
-    finally:
-        result.close()
+    Read ``chunk`` rows at a time with the pages' keyset query (:func:`newest_query`), each
+    chunk on a connection of its own, returned to the pool before its rows are handed on: a
+    download that takes minutes never holds a statement, a read transaction or (SQLite) a read
+    lock while the client reads. Never more than one chunk in memory.
+    """
+    remaining = EXPORT_LIMIT if limit is None else limit
+    before: int | None = None
+    while remaining > 0:
+        with engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(newest_query(t, filters, before, min(chunk, remaining))).mappings()]
+        yield from rows
+        if len(rows) < min(chunk, remaining):
+            return
+        remaining -= len(rows)
+        before = rows[-1]["seq"]
 
 
 # -- export formats -------------------------------------------------------------------------
@@ -297,6 +335,7 @@ def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
                f'"hash":{json.dumps(row["hash"])},"event":{event}}}\n')
 
 
-__all__ = ["CSV_COLUMNS", "EVENT_TYPES", "EXPORT_LIMIT", "OUTCOME_VALUES", "PAGE_SIZE", "AuditFilters",
-           "FilterError", "Page", "csv_cell", "csv_lines", "fetch_event", "fetch_page", "ndjson_lines",
-           "page_query", "parse_before", "parse_filters", "parse_time", "stream_rows"]
+__all__ = ["CSV_COLUMNS", "EVENT_TYPES", "EXPORT_CHUNK", "EXPORT_LIMIT", "MAX_SEQ", "OUTCOME_VALUES", "PAGE_SIZE",
+           "AuditFilters", "FilterError", "Page", "csv_cell", "csv_lines", "fetch_event", "fetch_page",
+           "ndjson_lines", "newest_query", "page_query", "parse_before", "parse_filters", "parse_time",
+           "stream_rows", "time_ordered"]

@@ -8,7 +8,11 @@ paths already resolved against the instance folder), never from a request.
 
 Each console request opens its own engine and disposes of it when done
 (:func:`reading`): the console is a handful of operators, and the sink's own
-engine (its timeouts, its two pooled connections) is the writer's.
+engine (its timeouts, its two pooled connections) is the writer's. On
+PostgreSQL every statement of it ends within :data:`STATEMENT_TIMEOUT_MS`, so
+nothing an operator runs holds a connection for long; SQLite is in WAL mode
+(:func:`~flask_ccsso.audit.sinks.sqlalchemy.make_engine`), so reading never
+holds off the audit writers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from ..stores.database import sqlite_file
 
 #: where the docs explain the ``sqlalchemy`` destination
 DOCS = "docs/audit.md"
+#: PostgreSQL ``statement_timeout`` of the console's reads (a page, a chart, one export or verification chunk)
+STATEMENT_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def reading(source: AuditSource) -> Iterator[sa.Engine]:
         raise SourceUnavailable(
             f"The audit database {mask_url(source.url)} does not exist yet: no event has been written to it.",
             "it is created with the first event (or run `flask ccsso audit init-db`).", configured=True)
-    engine = make_engine(source.url)
+    engine = make_engine(source.url, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
     try:
         yield engine
     finally:

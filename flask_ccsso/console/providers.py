@@ -22,8 +22,9 @@ past its end an error (an expired IdP signing certificate stops every
 sign-in: the classic SAML outage).
 
 ``flask ccsso check-config`` (:func:`~flask_ccsso.cli.check.run_checks`)
-reaches every IdP, so it runs only when the operator asks (``?check=1``: a
-GET, it changes nothing), with each provider's short ``timeout``.
+reaches every IdP, so it runs only when the operator asks ("Run checks": a
+POST with the CSRF token, though it changes nothing, so no other site can make
+the console reach out), with each provider's short ``timeout``.
 """
 
 from __future__ import annotations
@@ -227,11 +228,11 @@ def ago(seconds: float | None) -> str:
 def register(bp: Blueprint) -> None:
     """Add this section's routes to the console blueprint."""
 
-    @bp.get("/providers", endpoint="providers")
+    @bp.route("/providers", endpoint="providers", methods=["GET", "POST"])
     def providers_page() -> str:
         state = get_state()
         findings: list[tuple[str, str]] | None = None
-        if request.args.get("check") == "1":
+        if request.method == "POST":  # "Run checks" (the guard checked its CSRF token)
             report = Report(lambda _line: None)
             run_checks(report, current_flask_app(), state)
             findings = report.findings

@@ -14,7 +14,20 @@ reaches a page.
 Each action is a GET confirmation page that changes nothing and says exactly
 what will happen, then a POST carrying the CSRF token (the console's guard
 checks it), then ``console.action`` with the operator as actor, then a
-redirect back to the list with a notice.
+redirect back to the list, which shows a notice of what was ended. The notice
+travels in the operator's server-side session and is read once: a link can
+carry no "Ended 3 sessions" of its own.
+
+"Every session of this person" on a row names that one identity
+(``provider:subject``): an email is only a claim, and any provider's user can
+claim anyone's. Ending every identity that carries an email is the filter's
+own action, and its confirmation page lists each identity and provider; the
+post ends exactly those (the ones that still carry the email), never one that
+appeared after the operator looked.
+
+Listing walks the store's index of people (``SCAN`` on Redis) and reads each
+session: an operator's page, capped at :data:`MAX_ROWS` sessions, never
+something a request path should do.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, redirect, request, session, url_for
 from werkzeug.wrappers import Response
 
 from ..cli.sessions import fingerprint, session_rows
@@ -36,6 +49,8 @@ MAX_ROWS = 500
 #: the longest person filter accepted (an email is at most 254 characters)
 MAX_PERSON = 320
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
+#: where the notice of the last action waits for the list (read once)
+NOTICE_KEY = "_ccsso_console_notice"
 
 
 def person_arg(source: Any) -> str:
@@ -76,8 +91,35 @@ def _not_found(message: str) -> tuple[str, int]:
                 back=url_for("ccsso_console.sessions")), 404
 
 
-def _back(user: str, **notice: Any) -> Response:
-    return redirect(url_for("ccsso_console.sessions", user=user or None, **notice), code=303)
+def _back(user: str, count: int, of: str) -> Response:
+    """Back to the list (filtered by ``user``), leaving the notice of what was
+    ended in the operator's session: ``count`` sessions of ``of``."""
+    session[NOTICE_KEY] = (f"Ended {count} session{'s' if count != 1 else ''} of {of}." if count
+                           else "No live session was left to end: it had already ended.")
+    return redirect(url_for("ccsso_console.sessions", user=user or None), code=303)
+
+
+def take_notice() -> str | None:
+    """The notice :func:`_back` left, removed as it is read (flash-style)."""
+    if NOTICE_KEY not in session:
+        return None
+    notice = session.pop(NOTICE_KEY, None)
+    return notice if isinstance(notice, str) else None
+
+
+def _identities(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each identity (``provider:subject``) of ``rows``: its email, provider
+    and how many of the rows are its sessions, in order of id."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = out.setdefault(r["user"], {"user": r["user"], "email": r["email"], "provider": r["provider"],
+                                           "sessions": 0})
+        entry["sessions"] += 1
+    return [out[k] for k in sorted(out)]
+
+
+def _by_activity(row: dict[str, Any]) -> str:
+    return str(row["last_seen"] if row["last_seen"] != "-" else row["signed_in"])
 
 
 def register(bp: Blueprint) -> None:
@@ -89,17 +131,12 @@ def register(bp: Blueprint) -> None:
         if not user and request.args.get("user", "").strip():
             return page("not_found.html", title="Not a person", message="That is not an email or provider:subject "
                         f"(one line, at most {MAX_PERSON} characters).", back=url_for("ccsso_console.sessions")), 400
+        # capped on reading (each row is a store read): sorting every live session first would read them all
         rows = session_rows(get_state(), user or None, limit=MAX_ROWS + 1)
         capped = len(rows) > MAX_ROWS
-        rows = sorted(rows[:MAX_ROWS], key=lambda r: r["last_seen"] if r["last_seen"] != "-" else r["signed_in"],
-                      reverse=True)
-        notice = None
-        if "revoked" in request.args:
-            count = request.args.get("revoked", type=int) or 0
-            notice = (f"Ended {count} session{'s' if count != 1 else ''}" + (f" of {user}." if user else ".")
-                      if count else "No live session was left to end: it had already ended.")
+        rows = sorted(rows[:MAX_ROWS], key=_by_activity, reverse=True)
         return page("sessions.html", title="Sessions", rows=rows, user=user, capped=capped, max_rows=MAX_ROWS,
-                    mine=own_fingerprint(), notice=notice)
+                    mine=own_fingerprint(), notice=take_notice(), by_email=bool(user) and names_email(user))
 
     @bp.get("/sessions/revoke", endpoint="confirm_revoke_session")
     def confirm_revoke_session() -> str | tuple[str, int]:
@@ -124,7 +161,7 @@ def register(bp: Blueprint) -> None:
         except (KeyError, TypeError, ValueError):
             pass  # a damaged identity: the index entry names a tombstone, which listing skips
         record_action("revoke_session", f"{user} session {print_}", count)
-        return _back(user, revoked=count)
+        return _back(user, count, user)
 
     @bp.get("/sessions/revoke-all", endpoint="confirm_revoke_user")
     def confirm_revoke_user() -> str | tuple[str, int]:
@@ -133,8 +170,10 @@ def register(bp: Blueprint) -> None:
         if not rows:
             return _not_found(f"No live session of {user or 'that person'}: nothing to end.")
         mine = own_fingerprint()
-        return page("session_confirm.html", title="End every session of a person", action="revoke_user",
-                    user=user, session=None, rows=rows, own=any(r["session"] == mine for r in rows),
+        by_email = names_email(user)
+        return page("session_confirm.html", title="End every session of " + ("an email" if by_email else "a person"),
+                    action="revoke_user", user=user, session=None, rows=rows, by_email=by_email,
+                    identities=_identities(rows), own=any(r["session"] == mine for r in rows),
                     form_action=url_for("ccsso_console.revoke_user"))
 
     @bp.post("/sessions/revoke-all")
@@ -142,6 +181,15 @@ def register(bp: Blueprint) -> None:
         user = person_arg(request.form)
         if not user:
             return _not_found("No person was named: nothing to end.")
-        count = get_state().sessions.revoke_user(user, reason="operator")
-        record_action("revoke_user", user, count)
-        return _back(user, revoked=count)
+        index = get_state().sessions
+        if not names_email(user):
+            count = index.revoke_identity(user, reason="operator")
+            record_action("revoke_user", user, count)
+            return _back(user, count, user)
+        # by email: exactly the identities the confirmation page listed, if they still carry it
+        confirmed = set(request.form.getlist("identity")) & set(index.identity_ids(user))
+        if not confirmed:
+            return _not_found(f"None of the identities confirmed still carries {user}: nothing to end.")
+        count = sum(index.revoke_identity(i, reason="operator") for i in sorted(confirmed))
+        record_action("revoke_user", f"{user} ({', '.join(sorted(confirmed))})", count)
+        return _back(user, count, f"{user} ({', '.join(sorted(confirmed))})")

@@ -90,6 +90,7 @@ from .._context import current_flask_app
 from .._validate import setting_number
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable, LoginRequired
 from ..identity import Identity, finite_time
+from ..providers import fallback
 from ..providers.base import Provider
 from ..providers.keys import ResponseTooLarge, loads_strict, read_capped, unreachable
 from ..providers.oidc import OIDCProvider, check_access_token_type, peek_jwt
@@ -248,6 +249,14 @@ class BearerAuthenticator:
     # -- entry point -------------------------------------------------------------------
     def __call__(self, token: str) -> Identity:
         identity = self._checked(token)
+        prov = self.providers.get(identity.provider)
+        if prov is not None and fallback.refused_as_not_needed(self.providers, prov):
+            # a break-glass provider's tokens serve only while a provider it stands in for is down
+            err = LoginRequired("This identity provider is for emergencies only, and the everyday one can be "
+                                "reached.", reason=reasons.FALLBACK_NOT_NEEDED)
+            self._failed(identity.provider, reasons.FALLBACK_NOT_NEEDED, "bearer token of a fallbackOnly provider")
+            g._ccsso_bearer_failure = err
+            raise err
         if self.deprovisioned is not None and self.deprovisioned(identity):
             err = LoginRequired("This account has been deprovisioned.", reason=reasons.DEPROVISIONED)
             signals.login_failed.send(current_flask_app(), provider=identity.provider, reason=reasons.DEPROVISIONED,
@@ -304,6 +313,34 @@ class BearerAuthenticator:
         identity, valid_until = self._complete_groups(prov, claims, identity, token, key, now, exp, valid_until)
         self.cache.put(key, identity, valid_until)
         return identity
+
+    def verify_access_token(self, token: str) -> tuple[str, dict[str, Any]]:
+        """A JWT access token's provider name and verified claims, by every
+        check :meth:`authenticate` applies to one (shape, ``typ``, the issuer's
+        provider and its :meth:`~flask_ccsso.providers.oidc.OIDCProvider.validate_access_token`:
+        signature, ``iss``, ``aud``, ``exp``, ``allowedClients``, ...), for a
+        caller that decides by the claims itself (the SCIM endpoint: which
+        client, which scope).
+
+        What is left out is about *people*, and a provisioning client's token
+        (client credentials) names none: no userinfo group completion and no
+        deprovisioned check. Opaque tokens are refused (introspection would
+        post the token to an IdP); nothing is cached, so no identity cache
+        entry stands for claims it never held. Raises AuthenticationFailed
+        (with ``provider`` when known) or IdPUnavailable; an input nobody
+        foresaw is an AuthenticationFailed too, never a 500."""
+        if not token or len(token) > 16384 or not _B64TOKEN.match(token):
+            raise _invalid("The access token is malformed.")
+        if token.count(".") != 2:
+            raise _invalid("The access token is not a JWT.")
+        try:
+            prov, claims, _identity, _valid_until = self._verify_jwt(token, self.clock())
+        except (AuthenticationFailed, IdPUnavailable):
+            raise
+        except Exception as exc:
+            log.exception("flask-ccsso: unexpected error while checking a bearer token")
+            raise _invalid("The access token could not be verified.") from exc
+        return prov.name, claims
 
     # -- JWT ---------------------------------------------------------------------------
     def _oidc_providers(self) -> list[OIDCProvider]:

@@ -143,10 +143,12 @@ class Provider(ABC):
         return self.status.snapshot()
 
     def ensure_published(self) -> None:
-        """Fetch -- or take from the cache -- what starting a sign-in here
-        needs from the IdP (discovery, metadata), raising
-        :class:`~flask_ccsso.exceptions.IdPUnavailable` when it cannot be had.
-        A provider type that fetches nothing has nothing to do."""
+        """Fetch -- or take from the cache -- what a sign-in here needs from
+        the IdP (discovery and signing keys, metadata), raising
+        :class:`~flask_ccsso.exceptions.IdPUnavailable` when it cannot be had:
+        the views' cheap check of whether a provider is down (no network I/O
+        while the caches hold a fresh copy). A provider type that fetches
+        nothing has nothing to do."""
 
     def startup(self) -> None:
         """Load what can be checked at start-up (runs inside an app context).
@@ -183,6 +185,8 @@ class Provider(ABC):
         if data.get("provider") != self.name:
             raise AuthenticationFailed("The sign-in response came back to the wrong provider.",
                                        reason=reasons.STATE_MISMATCH)
+        if has_request_context():
+            g._ccsso_pending_taken = data  # for the views, should the sign-in fail after this (pending_sign_in)
         if self.clock() - float(data.get("created", 0)) > ttl:
             raise AuthenticationFailed("The sign-in took too long. Please sign in again.", reason=reasons.STATE_EXPIRED)
         if check_binding and data.get("bind") != binding:
@@ -197,6 +201,30 @@ class Provider(ABC):
             raise AuthenticationFailed("The sign-in response belongs to another browser session.",
                                        reason=reasons.STATE_MISMATCH)
         return data
+
+    def pending_key(self, req: CallbackRequest) -> str | None:
+        """The key of the pending sign-in the callback ``req`` answers, when
+        the protocol names it plainly (OIDC ``state``); ``None`` otherwise."""
+        return None
+
+    def pending_sign_in(self, req: CallbackRequest) -> dict[str, Any] | None:
+        """The pending sign-in the callback ``req`` answers, for a view whose
+        sign-in failed on the way (the IdP became unreachable): the one this
+        request already took, else the one :meth:`pending_key` names, read
+        and left in place. ``None`` when it cannot be told (a SAML response
+        whose IdP metadata could not be had is not even parsed)."""
+        taken = g.get("_ccsso_pending_taken") if has_request_context() else None
+        if isinstance(taken, dict) and taken.get("provider") == self.name:
+            return taken
+        key = self.pending_key(req)
+        if not key or len(key) > 512:
+            return None
+        try:
+            raw = self.store.get(f"login:{key}")
+            data = json.loads(raw) if raw is not None else None
+        except (CCSSOError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("provider") == self.name else None
 
     # -- the protocol ---------------------------------------------------------
     @abstractmethod
@@ -268,6 +296,13 @@ def check_reauthenticated(auth_time: float | None, *, now: float, skew: float, m
 
 
 # -- bounds on pending sign-ins ---------------------------------------------------
+
+def pending_step_up(pending: Mapping[str, Any]) -> bool:
+    """Whether a pending sign-in is a step-up round trip (it forced a fresh
+    authentication or bounded its age): the answer must re-authenticate the
+    same person at the same provider, so no other provider may stand in."""
+    return bool(pending.get("force") or pending.get("max_age") is not None)
+
 
 def compact_pending(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` without the fields that hold their default value."""

@@ -260,7 +260,13 @@ class TTLDocument:
 
     A failed refresh keeps serving the last good copy (and retries after
     ``retry_after`` seconds) instead of failing every sign-in while the IdP
-    blips; with no copy at all it raises :class:`IdPUnavailable`.
+    blips; with no copy at all it raises :class:`IdPUnavailable`. One fetch
+    at a time: callers that waited on the lock while a fetch failed get that
+    failure at once instead of fetching again -- otherwise an IdP that
+    accepts connections but never answers would make each of them wait its
+    full timeout in turn, queued behind the one before. A caller arriving
+    after a failed fetch ended tries again (the views decide when a provider
+    known to be down is worth trying: :func:`~flask_ccsso.views._known_outage`).
     """
 
     def __init__(self, loader: Callable[[], dict[str, Any]], ttl: float, clock: Callable[[], float],
@@ -274,28 +280,41 @@ class TTLDocument:
         self._what = what
         self._value: dict[str, Any] | None = None
         self._fresh_until = 0.0
+        #: fetches ended so far, and the failure of the last one while no copy was held (``None``: it succeeded)
+        self._ended = 0
+        self._failure: IdPUnavailable | None = None
         self._lock = threading.Lock()
 
     def get(self) -> dict[str, Any]:
         now = self._clock()
         if self._value is not None and now < self._fresh_until:
             return self._value
+        ended = self._ended
         with self._lock:
             if self._value is not None and self._clock() < self._fresh_until:
                 return self._value
+            failure = self._failure
+            if failure is not None and self._ended != ended:
+                # the fetch this caller waited for failed: its answer, a new exception (one object
+                # must not be raised in several threads at once), not another wait
+                raise IdPUnavailable(failure.description, reason=failure.reason, **failure.extra)
             try:
                 self._value = self._loader()
                 self._fresh_until = self._clock() + self._ttl
+                self._failure = None
             except IdPUnavailable as exc:
                 if self._status is not None:
                     self._status.failed(self._what, exc.description, cached=self._value is not None,
                                         failure=exc.extra.get("failure"))
                 if self._value is None:
+                    self._failure = exc
                     raise
                 self._fresh_until = self._clock() + self._retry_after
             else:
                 if self._status is not None:
                     self._status.succeeded(self._what)
+            finally:
+                self._ended += 1
             return self._value
 
     def invalidate(self) -> None:

@@ -43,7 +43,7 @@ from .. import reasons
 from ..config import OIDCSettings, OktaSettings, is_loopback_host
 from ..exceptions import AuthenticationFailed, CCSSOError, IdPUnavailable
 from ..identity import Identity, finite_time
-from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated
+from .base import CallbackRequest, LoginRequest, LoginResult, Provider, check_reauthenticated, pending_step_up
 from .client_auth import AssertionKeySource, ClientAuthenticator
 from .keys import JWKSCache, ResponseTooLarge, TTLDocument, fetch_json, loads_strict, read_capped, unreachable
 
@@ -156,6 +156,14 @@ def audiences(claims: Mapping[str, Any]) -> list[str]:
     if isinstance(aud, list):
         return [a for a in aud if isinstance(a, str)]
     return []
+
+
+def token_client(claims: Mapping[str, Any]) -> str | None:
+    """The OAuth client that obtained an access token (or an introspection
+    answer's): ``client_id`` (RFC 9068), ``azp``, Okta's ``cid``, Entra's
+    ``appid`` -- the first one present; ``None`` when it is not a string."""
+    cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
+    return cid if isinstance(cid, str) else None
 
 
 def token_scopes(claims: Mapping[str, Any]) -> list[str]:
@@ -339,7 +347,12 @@ class OIDCProvider(Provider):
         return self.discovery.get()
 
     def ensure_published(self) -> None:
+        """The discovery document *and* the signing keys: a sign-in needs
+        both, and an IdP whose JWKS cannot be fetched is down even while the
+        discovery document is cached. From the caches when they hold a fresh
+        copy (no network I/O); callers that wait for a fetch share its failure."""
         self.metadata()
+        self.jwks.keyset()
 
     # -- sign-in ------------------------------------------------------------------
     def authorize_params(self, req: LoginRequest) -> dict[str, str]:
@@ -380,6 +393,10 @@ class OIDCProvider(Provider):
         query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
         return str(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), "")))
 
+    def pending_key(self, req: CallbackRequest) -> str | None:
+        state = req.args.get("state")
+        return state if isinstance(state, str) else None
+
     def finish_login(self, req: CallbackRequest) -> LoginResult:
         args = req.args
         # RFC 9207: when the response names an issuer it must be ours; this is
@@ -413,8 +430,7 @@ class OIDCProvider(Provider):
             identity=identity, next_url=pending.get("next") or "/", tokens=self._keep_tokens(tokens),
             logout_state={"id_token": id_token, "sid": claims.get("sid")},
             step_up_skill=pending.get("step_up_skill"),
-            step_up=bool(pending.get("force") or pending.get("max_age") is not None),
-            fallback_for=pending.get("fallback_for"),
+            step_up=pending_step_up(pending), fallback_for=pending.get("fallback_for"),
         )
 
     def _token_request(self, **form: str) -> dict[str, Any]:
@@ -591,8 +607,8 @@ class OIDCProvider(Provider):
         allowed = self.settings.allowed_clients
         if not allowed:
             return
-        cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
-        if not isinstance(cid, str) or cid not in allowed:
+        cid = token_client(claims)
+        if cid is None or cid not in allowed:
             raise _invalid("The token was obtained by a client that may not call this API.")
 
     def validate_access_token(self, token: str) -> tuple[dict[str, Any], Identity]:

@@ -52,10 +52,18 @@ from .. import reasons
 from ..config import SAMLSettings
 from ..exceptions import AuthenticationFailed, ConfigError, IdPUnavailable
 from ..identity import FUTURE, Identity, auth_time_problem
-from .base import CallbackRequest, LoginRequest, LoginResult, Provider, SingleLogout, check_reauthenticated
+from .base import (
+    CallbackRequest,
+    LoginRequest,
+    LoginResult,
+    Provider,
+    SingleLogout,
+    check_reauthenticated,
+    pending_step_up,
+)
 from .saml_metadata import IdPMetadata, MetadataSource
 from .saml_verify import refuse_unless_verified
-from .saml_xml import SAML, SAMLP, Scan, decode_b64, parse_instant, refuse, scan
+from .saml_xml import SAML, SAMLP, Scan, decode_b64, parse_instant, parse_xml, refuse, scan
 from .saml_xmlsec import ASSERTION_SIGNATURE, DECRYPTED_ASSERTION_SIGNATURE, RESPONSE_SIGNATURE, Xmlsec
 
 if TYPE_CHECKING:
@@ -481,6 +489,18 @@ class SAMLProvider(Provider):
         }, s.login_state_ttl)
         return str(dict(info["headers"])["Location"])
 
+    def pending_key(self, req: CallbackRequest) -> str | None:
+        """The response's ``InResponseTo``, unverified: only to find the
+        pending sign-in it answers when the IdP's metadata (needed to check
+        the response) cannot be had -- the views then read whether it was a
+        step-up and where it was going; nothing of the response is trusted."""
+        try:
+            data = decode_b64(req.form.get("SAMLResponse") or "", self.settings.max_response_size, "SAML response")
+            irt = parse_xml(data).get("InResponseTo")
+        except (AuthenticationFailed, ValueError):
+            return None
+        return irt if isinstance(irt, str) else None
+
     def finish_login(self, req: CallbackRequest) -> LoginResult:
         s = self.settings
         if req.content_length is not None and req.content_length > 2 * s.max_response_size + 8192:
@@ -549,7 +569,7 @@ class SAMLProvider(Provider):
                 raise refuse("The SAML response came back to another address.")
             self._check_step_up(facts, pending)
         identity = self.build_identity(facts)
-        step_up = bool(pending.get("force") or pending.get("max_age") is not None)
+        step_up = pending_step_up(pending)
         return LoginResult(
             identity=identity, next_url=pending.get("next") or "/",
             logout_state={"name_id": facts["name_id"], "name_id_format": facts["name_id_format"],

@@ -215,6 +215,10 @@ class MetadataSource:
         self._value: IdPMetadata | None = None
         self._raw: bytes | None = None
         self._fresh_until = 0.0
+        #: loads ended so far, and the failure of the last one while no usable copy was held: callers
+        #: that waited on the lock meanwhile get it at once (as in :class:`~flask_ccsso.providers.keys.TTLDocument`)
+        self._ended = 0
+        self._failure: IdPUnavailable | None = None
         self._last_forced = float("-inf")
         self._lock = threading.Lock()
         self._version = 0
@@ -309,10 +313,15 @@ class MetadataSource:
         value = self._value
         if value is not None and self.clock() < self._fresh_until:
             return value
+        ended = self._ended
         with self._lock:
             now = self.clock()
             if self._value is not None and now < self._fresh_until:
                 return self._value
+            failure = self._failure
+            if failure is not None and self._ended != ended:
+                # the load this caller waited for failed: its answer (a new exception), not another wait
+                raise IdPUnavailable(failure.description, reason=failure.reason, **failure.extra)
             try:
                 self._load()
             except (IdPUnavailable, MetadataError) as exc:
@@ -327,9 +336,12 @@ class MetadataSource:
                                            f"{exc}", cached=served, failure="bad_answer")
                 if old is None or (old.valid_until is not None and old.valid_until <= now):
                     log.warning("flask-ccsso: the SAML metadata %s was refused: %s", self.location, problem)
-                    if isinstance(exc, IdPUnavailable):
+                    failure = exc if isinstance(exc, IdPUnavailable) else IdPUnavailable(
+                        f"The identity provider's SAML metadata is not usable: {exc}")
+                    self._failure = failure
+                    if failure is exc:
                         raise
-                    raise IdPUnavailable(f"The identity provider's SAML metadata is not usable: {exc}") from None
+                    raise failure from None
                 log.warning("flask-ccsso: the SAML metadata %s was refused (%s); keeping the last good copy",
                             self.location, problem)
                 # keep the last good copy while the IdP is unreachable (or serves something unusable)
@@ -337,8 +349,11 @@ class MetadataSource:
                 if old.valid_until is not None:
                     self._fresh_until = min(self._fresh_until, old.valid_until)
             else:
+                self._failure = None
                 if self.status is not None:
                     self.status.succeeded("SAML metadata")
+            finally:
+                self._ended += 1
             assert self._value is not None
             return self._value
 

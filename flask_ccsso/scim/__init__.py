@@ -1,8 +1,9 @@
 """SCIM 2.0 provisioning (RFC 7643 / 7644): the subset Okta and Entra ID send.
 
-Opt-in (``scim: {enabled: true, token: "${SCIM_TOKEN}"}``): ``init_app``
-calls :func:`register_scim`, which mounts the endpoint at ``scim.urlPrefix``
-(default ``/scim/v2``). The schema is ``scim2-models``' (the optional extra
+Opt-in (``scim: {enabled: true, token: "${SCIM_TOKEN}"}``, or instead of the
+secret the IdP's OAuth access tokens: ``tokenProvider``, ``tokenClients``,
+``tokenScope``, see :mod:`.auth`): ``init_app`` calls :func:`register_scim`,
+which mounts the endpoint at ``scim.urlPrefix`` (default ``/scim/v2``). The schema is ``scim2-models``' (the optional extra
 ``flask-ccsso[scim]``), so this package is imported only when enabled.
 
 What matters here is deprovisioning (:mod:`.directory`): ``active: false``

@@ -1,13 +1,14 @@
 """The SCIM 2.0 endpoint: ``/Users``, ``/Groups`` and the discovery resources.
 
 An API for the IdP's provisioning client, not for browsers: every request
-carries the ``scim.token`` bearer secret (compared in constant time; never
-logged), no session cookie is read or set, and there is no CSRF check (a
-browser never adds that header by itself). Every answer is
-``application/scim+json``; every refusal a SCIM ``Error`` (RFC 7644 3.12)
-with its status -- 400 ``invalidSyntax`` / ``invalidFilter`` /
-``invalidValue``, 401, 404, 409 ``uniqueness``, 413 -- and a store outage a
-503, so an IdP retries rather than records a failure.
+carries the ``scim.token`` bearer secret or an OAuth access token from
+``scim.tokenProvider`` (:mod:`.auth`; never logged), no session cookie is
+read or set, and there is no CSRF check (a browser never adds that header by
+itself). Every answer is ``application/scim+json``; every refusal a SCIM
+``Error`` (RFC 7644 3.12) with its status -- 400 ``invalidSyntax`` /
+``invalidFilter`` / ``invalidValue``, 401, 403 (an OAuth client or scope
+that may not provision), 404, 409 ``uniqueness``, 413 -- and a store or
+token-provider outage a 503, so an IdP retries rather than records a failure.
 
 The schema work -- parsing, validation, PATCH operations, filters,
 ``attributes`` / ``excludedAttributes`` -- is ``scim2-models``'; the
@@ -16,7 +17,6 @@ directory and deprovisioning are :mod:`.directory`'s.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any, TypeVar
@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, g, request, url_for
 from pydantic import ValidationError
 from scim2_models import (
-    AuthenticationScheme,
     Bulk,
     ChangePassword,
     Context,
@@ -52,7 +51,6 @@ from scim2_models import (
     SearchRequest,
     ServiceProviderConfig,
     Sort,
-    UnauthorizedException,
     User,
 )
 from scim2_models.path.expressions import Comparison
@@ -61,6 +59,7 @@ from werkzeug.exceptions import HTTPException
 from ..config import ScimSettings
 from ..exceptions import StoreUnavailable
 from ..state import get_state
+from .auth import IdPUnreachable, ScimAuthenticator, authentication_schemes
 from .directory import Directory, UserModel
 
 log = logging.getLogger("flask_ccsso")
@@ -82,9 +81,6 @@ _CONFIG = ServiceProviderConfig(
     change_password=ChangePassword(supported=False),
     sort=Sort(supported=False),
     etag=ETag(supported=False),
-    authentication_schemes=[AuthenticationScheme(
-        type=AuthenticationScheme.Type.oauthbearertoken, name="Bearer token", primary=True,
-        description="The scim.token secret in an Authorization: Bearer header.")],
 )
 PROVIDER = ScimProvider(models=[User, EnterpriseUser, Group], config=_CONFIG, resource_types=[
     ResourceType.from_resource(UserModel), ResourceType.from_resource(Group)])
@@ -100,7 +96,7 @@ def _answer(data: dict[str, Any], status: int = 200, **headers: str) -> Response
 
 
 def _error(exc: SCIMException) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="scim"'} if isinstance(exc, UnauthorizedException) else {}
+    headers = {"WWW-Authenticate": 'Bearer realm="scim"'} if int(exc.status) == 401 else {}
     return _answer(exc.to_error().model_dump(), int(exc.status), **headers)
 
 
@@ -197,9 +193,10 @@ def _equality(flt: ScimFilter[Any] | None, attribute: str) -> str | None:
 
 
 def make_blueprint(settings: ScimSettings) -> Blueprint:
-    """The SCIM endpoint, authenticated by ``settings.token``."""
+    """The SCIM endpoint, authenticated by ``settings.token`` and / or ``settings.token_provider``'s tokens."""
     bp = Blueprint("ccsso_scim", __name__)
-    token = (settings.token or "").encode()
+    check = ScimAuthenticator(settings)
+    config = _CONFIG.model_copy(update={"authentication_schemes": authentication_schemes(settings)})
 
     def directory() -> Directory:
         return Directory(get_state())
@@ -219,11 +216,12 @@ def make_blueprint(settings: ScimSettings) -> Blueprint:
 
     @bp.before_request
     def authenticate() -> Response | None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
-        if not (ok and token):
-            log.warning("flask-ccsso: SCIM request refused: no valid bearer secret (from %s)", request.remote_addr)
-            return _error(UnauthorizedException(detail="a valid bearer token is required"))
+        try:
+            check(request.headers.get("Authorization", ""))
+        except SCIMException as exc:
+            return _error(exc)
+        except IdPUnreachable:
+            return _plain_error(503, "the identity provider could not be reached to verify the token; retry later")
         return None
 
     @bp.errorhandler(SCIMException)
@@ -248,7 +246,7 @@ def make_blueprint(settings: ScimSettings) -> Blueprint:
     # -- discovery ------------------------------------------------------------------------
     @bp.get("/ServiceProviderConfig")
     def service_provider_config() -> Response:
-        return _answer(_CONFIG.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+        return _answer(config.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
 
     @bp.get("/ResourceTypes")
     def resource_types() -> Response:

@@ -165,13 +165,35 @@ def test_console_pages_revoke_across_hosts_csrf_and_refusal(hosts: tuple[str, st
     wait_until(bob, action_listed)
     actions = css(bob, "#audit-events tbody tr[data-seq]")
     assert actions and "bob@example.com" in actions[0].text and "revoke_user" in bob.page_source
-    bob.get(f"{a}/sso-console/audit?verify=1")
+    bob.get(f"{a}/sso-console/audit")
+    by_id(bob, "audit-verify").click()  # a post with the CSRF token: it reads the whole table
     wait_until(bob, lambda d: d.find_elements("id", "audit-verify-result"))
     assert by_id(bob, "audit-verify-result").get_attribute("data-intact") == "true"
     assert len(css(bob, "#audit-events tbody tr[data-seq]")) >= 5
     doc_shot(bob, "audit")
-    export = by_id(bob, "audit-export-csv").get_attribute("href")
-    assert export.startswith(f"{a}/sso-console/audit/") and "csv" in export
+    export = by_id(bob, "audit-export-csv").get_property("formAction")  # a post form's button
+    assert export == f"{a}/sso-console/audit/export.csv"
+    # what the button posts (the form: its CSRF token and filters) comes back as a CSV attachment
+    answer = bob.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0], {method: 'POST', body: new URLSearchParams(new FormData(arguments[1]))})
+          .then(async r => done([r.status, r.headers.get('Content-Disposition'), await r.text()]));""",
+        export, by_id(bob, "audit-exports"))
+    assert answer[0] == 200 and answer[1].startswith("attachment;") and answer[2].startswith("seq,time,type")
+
+    # a link on another site (host B is the same site, another origin) runs nothing: a page offers the link
+    bob.get(f"{b}/")
+    bob.execute_script("""
+        const link = document.createElement('a');
+        link.id = 'to-console'; link.href = arguments[0]; link.textContent = 'console';
+        document.body.appendChild(link);""", f"{a}/sso-console/audit?type=console.action")
+    by_id(bob, "to-console").click()
+    wait_until(bob, lambda d: d.find_elements("id", "other-site"))
+    assert not css(bob, "#audit-events")
+    shot(bob, "console-other-site")
+    by_id(bob, "open-target").click()  # the operator's own click, from the console's origin
+    wait_until(bob, lambda d: d.find_elements("id", "audit-events"))
+    assert bob.current_url == f"{a}/sso-console/audit?type=console.action"
 
     # the charts: drawn by the vendored Chart.js under the console's CSP, numbers in the tables
     bob.get_log("browser")  # what came before (the refused forged post) is not this page's

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import chromium, idp_sign_in, portal_process, shot, wait_until
+from tests.support.browser import ROOT, chromium, idp_sign_in, portal_process, shot, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -76,7 +77,8 @@ def test_an_idp_outage_offers_break_glass_and_signs_in_through_it(tmp_path: Path
         wait_until(browser, lambda d: d.execute_script("return document.readyState") == "complete")
         page = browser.page_source
         assert "Corp SSO" in page and "unreachable" in page
-        shot(browser, "fallback-offered")
+        also = ROOT / "docs" / "img" / "fallback-offered.png" if os.environ.get("CCSSO_UPDATE_SCREENSHOTS") == "1" else None
+        shot(browser, "fallback-offered", also=also)
         links = browser.find_elements("css selector", 'a[href*="/sso/dev/login"]')
         assert links, page
         links[0].click()

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -30,11 +31,14 @@ from tests.support.clock import Clock
 from tests.support.console import OPERATOR, console_config
 from tests.support.console_audit import (
     by_id,
+    csrf_token_of,
     emit_at,
+    export,
     fill,
     flush,
     full_scans,
     query_plan,
+    submit,
     table_rows,
     text_of,
 )
@@ -125,9 +129,13 @@ def test_the_export_and_older_links_keep_the_filters(explorer: Any, clock: Clock
     app, client = explorer()
     record(app, clock)
     html = client.get(URL, query_string={"type": "permission.denied", "skill": "billing"}).get_data(as_text=True)
-    for element_id in ("audit-export-csv", "audit-export-ndjson", "audit-verify"):
-        href = by_id(html, element_id).get("href")
-        assert "type=permission.denied" in href and "skill=billing" in href
+    exports = by_id(html, "audit-exports")  # a post form: the filters are its fields
+    fields = {f.get("name"): f.get("value") for f in exports.xpath('.//input[@type="hidden"]')}
+    assert fields == {"csrf_token": fields["csrf_token"], "type": "permission.denied", "skill": "billing"}
+    assert by_id(html, "audit-export-csv").get("formaction") == f"{URL}/export.csv"
+    assert by_id(html, "audit-export-ndjson").get("formaction") == f"{URL}/export.ndjson"
+    action = by_id(html, "audit-verify-form").get("action")
+    assert "type=permission.denied" in action and "skill=billing" in action
 
 
 def test_keyset_pages_return_every_event_exactly_once_while_events_arrive(explorer: Any, clock: Clock) -> None:
@@ -201,7 +209,7 @@ def test_csv_export_holds_the_filtered_events_and_defuses_formulas(explorer: Any
                                             "skill": "@SUM(A1)", "provider": "-2+3"}),
         ("other", 0.5, "auth.login", {"email": "ann@example.com"}),
     ])
-    resp = client.get(f"{URL}/export.csv", query_string={"type": "permission.denied"})
+    resp = export(client, "csv", {"type": "permission.denied"})
     assert resp.status_code == 200
     assert resp.mimetype == "text/csv"
     assert resp.headers["Content-Disposition"].startswith('attachment; filename="audit-events-')
@@ -228,6 +236,7 @@ def test_csv_export_holds_the_filtered_events_and_defuses_formulas(explorer: Any
     assert event["actor"]["email"] == OPERATOR["email"]
     assert event["data"]["action"] == "audit_export"
     assert event["data"]["target"] == "type=permission.denied"
+    assert event["data"]["count"] == 2  # the rows exported
 
 
 @pytest.mark.parametrize(("value", "cell"), [
@@ -242,14 +251,16 @@ def test_an_export_is_capped_at_its_limit(explorer: Any, clock: Clock, monkeypat
     app, client = explorer()
     record(app, clock, [(f"n{i}", 5 - i / 10, "auth.login", {"email": "a@example.com"}) for i in range(8)])
     monkeypatch.setattr(audit_query, "EXPORT_LIMIT", 3)
-    lines = client.get(f"{URL}/export.ndjson").get_data(as_text=True).splitlines()
+    with listen_to(signals.console_action) as actions:
+        lines = export(client, "ndjson").get_data(as_text=True).splitlines()
+    assert [(a.kwargs["action"], a.kwargs["count"]) for a in actions] == [("audit_export", 3)]
     assert [json.loads(line)["event"]["reason"] for line in lines] == ["n7", "n6", "n5"]  # the newest three
 
 
 def test_ndjson_export_lines_check_against_the_hash_chain(explorer: Any, clock: Clock) -> None:
     app, client = explorer()
     record(app, clock)
-    resp = client.get(f"{URL}/export.ndjson", query_string={"person": "ada@example.com"})
+    resp = export(client, "ndjson", {"person": "ada@example.com"})
     assert resp.status_code == 200
     assert resp.mimetype == "application/x-ndjson"
     assert resp.headers["Content-Disposition"].endswith('.ndjson"')
@@ -265,9 +276,11 @@ def test_ndjson_export_lines_check_against_the_hash_chain(explorer: Any, clock: 
 def test_an_export_with_no_match_is_just_the_header(explorer: Any, clock: Clock) -> None:
     app, client = explorer()
     record(app, clock)
-    assert client.get(f"{URL}/export.csv", query_string={"skill": "nothing"}).get_data(as_text=True).strip() == \
-        ",".join(audit_query.CSV_COLUMNS)
-    assert client.get(f"{URL}/export.ndjson", query_string={"skill": "nothing"}).get_data() == b""
+    with listen_to(signals.console_action) as actions:
+        assert export(client, "csv", {"skill": "nothing"}).get_data(as_text=True).strip() == \
+            ",".join(audit_query.CSV_COLUMNS)
+        assert export(client, "ndjson", {"skill": "nothing"}).get_data() == b""
+    assert [a.kwargs["count"] for a in actions] == [0, 0]
 
 
 def test_chain_verification_runs_on_request_and_finds_an_edited_row(explorer: Any, clock: Clock,
@@ -276,7 +289,8 @@ def test_chain_verification_runs_on_request_and_finds_an_edited_row(explorer: An
     record(app, clock)
     html = client.get(URL).get_data(as_text=True)
     assert by_id(html, "audit-verify-result") is None  # a full read of the table: only when asked
-    html = client.get(by_id(html, "audit-verify").get("href")).get_data(as_text=True)
+    assert client.get(URL, query_string={"verify": "1"}).get_data(as_text=True).count("audit-verify-result") == 0
+    html = submit(client, html, "audit-verify-form").get_data(as_text=True)  # the button: a post, its token
     result = by_id(html, "audit-verify-result")
     assert result.get("data-intact") == "true"
     assert "2026-11-30 10:30:00 UTC" in text_of(html, "audit-verify-result")  # when it ran
@@ -287,7 +301,7 @@ def test_chain_verification_runs_on_request_and_finds_an_edited_row(explorer: An
         victim = conn.execute(sa.select(t.c.seq, t.c.event_id).where(t.c.reason == "e3")).one()
         conn.execute(t.update().where(t.c.seq == victim.seq).values(actor_email="mallory@example.com"))
     engine.dispose()
-    html = client.get(URL, query_string={"verify": "1"}).get_data(as_text=True)
+    html = submit(client, html, "audit-verify-form").get_data(as_text=True)
     assert by_id(html, "audit-verify-result").get("data-intact") == "false"
     assert text_of(html, "audit-verify-broken") == victim.event_id
     link = by_id(html, "audit-verify-result").xpath(".//a")[0].get("href")
@@ -354,8 +368,9 @@ def test_without_a_sql_destination_the_page_says_how_to_add_one(make_app: Any, o
     from flask_ccsso.testing import CCSSOTestClient
     app.test_client_class = CCSSOTestClient
     client = app.test_client(identity=OPERATOR)
+    token = csrf_token_of(client)
     for path in (URL, f"{URL}/export.csv", f"{URL}/events/1", "/sso-console/charts"):
-        resp = client.get(path)
+        resp = client.post(path, data={"csrf_token": token}) if "export" in path else client.get(path)
         assert resp.status_code == 200, path
         html = resp.get_data(as_text=True)
         notice = text_of(html, "audit-unavailable")
@@ -397,8 +412,9 @@ def test_a_database_that_cannot_be_read_is_a_503_naming_it(make_app: Any, op: An
     from flask_ccsso.testing import CCSSOTestClient
     app.test_client_class = CCSSOTestClient
     client = app.test_client(identity=OPERATOR)
+    token = csrf_token_of(client)
     for path in (URL, f"{URL}/export.csv", f"{URL}/events/3"):
-        resp = client.get(path)
+        resp = client.post(path, data={"csrf_token": token}) if "export" in path else client.get(path)
         assert resp.status_code == 503, path
         html = resp.get_data(as_text=True)
         assert "hunter2" not in html
@@ -429,12 +445,13 @@ def test_bad_filter_input_is_a_400_page_naming_the_field(explorer: Any, query: d
     assert text_of(html, "audit-error").startswith(f"That filter cannot be used: {field}")
     assert by_id(html, "audit-filters") is not None  # the form, to correct it
     if field != "before":
-        assert client.get(f"{URL}/export.csv", query_string=query).status_code == 400
+        resp = client.post(f"{URL}/export.csv", data={**query, "csrf_token": csrf_token_of(client)})
+        assert resp.status_code == 400
 
 
 def test_an_unknown_export_format_is_a_404(explorer: Any) -> None:
     _, client = explorer()
-    assert client.get(f"{URL}/export.xlsx").status_code == 404
+    assert client.post(f"{URL}/export.xlsx", data={"csrf_token": csrf_token_of(client)}).status_code == 404
 
 
 # -- indexes and query plans --------------------------------------------------------------------
@@ -537,3 +554,171 @@ def test_postgresql_index_names_fit_its_identifier_limit(pg_table: Any) -> None:
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{long_name}"')
+
+
+# -- what another site cannot start; what an export holds back from the writers ------------------
+
+def test_an_export_is_a_post_with_the_csrf_token(explorer: Any, clock: Clock) -> None:
+    app, client = explorer()
+    record(app, clock, EVENTS[:2])
+    with listen_to(signals.console_action) as actions, listen_to(signals.permission_denied) as denied:
+        assert client.get(f"{URL}/export.csv").status_code == 405  # a link (or an <img>) exports nothing
+        forged = client.post(f"{URL}/export.csv", data={"type": "auth.login"}, headers={"Accept": "text/html"})
+        assert forged.status_code == 400
+        wrong = client.post(f"{URL}/export.csv", data={"csrf_token": "x" * 43}, headers={"Accept": "text/html"})
+        assert wrong.status_code == 400
+    assert actions == []
+    assert [d.kwargs["reason"] for d in denied] == ["csrf_failed", "csrf_failed"]
+
+
+def _many(audit_url: str, n: int) -> None:
+    """``n`` sign-ins written straight into the table (quicker than the pipeline, same rows)."""
+    from flask_ccsso.audit.events import build_event
+    from flask_ccsso.audit.sinks.sqlalchemy import write_events
+
+    engine = sa.create_engine(audit_url)
+    t = create_table(engine)
+    write_events(engine, t, [build_event("auth.login", {"email": f"x{i}@example.com"},
+                                         clock=lambda i=i: NOW - 7200 + i) for i in range(n)], dedupe=False)
+    engine.dispose()
+
+
+def test_an_export_the_client_leaves_records_the_rows_it_got(explorer: Any, clock: Clock, audit_url: str) -> None:
+    app, client = explorer()
+    record(app, clock, EVENTS[:1])
+    _many(audit_url, 2500)
+    with listen_to(signals.console_action) as actions:
+        resp = export(client, "csv", buffered=False)
+        assert resp.status_code == 200
+        assert actions == []  # the count is known only at the end
+        chunks = iter(resp.response)
+        taken = [next(chunks) for _ in range(11)]  # the header and ten rows, then the client goes away
+        assert len(taken) == 11
+        resp.close()
+    assert [(a.kwargs["action"], a.kwargs["count"]) for a in actions] == [("audit_export", 10)]
+    assert actions[0].kwargs["identity"].email == OPERATOR["email"]
+
+    with listen_to(signals.console_action) as actions:
+        export(client, "ndjson", buffered=False).close()  # gone at once (the test client took the first line)
+        whole = export(client, "ndjson").get_data(as_text=True).splitlines()
+    assert [a.kwargs["count"] for a in actions] == [1, len(whole)]
+    assert len(whole) > 2500  # three chunks of 1000 and what is left, each event once
+    assert len({json.loads(line)["seq"] for line in whole}) == len(whole)
+
+
+def test_an_open_export_does_not_block_audit_writes(explorer: Any, clock: Clock, audit_url: str) -> None:
+    import sqlite3
+    import time
+
+    app, client = explorer()
+    record(app, clock, EVENTS[:1])
+    _many(audit_url, 3000)
+    resp = export(client, "csv", buffered=False)  # a slow download: the first rows read, the rest not yet
+    assert resp.status_code == 200
+    try:
+        next(iter(resp.response))
+        writer = sqlite3.connect(audit_url.removeprefix("sqlite:///"), timeout=2.0, isolation_level=None)
+        try:
+            started = time.monotonic()
+            writer.execute("BEGIN IMMEDIATE")  # what the sink's write_events does
+            writer.execute("UPDATE ccsso_audit_events SET reason = reason WHERE seq = 1")
+            writer.execute("COMMIT")  # "database is locked" after 2 s while a reader held the file
+            assert time.monotonic() - started < 1.0
+            assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            writer.close()
+    finally:
+        resp.close()
+
+
+@pytest.mark.parametrize("seq", ["9223372036854775808", "99999999999999999999999"])
+def test_an_event_number_beyond_the_column_is_a_404(explorer: Any, clock: Clock, seq: str) -> None:
+    app, client = explorer()
+    record(app, clock, EVENTS[:1])
+    app.testing = False  # what production sees: an exception would be a 500
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert client.get(f"{URL}/events/{seq}").status_code == 404
+    assert client.get(f"{URL}/events/9223372036854775807").status_code == 404  # the largest: no such event
+
+
+STREAMED = [AuditFilters(), AuditFilters(type="permission.denied"), AuditFilters(person="rare@example.com"),
+            AuditFilters(start="2026-11-29T12:00:00.000000Z", end="2026-11-30T02:00:00.000000Z"),
+            AuditFilters(start="2026-11-29T12:00:00.000000Z", provider="okta")]
+
+
+@pytest.mark.parametrize("filters", STREAMED, ids=["all", "type", "person", "range", "range-provider"])
+def test_an_export_reads_short_chunks_and_holds_no_connection_between_them(filled: Any,
+                                                                           filters: AuditFilters) -> None:
+    engine, table = filled
+    t = audit_table(table)
+    with engine.connect() as conn:
+        expected = [r["seq"] for r in conn.execute(audit_query.newest_query(t, filters, None, 5000)).mappings()]
+    assert 7 < len(expected) <= 3000
+    got = []
+    for row in audit_query.stream_rows(engine, t, filters, chunk=7):
+        assert engine.pool.checkedout() == 0  # nothing open while the rows are handed on
+        got.append(row["seq"])
+    assert got == expected
+    assert [r["seq"] for r in audit_query.stream_rows(engine, t, filters, limit=10, chunk=7)] == expected[:10]
+
+
+def test_a_wide_time_range_page_reads_the_time_index_without_sorting(filled: Any) -> None:
+    """Paged in (time, seq) order down the time index: SQLite's holds seq (the rowid) after time, so
+    nothing is sorted; PostgreSQL sorts only the events of one microsecond (an incremental sort on top
+    of the time order), never the range."""
+    engine, table = filled
+    t = audit_table(table)
+    wide = AuditFilters(start="2000-01-01T00:00:00.000000Z", end="2100-01-01T00:00:00.000000Z")
+    with engine.connect() as conn:
+        for before in (None, 2000):
+            plan = query_plan(conn, page_query(t, wide, before))
+            assert not full_scans(plan, table), plan
+            assert not any("TEMP B-TREE" in line for line in plan), plan
+            assert not any(re.match(r"\s*(->\s*)?Sort\s+\(", line) for line in plan), plan  # a full sort
+            assert all(line.rstrip().endswith('"time"') for line in plan if "Presorted Key:" in line), plan
+            assert any(f"ix_{table}_time " in line + " " for line in plan), plan
+            rows = conn.execute(page_query(t, wide, before)).mappings().all()
+            assert len(rows) == audit_query.PAGE_SIZE + 1
+
+
+def test_time_range_pages_follow_the_clock_even_when_writers_disagree(explorer: Any, clock: Clock) -> None:
+    """Two writers whose clocks differ store events whose ``time`` goes back now and then: a range is
+    paged in time order, and every event in it is shown once."""
+    app, client = explorer()
+    skewed = [(f"k{i}", 9 - i / 20 + (0.4 if i % 4 == 0 else 0.0), "auth.login", {"email": "a@example.com"})
+              for i in range(130)]
+    record(app, clock, skewed)
+    query = {"from": iso(NOW - 10 * HOUR), "to": iso(NOW)}
+    expected = [tag for tag, hours, *_ in sorted(skewed, key=lambda e: (e[1], -int(e[0][1:])))]  # newest first
+    shown: list[str] = []
+    html = client.get(URL, query_string=query).get_data(as_text=True)
+    while True:
+        shown += tags(html)
+        older = by_id(html, "audit-older")
+        if older is None:
+            break
+        html = client.get(older.get("href")).get_data(as_text=True)
+    assert shown == expected
+
+
+def test_the_console_reads_postgresql_with_a_statement_timeout(pg_table: Any) -> None:
+    from flask_ccsso.console.audit_source import STATEMENT_TIMEOUT_MS, AuditSource, reading
+    from tests.support.audit import PG_URL
+
+    with reading(AuditSource(name="pg", url=PG_URL, table="unused")) as engine, engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == f"{STATEMENT_TIMEOUT_MS // 1000}s"
+
+
+def test_chain_verification_reads_in_chunks_and_finds_a_break_past_the_first(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_ccsso.audit.sinks import sqlalchemy as sink
+
+    engine = sink.make_engine(f"sqlite:///{tmp_path}/chain.db")
+    t = fill(engine, "ccsso_audit_events", 50, NOW)
+    monkeypatch.setattr(sink, "VERIFY_CHUNK", 7)
+    assert sink.verify_chain(engine) == (True, None)
+    with engine.begin() as conn:
+        victim = conn.execute(sa.select(t.c.event_id).where(t.c.seq == 23)).scalar_one()
+        conn.execute(t.update().where(t.c.seq == 23).values(reason="edited"))
+    assert sink.verify_chain(engine) == (False, victim)
+    engine.dispose()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from html import unescape
 from typing import Any
 
 import pytest
 
 from flask_ccsso import signals
 from flask_ccsso.exceptions import ConfigError
-from flask_ccsso.testing import listen_to
+from flask_ccsso.testing import csrf_token_in, listen_to
 from tests.support.console import OPERATOR, OPERATOR_SKILL, PERSON, console_config
 
 PAGES = ["/sso-console/", "/sso-console/sessions", "/sso-console/audit", "/sso-console/charts",
@@ -100,3 +102,124 @@ def test_the_console_is_not_served_without_its_audit_trail(make_app: Any, op: An
     with pytest.raises(ConfigError) as err:
         make_app(cfg)
     assert err.value.path == "console.enabled"
+
+
+@pytest.mark.parametrize(("skill", "session", "key"), [
+    ({"sensitive": False}, {}, "console.skill"),  # not sensitive, no maxAuthAge
+    ({}, {"requireReauthenticationForSensitive": False}, "session.requireReauthenticationForSensitive"),
+])
+def test_a_console_skill_that_never_asks_for_a_recent_sign_in_is_refused(make_app: Any, op: Any,
+                                                                        skill: dict[str, Any],
+                                                                        session: dict[str, Any], key: str) -> None:
+    """By the gate's freshness rule, not the ``sensitive`` flag: a sensitive skill asks for nothing
+    once the session switch is off, and then a three-day-old sign-in would run the console."""
+    cfg = console_config(op)
+    cfg["skills"][OPERATOR_SKILL].pop("maxAuthAge")
+    cfg["skills"][OPERATOR_SKILL].update(skill)
+    cfg["session"].update(session)
+    with pytest.raises(ConfigError) as err:
+        make_app(cfg)
+    assert err.value.path == key
+    assert f"skills.{OPERATOR_SKILL}" in (err.value.fix or "") and "requireSensitiveSkill" in (err.value.fix or "")
+
+
+def test_a_console_skill_with_its_own_max_auth_age_steps_up_with_the_session_switch_off(
+        make_app: Any, op: Any, clock: Any) -> None:
+    from flask_ccsso.testing import CCSSOTestClient
+
+    cfg = console_config(op)  # the skill has maxAuthAge 600
+    cfg["session"]["requireReauthenticationForSensitive"] = False
+    app = make_app(cfg)
+    app.test_client_class = CCSSOTestClient
+    stale = app.test_client(identity={**OPERATOR, "auth_time": clock() - 3 * 86400})
+    with listen_to(signals.stepup_required) as asked:
+        resp = stale.get("/sso-console/sessions", headers={"Accept": "text/html"})
+    assert resp.status_code == 302 and asked
+
+
+def test_require_sensitive_skill_false_is_the_explicit_opt_out(make_app: Any, op: Any, clock: Any) -> None:
+    from flask_ccsso.testing import CCSSOTestClient
+
+    cfg = console_config(op, requireSensitiveSkill=False)
+    cfg["skills"][OPERATOR_SKILL].pop("maxAuthAge")
+    cfg["session"]["requireReauthenticationForSensitive"] = False
+    app = make_app(cfg)
+    app.test_client_class = CCSSOTestClient
+    stale = app.test_client(identity={**OPERATOR, "auth_time": clock() - 3 * 86400})
+    assert stale.get("/sso-console/", headers={"Accept": "text/html"}).status_code == 200  # as configured
+
+
+def test_the_example_portals_console_skill_asks_for_a_recent_sign_in(monkeypatch: Any) -> None:
+    import json
+    from pathlib import Path
+
+    from flask_ccsso.config import parse_config
+    from flask_ccsso.console.recent_sign_in import require_recent_sign_in
+
+    monkeypatch.setenv("CCSSO_EXAMPLE_DEV_SECRET", "dev-secret")  # as the example app sets it
+    raw = json.loads((Path(__file__).parents[2] / "example_app" / "ccsso.json").read_text())
+    cfg = parse_config(raw)
+    assert cfg.console.enabled and cfg.console.require_sensitive_skill
+    require_recent_sign_in(cfg)  # does not raise
+
+
+# -- requests another site started ---------------------------------------------------------------
+
+#: a link on another site, followed (SameSite=Lax sends the cookie along)
+CROSS_SITE_LINK = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+                   "Sec-Fetch-User": "?1", "Accept": "text/html"}
+#: an <img> on a sibling subdomain: same-site, the cookie goes along, and it can repeat at will
+SAME_SITE_IMAGE = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image",
+                   "Accept": "image/*"}
+#: what another site can make the operator's browser ask for: refused filters and ranges are audited,
+#: the rest reads the whole table, exports it, or reaches every IdP
+FORGED = ["/sso-console/audit?type=x';DROP TABLE ccsso_audit_events;--", "/sso-console/charts?range=<svg>",
+          "/sso-console/audit?from=yesterday", "/sso-console/providers", "/sso-console/sessions"]
+
+
+@pytest.mark.parametrize("path", FORGED)
+def test_a_link_from_another_site_runs_nothing_and_offers_the_page(console_app: Any, path: str) -> None:
+    client = console_app().test_client(identity=OPERATOR)
+    for site in ("cross-site", "same-site"):
+        with listen_to(signals.console_action) as actions, listen_to(signals.permission_denied) as denied, \
+                listen_to(signals.skill_invoked) as invoked:
+            resp = client.get(path, headers={**CROSS_SITE_LINK, "Sec-Fetch-Site": site})
+        assert resp.status_code == 403
+        assert actions == [] and denied == [] and invoked == []  # not run, not even the skill check
+        html = resp.get_data(as_text=True)
+        assert 'id="other-site"' in html and "olivia" not in html
+        link = re.search(r'id="open-target" href="([^"]+)"', html)
+        assert link and unescape(link.group(1)) == path  # the operator's own click comes from this origin
+        assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("path", FORGED + ["/sso-console/"])
+def test_a_sub_request_from_another_site_is_refused_as_csrf(console_app: Any, path: str) -> None:
+    client = console_app().test_client(identity=OPERATOR)
+    for headers in (SAME_SITE_IMAGE, {**SAME_SITE_IMAGE, "Sec-Fetch-Site": "cross-site"}):
+        with listen_to(signals.console_action) as actions, listen_to(signals.permission_denied) as denied:
+            resp = client.get(path, headers=headers)
+        assert resp.status_code == 400
+        assert actions == []
+        assert [(d.kwargs["reason"], d.kwargs["condition"]) for d in denied] == [("csrf_failed", "csrf:cross_site")]
+
+
+def test_a_post_from_a_sibling_subdomain_is_refused_even_with_the_token(console_app: Any) -> None:
+    client = console_app().test_client(identity=OPERATOR)
+    page = client.get("/sso-console/providers").get_data(as_text=True)
+    token = csrf_token_in(page)
+    with listen_to(signals.permission_denied) as denied:
+        resp = client.post("/sso-console/providers", data={"csrf_token": token},
+                           headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate",
+                                    "Sec-Fetch-Dest": "document", "Accept": "text/html"})
+    assert resp.status_code == 400 and 'id="check-findings"' not in resp.get_data(as_text=True)
+    assert [d.kwargs["reason"] for d in denied] == ["csrf_failed"]
+
+
+@pytest.mark.parametrize("site", ["same-origin", "none", None])
+def test_this_origin_a_typed_address_and_an_older_browser_pass(console_app: Any, site: str | None) -> None:
+    client = console_app().test_client(identity=OPERATOR)
+    headers = {"Accept": "text/html", **({"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate",
+                                          "Sec-Fetch-Dest": "document"} if site else {})}
+    resp = client.get("/sso-console/audit", headers=headers)
+    assert resp.status_code == 200 and 'id="other-site"' not in resp.get_data(as_text=True)

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from joserfc.jwk import RSAKey
 
+from flask_ccsso import signals
 from flask_ccsso.state import get_state
+from flask_ccsso.testing import listen_to
 from tests.support.console import CONSOLE, OPERATOR, certificate, console_config
+from tests.support.console_audit import submit
 from tests.support.saml import provider_block
 from tests.support.saml_idp import SAMLIdP
 
@@ -113,7 +116,14 @@ def test_check_config_findings_render_only_when_asked(console_app: Any, op: Any)
     app = console_app()
     page = _page(app)
     assert 'id="check-findings"' not in page and 'id="run-checks"' in page
-    page = _page(app, check=1)
+    assert 'id="check-findings"' not in _page(app, check=1)  # a link (the old ?check=1) reaches no IdP
+    client = app.test_client(identity=OPERATOR)
+    with listen_to(signals.permission_denied) as denied:
+        forged = client.post(f"{CONSOLE}/providers", headers={"Accept": "text/html"})  # no token: refused
+    assert forged.status_code == 400 and [d.kwargs["reason"] for d in denied] == ["csrf_failed"]
+    resp = submit(client, client.get(f"{CONSOLE}/providers").get_data(as_text=True), "run-checks-form", "run-checks")
+    assert resp.status_code == 200
+    page = resp.get_data(as_text=True)
     table = page[page.index('id="check-findings"'):]
     assert "<caption>" in table
     assert f"provider op: discovery document OK (issuer {op.issuer})." in table

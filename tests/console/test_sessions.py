@@ -101,6 +101,8 @@ def test_the_list_is_capped_and_says_so(console_app: Any, op: Any, monkeypatch: 
         app.test_client().sign_in({"subject": f"p{n}", "email": f"p{n}@example.com"})
     page = _page(app.test_client(identity=OPERATOR))
     assert len(listed(page)) == 2 and 'id="capped"' in page
+    assert "(2 of more than 2, the first read), most recently active first" in page  # not "of all"
+    assert "not the most recently\n  active of all" in page
 
 
 def test_revoking_one_session_ends_exactly_that_one(console_app: Any, op: Any) -> None:
@@ -113,7 +115,8 @@ def test_revoking_one_session_ends_exactly_that_one(console_app: Any, op: Any) -
     with listen_to(signals.console_action) as actions:
         resp = confirm_and_post(operator, f"{CONSOLE}/sessions/revoke?user=op:u-alice&session={phone_fp}")
     assert resp.status_code == 303
-    assert "revoked=1" in resp.headers["Location"]
+    assert "revoked" not in resp.headers["Location"]  # the notice rides in the session, not the URL
+    assert 'id="notice"' in _page(operator, resp.headers["Location"].removeprefix(CONSOLE))
     assert not _signed_in(phone)
     assert _signed_in(laptop)
     (action,) = actions
@@ -121,7 +124,6 @@ def test_revoking_one_session_ends_exactly_that_one(console_app: Any, op: Any) -
     assert action.kwargs["identity"].email == OPERATOR["email"] and phone_fp in action.kwargs["target"]
     after = _page(operator, query_string={"user": "alice@example.com"})
     assert phone_fp not in _fingerprints(after) and len(_fingerprints(after)) == 1
-    assert 'id="notice"' in _page(operator, resp.headers["Location"].removeprefix(CONSOLE))
 
 
 def test_revoke_all_ends_every_session_on_another_host_and_is_audited(console_host: Any, op: Any,
@@ -252,3 +254,80 @@ def test_a_filter_that_names_nobody_sensible_is_a_clear_400(console_app: Any) ->
         resp = operator.get(CONSOLE + "/sessions", query_string={"user": bad})
         assert resp.status_code == 400
         assert "not an email or provider:subject" in resp.get_data(as_text=True)
+
+
+def _row_link(page: str, fp: str) -> str:
+    """The href of the row's "End all of this person" link."""
+    return html.unescape(page.split(f'id="revoke-all-{fp}"', 1)[1].split('href="', 1)[1].split('"', 1)[0])
+
+
+def test_end_all_of_this_person_on_a_row_ends_that_identity_only(console_app: Any, op: Any) -> None:
+    """An email is a claim any provider's user can make: the row's action names ``provider:subject``."""
+    app = console_app()
+    alice = _alice(app, op)
+    mallory = browser(app, op, subject="u-mallory", email="alice@example.com", ip="198.51.100.9", ua=CHROME)
+    operator = app.test_client(identity=OPERATOR)
+    page = _page(operator)
+    (fp,) = _fingerprints(page, "op:u-mallory")
+    link = _row_link(page, fp)
+    assert "user=op:u-mallory" in link and "alice%40example.com" not in link and "alice@example.com" not in link
+    confirm = _page(operator, link.removeprefix(CONSOLE))
+    assert "the identity <strong>op:u-mallory</strong> (alice@example.com, through provider op)" in confirm
+    assert [i for i in re.findall(r'data-identity="([^"]+)"', confirm)] == ["op:u-mallory"]
+    with listen_to(signals.console_action) as actions:
+        resp = confirm_and_post(operator, link)
+    assert resp.status_code == 303
+    assert not _signed_in(mallory) and _signed_in(alice)
+    assert actions[0].kwargs["target"] == "op:u-mallory" and actions[0].kwargs["count"] == 1
+
+
+def _post_confirmed(client: Any, confirm: str, **override: Any) -> Any:
+    """Post the confirmation form as a browser does: every hidden field, repeated names included."""
+    fields = re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', confirm)
+    data: dict[str, list[str]] = {}
+    for name, value in fields:
+        data.setdefault(name, []).append(html.unescape(value))
+    data.update(override)
+    return client.post(CONSOLE + "/sessions/revoke-all", data=data)
+
+
+def test_ending_every_session_of_an_email_lists_and_ends_exactly_the_identities_shown(console_app: Any,
+                                                                                     op: Any) -> None:
+    app = console_app()
+    alice = _alice(app, op)
+    mallory = browser(app, op, subject="u-mallory", email="alice@example.com", ip="198.51.100.9", ua=CHROME)
+    bob = browser(app, op, subject="u-bob", email="bob@example.com", ip="198.51.100.2", ua=CHROME)
+    operator = app.test_client(identity=OPERATOR)
+    listing = _page(operator, query_string={"user": "alice@example.com"})
+    assert "End every session of alice@example.com (every identity with this email)" in listing
+    confirm = _page(operator, "/sessions/revoke-all", query_string={"user": "alice@example.com"})
+    assert "every identity with the email alice@example.com" in confirm
+    assert re.findall(r'data-identity="([^"]+)"', confirm) == ["op:u-alice", "op:u-mallory"]
+    assert re.findall(r'name="identity" value="([^"]+)"', confirm) == ["op:u-alice", "op:u-mallory"]
+    # an identity the operator never saw is not ended, even if it names itself in the post
+    late = browser(app, op, subject="u-late", email="alice@example.com", ip="198.51.100.10", ua=CHROME)
+    with listen_to(signals.console_action) as actions:
+        resp = _post_confirmed(operator, confirm)
+    assert resp.status_code == 303
+    assert not _signed_in(alice) and not _signed_in(mallory)
+    assert _signed_in(late) and _signed_in(bob)
+    assert actions[0].kwargs["count"] == 2 and "op:u-alice, op:u-mallory" in actions[0].kwargs["target"]
+    notice = _page(operator, resp.headers["Location"].removeprefix(CONSOLE))
+    assert "Ended 2 sessions of alice@example.com (op:u-alice, op:u-mallory)." in notice
+    # a post naming identities that do not carry the email ends nothing
+    resp = _post_confirmed(operator, confirm, identity=["op:u-bob"])
+    assert resp.status_code == 404 and _signed_in(bob)
+
+
+def test_a_link_cannot_show_a_revocation_notice(console_app: Any, op: Any) -> None:
+    app = console_app()
+    _alice(app, op)
+    operator = app.test_client(identity=OPERATOR)
+    forged = _page(operator, query_string={"user": "intruder@example.com", "revoked": "3"})
+    assert 'id="notice"' not in forged and "Ended 3" not in forged
+    (fp,) = _fingerprints(_page(operator))
+    resp = confirm_and_post(operator, f"{CONSOLE}/sessions/revoke?user=op:u-alice&session={fp}")
+    back = resp.headers["Location"].removeprefix(CONSOLE)
+    first = _page(operator, back)
+    assert '<div class="notice" id="notice" role="status">Ended 1 session of op:u-alice.</div>' in first
+    assert 'id="notice"' not in _page(operator, back)  # read once

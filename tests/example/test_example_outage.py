@@ -36,16 +36,20 @@ def test_the_dead_idp_offers_break_glass_and_its_use_is_announced(outage: None, 
     assert [a.kwargs["key_type"] for a in alerts] == ["idp_fallback"]
 
 
-def test_the_chooser_names_the_outage_once_it_is_known(outage: None, example_portal: Portal) -> None:
+def test_the_chooser_offers_break_glass_only_once_the_outage_is_known(outage: None, example_portal: Portal) -> None:
     client = example_portal.client()
+    before = client.get("/sso/login?next=/", headers={"Accept": "text/html"}).get_data(as_text=True)
+    assert "/sso/corp/login" in before and "/sso/dev/login" not in before  # fallbackOnly: hidden
     assert client.get("/sso/corp/login", headers={"Accept": "text/html"}).status_code == 503
     chooser = client.get("/sso/login?next=/", headers={"Accept": "text/html"})
     assert chooser.status_code == 200
-    assert "unreachable" in chooser.get_data(as_text=True)
+    text = chooser.get_data(as_text=True)
+    assert "unreachable" in text and "/sso/dev/login" in text
 
 
-def test_a_plain_sign_in_at_the_break_glass_provider_is_not_a_fallback(outage: None, example_portal: Portal) -> None:
+def test_a_plain_sign_in_at_the_break_glass_provider_is_announced_too(outage: None, example_portal: Portal) -> None:
+    """No banner link: the portal checks Corp SSO, finds it down, and the sign-in is a fallback sign-in."""
     client = example_portal.client()
     with listen_to(signals.fallback_used) as used:
         follow_sign_in(client, client.get("/sso/dev/login?next=/"), "erin")
-    assert used == []
+    assert [(u.kwargs["provider"], u.kwargs["primary"]) for u in used] == [("dev", "corp")]

@@ -103,7 +103,7 @@ def access_rows(client: Any) -> dict[str, str]:
     assert resp.status_code == 200, resp.data
     page = resp.data.decode()
     rows = dict(re.findall(r'<tr data-skill="([^"]+)">.*?<td class="(yes|no)">', page, re.DOTALL))
-    assert set(rows) == {"database-migration", "security-audit", "infrastructure-deploy"}, page
+    assert set(rows) == {"database-migration", "security-audit", "infrastructure-deploy", "sso-operator"}, page
     return rows
 
 
@@ -182,7 +182,7 @@ def test_database_admin_signs_in_through_the_example_app(portal, idp):
     assert ident.groups == {"database-admins", "engineering"} and ident.scopes == {"migration:write"}
 
     assert access_rows(client) == {"database-migration": "yes", "security-audit": "no",
-                                   "infrastructure-deploy": "no"}
+                                   "infrastructure-deploy": "no", "sso-operator": "no"}
     access = page_text(client.get("/access"))
     assert "Groups: database-admins, engineering" in access and "Scopes: migration:write" in access
     assert "Alice Admin" in access
@@ -212,7 +212,7 @@ def test_security_team_member_gets_the_opposite(portal, idp):
     client = portal.test_client()
     sign_in(client, idp, BOB, next_url="/security/audit")
     assert access_rows(client) == {"database-migration": "no", "security-audit": "yes",
-                                   "infrastructure-deploy": "no"}
+                                   "infrastructure-deploy": "no", "sso-operator": "yes"}
     access = page_text(client.get("/access"))
     assert "Groups: engineering, security-team" in access and "Scopes: security:read" in access
 

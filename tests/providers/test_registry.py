@@ -86,7 +86,7 @@ def test_a_third_party_provider_type_is_found(acme):
     cls = provider_class("acme")
     assert cls.__name__ == "AcmeProvider"
     assert Path(__import__(cls.__module__).__file__).parent == acme  # loaded from the installed distribution
-    assert cls.config_keys() == ("provider", "displayName", "fallback", "realm", "loginUrl", "timeout", "apiKey")
+    assert cls.config_keys() == ("provider", "displayName", "fallback", "fallbackOnly", "realm", "loginUrl", "timeout", "apiKey")
     assert "acme" in known_provider_types()
 
 

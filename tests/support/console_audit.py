@@ -58,6 +58,37 @@ def by_id(text: str, element_id: str) -> Any:
     return found[0] if found else None
 
 
+def submit(client: Any, text: str, form_id: str, button_id: str | None = None, **kwargs: Any) -> Any:
+    """Post the form ``form_id`` of a page as a browser does: its hidden fields (the CSRF token among
+    them) to its ``action``, or to the ``formaction`` of the button ``button_id`` when it has one."""
+    forms = page(text).xpath(f'//form[@id="{form_id}"][@method="post"]')
+    assert forms, f"no post form #{form_id} on the page"
+    form = forms[0]
+    action = form.get("action")
+    if button_id is not None:
+        buttons = form.xpath(f'.//button[@id="{button_id}"]')
+        assert buttons, f"no button #{button_id} in #{form_id}"
+        action = buttons[0].get("formaction") or action
+    fields = {field.get("name"): field.get("value") for field in form.xpath('.//input[@type="hidden"]')}
+    assert fields.get("csrf_token"), f"#{form_id} carries no CSRF token"
+    return client.post(action.split("#", 1)[0], data=fields, **kwargs)
+
+
+def csrf_token_of(client: Any) -> str:
+    """The CSRF token of ``client``'s session, as a console page carries it (the providers page's form)."""
+    from flask_ccsso.testing import csrf_token_in
+
+    token = csrf_token_in(client.get("/sso-console/providers").get_data(as_text=True))
+    assert token
+    return token
+
+
+def export(client: Any, fmt: str, query: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """Open the audit explorer with ``query`` (its filters) and press its export button for ``fmt``."""
+    text = client.get("/sso-console/audit", query_string=query or {}).get_data(as_text=True)
+    return submit(client, text, "audit-exports", f"audit-export-{fmt}", **kwargs)
+
+
 def text_of(text: str, element_id: str) -> str:
     element = by_id(text, element_id)
     assert element is not None, f"no #{element_id} on the page"

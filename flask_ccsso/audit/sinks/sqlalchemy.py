@@ -16,9 +16,11 @@ are already stored and insert the rest in one ``executemany``. So any number of
 processes can share the table and the chain stays one line.
 
 Indexes: ``time``, and (:data:`QUERY_INDEXES`) one ``(column, seq)`` per column the
-operator console's audit explorer filters on, so a filtered page newest-first is one
-index range read from its keyset (``seq < last seen``), never a scan of the table;
-``(type, time)`` serves the console's charts (counts per type and time bucket).
+operator console's audit explorer filters on, so a filtered page newest-first is one index
+range read from its keyset (``seq < last seen``), never a scan of the table. A page of a time
+range alone goes in ``(time, seq)`` order down the ``time`` index (SQLite keeps ``seq``, the
+rowid, in every index; PostgreSQL sorts only events of the same microsecond, an incremental
+sort). ``(type, time)`` serves the console's charts (counts per type and time bucket).
 :func:`create_table` adds any that an existing table lacks (``flask ccsso audit
 init-db`` after an upgrade); the sink itself never indexes an existing table (on a
 large table that takes longer than its statement timeout).
@@ -34,10 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
 from ...stores.database import database_error_line, multi_host_url
@@ -128,23 +132,47 @@ PG_STATEMENT_TIMEOUT_MS = 4000
 POOL_TIMEOUT = 3.0
 
 
-def make_engine(url: str, *, writer: bool = False) -> sa.Engine:
-    """An engine for the audit database. On PostgreSQL connections give up after
-    ``PG_CONNECT_TIMEOUT`` (libpq's default is to wait forever); the sink's own engine
-    (``writer``) also gets the lock and statement timeouts above (not the CLI's: ``audit
-    verify`` reads the whole table in one statement). Multi-host URLs work
-    (:func:`~flask_ccsso.stores.database.multi_host_url`)."""
+def make_engine(url: str, *, writer: bool = False, statement_timeout_ms: int | None = None) -> sa.Engine:
+    """An engine for the audit database.
+
+    On PostgreSQL connections give up after ``PG_CONNECT_TIMEOUT`` (libpq's default is to
+    wait forever); the sink's own engine (``writer``) also gets the lock and statement
+    timeouts above, a reader may ask for a ``statement_timeout_ms`` of its own (the console:
+    nothing an operator runs holds a connection for long; not the CLI's ``audit verify``).
+    The URL's own ``options=`` win. Multi-host URLs work
+    (:func:`~flask_ccsso.stores.database.multi_host_url`).
+
+    A SQLite database is put in WAL mode on connect (:func:`_sqlite_wal`): readers then
+    read a snapshot and never block the writer, nor it them -- in the default rollback
+    journal a long read (an export, the chain verification) held off every audit write
+    ("database is locked").
+    """
     if url.startswith("sqlite"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa_event.listen(engine, "connect", _sqlite_wal)
+        return engine
     connect_args: dict[str, Any] = {}
     if url.startswith(_LIBPQ):
         url = multi_host_url(url)
         connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT}
-        if writer and "options=" not in url:  # the URL's own server options win
-            connect_args["options"] = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
-                                       f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}")
+        if "options=" not in url:  # the URL's own server options win
+            if writer:
+                connect_args["options"] = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+                                           f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}")
+            elif statement_timeout_ms is not None:
+                connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, pool_timeout=POOL_TIMEOUT,
                             connect_args=connect_args)
+
+
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """``PRAGMA journal_mode=WAL`` on a new SQLite connection (the mode is kept in the file, so
+    this changes it once per database; an in-memory database stays as it is). Should another
+    connection hold the file just then, the mode stays, and the next connection tries again."""
+    try:
+        dbapi_conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    except sqlite3.OperationalError:  # busy: reading and writing work in any mode
+        pass
 
 
 def create_table(engine: sa.Engine, table: str = DEFAULT_TABLE, *, add_indexes: bool = True) -> sa.Table:
@@ -330,6 +358,10 @@ def _write_events(engine: sa.Engine, table: sa.Table, events: Sequence[AuditEven
         return len(rows)
 
 
+#: rows :func:`verify_chain` reads at a time, each batch in a short read of its own
+VERIFY_CHUNK = 1000
+
+
 def verify_chain(engine: sa.Engine, table: str = DEFAULT_TABLE) -> tuple[bool, str | None]:
     """Check the whole chain. Returns ``(True, None)`` or ``(False, first_broken_event_id)``.
 
@@ -337,20 +369,25 @@ def verify_chain(engine: sa.Engine, table: str = DEFAULT_TABLE) -> tuple[bool, s
     row was removed or inserted before it), its ``hash`` does not match its
     content, or a query column disagrees with the stored JSON (an edit).
     The hash is recomputed over the stored JSON text as it is: the bytes the
-    writer hashed, whichever JSON encoder made them.
+    writer hashed, whichever JSON encoder made them. The table is read in
+    ``seq`` order :data:`VERIFY_CHUNK` rows at a time, each chunk a short read
+    of its own: no statement stays open for the whole table (a PostgreSQL
+    ``statement_timeout`` holds for each chunk), and writers append meanwhile.
     """
     t = audit_table(table)
     prev = GENESIS_HASH
-    with engine.connect() as conn:
-        result = conn.execution_options(yield_per=1000).execute(sa.select(t).order_by(t.c.seq))
-        try:
-            for row in result.mappings():
-                if not _row_ok(row, prev):
-                    return False, row["event_id"]
-                prev = row["hash"]
-        finally:
-            result.close()
-    return True, None
+    last: int | None = None
+    while True:  # VERIFY_CHUNK rows at a time, each read short (no statement open for the whole table)
+        query = sa.select(t).order_by(t.c.seq).limit(VERIFY_CHUNK)
+        with engine.connect() as conn:
+            rows = conn.execute(query.where(t.c.seq > last) if last is not None else query).mappings().all()
+        for row in rows:
+            if not _row_ok(row, prev):
+                return False, row["event_id"]
+            prev = row["hash"]
+        if len(rows) < VERIFY_CHUNK:
+            return True, None
+        last = rows[-1]["seq"]
 
 
 def _row_ok(row: Any, prev: str) -> bool:
