@@ -662,10 +662,24 @@ def _check_scim_oauth(s: ScimSettings, providers: Mapping[str, ProviderSettings]
         raise ConfigError("scim.tokenProvider", f"names {s.token_provider!r}, a {prov.type} provider, which issues "
                           "no OAuth access tokens.",
                           f"name an OIDC provider (okta, azure-ad, oidc): {', '.join(oidc) or '(none configured)'}.")
+    if prov.fallback_only:
+        raise ConfigError("scim.tokenProvider", f"names {s.token_provider!r}, a fallbackOnly (break-glass) provider: "
+                          "its tokens serve only during an outage, provisioning is everyday work.",
+                          "name the everyday OIDC provider whose provisioning client calls SCIM.")
     if not s.token_clients or not all(c.strip() for c in s.token_clients):
         raise ConfigError("scim.tokenClients", "is empty (or lists an empty id), but scim.tokenProvider is set.",
                           "list the client id(s) of the IdP's provisioning client, e.g. \"tokenClients\": "
                           "[\"0oa...\"]: a token's audience is the portal, but only these clients may provision.")
+    # a sign-in client's tokens are people's tokens: naming one would let every person holding the
+    # scope or role provision (re-activate themselves, deactivate others)
+    for other in providers.values():
+        sign_in = {other.client_id, *other.allowed_clients} if isinstance(other, OIDCSettings) else set()
+        clash = sorted(sign_in & set(s.token_clients))
+        if clash:
+            raise ConfigError("scim.tokenClients", f"names {clash[0]!r}, a client people sign in or call the API "
+                              f"with (auth.providers.{other.name}); its tokens are people's, not the provisioning "
+                              "client's.", "create a separate client-credentials client for provisioning at the IdP "
+                              "and list only its id.")
     if not re.fullmatch(r"\S+", s.token_scope):
         raise ConfigError("scim.tokenScope", f"{s.token_scope!r} is not one scope or app role name.",
                           'use the scope or app role the provisioning client is granted, e.g. "scim".')

@@ -42,6 +42,7 @@ from .gate.session import browser_binding, check_store
 from .gate.stepup import resubmit_notice_after, subject_mismatch, take_resubmit
 from .identity import Identity
 from .providers import fallback
+from .providers.availability import PROBED
 from .providers.base import (
     CallbackRequest,
     LoginRequest,
@@ -259,14 +260,11 @@ def _standing_in_for(state: CCSSOState, prov: Provider) -> str | None:
     sign-in at a provider some other provider lists as a ``fallback``, while
     that one is unavailable, is a fallback sign-in however it was started
     (the banner's link, the chooser, a typed URL). Unavailable means known
-    to be, however long ago (the status changes only when a fetch succeeds
-    -- the 30 s of :func:`_known_outage` only say when to try the IdP again),
-    or found so now by :meth:`~flask_ccsso.providers.base.Provider.ensure_published`,
-    which costs no network I/O while the documents are cached and shares one
-    fetch's failure among the callers that waited for it. The recorded status is read for every
-    candidate before anything is fetched, so a break-glass sign-in never
-    waits on a primary known to be dead. A cached copy means the primary is
-    up: a crafted URL can neither invent an outage nor raise the alert.
+    to be (:func:`_known_down`), or found so now (:func:`_down`). The
+    recorded status is read for every candidate before anything is fetched,
+    so a break-glass sign-in never waits on a primary known to be dead. Only
+    our own fetches decide: a crafted URL can neither invent an outage nor
+    raise the alert.
 
     ``fallback_for`` (the banner's links carry it) only says which primary
     to name first when several list ``prov``. The verdict goes into the pending
@@ -277,24 +275,42 @@ def _standing_in_for(state: CCSSOState, prov: Provider) -> str | None:
     if picked is not None and _down(picked):
         return picked.name
     others = [p for p in primaries if p is not picked]
-    known = next((p for p in others if p.availability().unavailable), None)
+    known = next((p for p in others if _known_down(p)), None)
     if known is not None:
         return known.name
     return next((p.name for p in others if _down(p)), None)
 
 
+def _known_down(primary: Provider) -> bool:
+    """``primary`` is known to be unavailable (no network I/O): a document
+    could not be fetched and no cached copy serves, however long ago (the
+    status changes only when a fetch succeeds -- the 30 s of
+    :func:`_known_outage` only say when to try the IdP again, and a
+    break-glass sign-in must not wait on a primary known to be dead), or its
+    probe failed within ``RECHECK_AFTER`` seconds (a probe's verdict is only
+    that old: the cached copies may serve again by now)."""
+    known = primary.availability()
+    return known.down_within(primary.clock()) or bool(set(known.documents) - {PROBED})
+
+
 def _down(primary: Provider) -> bool:
-    """``primary`` is known to be unavailable, or found so now (cheaply:
-    see :func:`_standing_in_for`)."""
-    if primary.availability().unavailable:
+    """``primary`` is known to be unavailable (:func:`_known_down`), or found
+    so now: by :meth:`~flask_ccsso.providers.base.Provider.ensure_published`
+    (no network I/O while the documents are cached; callers that wait for a
+    fetch share its failure), and else by the active probe. A cached copy is
+    not proof the primary is up -- a worker that fetched it once would keep
+    break-glass locked through a whole outage -- so the probe (a fresh fetch,
+    single-flight, at most one per ``RECHECK_AFTER`` per worker) settles it."""
+    if _known_down(primary):
         return True
-    try:
-        primary.ensure_published()
-    except IdPUnavailable:
-        return True
-    except Exception:  # a provider bug must not turn the fallback's sign-in into a 500
-        log.exception("flask-ccsso: could not tell whether provider %r is reachable", primary.name)
-    return False
+    if not primary.availability().unavailable:
+        try:
+            primary.ensure_published()
+        except IdPUnavailable:
+            return True
+        except Exception:  # a provider bug must not turn the fallback's sign-in into a 500
+            log.exception("flask-ccsso: could not tell whether provider %r is reachable", primary.name)
+    return primary.probe_down()
 
 
 def _needed(state: CCSSOState, prov: Provider) -> bool:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
@@ -27,7 +26,7 @@ from tests.support.local_op import LocalOP
 from tests.support.saml import SKILLS as SAML_SKILLS
 from tests.support.saml import provider_block
 from tests.support.saml_idp import SAMLIdP
-from tests.support.sessions import REDIS_URL, session_config, unique_prefix
+from tests.support.sessions import REDIS_URL, delete_prefix, session_config, unique_prefix
 from tests.support.skills import add_skill_routes, skills_config
 
 
@@ -129,11 +128,7 @@ def prefix() -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
     p = unique_prefix()
     yield p
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=p + "*", count=500))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_prefix(p)
 
 
 @pytest.fixture

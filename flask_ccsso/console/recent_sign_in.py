@@ -18,10 +18,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigError
-from ..gate.freshness import freshness_applies
+from ..gate.freshness import freshness_applies, max_auth_age
 
 if TYPE_CHECKING:
     from ..config import CCSSOConfig
+
+#: the oldest sign-in (seconds) the console skill may accept: an hour
+MAX_CONSOLE_AUTH_AGE = 3600.0
 
 
 def require_recent_sign_in(cfg: CCSSOConfig) -> None:
@@ -32,10 +35,19 @@ def require_recent_sign_in(cfg: CCSSOConfig) -> None:
     if not console.enabled or not console.require_sensitive_skill or not console.skill:
         return
     skill = cfg.skills.get(console.skill)
-    if skill is None or freshness_applies(skill, cfg.session):
+    if skill is None:
         return  # an unknown skill is the config's own refusal
     why = "the console ends other people's sessions, so it asks operators to have signed in recently"
     opt_out = "(or, knowingly, console.requireSensitiveSkill: false)"
+    if freshness_applies(skill, cfg.session):
+        limit = max_auth_age(skill, cfg.session)
+        if limit > MAX_CONSOLE_AUTH_AGE:  # "recent" that outlives a working day asks for nothing
+            key = (f"skills.{console.skill}.maxAuthAge" if skill.max_auth_age is not None else "session.maxAuthAge")
+            raise ConfigError(key, f"is {limit:g} seconds, so the console skill asks for a sign-in that recent "
+                              f"only -- more than {MAX_CONSOLE_AUTH_AGE:g} s: {why}.",
+                              f"set skills.{console.skill}.maxAuthAge to at most {MAX_CONSOLE_AUTH_AGE:g} "
+                              f"(e.g. 900) {opt_out}.")
+        return
     if skill.sensitive:  # sensitive, but the session switch makes "sensitive" ask for nothing
         raise ConfigError("session.requireReauthenticationForSensitive",
                           f"is false and skills.{console.skill} (the console skill) has no maxAuthAge, so the "
@@ -47,4 +59,4 @@ def require_recent_sign_in(cfg: CCSSOConfig) -> None:
                       f'set "sensitive": true (or a maxAuthAge) on skills.{console.skill} {opt_out}.')
 
 
-__all__ = ["require_recent_sign_in"]
+__all__ = ["MAX_CONSOLE_AUTH_AGE", "require_recent_sign_in"]

@@ -314,7 +314,7 @@ class BearerAuthenticator:
         self.cache.put(key, identity, valid_until)
         return identity
 
-    def verify_access_token(self, token: str) -> tuple[str, dict[str, Any]]:
+    def verify_access_token(self, token: str, *, provider: str | None = None) -> tuple[str, dict[str, Any]]:
         """A JWT access token's provider name and verified claims, by every
         check :meth:`authenticate` applies to one (shape, ``typ``, the issuer's
         provider and its :meth:`~flask_ccsso.providers.oidc.OIDCProvider.validate_access_token`:
@@ -328,13 +328,21 @@ class BearerAuthenticator:
         post the token to an IdP); nothing is cached, so no identity cache
         entry stands for claims it never held. Raises AuthenticationFailed
         (with ``provider`` when known) or IdPUnavailable; an input nobody
-        foresaw is an AuthenticationFailed too, never a 500."""
+        foresaw is an AuthenticationFailed too, never a 500.
+
+        ``provider``: verify with that provider only (its issuer must be the
+        token's), instead of the first provider with the token's issuer -- two
+        providers may share an issuer (one authorization server, a sign-in
+        client and a provisioning audience)."""
         if not token or len(token) > 16384 or not _B64TOKEN.match(token):
             raise _invalid("The access token is malformed.")
         if token.count(".") != 2:
             raise _invalid("The access token is not a JWT.")
         try:
-            prov, claims, _identity, _valid_until = self._verify_jwt(token, self.clock())
+            if provider is None:
+                prov, claims, _identity, _valid_until = self._verify_jwt(token, self.clock())
+            else:
+                prov, claims = self._verify_jwt_at(token, provider)
         except (AuthenticationFailed, IdPUnavailable):
             raise
         except Exception as exc:
@@ -373,6 +381,18 @@ class BearerAuthenticator:
         prov = self._provider_for(unverified.get("iss"))
         claims, identity = prov.validate_access_token(token)
         return prov, claims, identity, float(claims["exp"]) + prov.settings.clock_skew
+
+    def _verify_jwt_at(self, token: str, name: str) -> tuple[OIDCProvider, dict[str, Any]]:
+        """:meth:`_verify_jwt` with the provider named, not routed by issuer."""
+        header, unverified = peek_jwt(token)
+        check_access_token_type(header)
+        prov = self.providers.get(name)
+        if not isinstance(prov, OIDCProvider):
+            raise _invalid("The token's identity provider does not issue access tokens here.")
+        if unverified.get("iss") not in self._issuers(prov):
+            raise _invalid("The token was issued by another identity provider.")
+        claims, _identity = prov.validate_access_token(token)
+        return prov, claims
 
     # -- RFC 7662 ----------------------------------------------------------------------
     def _introspector_for(self, token: str) -> OIDCProvider:

@@ -25,16 +25,24 @@ page can show it per provider.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
+from ..exceptions import IdPUnavailable
+
+log = logging.getLogger("flask_ccsso")
 
 #: while a provider is known to be unavailable, a sign-in there waits this
 #: long (seconds) before its IdP is tried again -- the retry interval of a
 #: cached document (:class:`~flask_ccsso.providers.keys.TTLDocument`), so a
 #: dead IdP does not make every sign-in wait for its timeout
 RECHECK_AFTER = 30.0
+
+#: what a failed :class:`Probe` records as unavailable (among :attr:`Availability.documents`)
+PROBED = "reachability check"
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,11 @@ class FetchStatus:
         self._down: set[str] = set()
 
     def succeeded(self, what: str) -> None:
-        """``what`` was fetched and is in use: it is no longer unavailable."""
+        """``what`` was fetched and is in use: it is no longer unavailable
+        (and the IdP answers, so a failed :class:`Probe` no longer counts)."""
         with self._lock:
             self._down.discard(what)
+            self._down.discard(PROBED)
             self._publish(last_success=self._clock())
 
     def failed(self, what: str, problem: str | None, *, cached: bool, failure: str | None = None) -> None:
@@ -86,6 +96,13 @@ class FetchStatus:
             self._publish(last_error=problem or f"the {what} could not be fetched", last_error_at=self._clock(),
                           failure=failure)
 
+    def probe_failed(self, problem: str, failure: str | None) -> None:
+        """A :class:`Probe` found the IdP unreachable: unavailable by probe,
+        whatever the caches still hold, until the next success."""
+        with self._lock:
+            self._down.add(PROBED)
+            self._publish(last_error=problem, last_error_at=self._clock(), failure=failure)
+
     def _publish(self, **changes: Any) -> None:
         # a new frozen value each time: readers take ``_state`` without the lock
         self._state = replace(self._state, unavailable=bool(self._down), documents=tuple(sorted(self._down)),
@@ -96,4 +113,61 @@ class FetchStatus:
         return self._state
 
 
-__all__ = ["RECHECK_AFTER", "Availability", "FetchStatus"]
+class Probe:
+    """An active check of whether an IdP answers *now*, bypassing the caches.
+
+    The cached status says "up" for as long as a stale copy serves, which is
+    right for offering fallbacks but would keep a ``fallbackOnly`` provider
+    locked for a whole outage on a worker that fetched the documents once.
+    Unlocking one (and accepting its bearer tokens) therefore asks this.
+    ``check`` fetches afresh and raises :class:`IdPUnavailable` when the IdP
+    cannot be had; it returns the name of the document it fetched (recorded
+    as a success) or ``None`` when there is nothing to fetch.
+
+    Single-flight: concurrent callers wait for one check and share its
+    verdict, which is kept for :data:`RECHECK_AFTER` seconds -- a spammed
+    break-glass URL costs at most one fetch per 30 s per worker. Only our
+    server's own fetch decides, so a caller cannot make it fail.
+    """
+
+    def __init__(self, check: Callable[[], str | None], status: FetchStatus, clock: Callable[[], float]) -> None:
+        self._check = check
+        self._status = status
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: (verdict: the IdP is down, when it was found) -- one tuple, read without the lock
+        self._last: tuple[bool, float] | None = None
+
+    def _remembered(self) -> bool | None:
+        last = self._last
+        if last is not None and self._clock() - last[1] < RECHECK_AFTER:
+            return last[0]
+        return None
+
+    def down(self) -> bool:
+        """Whether the IdP could not be reached by a fresh fetch (at most one per :data:`RECHECK_AFTER`)."""
+        verdict = self._remembered()
+        if verdict is not None:
+            return verdict
+        with self._lock:
+            verdict = self._remembered()
+            if verdict is not None:
+                return verdict
+            try:
+                what = self._check()
+            except IdPUnavailable as exc:
+                verdict = True
+                self._status.probe_failed(exc.description or "the identity provider could not be reached",
+                                          exc.extra.get("failure"))
+            except Exception:  # a provider bug must not turn a sign-in into a 500, nor unlock break-glass
+                log.exception("flask-ccsso: could not check whether an identity provider is reachable")
+                verdict = False
+            else:
+                verdict = False
+                if what is not None:
+                    self._status.succeeded(what)
+            self._last = (verdict, self._clock())
+            return verdict
+
+
+__all__ = ["PROBED", "RECHECK_AFTER", "Availability", "FetchStatus", "Probe"]

@@ -33,7 +33,7 @@ from flask import g, has_request_context
 from .. import reasons
 from ..exceptions import AuthenticationFailed, CCSSOError
 from ..identity import FUTURE, Identity, auth_time_problem
-from .availability import Availability, FetchStatus
+from .availability import Availability, FetchStatus, Probe
 
 if TYPE_CHECKING:
     from ..config import ProviderSettings
@@ -134,6 +134,7 @@ class Provider(ABC):
         self.http = http or requests.Session()
         #: how fetching what the IdP publishes went (:meth:`availability`); the document caches write it
         self.status = FetchStatus(clock)
+        self._probe = Probe(self.probe, self.status, clock)
 
     def availability(self) -> Availability:
         """Whether this provider's IdP could be reached lately: the last
@@ -149,6 +150,21 @@ class Provider(ABC):
         the views' cheap check of whether a provider is down (no network I/O
         while the caches hold a fresh copy). A provider type that fetches
         nothing has nothing to do."""
+
+    def probe(self) -> str | None:
+        """Fetch afresh -- bypassing the caches -- the document that shows
+        whether the IdP answers, raising
+        :class:`~flask_ccsso.exceptions.IdPUnavailable` when it does not;
+        the document's name (``None``: nothing to fetch). Only
+        :meth:`probe_down` calls it."""
+        return None
+
+    def probe_down(self) -> bool:
+        """Whether the IdP is down by an active check (:class:`~.availability.Probe`:
+        single-flight, at most one fetch per ``RECHECK_AFTER`` seconds). For
+        unlocking a ``fallbackOnly`` provider only -- never a normal sign-in
+        or a protected request."""
+        return self._probe.down()
 
     def startup(self) -> None:
         """Load what can be checked at start-up (runs inside an app context).

@@ -158,12 +158,21 @@ def audiences(claims: Mapping[str, Any]) -> list[str]:
     return []
 
 
+#: the claims an IdP names the client that obtained a token in: RFC 9068, OIDC, Okta, Entra ID v1
+CLIENT_CLAIMS = ("client_id", "azp", "cid", "appid")
+
+
 def token_client(claims: Mapping[str, Any]) -> str | None:
     """The OAuth client that obtained an access token (or an introspection
     answer's): ``client_id`` (RFC 9068), ``azp``, Okta's ``cid``, Entra's
-    ``appid`` -- the first one present; ``None`` when it is not a string."""
-    cid = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("appid")
-    return cid if isinstance(cid, str) else None
+    ``appid``. ``None`` when none is a string -- or when two of them name
+    different clients: an IdP that lets a claim mapper add ``client_id`` must
+    not let a token pass as the provisioning client's while its ``azp`` names another."""
+    named = {claims.get(k) for k in CLIENT_CLAIMS if claims.get(k) is not None}
+    if len(named) != 1:
+        return None
+    cid = named.pop()
+    return cid if isinstance(cid, str) and cid else None
 
 
 def token_scopes(claims: Mapping[str, Any]) -> list[str]:
@@ -353,6 +362,11 @@ class OIDCProvider(Provider):
         copy (no network I/O); callers that wait for a fetch share its failure."""
         self.metadata()
         self.jwks.keyset()
+
+    def probe(self) -> str:
+        """A fresh fetch of the discovery document (not the cached copy)."""
+        self._load_discovery()
+        return "discovery document"
 
     # -- sign-in ------------------------------------------------------------------
     def authorize_params(self, req: LoginRequest) -> dict[str, str]:

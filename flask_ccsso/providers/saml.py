@@ -377,6 +377,13 @@ class SAMLProvider(Provider):
     def ensure_published(self) -> None:
         self.idp()
 
+    def probe(self) -> str | None:
+        """A fresh fetch of the metadata URL (not the cached copy); a metadata file has nothing to probe."""
+        if not self.metadata.is_url:
+            return None
+        self.metadata.fetch_afresh()
+        return "SAML metadata"
+
     # -- pysaml2 ---------------------------------------------------------------------------
     def _sp_config(self, acs_url: str, slo_url: str | None, idp: IdPMetadata | None) -> Any:
         from saml2.config import SPConfig

@@ -258,6 +258,11 @@ class MetadataSource:
         except (ResponseTooLarge, requests.RequestException) as exc:
             raise unreachable(exc, url, "SAML metadata", timeout=self.timeout) from exc
 
+    def fetch_afresh(self) -> None:
+        """Fetch the URL, bypassing (and leaving alone) the cached copy: whether
+        the IdP answers now (:meth:`~flask_ccsso.providers.base.Provider.probe`)."""
+        self._read()
+
     def _next_hop(self, current: str, location: str) -> str:
         """A redirect is followed only to the configured host, over https
         (http only when the configured URL is itself http: a loopback host,

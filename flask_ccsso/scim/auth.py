@@ -43,14 +43,18 @@ class IdPUnreachable(Exception):
 
 
 def token_grants(claims: Mapping[str, Any]) -> set[str]:
-    """What a token is granted: its scopes (``scp`` / ``scope``) and its app roles
-    (``roles``: Entra ID puts the application permissions of a client-credentials
-    token there, as it has no scopes)."""
-    roles = claims.get("roles")
+    """What a token is granted: its scopes (``scp`` / ``scope``), and the app roles
+    (``roles``) of an *app-only* token. Entra ID puts a client-credentials token's
+    application permissions in ``roles`` (it has no scopes) -- but also a person's
+    app-role assignments in their own delegated tokens, which carry ``scp`` (and
+    ``idtyp: user`` when asked for): those roles are the person's, not a
+    provisioning client's, so they grant nothing here."""
     granted = set(token_scopes(claims))
-    if isinstance(roles, list):
+    app_only = not granted and claims.get("idtyp", "app") == "app"
+    roles = claims.get("roles")
+    if app_only and isinstance(roles, list):
         granted.update(r for r in roles if isinstance(r, str))
-    elif isinstance(roles, str):
+    elif app_only and isinstance(roles, str):
         granted.add(roles)
     return granted
 
@@ -80,7 +84,7 @@ class ScimAuthenticator:
 
     def _access_token(self, token: str) -> None:
         try:
-            provider, claims = get_state().bearer_authenticator.verify_access_token(token)
+            provider, claims = get_state().bearer_authenticator.verify_access_token(token, provider=self.provider)
         except AuthenticationFailed as exc:
             why = f"access token refused ({exc.description})"
             raise self._refuse(UnauthorizedException(detail="a valid bearer token is required"),

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.support.browser import ROOT, chromium, idp_sign_in, portal_process, shot, wait_until
-from tests.support.sessions import REDIS_URL
+from tests.support.sessions import REDIS_URL, delete_prefix
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
@@ -51,11 +50,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
                 portal_process(tmp_path_factory.mktemp("host-b"), env) as b:
             yield a, b
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*", count=500))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        delete_prefix(prefix)
 
 
 @pytest.fixture

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_ccsso.stores import RedisStore
 from flask_ccsso.testing import CCSSOTestClient
 from tests.support.console import console_config
+from tests.support.console_audit import NOW, fill
 from tests.support.sessions import REDIS_URL
 
 
@@ -49,3 +51,18 @@ def console_host(make_app: Any, op: Any, audit_url: str, prefix: str,
         return app
 
     return factory
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def filled(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """(engine, table) holding 3000 events ending at ``NOW``, on SQLite and on the real PostgreSQL
+    (the query-plan tests of the audit explorer and the charts)."""
+    if request.param == "sqlite":
+        engine = sa.create_engine(f"sqlite:///{tmp_path}/plans.db")
+        table = "ccsso_audit_events"
+    else:
+        engine, table = request.getfixturevalue("pg_table")
+    fill(engine, table, 3000, NOW)
+    yield engine, table
+    if request.param == "sqlite":
+        engine.dispose()

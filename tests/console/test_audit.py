@@ -30,6 +30,7 @@ from flask_ccsso.testing import listen_to
 from tests.support.clock import Clock
 from tests.support.console import OPERATOR, console_config
 from tests.support.console_audit import (
+    NOW,
     by_id,
     csrf_token_of,
     emit_at,
@@ -45,8 +46,6 @@ from tests.support.console_audit import (
 from tests.support.network import free_port
 from tests.support.waiting import wait_for
 
-#: the tests' "now": 2026-11-30 10:30 UTC
-NOW = datetime(2026, 11, 30, 10, 30, tzinfo=timezone.utc).timestamp()
 HOUR = 3600.0
 URL = "/sso-console/audit"
 
@@ -467,20 +466,6 @@ PLANS = [
     (AuditFilters(outcome="denied"), "outcome_seq"),
     (AuditFilters(start="2026-11-29T12:00:00.000000Z", end="2026-11-29T13:00:00.000000Z"), "time"),
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def filled(request: Any, tmp_path: Any) -> Any:
-    """(engine, table) holding 3000 events, on SQLite and on the real PostgreSQL."""
-    if request.param == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{tmp_path}/plans.db")
-        table = "ccsso_audit_events"
-    else:
-        engine, table = request.getfixturevalue("pg_table")
-    fill(engine, table, 3000, NOW)
-    yield engine, table
-    if request.param == "sqlite":
-        engine.dispose()
 
 
 @pytest.mark.parametrize(("filters", "index"), PLANS, ids=[suffix.strip("_") for _, suffix in PLANS])

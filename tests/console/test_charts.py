@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 
 from flask_ccsso import signals
@@ -26,10 +25,8 @@ from flask_ccsso.console.chart_data import (
 from flask_ccsso.testing import listen_to
 from tests.support.clock import Clock
 from tests.support.console import OPERATOR
-from tests.support.console_audit import by_id, emit_at, fill, flush, full_scans, query_plan, table_rows, text_of
+from tests.support.console_audit import NOW, by_id, emit_at, flush, full_scans, query_plan, table_rows, text_of
 
-#: the tests' "now": 2026-11-30 10:30 UTC
-NOW = datetime(2026, 11, 30, 10, 30, tzinfo=timezone.utc).timestamp()
 URL = "/sso-console/charts"
 
 
@@ -262,19 +259,6 @@ def test_an_unknown_range_is_a_400(charts: Any) -> None:
     assert resp.status_code == 400
     assert [a.kwargs["action"] for a in actions] == ["charts_range_refused"]
     assert "Unknown range" in text_of(resp.get_data(as_text=True), "charts-error")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def filled(request: Any, tmp_path: Any) -> Any:
-    if request.param == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{tmp_path}/plans.db")
-        table = "ccsso_audit_events"
-    else:
-        engine, table = request.getfixturevalue("pg_table")
-    fill(engine, table, 3000, NOW)
-    yield engine, table
-    if request.param == "sqlite":
-        engine.dispose()
 
 
 @pytest.mark.parametrize("name", ["counts", "denials", "people", "alerts"])

@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 
 from flask_ccsso import signals
+from flask_ccsso.config import parse_config
+from flask_ccsso.console.recent_sign_in import require_recent_sign_in
 from flask_ccsso.exceptions import ConfigError
 from flask_ccsso.testing import csrf_token_in, listen_to
 from tests.support.console import OPERATOR, OPERATOR_SKILL, PERSON, console_config
+from tests.support.oidc import oidc_config
 
 PAGES = ["/sso-console/", "/sso-console/sessions", "/sso-console/audit", "/sso-console/charts",
          "/sso-console/skills", "/sso-console/providers"]
@@ -223,3 +226,20 @@ def test_this_origin_a_typed_address_and_an_older_browser_pass(console_app: Any,
                                           "Sec-Fetch-Dest": "document"} if site else {})}
     resp = client.get("/sso-console/audit", headers=headers)
     assert resp.status_code == 200 and 'id="other-site"' not in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("where", ["skill", "session"])
+def test_a_console_skill_that_asks_for_a_year_old_sign_in_is_refused(op: Any, where: str) -> None:
+    """Any maxAuthAge makes the gate check freshness, but a year asks for nothing within a
+    session: the console skill's limit is at most an hour (MAX_CONSOLE_AUTH_AGE)."""
+    cfg = oidc_config(op)
+    skill = {"allowedGroups": ["sso-operators"]}
+    if where == "skill":
+        skill["maxAuthAge"] = 31536000
+    else:
+        skill["sensitive"] = True
+        cfg["session"]["maxAuthAge"] = 31536000
+    cfg["skills"] = {**cfg["skills"], "sso-operator": skill}
+    cfg["console"] = {"enabled": True, "skill": "sso-operator"}
+    with pytest.raises(ConfigError):
+        require_recent_sign_in(parse_config(cfg))

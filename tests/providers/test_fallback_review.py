@@ -458,3 +458,144 @@ def test_a_fallback_only_providers_bearer_tokens_serve_only_during_an_outage(mak
     assert client.get("/sso/corp/login?next=/me", headers=HTML).status_code == 503
     assert corp.availability().unavailable
     assert client.get("/me", headers=bearer(token)).status_code == 200
+
+
+# --------------------------------------------------------------------------- round 3: the active probe
+
+def test_break_glass_unlocks_when_a_warm_worker_loses_the_primary(make_app, op, own_op, clock):
+    """A worker that fetched the primary's documents once keeps serving the cached
+    copies when the IdP dies, so its recorded status stays "up" -- offering is left
+    to that status, but unlocking a ``fallbackOnly`` provider probes the primary."""
+    app = make_app(fallback_only(config(op, working_primary(own_op))))
+    corp = app.extensions["ccsso"].providers["corp"]
+    corp.ensure_published()  # an earlier sign-in fetched discovery + JWKS
+    own_op.down = True
+    clock.advance(3600)
+    client = app.test_client()
+    client.get("/sso/corp/login?next=/me", headers=HTML)  # someone tries the primary first
+    assert not corp.availability().unavailable  # the stale copies serve: the offer is unchanged
+    with listen_to(signals.fallback_used, sender=app) as used:
+        resp = sign_in_via(client, op, "/sso/breakglass/login?next=/me")
+    assert resp.status_code == 302, resp.status_code
+    assert [u["primary"] if "primary" in u else u for u in used] and used  # announced as a fallback sign-in
+    known = corp.availability()
+    assert known.unavailable and "reachability check" in known.documents  # recorded: down by probe
+
+
+def test_a_saml_primary_on_a_warm_worker_is_probed_too(make_app, op, clock):
+    """The same for a SAML primary: its metadata URL is fetched afresh."""
+    from tests.providers.saml.test_saml_metadata import MetadataServer
+    from tests.support.saml_idp import SAMLIdP
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        idp = SAMLIdP(f"{tmp}/idp")
+        mdserver = MetadataServer()
+        try:
+            mdserver.body = idp.metadata_xml().encode()
+            saml = {"provider": "saml", "idpMetadata": mdserver.url, "spEntityId": "https://portal.example.test",
+                    "displayName": "Google Workspace", "fallback": ["breakglass"], "timeout": 1}
+            cfg = fallback_only(config(op, {}))
+            cfg["auth"]["providers"] = {"google": saml, "breakglass": cfg["auth"]["providers"]["breakglass"]}
+            app = make_app(cfg)
+            google = app.extensions["ccsso"].providers["google"]
+            client = app.test_client()
+            google.ensure_published()  # warm
+            refused = client.get("/sso/breakglass/login?next=/me", headers=HTML)
+            assert refused.status_code == 403  # the metadata answers: not needed
+            mdserver.status = 503
+            assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403  # verdict kept 30 s
+            clock.advance(31)
+            assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 302
+            assert google.availability().unavailable
+        finally:
+            mdserver.close()
+
+
+def test_the_probe_costs_one_fetch_per_recheck_window_and_none_on_the_primarys_own_path(make_app, op, own_op, clock):
+    """A spammed break-glass URL costs at most one discovery fetch per 30 s; sign-ins at the
+    primary and its bearer tokens (protected requests) never probe."""
+    from tests.support.skills import access_token, bearer
+
+    app = make_app(fallback_only(config(op, working_primary(own_op))))
+    corp = app.extensions["ccsso"].providers["corp"]
+    client = app.test_client()
+    corp.ensure_published()
+    hits = own_op.discovery_hits
+    for _ in range(3):
+        assert client.get("/sso/corp/login?next=/me", headers=HTML).status_code == 302
+    token = access_token(own_op, clock, sub="u-ann", email="ann@example.com")
+    client.get("/me", headers=bearer(token))
+    assert own_op.discovery_hits == hits  # the cached copy: no probe
+    for _ in range(5):
+        assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403
+    assert own_op.discovery_hits == hits + 1  # one probe, its verdict kept
+    clock.advance(31)
+    for _ in range(3):
+        assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403
+    assert own_op.discovery_hits == hits + 2
+
+
+def test_break_glass_locks_again_once_the_probe_finds_the_primary_back(make_app, op, own_op, clock):
+    """A probe's "down" is kept for 30 s only: after that the primary is probed again,
+    and a success clears the recorded outage."""
+    app = make_app(fallback_only(config(op, working_primary(own_op))))
+    corp = app.extensions["ccsso"].providers["corp"]
+    client = app.test_client()
+    corp.ensure_published()
+    own_op.down = True
+    assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 302
+    own_op.down = False
+    clock.advance(31)
+    assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403
+    assert not corp.availability().unavailable
+
+
+def test_concurrent_probes_share_one_fetch():
+    """Single-flight: callers arriving while a probe runs wait for it and take its verdict."""
+    from flask_ccsso.exceptions import IdPUnavailable
+    from flask_ccsso.providers.availability import FetchStatus, Probe
+
+    now = [1000.0]
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def check() -> str:
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        raise IdPUnavailable("Could not reach the identity provider.", failure="refused")
+
+    status = FetchStatus(lambda: now[0])
+    probe = Probe(check, status, lambda: now[0])
+    verdicts: list[bool] = []
+    threads = [threading.Thread(target=lambda: verdicts.append(probe.down())) for _ in range(4)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert verdicts == [True] * 4 and len(calls) == 1
+    assert status.snapshot().unavailable and status.snapshot().failure == "refused"
+    status.succeeded("discovery document")  # any later success clears the probe's verdict
+    assert not status.snapshot().unavailable
+
+
+def test_break_glass_bearer_token_stops_once_the_primary_is_back(make_app, op, own_op, clock):
+    """A recorded outage older than 30 s is re-checked (one probe) before a break-glass
+    bearer token is accepted: an API-only worker does not accept them for ever."""
+    from tests.support.skills import access_token, bearer
+
+    app = make_app(fallback_only(config(op, working_primary(own_op))))
+    client = app.test_client()
+    own_op.down = True
+    assert client.get("/sso/corp/login?next=/me", headers=HTML).status_code == 503
+    token = access_token(op, clock, sub="u-bob", email="bob@example.com")
+    assert client.get("/me", headers=bearer(token)).status_code == 200  # a fresh outage: served
+    own_op.down = False
+    clock.advance(3600)
+    token = access_token(op, clock, sub="u-bob", email="bob@example.com")
+    refused = client.get("/me", headers=bearer(token))
+    assert refused.status_code == 401 and refused.get_json()["error"] == reasons.FALLBACK_NOT_NEEDED

@@ -152,7 +152,7 @@ def test_a_token_of_another_trusted_provider_is_401(host, op, other_op, clock, c
     assert client.get("/me", headers=bearer(token)).get_json()["provider"] == "other"
     _error(client.get("/scim/v2/Users", headers=scim_headers(token)), 401)
     [logged] = _refusals(caplog)
-    assert "another provider than scim.tokenProvider 'op'" in logged and "provider 'other'" in logged
+    assert "issued by another identity provider" in logged
     assert client.get("/scim/v2/Users", headers=scim_headers(okta_token(op, clock))).status_code == 200
 
 
@@ -229,3 +229,64 @@ def test_good_oauth_config_parses(op):
     scim = parse_config(cfg).scim
     assert (scim.token, scim.token_provider, scim.token_clients, scim.token_scope) == (None, "op", tuple(CLIENTS),
                                                                                          "scim")
+
+
+# --------------------------------------------------------------------------- red-team round 3
+
+def test_a_persons_delegated_entra_token_with_an_assigned_app_role_cannot_provision(host, op, clock):
+    """Entra puts a *person's* app-role assignments in ``roles`` of their delegated token
+    (an app role with allowedMemberTypes User+Application is common).  A delegated token
+    has ``scp`` (and ``idtyp: user`` when the optional claim is on); a client-credentials
+    token never has ``scp``.  token_grants() counts ``roles`` from either."""
+    token = entra_token(op, clock, sub="alice-pairwise-sub", oid="3e1c-alice-object-id", idtyp="user",
+                        scp="user_impersonation", roles=["scim"], upn="alice@example.com", name="Alice")
+    client = oauth_host(host).test_client()
+    resp = client.post("/scim/v2/Users", headers=scim_headers(token), json=okta_user("mallory@example.com"))
+    assert resp.status_code == 403, resp.status_code
+
+
+def test_conflicting_client_claims_are_refused(host, op, clock):
+    """token_client() takes the first of client_id / azp / cid / appid: a token obtained by
+    client '0oa-portal-spa' (azp, cid) that also carries a (mapper-added, e.g. Keycloak user
+    attribute) ``client_id`` naming the provisioning client passes the tokenClients check."""
+    token = okta_token(op, clock, client_id=OKTA_CLIENT, azp="0oa-portal-spa", cid="0oa-portal-spa",
+                       sub="alice@example.com")
+    client = oauth_host(host).test_client()
+    resp = client.post("/scim/v2/Users", headers=scim_headers(token), json=okta_user("mallory@example.com"))
+    assert resp.status_code == 403, resp.status_code
+
+
+def test_token_clients_may_not_name_a_sign_in_client(op):
+    """tokenClients accepts the portal's own sign-in clientId: then every person's access
+    token for the portal (aud = that client, azp = that client) that carries the scope or
+    a role named like it provisions -- including a deprovisioned person re-activating
+    themselves (verify_access_token skips the deprovisioned check)."""
+    cfg = oidc_config(op)
+    cfg["scim"] = {"enabled": True, "tokenProvider": "op", "tokenClients": [CLIENT_ID]}
+    with pytest.raises(ConfigError):
+        parse_config(cfg)
+
+
+def test_a_fallback_only_token_provider_is_refused_at_start_up(op):
+    """Provisioning is everyday work: a break-glass provider's tokens may not do it."""
+    cfg = oidc_config(op)
+    cfg["auth"]["providers"]["op"]["fallbackOnly"] = True
+    cfg["auth"]["providers"]["corp"] = {"provider": "oidc", "clientId": "corp", "clientSecret": "x" * 32,
+                                        "issuer": "https://corp.example.com", "fallback": ["op"]}
+    cfg["auth"]["default"] = "corp"
+    cfg["scim"] = {"enabled": True, "tokenProvider": "op", "tokenClients": CLIENTS}
+    with pytest.raises(ConfigError):
+        parse_config(cfg)
+
+
+def test_a_token_provider_sharing_its_issuer_with_a_sign_in_provider_is_reachable(host, op, clock):
+    """One authorization server, two providers: the portal's sign-in client ('op') and the
+    SCIM token provider ('okta-scim', audience api://scim). A SCIM token is verified by
+    ``tokenProvider`` itself, not routed by issuer to the first provider with it (which would
+    refuse its audience, and provisioning -- deprovisioning too -- would silently stop)."""
+    scim_prov = {"provider": "oidc", "clientId": "scim-client", "clientSecret": CLIENT_SECRET, "issuer": op.issuer,
+                 "audience": ["api://scim"], "introspection": False}
+    app = host(secret=False, providers={"okta-scim": scim_prov}, tokenProvider="okta-scim", tokenClients=CLIENTS)
+    token = okta_token(op, clock, aud="api://scim")
+    resp = app.test_client().post("/scim/v2/Users", headers=scim_headers(token), json=okta_user())
+    assert resp.status_code == 201, resp.get_json()

@@ -4,6 +4,7 @@ chosen times, and the console's tables read back from the rendered HTML."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,9 @@ from lxml import html as lxml_html
 
 from flask_ccsso.state import get_state
 from tests.support.clock import Clock
+
+#: the "now" of the query-plan tests' filled tables (and of the tests that read them)
+NOW = datetime(2026, 11, 30, 10, 30, tzinfo=timezone.utc).timestamp()
 
 
 def emit_at(app: Flask, clock: Clock, when: float, event_type: str, **fields: Any) -> None:

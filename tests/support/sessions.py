@@ -45,6 +45,19 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
 
+def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key under ``prefix`` in the shared Redis (a test's own keys, afterwards)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def session_config(op: Any, store: dict[str, Any] | None = None, **session: Any) -> dict[str, Any]:
     cfg = oidc_config(op)
     cfg["session"].update(session)
