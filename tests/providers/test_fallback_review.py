@@ -10,6 +10,10 @@
   break-glass clicks queue behind each other;
 * a step-up is never offered a fallback, at the login or at the callback, and
   a made-up ``?stepup=`` is no step-up.
+* (round 3) unlocking a ``fallbackOnly`` provider does not trust a cached
+  "up" nor an old "down": the primary is probed afresh, single-flight, at most
+  once per ``RECHECK_AFTER`` per worker -- never on the primary's own sign-ins
+  or protected requests.
 
 Real parts only: refused connections are a port bound on 127.0.0.1 nobody
 listens on, the silent IdP a socket that listens and never accepts (the
@@ -469,47 +473,43 @@ def test_break_glass_unlocks_when_a_warm_worker_loses_the_primary(make_app, op, 
     app = make_app(fallback_only(config(op, working_primary(own_op))))
     corp = app.extensions["ccsso"].providers["corp"]
     corp.ensure_published()  # an earlier sign-in fetched discovery + JWKS
-    own_op.down = True
-    clock.advance(3600)
+    own_op.down = True       # (the cached copies are still fresh: the worker fetches nothing)
     client = app.test_client()
-    client.get("/sso/corp/login?next=/me", headers=HTML)  # someone tries the primary first
-    assert not corp.availability().unavailable  # the stale copies serve: the offer is unchanged
+    assert client.get("/sso/corp/login?next=/me", headers=HTML).status_code == 302  # from the cached copies
+    assert not corp.availability().unavailable  # the offer is unchanged
     with listen_to(signals.fallback_used, sender=app) as used:
         resp = sign_in_via(client, op, "/sso/breakglass/login?next=/me")
     assert resp.status_code == 302, resp.status_code
-    assert [u["primary"] if "primary" in u else u for u in used] and used  # announced as a fallback sign-in
+    assert [r.kwargs["primary"] for r in used] == ["corp"]  # announced as a fallback sign-in
     known = corp.availability()
     assert known.unavailable and "reachability check" in known.documents  # recorded: down by probe
 
 
-def test_a_saml_primary_on_a_warm_worker_is_probed_too(make_app, op, clock):
+def test_a_saml_primary_on_a_warm_worker_is_probed_too(make_app, op, clock, tmp_path):
     """The same for a SAML primary: its metadata URL is fetched afresh."""
     from tests.providers.saml.test_saml_metadata import MetadataServer
     from tests.support.saml_idp import SAMLIdP
 
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        idp = SAMLIdP(f"{tmp}/idp")
-        mdserver = MetadataServer()
-        try:
-            mdserver.body = idp.metadata_xml().encode()
-            saml = {"provider": "saml", "idpMetadata": mdserver.url, "spEntityId": "https://portal.example.test",
-                    "displayName": "Google Workspace", "fallback": ["breakglass"], "timeout": 1}
-            cfg = fallback_only(config(op, {}))
-            cfg["auth"]["providers"] = {"google": saml, "breakglass": cfg["auth"]["providers"]["breakglass"]}
-            app = make_app(cfg)
-            google = app.extensions["ccsso"].providers["google"]
-            client = app.test_client()
-            google.ensure_published()  # warm
-            refused = client.get("/sso/breakglass/login?next=/me", headers=HTML)
-            assert refused.status_code == 403  # the metadata answers: not needed
-            mdserver.status = 503
-            assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403  # verdict kept 30 s
-            clock.advance(31)
-            assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 302
-            assert google.availability().unavailable
-        finally:
-            mdserver.close()
+    idp = SAMLIdP(str(tmp_path / "idp"))
+    mdserver = MetadataServer()
+    try:
+        mdserver.body = idp.metadata_xml().encode()
+        saml = {"provider": "saml", "idpMetadata": mdserver.url, "spEntityId": "https://portal.example.test",
+                "displayName": "Google Workspace", "fallback": ["breakglass"], "timeout": 1}
+        cfg = fallback_only(config(op, {}))
+        cfg["auth"]["providers"] = {"google": saml, "breakglass": cfg["auth"]["providers"]["breakglass"]}
+        app = make_app(cfg)
+        google = app.extensions["ccsso"].providers["google"]
+        client = app.test_client()
+        google.ensure_published()  # a warm worker
+        assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403  # it answers
+        mdserver.status = 503
+        assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 403  # verdict kept 30 s
+        clock.advance(31)
+        assert client.get("/sso/breakglass/login?next=/me", headers=HTML).status_code == 302
+        assert google.availability().unavailable
+    finally:
+        mdserver.close()
 
 
 def test_the_probe_costs_one_fetch_per_recheck_window_and_none_on_the_primarys_own_path(make_app, op, own_op, clock):
