@@ -101,6 +101,18 @@ class AuditFilters:
 PARAMS = {f.metadata["param"]: f.name for f in fields(AuditFilters)}
 
 
+_FRACTION = re.compile(r"(?<=:\d\d)\.(\d+)")
+
+
+def _for_fromisoformat(value: str) -> str:
+    """What Python 3.10's ``datetime.fromisoformat`` reads too: a ``Z`` offset
+    as ``+00:00``, and seconds' fractions of any length as six digits (3.11
+    reads both itself)."""
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    return _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], value, count=1)
+
+
 def parse_time(value: str, param: str) -> str:
     """An ISO 8601 time (``2025-01-31T09:15``, ``...:02.5Z``, ``...+01:00``, or a date) in the stored form.
 
@@ -110,7 +122,7 @@ def parse_time(value: str, param: str) -> str:
     if len(value) > 40:
         raise FilterError(param, "is too long to be a date and time.")
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        parsed = datetime.fromisoformat(_for_fromisoformat(value.strip()))
     except ValueError:
         raise FilterError(param, f"{value!r} is not a date and time; use e.g. 2025-01-31T09:15 (UTC) "
                                  "or 2025-01-31T09:15:00+01:00.") from None
