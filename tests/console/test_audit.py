@@ -227,9 +227,13 @@ def test_csv_export_holds_the_filtered_events_and_defuses_formulas(explorer: Any
     assert int(evil["seq"]) > int(plain["seq"])
     # the export is audited, with the operator as actor and the filters as target
     flush(app)
-    with sa.create_engine(get_state(app).audit_settings.database_url or "").connect() as conn:
-        t = audit_table()
-        action = conn.execute(sa.select(t.c.event).where(t.c.type == "console.action")).scalars().all()
+    engine = sa.create_engine(get_state(app).audit_settings.database_url or "")
+    try:
+        with engine.connect() as conn:
+            t = audit_table()
+            action = conn.execute(sa.select(t.c.event).where(t.c.type == "console.action")).scalars().all()
+    finally:
+        engine.dispose()  # Python 3.13 warns about a SQLite connection left to the garbage collector
     assert len(action) == 1
     event = json.loads(action[0])
     assert event["actor"]["email"] == OPERATOR["email"]

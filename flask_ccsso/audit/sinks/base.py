@@ -125,6 +125,8 @@ class SinkStats:
 
 #: how often (seconds) the loss summary and alert, and an unexpected worker error, may be logged
 REPORT_INTERVAL = 60.0
+#: pauses (seconds) before trying a busy spool again after the pipeline closed (about 1.5 s in all)
+AFTER_STOP_BUSY_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 #: ``on_alert(sink_name, lost_count, window)``: events were lost (wired to a signal by the pipeline)
 AlertHook = Callable[[str, int, float], None]
@@ -623,19 +625,32 @@ class Sink:
         """The worker has finished, yet a request still running at exit offers an event: append it
         to the spool for the next process to replay (a connection of its own: the sink's spool is
         closed), or count it as lost. Call with the backlog lock held."""
-        try:
-            spool = Spool(self.spool.directory, self.name)
-            try:
-                spool.append(events)
-            finally:
-                spool.close()
-        except (SpoolError, ConfigError) as exc:
-            self._lose(len(events), "offered after the pipeline closed, and the spool cannot be written "
-                       f"({getattr(exc, 'reason', None) or type(exc).__name__})")
+        problem = self._append_after_stop(events)
+        if problem is not None:
+            self._lose(len(events), f"offered after the pipeline closed, and the spool cannot be written ({problem})")
             self._report_losses()
             return 0
         self.stats.spooled += len(events)
         return len(events)
+
+    def _append_after_stop(self, events: Sequence[AuditEvent]) -> str | None:
+        """Append ``events`` on a spool connection of their own; ``None``, or what failed. Every
+        worker of a stopping server may be spooling its leftovers into this file at once: a
+        ``SQLITE_BUSY`` that SQLite's own wait did not ride out is tried again, briefly."""
+        for pause in (*AFTER_STOP_BUSY_RETRIES, None):
+            try:
+                spool = Spool(self.spool.directory, self.name)
+                try:
+                    spool.append(events)
+                finally:
+                    spool.close()
+                return None
+            except (SpoolError, ConfigError) as exc:
+                problem = getattr(exc, "reason", None) or type(exc).__name__
+                if pause is None or "SQLITE_BUSY" not in problem:
+                    return problem
+                time.sleep(pause)
+        return None  # pragma: no cover - the last attempt returns
 
     def _keep_in_memory(self, events: Sequence[AuditEvent]) -> int:
         """Append to the bounded backlog; what does not fit is lost. Call with the backlog lock held."""
