@@ -92,6 +92,18 @@ def tags(html: str) -> list[str]:
     return [row[header_index] for row in table_rows(html, "audit-events") if len(row) > 1]
 
 
+def every_page(client: Any, query: dict[str, str]) -> list[str]:
+    """The tags of every page of ``query``, following the "Older events" links to the end."""
+    shown: list[str] = []
+    html = client.get(URL, query_string=query).get_data(as_text=True)
+    while True:
+        shown += tags(html)
+        older = by_id(html, "audit-older")
+        if older is None:
+            return shown
+        html = client.get(older.get("href")).get_data(as_text=True)
+
+
 @pytest.mark.parametrize(("query", "expected"), [
     ({}, ["e6", "e5", "e4", "e3", "e2", "e1"]),
     ({"type": "permission.denied"}, ["e6", "e3"]),
@@ -188,15 +200,7 @@ def test_keyset_pages_of_a_filtered_view(explorer: Any, clock: Clock, query: dic
 
     expected = [tag for tag, _, kind, fields in reversed(events) if matches(kind, fields)]  # newest first
     assert len(expected) > 50
-    shown: list[str] = []
-    html = client.get(URL, query_string=query).get_data(as_text=True)
-    while True:
-        shown += tags(html)
-        older = by_id(html, "audit-older")
-        if older is None:
-            break
-        html = client.get(older.get("href")).get_data(as_text=True)
-    assert shown == expected
+    assert every_page(client, query) == expected
 
 
 def test_csv_export_holds_the_filtered_events_and_defuses_formulas(explorer: Any, clock: Clock) -> None:
@@ -679,15 +683,7 @@ def test_time_range_pages_follow_the_clock_even_when_writers_disagree(explorer: 
     record(app, clock, skewed)
     query = {"from": iso(NOW - 10 * HOUR), "to": iso(NOW)}
     expected = [tag for tag, hours, *_ in sorted(skewed, key=lambda e: (e[1], -int(e[0][1:])))]  # newest first
-    shown: list[str] = []
-    html = client.get(URL, query_string=query).get_data(as_text=True)
-    while True:
-        shown += tags(html)
-        older = by_id(html, "audit-older")
-        if older is None:
-            break
-        html = client.get(older.get("href")).get_data(as_text=True)
-    assert shown == expected
+    assert every_page(client, query) == expected
 
 
 def test_the_console_reads_postgresql_with_a_statement_timeout(pg_table: Any) -> None:
