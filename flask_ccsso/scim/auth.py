@@ -95,10 +95,6 @@ class ScimAuthenticator:
                       exc.extra.get("provider") or self.provider)
             raise IdPUnreachable from None
         client = token_client(claims)
-        if provider != self.provider:
-            raise self._refuse(UnauthorizedException(detail="a valid bearer token is required"),
-                               f"access token from another provider than scim.tokenProvider {self.provider!r}",
-                               provider, client)
         if client is None or client not in self.clients:
             raise self._refuse(ForbiddenException(detail="this OAuth client may not provision"),
                                "the access token's client is not in scim.tokenClients", provider, client)
